@@ -1,0 +1,125 @@
+"""mmcore: compose multimodal GPT models from plugins and a declarative spec.
+
+The public API is what ``__all__`` lists; plugins import only these names. Names that
+need torch are imported on first access, so ``import mmcore`` (and listing plugins,
+validating specs, ``mmcore --help``) stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .config import BackboneConfig, ComponentConfig
+from .errors import (
+    DuplicateComponentError,
+    InputError,
+    MMCoreError,
+    ModelDirError,
+    PluginError,
+    PluginLoadError,
+    SpecError,
+    SpecIssue,
+    UnknownComponentError,
+    WeightsError,
+)
+from .hookspecs import hookimpl
+from .registry import Component, Registry
+
+__version__ = "0.1.0"
+
+# name -> module that defines it (imported lazily: these need torch)
+_LAZY = {
+    "Batch": "types",
+    "Tokens": "types",
+    "FusedSequence": "types",
+    "HeadOutput": "types",
+    "ModelOutput": "types",
+    "Processor": "interfaces",
+    "Encoder": "interfaces",
+    "Fusion": "interfaces",
+    "Head": "interfaces",
+    "Projector": "interfaces",
+    "GPT": "backbone",
+    "KVCache": "backbone",
+    "MultimodalGPT": "model",
+    "build": "model",
+    "build_component": "model",
+    "save": "checkpoint",
+    "load": "checkpoint",
+    "Spec": "spec",
+    "ComponentSpec": "spec",
+    "load_spec": "spec",
+    "parse_spec": "spec",
+    "plugins": None,  # the module mmcore.plugins
+}
+
+__all__ = [
+    "__version__",
+    # configuration and spec
+    "BackboneConfig",
+    "ComponentConfig",
+    "Spec",
+    "ComponentSpec",
+    "load_spec",
+    "parse_spec",
+    # plugins
+    "hookimpl",
+    "Component",
+    "Registry",
+    "plugins",
+    # contracts and records
+    "Processor",
+    "Encoder",
+    "Fusion",
+    "Head",
+    "Projector",
+    "Batch",
+    "Tokens",
+    "FusedSequence",
+    "HeadOutput",
+    "ModelOutput",
+    # models
+    "GPT",
+    "KVCache",
+    "MultimodalGPT",
+    "build",
+    "build_component",
+    "save",
+    "load",
+    # errors
+    "MMCoreError",
+    "SpecError",
+    "SpecIssue",
+    "PluginError",
+    "PluginLoadError",
+    "DuplicateComponentError",
+    "UnknownComponentError",
+    "InputError",
+    "WeightsError",
+    "ModelDirError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        mod = _LAZY[name]
+        module = importlib.import_module(f".{mod or name}", __name__)
+        value = module if mod is None else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmcore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from . import plugins
+    from .backbone import GPT, KVCache
+    from .checkpoint import load, save
+    from .interfaces import Encoder, Fusion, Head, Processor, Projector
+    from .model import MultimodalGPT, build, build_component
+    from .spec import ComponentSpec, Spec, load_spec, parse_spec
+    from .types import Batch, FusedSequence, HeadOutput, ModelOutput, Tokens

@@ -1,0 +1,350 @@
+"""Model directories: :func:`save` and :func:`load`.
+
+A model directory holds::
+
+    spec.toml           the resolved spec, every default written out
+    model.safetensors   the weights; metadata: format, spec, mmcore version, plugins
+    processors/<input>/ each processor's files (a tokenizer, say)
+    manifest.json       format, versions, the distribution of every component, and the
+                        SHA-256 of every file above (checked on load)
+
+No pickle anywhere: loading parses TOML, JSON and safetensors and never executes code
+from the directory. Saving writes a complete new directory next to the target and then
+renames it into place, so an interrupted save leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelDirError, SpecError, WeightsError
+from .spec import Spec, parse_spec_text
+
+__all__ = ["save", "load", "FORMAT", "atomic_write_bytes", "atomic_write_text", "check_state_dict"]
+
+FORMAT = "mmcore-model/1"
+WEIGHTS = "model.safetensors"
+SPEC = "spec.toml"
+MANIFEST = "manifest.json"
+PROCESSORS = "processors"
+_MANAGED = {WEIGHTS, SPEC, MANIFEST, PROCESSORS}
+
+
+# --- atomic file writes ------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- save ------------------------------------------------------------------------------
+
+
+def _provenance(spec: Spec) -> dict[str, str]:
+    """``kind:name`` -> ``distribution version`` for every component the spec names."""
+    from .plugins import get_registry
+
+    reg = get_registry()
+    out = {}
+    for _, cs in spec.components():
+        key = f"{cs.kind}:{cs.component}"
+        if key in reg:
+            out[key] = reg.get(cs.kind, cs.component).source
+    return out
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses shared storage: keep the first name, record the others as aliases."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out, aliases = {}, {}
+    for k, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[k] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = k
+        out[k] = t.detach().to("cpu").contiguous()
+    return out, aliases
+
+
+def save(model: Any, directory: str | Path, *, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` (a :class:`mmcore.MultimodalGPT` built from a spec) to ``directory``.
+
+    Files other than the ones this function manages (metrics, plots, trainer state)
+    are kept. Returns the directory.
+    """
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    if getattr(model, "spec", None) is None:
+        raise ModelDirError(
+            "this model has no spec (it was composed from Python objects); set model.spec to a mmcore.Spec "
+            "describing it, or save its state_dict with safetensors.torch.save_file"
+        )
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    spec_text = model.spec.to_toml()
+    state, aliases = _dedupe(model.state_dict())
+    provenance = _provenance(model.spec)
+    plugins = sorted(set(provenance.values()))
+    meta = {
+        "format": FORMAT,
+        "mmcore_version": __version__,
+        "spec": spec_text,
+        "plugins": json.dumps(plugins),
+        "aliases": json.dumps(aliases),
+        **(extra_metadata or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.saving-"))
+    try:
+        save_file(state, str(tmp / WEIGHTS), metadata=meta)
+        (tmp / SPEC).write_text(spec_text, encoding="utf-8")
+        files = [WEIGHTS, SPEC]
+        for name, proc in getattr(model, "processors", {}).items():
+            pdir = tmp / PROCESSORS / name
+            pdir.mkdir(parents=True)
+            files += [f"{PROCESSORS}/{name}/{f}" for f in proc.save(str(pdir))]
+        manifest = {
+            "format": FORMAT,
+            "mmcore_version": __version__,
+            "components": provenance,
+            "plugins": plugins,
+            "sha256": {f: _sha256(tmp / f) for f in files},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        if directory.exists():
+            for entry in directory.iterdir():  # carry over what we do not manage
+                if entry.name not in _MANAGED:
+                    dst = tmp / entry.name
+                    if entry.is_dir():
+                        shutil.copytree(entry, dst)
+                    else:
+                        shutil.copy2(entry, dst)
+            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
+            os.replace(directory, old / "d")
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ModelDirError(f"{directory}: not a directory")
+    if not path.is_file():
+        raise ModelDirError(
+            f"{directory}: not a model directory (no {MANIFEST}); a model directory holds {SPEC}, {WEIGHTS}, "
+            f"{MANIFEST} and {PROCESSORS}/, as written by mmcore.save or mmcore train"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{path}: unreadable manifest: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelDirError(
+            f"{path}: unknown format {manifest.get('format') if isinstance(manifest, dict) else None!r}; expected {FORMAT!r}"
+        )
+    return manifest
+
+
+def _verify(directory: Path, manifest: dict[str, Any]) -> None:
+    sums = manifest.get("sha256")
+    if not isinstance(sums, dict) or WEIGHTS not in sums or SPEC not in sums:
+        raise ModelDirError(f"{directory / MANIFEST}: no checksums for {WEIGHTS} and {SPEC}")
+    bad = []
+    for name, digest in sums.items():
+        p = (directory / name).resolve()
+        if directory.resolve() not in p.parents:
+            raise ModelDirError(f"{directory / MANIFEST}: file {name!r} lies outside the model directory")
+        if not p.is_file():
+            bad.append(f"{name} (missing)")
+        elif _sha256(p) != digest:
+            bad.append(f"{name} (content differs from the checksum)")
+    if bad:
+        raise WeightsError(
+            f"{directory}: files were modified, truncated or are missing since the model was saved: " + ", ".join(bad)
+        )
+
+
+def _spec_for(directory: Path, manifest: dict[str, Any], registry: Any) -> Spec:
+    try:
+        text = (directory / SPEC).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{directory / SPEC}: cannot read: {exc}") from exc
+    try:
+        return parse_spec_text(text, file=str(directory / SPEC), registry=registry)
+    except SpecError as exc:
+        need = _missing_plugins(exc, manifest)
+        if need:
+            raise ModelDirError(
+                f"{directory}: this model needs components that are not installed: "
+                + "; ".join(f"{comp} (pip install '{dist}')" for comp, dist in need)
+            ) from exc
+        raise
+
+
+def _missing_plugins(exc: SpecError, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    comps = manifest.get("components") or {}
+    out = []
+    for issue in exc.issues:
+        if issue.path.endswith(".component") and "unknown" in issue.message:
+            for key, source in comps.items():
+                name = key.split(":", 1)[1]
+                if f"{name!r}" in issue.message:
+                    parts = str(source).split(" ")
+                    pin = f"{parts[0]}=={parts[1]}" if len(parts) == 2 else parts[0]
+                    out.append((key, pin))
+    return out
+
+
+def check_state_dict(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], *, source: str = "weights"
+) -> None:
+    """Raise :class:`WeightsError` listing every missing, unexpected and mis-shaped key."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [
+        (k, tuple(expected[k].shape), tuple(found[k].shape))
+        for k in sorted(set(expected) & set(found))
+        if tuple(expected[k].shape) != tuple(found[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"{source} do not match the model:"]
+        if missing:
+            lines.append(
+                f"  missing ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+            )
+        if unexpected:
+            lines.append(
+                f"  unexpected ({len(unexpected)}): "
+                + ", ".join(unexpected[:20])
+                + (" ..." if len(unexpected) > 20 else "")
+            )
+        for k, want, got in mismatched[:20]:
+            lines.append(f"  shape of {k}: model has {list(want)}, file has {list(got)}")
+        err = WeightsError("\n".join(lines))
+        err.missing, err.unexpected, err.mismatched = missing, unexpected, mismatched  # type: ignore[attr-defined]
+        raise err
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file (tensors, metadata); errors name the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # SafetensorError, OSError, header JSON errors
+        raise WeightsError(f"{path}: not a readable safetensors file: {type(exc).__name__}: {exc}") from exc
+    return tensors, meta
+
+
+def load(
+    directory: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    verify: bool = True,
+    registry: Any = None,
+) -> Any:
+    """Rebuild the model saved in ``directory`` (:func:`save`'s output) with its weights.
+
+    The model is built on the meta device and the weights are assigned, so nothing is
+    initialised twice. ``verify`` checks every file against the manifest's checksums.
+    Raises :class:`ModelDirError` (incomplete directory, plugin not installed: says what
+    to ``pip install``) or :class:`WeightsError` (tampered or mismatched weights).
+    """
+    from .model import build
+
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    if verify:
+        _verify(directory, manifest)
+    spec = _spec_for(directory, manifest, registry)
+    state, meta = read_safetensors(directory / WEIGHTS, device or "cpu")
+    if meta.get("spec") is not None and meta["spec"] != (directory / SPEC).read_text(encoding="utf-8"):
+        raise WeightsError(f"{directory}: {SPEC} and the spec stored in {WEIGHTS} differ (was one of them edited?)")
+    try:
+        aliases = json.loads(meta.get("aliases", "{}"))
+    except ValueError as exc:
+        raise WeightsError(f"{directory / WEIGHTS}: corrupt alias table in metadata: {exc}") from exc
+    model = build(spec, registry=registry, device="meta")
+    expected = model.state_dict()
+    for alias, target in aliases.items():
+        if target in state:
+            state[alias] = state[target]
+    check_state_dict(expected, state, source=str(directory / WEIGHTS))
+    model.load_state_dict(state, assign=True, strict=True)
+    _materialize(model, device or "cpu")
+    for name, proc in model.processors.items():
+        pdir = directory / PROCESSORS / name
+        if pdir.is_dir():
+            proc.load(str(pdir))
+    model.spec = spec
+    return model
+
+
+def _materialize(model: torch.nn.Module, device: str | torch.device) -> None:
+    """Give tensors still on the meta device (non-persistent buffers) real values.
+
+    Modules with such buffers implement ``reset_buffers()``; anything else left on the
+    meta device is an error.
+    """
+    for module in model.modules():
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            reset = getattr(module, "reset_buffers", None)
+            if reset is None:
+                raise ModelDirError(
+                    f"{type(module).__name__} has buffers that are not saved and no reset_buffers() to recompute them"
+                )
+            module.to_empty(device=device, recurse=False)
+            reset()
+    leftovers = [n for n, p in model.named_parameters() if p.is_meta]
+    if leftovers:
+        raise WeightsError(f"parameters not loaded: {', '.join(leftovers[:20])}")
+    model.to(device)

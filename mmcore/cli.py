@@ -1,0 +1,247 @@
+"""The ``mmcore`` command line (also ``python -m mmcore``).
+
+Importing this module, ``mmcore --help``, ``mmcore plugins`` and ``mmcore spec ...``
+do not import torch: each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import MMCoreError
+
+__all__ = ["main", "catalog_path", "read_catalog"]
+
+
+def catalog_path() -> Path | None:
+    """registry.toml: ``MMCORE_CATALOG`` if set, else the one in the source checkout."""
+    env = os.environ.get("MMCORE_CATALOG")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent / "registry.toml"
+    return here if here.is_file() else None
+
+
+def read_catalog(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The first-party plugin catalog: name -> {distribution, path, components, description}."""
+    path = path or catalog_path()
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise MMCoreError(f"{path}: unreadable catalog: {exc}") from exc
+    plugins = data.get("plugins", {})
+    if not isinstance(plugins, dict):
+        raise MMCoreError(f"{path}: [plugins] must be a table of plugin entries")
+    return plugins
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_manager
+
+    pm = get_manager()
+    infos = pm.plugins()
+    installed = {i.distribution for i in infos if i.distribution}
+    catalog = read_catalog()
+    if args.json:
+        out = {
+            "plugins": [
+                {
+                    "name": i.name,
+                    "distribution": i.distribution,
+                    "version": i.version,
+                    "components": [{"key": c.key, "description": c.description} for c in i.components],
+                }
+                for i in infos
+            ],
+            "failures": [
+                {"entry_point": f.entry_point, "distribution": f.distribution, "error": str(f.error)}
+                for f in pm.failures
+            ],
+            "available": {k: v for k, v in catalog.items() if v.get("distribution") not in installed},
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    for i in infos:
+        dist = f"{i.distribution} {i.version or ''}".strip() if i.distribution else "registered in code"
+        print(f"{i.name}  ({dist})")
+        for c in i.components:
+            print(f"    {c.key:<28} {c.description}")
+        if not i.components:
+            print("    (no components)")
+    if pm.failures:
+        print("\nplugins that failed to load:")
+        for f in pm.failures:
+            print(f"    {f}")
+    missing = {k: v for k, v in catalog.items() if v.get("distribution") not in installed}
+    if missing:
+        root = catalog_path().parent if catalog_path() else Path(".")
+        print("\navailable in registry.toml, not installed:")
+        for name, entry in missing.items():
+            local = root / entry["path"] if entry.get("path") else None
+            target = local if local is not None and local.is_dir() else entry.get("distribution", name)
+            print(f"    {name:<10} {entry.get('distribution', '')}: {entry.get('description', '')}")
+            print(f"               pip install {target}")
+    return 0
+
+
+def cmd_spec_validate(args: argparse.Namespace) -> int:
+    from .errors import SpecError
+    from .spec import load_spec
+
+    status = 0
+    for f in args.files:
+        try:
+            spec = load_spec(f)
+        except SpecError as exc:
+            print(str(exc), file=sys.stderr)
+            status = 1
+            continue
+        n = len(spec.encoders)
+        print(
+            f"{f}: ok ({spec.name!r}: {n} encoder{'s' if n != 1 else ''}, fusion {spec.fusion.component!r}, "
+            f"heads {sorted(spec.heads) or 'none'})"
+        )
+    return status
+
+
+def cmd_spec_schema(args: argparse.Namespace) -> int:
+    from .spec import spec_json_schema
+
+    print(json.dumps(spec_json_schema(), indent=2))
+    return 0
+
+
+def cmd_spec_resolve(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+
+    print(load_spec(args.file).to_toml(), end="")
+    return 0
+
+
+def cmd_spec_docs(args: argparse.Namespace) -> int:
+    from .docgen import spec_reference
+    from .plugins import get_registry
+
+    dists = {"mmcore"} | {e.get("distribution") for e in read_catalog().values()}
+    print(spec_reference(get_registry(), None if args.all else dists), end="")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .model import build
+
+    model = build(args.file)
+    if args.summary or not args.repr:
+        print(model.summary())
+    if args.repr:
+        print(model)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job. For now: compose the example text model, print its summary, run it once."""
+    import time
+
+    import torch
+
+    from .model import build
+
+    root = Path(__file__).resolve().parent.parent
+    spec = Path(args.spec) if args.spec else root / "examples" / "text_lm.toml"
+    t0 = time.perf_counter()
+    model = build(spec)
+    print(f"built {spec} in {time.perf_counter() - t0:.2f}s")
+    print(model.summary())
+    batch = model.preprocess([{"text": "Hello, multimodal world!"}, {"text": "A second, longer record of text."}])
+    model.train()
+    out = model(batch)
+    out.loss.backward()
+    grads = sum(p.grad is not None for p in model.parameters() if p.requires_grad)
+    total = sum(1 for p in model.parameters() if p.requires_grad)
+    print(
+        f"forward + backward on a batch of 2: loss {out.loss.item():.4f} "
+        f"(uniform over the vocabulary would be {torch.log(torch.tensor(float(out.outputs['lm'].logits.shape[-1]))).item():.4f}); "
+        f"gradients reached {grads}/{total} trainable tensors"
+    )
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="mmcore",
+        description="Compose, train and run multimodal GPT models from plugins and a TOML spec.",
+    )
+    p.add_argument("--version", action="version", version=f"mmcore {__version__}")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sp = sub.add_parser("plugins", help="list installed plugins, their components and load failures")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_plugins)
+
+    spec = sub.add_parser("spec", help="validate specs and print their schema")
+    ssub = spec.add_subparsers(dest="spec_command", metavar="SUBCOMMAND")
+    v = ssub.add_parser("validate", help="validate spec files (exit 1 with every problem listed)")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.set_defaults(func=cmd_spec_validate)
+    s = ssub.add_parser("schema", help="JSON Schema of a spec with every installed component's options")
+    s.set_defaults(func=cmd_spec_schema)
+    r = ssub.add_parser("resolve", help="print the spec with every default written out")
+    r.add_argument("file", metavar="FILE")
+    r.set_defaults(func=cmd_spec_resolve)
+    dd = ssub.add_parser("docs", help="Markdown reference of every option (docs/spec.md)")
+    dd.add_argument("--all", action="store_true", help="include third-party components")
+    dd.set_defaults(func=cmd_spec_docs)
+    spec.set_defaults(func=lambda a: (spec.print_help(), 2)[1])
+
+    b = sub.add_parser("build", help="compose the model a spec describes")
+    b.add_argument("file", metavar="FILE")
+    b.add_argument("--summary", action="store_true", help="print parameters per component (default)")
+    b.add_argument("--repr", action="store_true", help="print the module tree")
+    b.set_defaults(func=cmd_build)
+
+    d = sub.add_parser("demo", help="the main job: build the example model and run it")
+    d.add_argument("--spec", help="spec to use instead of examples/text_lm.toml")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except MMCoreError as exc:
+        if args.traceback:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):
+            print(f"  {note}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The contracts a plugin implements: Processor, Encoder, Fusion, Head, Projector.
+
+Each base class's docstring *is* the contract; :mod:`mmcore.testing` checks it. Every
+component except the Processor is a plain ``torch.nn.Module``: you can hold it, inspect
+it, move it and call it in your own loop.
+
+How the builder calls a component's factory (``Component.factory``), by kind:
+
+* encoder:   ``factory(config, *, width, processor)`` -- ``width`` is the backbone width
+  (an encoder may ignore it and declare its own ``out_dim``); ``processor`` is the
+  Processor built for it, or None.
+* projector: ``factory(config, *, in_dim, out_dim)``.
+* fusion:    ``factory(config, *, width, encoders, backbone)`` -- ``encoders`` maps input
+  names to built encoders; ``backbone`` is the :class:`~mmcore.BackboneConfig`.
+* head:      ``factory(config, *, width, encoders, backbone)``.
+
+A factory may accept only the keyword arguments it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .registry import call_factory
+from .types import Batch, FusedSequence, HeadOutput, Tokens
+
+__all__ = ["Processor", "Encoder", "Fusion", "Head", "Projector", "call_factory"]
+
+
+class Processor:
+    """Turns one raw value of a modality into tensors, and a list of those into a batch.
+
+    Contract:
+
+    * ``modality``: the kind of data it reads (``"text"``, ``"image"``, ``"audio"``...).
+    * ``__call__(value, *, where="")`` -> ``dict[str, Tensor]`` for one sample. ``value``
+      is what a record holds (a string, a path, bytes, an array). Bad input raises
+      :class:`mmcore.InputError` whose message includes ``where`` (the record and field,
+      e.g. ``"train.jsonl:12 field 'image'"``) and the reason.
+    * ``collate(samples)`` -> ``dict[str, Tensor]`` for a batch. ``samples`` may contain
+      ``None`` for records that lack this modality; the result then has an all-False
+      ``mask`` row for them (never a zero image passed off as real). Sequences are
+      right-padded, and the result carries ``mask`` (B, N) bool when the encoder's
+      output length depends on the input.
+    * Deterministic, picklable (it runs in DataLoader workers) and free of ``nn.Module``
+      state. Augmentation happens only when ``train=True`` was set and draws from the
+      ``generator`` it is given.
+    * ``save(directory)`` writes the files it needs to be rebuilt (a tokenizer, say);
+      ``load(directory)`` reads them back. Both are optional.
+    """
+
+    modality: ClassVar[str] = ""
+
+    def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def collate(self, samples: Sequence[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def save(self, directory: str) -> list[str]:
+        """Write this processor's files into ``directory``; return their names."""
+        return []
+
+    def load(self, directory: str) -> None:
+        """Read the files :meth:`save` wrote."""
+
+
+class Encoder(nn.Module):
+    """Turns one modality's collated tensors into a sequence of embeddings.
+
+    Contract:
+
+    * class attribute ``modality`` (``"text"``, ``"image"``...) and instance attribute
+      ``out_dim`` (width of the tokens it produces).
+    * ``forward(inputs: dict[str, Tensor]) -> Tokens`` where ``inputs`` is what the
+      paired Processor's ``collate`` returned (moved to the model's device).
+      ``Tokens.embeds`` is (B, N, out_dim), ``Tokens.mask`` (B, N) bool, right-padded;
+      samples that lack the modality get all-False mask rows.
+    * No Python loop over samples or tokens; deterministic in eval mode.
+    * A text encoder that owns a token vocabulary exposes ``token_embedding``
+      (an ``nn.Embedding`` an LM head can tie to) and ``vocab_size``.
+    """
+
+    modality: ClassVar[str] = ""
+    out_dim: int
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tokens:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Projector(nn.Module):
+    """Maps an encoder's tokens from its width to the backbone's: (B, N, in_dim) -> (B, N, out_dim).
+
+    Applied only to ``Tokens.embeds``; the mask passes through unchanged.
+    """
+
+    in_dim: int
+    out_dim: int
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Fusion(nn.Module):
+    """Combines every modality's tokens into one sequence for the backbone.
+
+    Contract:
+
+    * ``forward(tokens: Mapping[str, Tokens], batch: Batch) -> FusedSequence``.
+      ``tokens`` maps input names to projected :class:`Tokens` of width D (the backbone
+      width). The result is right-padded, and ``FusedSequence.index`` tells where every
+      modality's tokens went, so heads can find them.
+    * ``inserts() -> dict[int, nn.Module]``: layers to run after backbone block *i*
+      (cross-attention fusions), called as ``layer(x, context)`` with
+      ``FusedSequence.context``. Default: none.
+    * A sample whose modality is missing (all-False mask row) is handled through masks.
+    """
+
+    def forward(self, tokens: Mapping[str, Tokens], batch: Batch) -> FusedSequence:  # pragma: no cover
+        raise NotImplementedError
+
+    def inserts(self) -> dict[int, nn.Module]:
+        return {}
+
+
+class Head(nn.Module):
+    """Reads the backbone's hidden states and produces a task's outputs and loss.
+
+    Contract:
+
+    * ``forward(hidden: Tensor, sequence: FusedSequence) -> HeadOutput``; ``hidden`` is
+      (B, L, D). Use ``sequence.gather(hidden, modality)`` to read one modality's
+      positions and ``sequence.mask`` for validity.
+    * ``loss(output: HeadOutput, batch: Batch) -> Tensor | None``: a scalar, or None when
+      the batch has no targets for this head. Padding never contributes.
+    * ``weight`` (float, default 1.0): the head's share of the model's total loss.
+    """
+
+    weight: float = 1.0
+
+    def forward(self, hidden: Tensor, sequence: FusedSequence) -> HeadOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def loss(self, output: HeadOutput, batch: Batch) -> Tensor | None:
+        return None
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU when it has none)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -1,0 +1,277 @@
+"""The plugin manager: discovery through entry points, registration in code, the registry.
+
+mmcore is extended only through pluggy hooks (:mod:`mmcore.hookspecs`). Plugins come from
+
+* the entry-point group ``mmcore`` of installed distributions (loaded automatically,
+  unless ``MMCORE_DISABLE_PLUGIN_AUTOLOAD`` is set, as with pytest's
+  ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``);
+* :func:`register` for notebooks and tests;
+* the core itself: :mod:`mmcore.builtin` registers the core's components through the
+  same hook as every other plugin.
+
+A plugin that fails to import is reported (:attr:`PluginManager.failures`, and by
+``mmcore plugins``) and every other plugin keeps working. Strict mode
+(``strict=True`` or ``MMCORE_STRICT_PLUGINS=1``) turns such failures into errors.
+``MMCORE_BLOCK_PLUGINS=a,b`` skips the named entry points (like pytest's ``-p no:name``).
+
+The plugin manager is the only global state of mmcore (:func:`get_manager`).
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, PluginLoadError
+from .registry import Component, Registry
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginInfo",
+    "PluginManager",
+    "get_manager",
+    "reset_manager",
+    "register",
+    "unregister",
+    "get_registry",
+]
+
+ENTRY_POINT_GROUP = "mmcore"
+ENV_DISABLE_AUTOLOAD = "MMCORE_DISABLE_PLUGIN_AUTOLOAD"
+ENV_STRICT = "MMCORE_STRICT_PLUGINS"
+ENV_BLOCK = "MMCORE_BLOCK_PLUGINS"
+CORE_PLUGIN = "mmcore"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What ``mmcore plugins`` shows for one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    components: tuple[Component, ...]
+
+
+class PluginManager:
+    """pluggy's manager plus mmcore's discovery policy and the component registry.
+
+    Args:
+        autoload: load the ``mmcore`` entry points now (default: yes, unless
+            ``MMCORE_DISABLE_PLUGIN_AUTOLOAD`` is set).
+        strict: raise on the first plugin that fails to load instead of reporting it
+            (default: ``MMCORE_STRICT_PLUGINS``).
+        blocked: entry-point names to skip (default: ``MMCORE_BLOCK_PLUGINS``).
+        entry_points: entry points to consider instead of the installed ones (tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        autoload: bool | None = None,
+        strict: bool | None = None,
+        blocked: Iterable[str] | None = None,
+        entry_points: Iterable[md.EntryPoint] | None = None,
+    ):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.strict = _env_flag(ENV_STRICT) if strict is None else strict
+        if blocked is None:
+            blocked = [b.strip() for b in os.environ.get(ENV_BLOCK, "").split(",") if b.strip()]
+        self.blocked = set(blocked)
+        self.failures: list[PluginLoadError] = []
+        self._dist: dict[str, tuple[str | None, str | None]] = {}
+        self._registry: Registry | None = None
+
+        from . import builtin  # the core's own components, registered like any plugin
+
+        self.register(builtin, name=CORE_PLUGIN, distribution=("mmcore", _version("mmcore")))
+        if autoload is None:
+            autoload = not _env_flag(ENV_DISABLE_AUTOLOAD)
+        if autoload or entry_points is not None:
+            self.load_entrypoints(entry_points)
+
+    # --- discovery -------------------------------------------------------------------
+
+    def load_entrypoints(self, entry_points: Iterable[md.EntryPoint] | None = None) -> None:
+        """Import and register every entry point of the ``mmcore`` group.
+
+        Unlike ``pluggy.PluginManager.load_setuptools_entrypoints``, a plugin that raises
+        while importing is recorded in :attr:`failures` (with its traceback) and the
+        others still load; in strict mode the first failure is raised.
+        """
+        eps = md.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
+        for ep in eps:
+            if ep.name in self.blocked or self.pm.is_registered(ep.name) or ep.name in self._dist:
+                continue
+            dist = getattr(ep, "dist", None)
+            dist_info = (dist.name, dist.version) if dist is not None else (None, None)
+            try:
+                obj = ep.load()
+                self.register(obj, name=ep.name, distribution=dist_info)
+            except Exception as exc:
+                failure = PluginLoadError(
+                    entry_point=f"{ep.name} = {ep.value}",
+                    distribution=_fmt_dist(*dist_info) if dist is not None else None,
+                    error=exc,
+                    traceback=traceback.format_exc(),
+                )
+                if self.strict:
+                    raise failure from exc
+                self.failures.append(failure)
+
+    def register(
+        self, plugin: Any, name: str | None = None, distribution: tuple[str | None, str | None] | None = None
+    ) -> str:
+        """Register a plugin object (module or instance with hookimpls). Returns its name."""
+        try:
+            registered = self.pm.register(plugin, name=name)
+        except ValueError as exc:  # pluggy: name or object already registered
+            raise PluginError(f"cannot register plugin {name or plugin!r}: {exc}") from exc
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {name or plugin!r} has an invalid hook: {exc}") from exc
+        assert registered is not None  # pluggy returns None only for blocked names
+        self._dist[registered] = distribution or (None, None)
+        self._registry = None
+        return registered
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self._dist.pop(name, None)
+        self._registry = None
+
+    # --- the registry ----------------------------------------------------------------
+
+    def _components_of(self, impl: pluggy.HookImpl) -> list[Component]:
+        plugin = impl.plugin_name
+        dist = _fmt_dist(*self._dist.get(plugin, (None, None)))
+        try:
+            result = impl.function()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {plugin!r} ({dist or 'registered in code'}) raised in mmcore_register_components: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if result is None:
+            return []
+        if not isinstance(result, (list, tuple)) or not all(isinstance(c, Component) for c in result):
+            raise PluginError(
+                f"plugin {plugin!r} ({dist or 'registered in code'}): mmcore_register_components must return "
+                f"a list of mmcore.Component, got {type(result).__name__}: {result!r:.200}"
+            )
+        return [replace(c, plugin=plugin, distribution=dist) for c in result]
+
+    @property
+    def registry(self) -> Registry:
+        """Every component of every registered plugin (built on first use, then cached)."""
+        if self._registry is None:
+            reg = Registry()
+            for impl in reversed(self.pm.hook.mmcore_register_components.get_hookimpls()):
+                try:
+                    comps = self._components_of(impl)
+                except PluginError as exc:
+                    if self.strict:
+                        raise
+                    self.failures.append(
+                        PluginLoadError(
+                            entry_point=impl.plugin_name,
+                            distribution=_fmt_dist(*self._dist.get(impl.plugin_name, (None, None))),
+                            error=exc,
+                        )
+                    )
+                    continue
+                for c in comps:
+                    reg.add(c)
+            self._registry = reg
+        return self._registry
+
+    def plugins(self) -> list[PluginInfo]:
+        """The registered plugins with their distributions and components, core first."""
+        by_plugin: dict[str, list[Component]] = {}
+        for c in self.registry:
+            by_plugin.setdefault(c.plugin or "", []).append(c)
+        out = []
+        for name in self._dist:
+            if self.pm.get_plugin(name) is None:
+                continue
+            dname, version = self._dist[name]
+            out.append(PluginInfo(name, dname, version, tuple(by_plugin.get(name, ()))))
+        return out
+
+    def distribution_of(self, plugin: str) -> tuple[str | None, str | None]:
+        return self._dist.get(plugin, (None, None))
+
+    # --- build-time hooks ------------------------------------------------------------
+
+    def call_model_built(self, model: Any, spec: Any) -> None:
+        """Call every ``mmcore_model_built`` implementation; errors name the plugin."""
+        for impl in reversed(self.pm.hook.mmcore_model_built.get_hookimpls()):
+            kwargs = {k: v for k, v in (("model", model), ("spec", spec)) if k in impl.argnames}
+            try:
+                impl.function(**kwargs)
+            except Exception as exc:
+                dist = _fmt_dist(*self._dist.get(impl.plugin_name, (None, None)))
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} ({dist or 'registered in code'}) raised in "
+                    f"mmcore_model_built: {type(exc).__name__}: {exc}"
+                ) from exc
+
+
+def _fmt_dist(name: str | None, version: str | None) -> str | None:
+    if name is None:
+        return None
+    return f"{name} {version}" if version else name
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+_manager: PluginManager | None = None
+
+
+def get_manager() -> PluginManager:
+    """The process-wide plugin manager, created (and entry points loaded) on first use."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager
+
+
+def reset_manager(manager: PluginManager | None = None) -> PluginManager | None:
+    """Replace the process-wide manager (``None``: create a fresh one on next use).
+
+    Returns the previous one, so tests can restore it.
+    """
+    global _manager
+    old, _manager = _manager, manager
+    return old
+
+
+def register(plugin: Any, name: str | None = None) -> str:
+    """Register a plugin object in code (a module or an object with hookimpls)."""
+    return get_manager().register(plugin, name=name)
+
+
+def unregister(name: str) -> None:
+    get_manager().unregister(name)
+
+
+def get_registry() -> Registry:
+    """The registry of the process-wide plugin manager."""
+    return get_manager().registry

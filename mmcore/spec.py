@@ -1,0 +1,398 @@
+"""The declarative model spec: TOML in, validated :class:`Spec` out, TOML back.
+
+A spec has one section per part::
+
+    spec_version = 1
+    name = "text-lm"
+
+    [backbone]               # mmcore.BackboneConfig
+    width = 256
+
+    [encoders.text]          # one per input; the key is the record field it reads
+    component = "text.bytes" # a registered encoder
+    max_length = 256         # that encoder's own options
+    freeze = false           # reserved keys: component, projector, freeze
+    projector = "linear"     # used only where the encoder's width differs from the backbone's
+
+    [fusion]
+    component = "early"
+
+    [heads.lm]
+    component = "lm"
+
+Validation collects *every* problem (file, dotted section path, what is wrong, what
+would be valid) into one :class:`mmcore.SpecError`. A spec names registered components
+only; nothing in it is ever imported or executed.
+
+This module imports pydantic and the standard library only (no torch).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from .config import BackboneConfig
+from .errors import SpecError, SpecIssue, UnknownComponentError
+from .registry import Component, Registry
+
+__all__ = ["SPEC_VERSION", "ComponentSpec", "Spec", "load_spec", "parse_spec", "spec_json_schema", "to_toml"]
+
+SPEC_VERSION = 1
+RESERVED = ("component", "projector", "freeze")
+
+
+class _SpecFile(BaseModel):
+    """The top level of a spec file; component sections are checked against the registry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec_version: Literal[1] = Field(description="Version of the spec format. Always 1 for now.")
+    name: str = Field("model", description="Name of the model (used in summaries and model directories).")
+    description: str = Field("", description="Free text.")
+    backbone: dict[str, Any] = Field(default_factory=dict, description="Options of the GPT backbone.")
+    encoders: dict[str, dict[str, Any]] = Field(
+        description="One section per input: [encoders.<input name>] with component = '<registered encoder>'."
+    )
+    fusion: dict[str, Any] = Field(
+        default_factory=lambda: {"component": "early"}, description="How the modalities are combined."
+    )
+    heads: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="One section per head: [heads.<name>] with component = '<registered head>'."
+    )
+
+
+SECTIONS = tuple(_SpecFile.model_fields)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One validated component section.
+
+    Attributes:
+        kind: ``encoder``, ``fusion``, ``head`` or ``projector``.
+        component: its registered name.
+        options: the validated options (an instance of the component's config model).
+        freeze: keep its parameters fixed during training.
+        projector: for encoders, the projector used when its width differs from the backbone's.
+    """
+
+    kind: str
+    component: str
+    options: BaseModel
+    freeze: bool = False
+    projector: "ComponentSpec | None" = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"component": self.component}
+        if self.kind != "projector":
+            out["freeze"] = self.freeze
+        out.update(self.options.model_dump(mode="json"))
+        if self.projector is not None:
+            out["projector"] = self.projector.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated spec. Build a model from it with :func:`mmcore.build`."""
+
+    backbone: BackboneConfig
+    encoders: dict[str, ComponentSpec]
+    fusion: ComponentSpec
+    heads: dict[str, ComponentSpec] = field(default_factory=dict)
+    name: str = "model"
+    description: str = ""
+    spec_version: int = SPEC_VERSION
+    file: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option written out, defaults included (``None`` values are left out: TOML has no null)."""
+        return {
+            "spec_version": self.spec_version,
+            "name": self.name,
+            "description": self.description,
+            "backbone": self.backbone.model_dump(mode="json"),
+            "encoders": {k: v.to_dict() for k, v in self.encoders.items()},
+            "fusion": self.fusion.to_dict(),
+            "heads": {k: v.to_dict() for k, v in self.heads.items()},
+        }
+
+    def to_toml(self) -> str:
+        return to_toml(self.to_dict())
+
+    def components(self) -> list[tuple[str, ComponentSpec]]:
+        """(section path, component) for every component section, projectors included."""
+        out = [(f"encoders.{k}", v) for k, v in self.encoders.items()]
+        out += [(f"encoders.{k}.projector", v.projector) for k, v in self.encoders.items() if v.projector]
+        out.append(("fusion", self.fusion))
+        out += [(f"heads.{k}", v) for k, v in self.heads.items()]
+        return out
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def load_spec(path: str | Path, registry: Registry | None = None) -> Spec:
+    """Read and validate a TOML spec file. Raises :class:`SpecError` listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(
+            [SpecIssue("", f"cannot read the spec: {exc.strerror or exc}", str(path))], file=str(path)
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError([SpecIssue("", f"not UTF-8 text: {exc}", str(path))], file=str(path)) from exc
+    return parse_spec_text(text, file=str(path), registry=registry)
+
+
+def parse_spec_text(text: str, *, file: str | None = None, registry: Registry | None = None) -> Spec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([SpecIssue("", f"invalid TOML: {exc}", file)], file=file) from exc
+    return parse_spec(data, file=file, registry=registry)
+
+
+def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Registry | None = None) -> Spec:
+    """Validate a spec given as a dict (as ``tomllib`` returns it)."""
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
+    issues: list[SpecIssue] = []
+
+    def add(path: str, message: str, hint: str | None = None) -> None:
+        issues.append(SpecIssue(path, message, file, hint))
+
+    if not isinstance(data, Mapping):
+        raise SpecError([SpecIssue("", f"a spec must be a table, got {type(data).__name__}", file)], file=file)
+    try:
+        top = _SpecFile.model_validate(data)
+    except ValidationError as exc:
+        _pydantic_issues(exc, "", _SpecFile, add)
+        # Go on with what is usable, to report the component problems too.
+        top = None
+        data = {k: v for k, v in data.items() if k in SECTIONS}
+
+    raw = top.model_dump() if top is not None else data
+    backbone = None
+    try:
+        backbone = BackboneConfig.model_validate(raw.get("backbone") or {})
+    except ValidationError as exc:
+        _pydantic_issues(exc, "backbone", BackboneConfig, add)
+
+    encoders: dict[str, ComponentSpec] = {}
+    enc_raw = raw.get("encoders") or {}
+    if isinstance(enc_raw, Mapping):
+        if not enc_raw and top is not None:
+            add("encoders", "a spec needs at least one encoder", _choices(registry, "encoder"))
+        for key, section in enc_raw.items():
+            if not str(key).isidentifier():
+                add(f"encoders.{key}", "input names must be identifiers (letters, digits, underscores)")
+            c = _component("encoder", f"encoders.{key}", section, registry, add)
+            if c is not None:
+                encoders[key] = c
+    fusion_raw = raw.get("fusion", {"component": "early"})
+    if isinstance(fusion_raw, Mapping) and "component" not in fusion_raw:
+        fusion_raw = {"component": "early", **fusion_raw}
+    fusion = _component("fusion", "fusion", fusion_raw, registry, add)
+    heads: dict[str, ComponentSpec] = {}
+    heads_raw = raw.get("heads") or {}
+    if isinstance(heads_raw, Mapping):
+        for key, section in heads_raw.items():
+            c = _component("head", f"heads.{key}", section, registry, add)
+            if c is not None:
+                heads[key] = c
+
+    if issues or top is None or backbone is None or fusion is None:
+        raise SpecError(issues, file=file)
+    return Spec(
+        backbone=backbone,
+        encoders=encoders,
+        fusion=fusion,
+        heads=heads,
+        name=top.name,
+        description=top.description,
+        spec_version=top.spec_version,
+        file=file,
+    )
+
+
+def _component(kind: str, path: str, section: Any, registry: Registry, add: Any) -> ComponentSpec | None:
+    if isinstance(section, str) and kind == "projector":
+        section = {"component": section}
+    if not isinstance(section, Mapping):
+        add(path, f"must be a table with component = '<registered {kind}>', got {type(section).__name__}")
+        return None
+    name = section.get("component")
+    if not isinstance(name, str):
+        add(f"{path}.component", f"missing: every {kind} section names a registered {kind}", _choices(registry, kind))
+        return None
+    try:
+        comp = registry.get(kind, name)
+    except UnknownComponentError as exc:
+        add(f"{path}.component", str(exc))
+        return None
+    reserved = RESERVED if kind == "encoder" else ("component",) if kind == "projector" else ("component", "freeze")
+    options = {k: v for k, v in section.items() if k not in reserved}
+    freeze = section.get("freeze", False)
+    if not isinstance(freeze, bool):
+        add(f"{path}.freeze", f"must be true or false, got {freeze!r}")
+    projector = None
+    if kind == "encoder":
+        projector = _component("projector", f"{path}.projector", section.get("projector", "linear"), registry, add)
+    try:
+        cfg = comp.config.model_validate(options)
+    except ValidationError as exc:
+        _pydantic_issues(exc, path, comp.config, add, component=comp)
+        return None
+    return ComponentSpec(kind, name, cfg, bool(freeze), projector)
+
+
+def _choices(registry: Registry, kind: str) -> str:
+    names = registry.names(kind)
+    return f"registered {kind}s: {', '.join(names) if names else '(none installed)'}"
+
+
+def _pydantic_issues(
+    exc: ValidationError, base: str, model: type[BaseModel], add: Any, component: Component | None = None
+) -> None:
+    fields = list(model.model_fields)
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        path = f"{base}.{loc}" if base and loc else (base or loc)
+        kind = err["type"]
+        hint = None
+        if kind == "extra_forbidden":
+            key = str(err["loc"][-1])
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+            what = f"component {component.name!r}" if component else (base or "the top level")
+            msg = f"unknown option {key!r} for {what}"
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+            hint = f"valid: {', '.join(fields) if fields else '(no options)'}"
+        elif kind == "missing":
+            msg = "required option is missing"
+        else:
+            msg = err["msg"]
+            if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
+                msg += f", got {err['input']!r}"
+        add(path, msg, hint)
+
+
+# --- JSON Schema ---------------------------------------------------------------------------
+
+
+def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """JSON Schema of a spec, including the options of every installed component."""
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
+    comps = list(registry)
+    models = [(BackboneConfig, "validation")] + [(c.config, "validation") for c in comps]
+    refs, top = models_json_schema(models, ref_template="#/$defs/{model}")
+    defs = top.get("$defs", {})
+
+    def inline(model: type[BaseModel]) -> dict[str, Any]:
+        ref = refs[(model, "validation")]["$ref"].split("/")[-1]
+        return json.loads(json.dumps(defs[ref]))
+
+    def variant(c: Component) -> dict[str, Any]:
+        s = inline(c.config)
+        props = s.setdefault("properties", {})
+        props["component"] = {"const": c.name, "description": c.description or c.name}
+        if c.kind != "projector":
+            props["freeze"] = {"type": "boolean", "default": False, "description": "Keep its parameters fixed."}
+        if c.kind == "encoder":
+            props["projector"] = {
+                "anyOf": [{"enum": registry.names("projector")}, {"$ref": "#/$defs/__projector"}],
+                "default": "linear",
+                "description": "Projector used when the encoder's width differs from the backbone's.",
+            }
+        s["required"] = sorted(set(s.get("required", [])) | {"component"})
+        s["additionalProperties"] = False
+        s["title"] = f"{c.kind}:{c.name}"
+        return s
+
+    def one_of(kind: str) -> dict[str, Any]:
+        variants = [variant(c) for c in comps if c.kind == kind]
+        return {"anyOf": variants} if variants else {"not": {}}
+
+    defs["__projector"] = one_of("projector")
+    backbone_ref = refs[(BackboneConfig, "validation")]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "mmcore spec",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["spec_version", "encoders"],
+        "properties": {
+            "spec_version": {"const": SPEC_VERSION},
+            "name": {"type": "string", "default": "model"},
+            "description": {"type": "string", "default": ""},
+            "backbone": backbone_ref,
+            "encoders": {"type": "object", "minProperties": 1, "additionalProperties": one_of("encoder")},
+            "fusion": one_of("fusion"),
+            "heads": {"type": "object", "additionalProperties": one_of("head")},
+        },
+        "$defs": defs,
+    }
+
+
+# --- TOML writing ---------------------------------------------------------------------------
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k and all(ch.isalnum() or ch in "-_" for ch in k) else json.dumps(k)
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Write nested dicts as TOML: scalars first, then one ``[table]`` per nested dict."""
+    lines: list[str] = []
+
+    def emit(table: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
+        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping) and v is not None]
+        tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
+        if prefix and (scalars or not tables):
+            if lines:
+                lines.append("")
+            lines.append("[" + ".".join(_toml_key(p) for p in prefix) + "]")
+        for k, v in scalars:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in tables:
+            emit(v, prefix + (k,))
+
+    emit(data, ())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""Options of the ``lm`` and ``classify`` heads (pydantic only, no torch)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mmcore.config import ComponentConfig
+
+__all__ = ["LMHeadConfig", "ClassificationHeadConfig"]
+
+
+class LMHeadConfig(ComponentConfig):
+    """Options of ``head:lm``: a language-model head over one text input's tokens."""
+
+    input: str = Field(
+        "text",
+        description="The encoder input (its [encoders.<name>] key) whose tokens this head predicts. Its encoder "
+        "must own a token vocabulary (vocab_size, and token_embedding when tie = true).",
+    )
+    tie: bool = Field(
+        True,
+        description="Tie the output projection to the input's token embedding (logits = hidden @ "
+        "token_embedding.weight.T, as in GPT-2); false: a separate projection 'proj'.",
+    )
+    bias: bool = Field(False, description="Add a learned bias per vocabulary entry to the logits.")
+    weight: float = Field(1.0, ge=0.0, description="This head's weight in the model's total loss.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy (0: none).")
+
+
+class ClassificationHeadConfig(ComponentConfig):
+    """Options of ``head:classify``: one label per sample from the pooled hidden states."""
+
+    num_classes: int = Field(..., ge=2, description="Number of classes C; labels are 0 .. C-1.")
+    pooling: Literal["last", "mean", "first"] = Field(
+        "last",
+        description="How the fused sequence becomes one vector: 'last' real token (it has seen the whole "
+        "sequence under causal attention), 'mean' of the real tokens, or 'first' real token.",
+    )
+    hidden: int | None = Field(
+        None, gt=0, description="Hidden width of a two-layer MLP classifier (GELU); default: one linear layer."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the pooled vector (and the MLP's hidden).")
+    label: str = Field("label", description="Key of the labels in the batch's targets ((B,) long, 0 .. C-1).")
+    class_weights: list[float] | None = Field(
+        None,
+        description="Per-class weights of the cross-entropy, one per class (for imbalanced data); default: equal.",
+    )
+    weight: float = Field(1.0, ge=0.0, description="This head's weight in the model's total loss.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy (0: none).")
+
+    @model_validator(mode="after")
+    def _check_class_weights(self) -> "ClassificationHeadConfig":
+        w = self.class_weights
+        if w is None:
+            return self
+        if len(w) != self.num_classes:
+            raise ValueError(
+                f"class_weights has {len(w)} entr{'y' if len(w) == 1 else 'ies'} but num_classes is "
+                f"{self.num_classes}: give one weight per class"
+            )
+        bad = [x for x in w if not math.isfinite(x) or x < 0]
+        if bad:
+            raise ValueError(f"class_weights must be finite and >= 0; got {bad}")
+        if not any(x > 0 for x in w):
+            raise ValueError("class_weights are all zero; at least one class needs a positive weight")
+        return self

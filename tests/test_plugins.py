@@ -1,0 +1,187 @@
+"""The plugin system: discovery, registration in code, errors that name the plugin."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_python
+
+import mmcore
+from mmcore import plugins
+from mmcore.builtin import LinearProjectorConfig
+from mmcore.errors import DuplicateComponentError, PluginError, PluginLoadError, UnknownComponentError
+
+
+def _head(name: str) -> mmcore.Component:
+    return mmcore.Component(kind="head", name=name, config=LinearProjectorConfig, factory="x:y")
+
+
+def test_installed_distribution_is_found_without_code_change(manager):
+    comp = manager.registry.get("head", "fixture.mean")
+    assert comp.distribution == "mmcore-fixture-plugin 0.0.1"
+    assert comp.plugin == "fixture"
+    names = [i.name for i in manager.plugins()]
+    assert names[0] == "mmcore" and "fixture" in names
+
+
+def test_core_components_come_through_the_same_hook(manager):
+    impls = manager.pm.hook.mmcore_register_components.get_hookimpls()
+    assert "mmcore" in [i.plugin_name for i in impls]
+    assert manager.registry.get("fusion", "early").distribution.startswith("mmcore ")
+
+
+def test_duplicate_names_are_an_error_naming_both_distributions(fake_ep, fake_dist, plugin_module):
+    a = plugin_module("plug_a", lambda: [_head("dup.head")])
+    b = plugin_module("plug_b", lambda: [_head("dup.head")])
+    eps = [
+        fake_ep("a", "plug_a", fake_dist("mmcore-a", "1.2"), lambda: a),
+        fake_ep("b", "plug_b", fake_dist("mmcore-b", "3.4"), lambda: b),
+    ]
+    pm = plugins.PluginManager(autoload=False, entry_points=eps)
+    with pytest.raises(DuplicateComponentError) as exc:
+        _ = pm.registry
+    msg = str(exc.value)
+    assert "head:dup.head" in msg and "mmcore-a 1.2" in msg and "mmcore-b 3.4" in msg
+
+
+def test_plugin_failing_at_import_is_reported_and_others_work(fake_ep, fake_dist, plugin_module):
+    good = plugin_module("good", lambda: [_head("good.head")])
+
+    def boom():
+        raise ImportError("No module named 'missing_dependency'")
+
+    eps = [
+        fake_ep("broken", "broken_mod", fake_dist("mmcore-broken", "0.1"), boom),
+        fake_ep("good", "good", fake_dist("mmcore-good"), lambda: good),
+    ]
+    pm = plugins.PluginManager(autoload=False, entry_points=eps)
+    assert "head:good.head" in pm.registry
+    (failure,) = pm.failures
+    assert failure.entry_point == "broken = broken_mod"
+    assert failure.distribution == "mmcore-broken 0.1"
+    assert "missing_dependency" in str(failure) and "Traceback" in failure.traceback
+
+    with pytest.raises(PluginLoadError, match="mmcore-broken 0.1.*missing_dependency"):
+        plugins.PluginManager(autoload=False, strict=True, entry_points=eps)
+
+
+def test_hook_that_raises_or_returns_wrong_type_names_the_plugin(fake_ep, fake_dist, plugin_module):
+    def raises():
+        raise RuntimeError("kaput")
+
+    bad1 = plugin_module("bad1", raises)
+    bad2 = plugin_module("bad2", lambda: {"not": "a list"})
+    eps = [
+        fake_ep("bad1", "bad1", fake_dist("mmcore-bad1"), lambda: bad1),
+        fake_ep("bad2", "bad2", fake_dist("mmcore-bad2"), lambda: bad2),
+    ]
+    pm = plugins.PluginManager(autoload=False, entry_points=eps)
+    assert "fusion:early" in pm.registry  # the rest still works
+    msgs = sorted(str(f.error) for f in pm.failures)
+    assert "'bad1' (mmcore-bad1 1.0) raised in mmcore_register_components: RuntimeError: kaput" in msgs[0]
+    assert "'bad2' (mmcore-bad2 1.0)" in msgs[1] and "list of mmcore.Component" in msgs[1]
+    strict = plugins.PluginManager(autoload=False, strict=True)
+    strict.register(bad1, name="bad1")
+    with pytest.raises(PluginError, match="bad1"):
+        _ = strict.registry
+
+
+def test_register_in_code():
+    pm = plugins.PluginManager(autoload=False)
+    pm.register(plugin_module_in_code(), name="notebook")
+    comp = pm.registry.get("head", "nb.head")
+    assert comp.plugin == "notebook" and comp.distribution is None
+    pm.unregister("notebook")
+    assert "head:nb.head" not in pm.registry
+
+
+def plugin_module_in_code():
+    from conftest import make_plugin_module
+
+    return make_plugin_module("nb", lambda: [_head("nb.head")])
+
+
+def test_unknown_component_suggests_close_matches(manager):
+    with pytest.raises(UnknownComponentError) as exc:
+        manager.registry.get("fusion", "erly")
+    assert exc.value.matches == ["early"]
+    assert "did you mean 'early'" in str(exc.value) and "registered fusions" in str(exc.value)
+
+
+def test_env_var_disables_autoload(monkeypatch):
+    monkeypatch.setenv(plugins.ENV_DISABLE_AUTOLOAD, "1")
+    pm = plugins.PluginManager()
+    assert "fusion:early" in pm.registry  # the core's own components stay
+    assert "head:fixture.mean" not in pm.registry
+    monkeypatch.setenv(plugins.ENV_DISABLE_AUTOLOAD, "0")
+    assert "head:fixture.mean" in plugins.PluginManager().registry
+
+
+def test_env_var_blocks_one_plugin(monkeypatch):
+    monkeypatch.setenv(plugins.ENV_BLOCK, "fixture")
+    pm = plugins.PluginManager()
+    assert "head:fixture.mean" not in pm.registry
+    assert "fusion:early" in pm.registry
+
+
+def test_registry_lists_and_filters(manager):
+    keys = [c.key for c in manager.registry.list("projector:*")]
+    assert keys == ["projector:linear", "projector:mlp"]
+    assert all(c.kind == "encoder" for c in manager.registry.list("encoder:*"))
+
+
+def test_component_record_is_validated():
+    with pytest.raises(PluginError, match="kind 'widget'"):
+        mmcore.Component(kind="widget", name="a", config=LinearProjectorConfig, factory="x:y")
+    with pytest.raises(PluginError, match="dotted identifiers"):
+        mmcore.Component(kind="head", name="bad name", config=LinearProjectorConfig, factory="x:y")
+    with pytest.raises(PluginError, match="modality"):
+        mmcore.Component(kind="encoder", name="e", config=LinearProjectorConfig, factory="x:y")
+
+
+def test_broken_factory_reference_names_the_plugin():
+    comp = mmcore.Component(
+        kind="head",
+        name="h",
+        config=LinearProjectorConfig,
+        factory="no_such_module_xyz:f",
+        plugin="p",
+        distribution="mmcore-p 1.0",
+    )
+    with pytest.raises(PluginError, match="head:h.*mmcore-p 1.0.*no_such_module_xyz"):
+        comp.load_factory()
+
+
+def test_model_built_hook_errors_name_the_plugin(manager, plugin_module):
+    def mmcore_model_built(model):
+        raise ValueError("bad model")
+
+    manager.register(plugin_module("watcher", mmcore_model_built=mmcore_model_built), name="watcher")
+    with pytest.raises(PluginError, match="'watcher'.*mmcore_model_built: ValueError: bad model"):
+        manager.call_model_built(object(), None)
+
+
+HEAVY = [
+    "torch",
+    "timm",
+    "tokenizers",
+    "soundfile",
+    "PIL",
+    "transformers",
+    "mmcore_text.encoder",
+    "mmcore_heads.lm",
+    "mmcore_fixture_plugin.heavy",
+]
+
+
+def test_listing_plugins_imports_no_heavy_dependency():
+    out = run_python(
+        "import sys, json, contextlib, io\n"
+        "from mmcore.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as buf:\n"
+        "    rc = main(['plugins'])\n"
+        "assert rc == 0 and 'fixture.mean' in buf.getvalue(), buf.getvalue()\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    assert json.loads(out) == []

@@ -1,0 +1,106 @@
+"""The spec: validation with located errors, defaults written out, JSON Schema, safety."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+
+import jsonschema
+import pytest
+from conftest import EXAMPLES
+
+from mmcore.errors import SpecError
+from mmcore.spec import load_spec, parse_spec, parse_spec_text, spec_json_schema
+
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.toml"))
+
+MINIMAL = """
+spec_version = 1
+[encoders.text]
+component = "text.bytes"
+[heads.lm]
+component = "lm"
+"""
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_every_example_validates(path, manager):
+    spec = load_spec(path)
+    assert spec.encoders and spec.file == str(path)
+
+
+def test_examples_exist():
+    assert EXAMPLE_FILES, "examples/ has no spec"
+
+
+def test_misspelled_component_and_wrong_type_are_both_reported(tmp_path, manager):
+    f = tmp_path / "bad.toml"
+    f.write_text(MINIMAL.replace('"text.bytes"', '"text.byts"') + '\n[backbone]\ndepth = "four"\n')
+    with pytest.raises(SpecError) as exc:
+        load_spec(f)
+    issues = {i.path: i for i in exc.value.issues}
+    assert set(issues) == {"encoders.text.component", "backbone.depth"}
+    assert "did you mean 'text.bytes'" in issues["encoders.text.component"].message
+    assert "valid integer" in issues["backbone.depth"].message and "'four'" in issues["backbone.depth"].message
+    assert all(i.file == str(f) for i in exc.value.issues)
+    assert str(f) in str(exc.value) and "2 problems" in str(exc.value)
+
+
+def test_component_options_are_validated_by_the_component_model(manager):
+    data = tomllib.loads(MINIMAL + "max_lenght = 3\n")
+    data["encoders"]["text"]["max_lenght"] = 3
+    data["heads"]["lm"]["tie"] = "maybe"
+    with pytest.raises(SpecError) as exc:
+        parse_spec(data)
+    by_path = {i.path: i for i in exc.value.issues}
+    assert "did you mean 'max_length'" in by_path["encoders.text.max_lenght"].message
+    assert "max_length" in by_path["encoders.text.max_lenght"].hint
+    assert "heads.lm.tie" in by_path
+
+
+def test_unknown_section_and_missing_version(manager):
+    with pytest.raises(SpecError) as exc:
+        parse_spec({"encoders": {"text": {"component": "text.bytes"}}, "trainig": {}})
+    paths = {i.path for i in exc.value.issues}
+    assert {"spec_version", "trainig"} <= paths
+
+
+def test_toml_syntax_error_names_the_file(tmp_path, manager):
+    f = tmp_path / "broken.toml"
+    f.write_text("spec_version = 1\n[encoders.text\n")
+    with pytest.raises(SpecError, match="(?s)broken.toml.*invalid TOML.*line 2"):
+        load_spec(f)
+
+
+def test_resolved_spec_writes_every_default_and_round_trips(manager):
+    spec = parse_spec_text(MINIMAL)
+    text = spec.to_toml()
+    data = tomllib.loads(text)
+    assert data["backbone"]["width"] == 256 and data["backbone"]["norm"] == "layernorm"
+    assert data["encoders"]["text"]["projector"]["component"] == "linear"
+    assert data["fusion"]["component"] == "early"
+    again = parse_spec_text(text)
+    assert again == spec and again.to_toml() == text
+
+
+def test_spec_never_imports_a_python_path(manager):
+    before = set(sys.modules)
+    with pytest.raises(SpecError):
+        parse_spec_text(MINIMAL.replace('"text.bytes"', '"antigravity"').replace('"lm"', '"os:system"'))
+    assert "antigravity" not in sys.modules and not (set(sys.modules) - before) & {"antigravity", "this"}
+
+
+def test_json_schema_covers_every_component_and_accepts_examples(manager):
+    schema = spec_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    text = str(schema)
+    for comp in manager.registry:
+        assert f"{comp.kind}:{comp.name}" in text
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in EXAMPLE_FILES:
+        data = tomllib.loads(path.read_text())
+        errors = list(validator.iter_errors(data))
+        assert not errors, (path, errors[0].message)
+    bad = tomllib.loads(MINIMAL)
+    bad["backbone"] = {"widht": 3}
+    assert list(validator.iter_errors(bad))
