@@ -59,8 +59,12 @@ def ensure_env(with_tests: bool) -> None:
         return
     run([PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
     pkgs = ["-e", ".[dev]" if with_tests else "."]
+    import tomllib
+
     for d in plugin_dirs():
-        pkgs += ["-e", str(d.relative_to(ROOT))]
+        extras = tomllib.loads((d / "pyproject.toml").read_text()).get("project", {}).get("optional-dependencies", {})
+        rel = str(d.relative_to(ROOT))
+        pkgs += ["-e", f"{rel}[test]" if with_tests and "test" in extras else rel]
     if with_tests:
         pkgs += [str(f.parent.relative_to(ROOT)) for f in FIXTURES]
     run([PY, "-m", "pip", "install", "--quiet", "-c", CONSTRAINTS, *pkgs])

@@ -181,7 +181,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``mmcore`` parser; installed plugins add their commands unless ``with_plugins`` is False."""
     from . import __version__
 
     p = argparse.ArgumentParser(
@@ -220,6 +221,11 @@ def make_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: build the example model and run it")
     d.add_argument("--spec", help="spec to use instead of examples/text_lm.toml")
     d.set_defaults(func=cmd_demo)
+
+    if with_plugins:
+        from .plugins import get_manager
+
+        get_manager().call_add_commands(sub)
     return p
 
 

@@ -50,6 +50,19 @@ def mmcore_register_components() -> list["Component"]:
     """
 
 
+@hookspec
+def mmcore_add_commands(subparsers: Any) -> None:
+    """Add subcommands to the ``mmcore`` command line.
+
+    ``subparsers`` is the ``argparse`` sub-parser action of the ``mmcore`` parser: call
+    ``subparsers.add_parser(name, help=...)``, add arguments, and
+    ``set_defaults(func=callable)`` where ``callable(args) -> int`` is the exit status.
+    Import heavy libraries inside ``callable``, not here: this hook runs for every
+    ``mmcore`` invocation, ``--help`` included. A command name that is already taken is
+    an error naming the plugin. All implementations are called.
+    """
+
+
 # --- build phase -------------------------------------------------------------------
 
 

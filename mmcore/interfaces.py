@@ -15,6 +15,14 @@ How the builder calls a component's factory (``Component.factory``), by kind:
 * head:      ``factory(config, *, width, encoders, backbone)``.
 
 A factory may accept only the keyword arguments it needs.
+
+Every module must survive being built on the meta device and loaded with
+``load_state_dict(assign=True)`` (that is how :func:`mmcore.load` avoids initialising
+weights twice): a module with non-persistent buffers implements ``reset_buffers()`` to
+recompute them.
+
+Where these docs say "input", they mean the name of an ``[encoders.<name>]`` section
+(the record field it reads); an encoder's *modality* is the kind of data it reads.
 """
 
 from __future__ import annotations
@@ -47,13 +55,14 @@ class Processor:
       right-padded, and the result carries ``mask`` (B, N) bool when the encoder's
       output length depends on the input.
     * Deterministic, picklable (it runs in DataLoader workers) and free of ``nn.Module``
-      state. Augmentation happens only when ``train=True`` was set and draws from the
-      ``generator`` it is given.
+      state. Random augmentation, where a processor offers it, happens only while its
+      ``training`` attribute is True (the data pipeline sets it for training data).
     * ``save(directory)`` writes the files it needs to be rebuilt (a tokenizer, say);
       ``load(directory)`` reads them back. Both are optional.
     """
 
     modality: ClassVar[str] = ""
+    training: bool = False
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         raise NotImplementedError

@@ -213,6 +213,21 @@ class PluginManager:
     def distribution_of(self, plugin: str) -> tuple[str | None, str | None]:
         return self._dist.get(plugin, (None, None))
 
+    def call_add_commands(self, subparsers: Any) -> None:
+        """Let every plugin add ``mmcore`` subcommands; a failure names the plugin and is reported."""
+        for impl in reversed(self.pm.hook.mmcore_add_commands.get_hookimpls()):
+            try:
+                impl.function(subparsers=subparsers)
+            except Exception as exc:
+                dist = _fmt_dist(*self._dist.get(impl.plugin_name, (None, None)))
+                err = PluginError(
+                    f"plugin {impl.plugin_name!r} ({dist or 'registered in code'}) raised in "
+                    f"mmcore_add_commands: {type(exc).__name__}: {exc}"
+                )
+                if self.strict:
+                    raise err from exc
+                self.failures.append(PluginLoadError(entry_point=impl.plugin_name, distribution=dist, error=err))
+
     # --- build-time hooks ------------------------------------------------------------
 
     def call_model_built(self, model: Any, spec: Any) -> None:

@@ -104,9 +104,9 @@ class FusedSequence:
         embeds: (B, L, D) float, right-padded.
         mask: (B, L) bool, True at real tokens.
         modality_ids: (B, L) long, index into ``modalities`` of each position's source
-            (boundary and other fusion tokens count as their modality), -1 at padding.
-        modalities: the names of the fused modalities, in sequence order.
-        index: per modality, (B, N_m) long: where each of that modality's tokens sits in
+            input (boundary and other fusion tokens count as their input), -1 at padding.
+        modalities: the input names (``[encoders.<name>]`` keys) in sequence order.
+        index: per input name, (B, N_m) long: where each of that input's tokens sits in
             the fused sequence, -1 where the token is padding. ``None`` means identity
             (token i of the modality is at position i), the fast path of single-modality
             input; use :meth:`gather` rather than reading it directly.
@@ -128,7 +128,7 @@ class FusedSequence:
     context: Any = None
 
     def gather(self, hidden: "Tensor", modality: str) -> "Tensor":
-        """Hidden states at the positions of ``modality``'s tokens: (B, L, D) -> (B, N_m, D).
+        """Hidden states at the positions of one input's tokens: (B, L, D) -> (B, N_m, D).
 
         Rows where the token is padding hold the state at position 0 (mask them out).
         """

@@ -185,3 +185,26 @@ def test_listing_plugins_imports_no_heavy_dependency():
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
     assert json.loads(out) == []
+
+
+def test_plugins_add_cli_commands_and_errors_name_the_plugin(plugin_module):
+    from mmcore.cli import make_parser
+
+    def mmcore_add_commands(subparsers):
+        p = subparsers.add_parser("hello", help="say hello")
+        p.set_defaults(func=lambda args: 7)
+
+    def clash(subparsers):
+        subparsers.add_parser("plugins")
+
+    pm = plugins.PluginManager(autoload=False)
+    pm.register(plugin_module("greeter", mmcore_add_commands=mmcore_add_commands), name="greeter")
+    pm.register(plugin_module("clasher", mmcore_add_commands=clash), name="clasher")
+    old = plugins.reset_manager(pm)
+    try:
+        args = make_parser().parse_args(["hello"])
+        assert args.func(args) == 7
+        (failure,) = pm.failures
+        assert "'clasher'" in str(failure.error) and "mmcore_add_commands" in str(failure.error)
+    finally:
+        plugins.reset_manager(old)
