@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["ComponentConfig", "BackboneConfig"]
+__all__ = ["ComponentConfig", "BackboneConfig", "TrainingConfig", "TaskConfig"]
 
 
 class ComponentConfig(BaseModel):
@@ -63,6 +63,7 @@ class BackboneConfig(BaseModel):
         "conditioning prefix, causal after it) or bidirectional (masked LM). Objectives may override it.",
     )
     init_std: float = Field(0.02, gt=0, description="Standard deviation of the normal weight initialisation.")
+    freeze: bool = Field(False, description="Keep the backbone's parameters fixed during training.")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "BackboneConfig":
@@ -79,3 +80,71 @@ class BackboneConfig(BaseModel):
     @property
     def mlp_hidden(self) -> int:
         return int(self.mlp_ratio * self.width)
+
+
+class TrainingConfig(BaseModel):
+    """``[training]``: how ``mmcore train`` optimises the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- length and batches ---------------------------------------------------------
+    steps: int = Field(1000, gt=0, description="Optimizer steps to train for.")
+    batch_size: int = Field(
+        16, gt=0, description="Records per micro-batch, across all processes (divisible by the process count)."
+    )
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (effective batch = both).")
+    # --- optimizer (AdamW) and schedule -----------------------------------------------
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr (cosine/linear).")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to lr over this many steps.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    clip_grad: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this (none: no clipping).")
+    # --- numerics and devices ----------------------------------------------------------
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision; bf16 on CPU and recent GPUs, fp16 on GPUs only (with loss scaling)."
+    )
+    device: str = Field("auto", description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    seed: int = Field(0, description="Seed of initialisation, data order and masking: a run is reproducible.")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Under torchrun: DDP (replicated model) or FSDP2 (sharded, for models that do not fit)."
+    )
+    # --- evaluation, checkpoints, logs ---------------------------------------------------
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
+    eval_batches: int | None = Field(None, gt=0, description="Batches per evaluation (none: the whole eval set).")
+    checkpoint_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
+    log_every: int = Field(10, gt=0, description="Log metrics every N steps.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (processors run there).")
+    on_bad_record: Literal["skip", "error"] = Field(
+        "skip", description="A record that fails to load: skip it (counted and reported) or stop the run."
+    )
+    progress: bool = Field(True, description="Show a progress bar (tqdm) when the output is a terminal.")
+
+
+class TaskConfig(BaseModel):
+    """``[tasks.<name>]``: one dataset with its objective, head and sampling weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    objective: Literal["lm", "mlm", "prefix_lm", "classification"] = Field(
+        description="lm: next token (causal); mlm: masked tokens (bidirectional); prefix_lm: target given a "
+        "conditioning prefix (captioning, speech-to-text, translation); classification: a label."
+    )
+    train: str = Field(description="Training data: a JSONL manifest, or text files (one document a line).")
+    eval: str | None = Field(None, description="Held-out data in the same format.")
+    format: Literal["auto", "jsonl", "text"] = Field("auto", description="'auto': .jsonl is a manifest, else text.")
+    head: str | None = Field(None, description="The head this task trains (default: the model's only head).")
+    weight: float = Field(1.0, gt=0, description="Sampling weight among tasks (multi-task training).")
+    loss_weight: float = Field(1.0, gt=0, description="Multiplier of this task's loss.")
+    attention: Literal["causal", "prefix", "bidirectional"] | None = Field(
+        None, description="Attention mode override (default: causal for lm and classification, prefix for prefix_lm, "
+        "bidirectional for mlm)."
+    )
+    seq_len: int | None = Field(None, gt=1, description="Text corpora: tokens per packed sequence (default: context).")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="mlm: fraction of tokens to predict (80/10/10).")
+    label: str = Field("label", description="classification: the record field holding the label.")
+    labels: list[str] | None = Field(None, description="classification: class names, if labels are strings.")
+    text_input: str = Field("text", description="The text input that lm/mlm/prefix_lm objectives read.")

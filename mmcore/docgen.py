@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import BackboneConfig
+from .config import BackboneConfig, TaskConfig, TrainingConfig
 from .registry import Registry
 from .spec import _SpecFile
 
@@ -63,6 +63,11 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
         )
     out += ["", "## `[backbone]`", "", (BackboneConfig.__doc__ or "").strip().splitlines()[0], ""]
     out += options_table(BackboneConfig)
+    out += ["", "## `[training]`", "", (TrainingConfig.__doc__ or "").strip().splitlines()[0], ""]
+    out += options_table(TrainingConfig)
+    out += ["", "## `[tasks.<name>]`", "", (TaskConfig.__doc__ or "").strip().splitlines()[0],
+            "Relative paths resolve against the spec file's folder.", ""]
+    out += options_table(TaskConfig)
     for kind in ("encoder", "projector", "fusion", "head"):
         comps = [c for c in registry if c.kind == kind]
         if distributions is not None:

@@ -146,6 +146,11 @@ class Head(nn.Module):
       positions and ``sequence.mask`` for validity.
     * ``loss(output: HeadOutput, batch: Batch) -> Tensor | None``: a scalar, or None when
       the batch has no targets for this head. Padding never contributes.
+    * ``loss_terms(output, batch) -> (total, count) | None``: the loss as a sum over its
+      items (tokens, samples) and the number (or total weight) of items, with
+      ``loss == total / count``. The trainer uses it to normalise exactly across gradient
+      accumulation and processes. The default derives it from ``loss`` with count = B;
+      heads whose loss is a mean over a varying number of items override it.
     * ``weight`` (float, default 1.0): the head's share of the model's total loss.
     """
 
@@ -156,6 +161,13 @@ class Head(nn.Module):
 
     def loss(self, output: HeadOutput, batch: Batch) -> Tensor | None:
         return None
+
+    def loss_terms(self, output: HeadOutput, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        loss = self.loss(output, batch)
+        if loss is None:
+            return None
+        n = torch.tensor(float(output.logits.shape[0]), device=loss.device)
+        return loss * n, n
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -335,6 +335,8 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
     for path, cs in spec.components():
         if cs.freeze:
             model.get_submodule(path).requires_grad_(False)
+    if cfg.freeze:
+        backbone.requires_grad_(False)
     return model
 
 

@@ -41,7 +41,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from .config import BackboneConfig
+from .config import BackboneConfig, TaskConfig, TrainingConfig
 from .errors import SpecError, SpecIssue, UnknownComponentError
 from .registry import Component, Registry
 
@@ -68,6 +68,10 @@ class _SpecFile(BaseModel):
     )
     heads: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="One section per head: [heads.<name>] with component = '<registered head>'."
+    )
+    training: dict[str, Any] = Field(default_factory=dict, description="Options of `mmcore train` (see [training]).")
+    tasks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="One section per dataset: [tasks.<name>] with its objective (see [tasks.<name>])."
     )
 
 
@@ -110,6 +114,8 @@ class Spec:
     encoders: dict[str, ComponentSpec]
     fusion: ComponentSpec
     heads: dict[str, ComponentSpec] = field(default_factory=dict)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
     name: str = "model"
     description: str = ""
     spec_version: int = SPEC_VERSION
@@ -125,6 +131,8 @@ class Spec:
             "encoders": {k: v.to_dict() for k, v in self.encoders.items()},
             "fusion": self.fusion.to_dict(),
             "heads": {k: v.to_dict() for k, v in self.heads.items()},
+            "training": self.training.model_dump(mode="json"),
+            "tasks": {k: v.model_dump(mode="json") for k, v in self.tasks.items()},
         }
 
     def to_toml(self) -> str:
@@ -215,13 +223,45 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
             if c is not None:
                 heads[key] = c
 
-    if issues or top is None or backbone is None or fusion is None:
+    training = None
+    try:
+        training = TrainingConfig.model_validate(raw.get("training") or {})
+    except ValidationError as exc:
+        _pydantic_issues(exc, "training", TrainingConfig, add)
+    tasks: dict[str, TaskConfig] = {}
+    base = Path(file).resolve().parent if file else Path.cwd()
+    tasks_raw = raw.get("tasks") or {}
+    if isinstance(tasks_raw, Mapping):
+        for key, section in tasks_raw.items():
+            path = f"tasks.{key}"
+            try:
+                task = TaskConfig.model_validate(section)
+            except ValidationError as exc:
+                _pydantic_issues(exc, path, TaskConfig, add)
+                continue
+            if task.head is None and len(heads) != 1 and heads_raw:
+                add(f"{path}.head", f"the model has {len(heads_raw)} heads; say which this task trains",
+                    f"heads: {', '.join(heads_raw)}")
+            elif task.head is not None and isinstance(heads_raw, Mapping) and task.head not in heads_raw:
+                add(f"{path}.head", f"no head named {task.head!r}", f"heads: {', '.join(heads_raw) or '(none)'}")
+            if task.objective != "classification" and isinstance(enc_raw, Mapping) and task.text_input not in enc_raw:
+                add(f"{path}.text_input", f"{task.objective} needs a text input named {task.text_input!r}",
+                    f"inputs: {', '.join(enc_raw)}")
+            resolved = {
+                k: str((base / v).resolve()) if v is not None and not Path(v).is_absolute() else v
+                for k, v in (("train", task.train), ("eval", task.eval))
+            }
+            tasks[key] = task.model_copy(update=resolved)
+
+    if issues or top is None or backbone is None or fusion is None or training is None:
         raise SpecError(issues, file=file)
     return Spec(
         backbone=backbone,
         encoders=encoders,
         fusion=fusion,
         heads=heads,
+        training=training,
+        tasks=tasks,
         name=top.name,
         description=top.description,
         spec_version=top.spec_version,
@@ -301,7 +341,8 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
 
         registry = get_registry()
     comps = list(registry)
-    models = [(BackboneConfig, "validation")] + [(c.config, "validation") for c in comps]
+    models = [(BackboneConfig, "validation"), (TrainingConfig, "validation"), (TaskConfig, "validation")]
+    models += [(c.config, "validation") for c in comps]
     refs, top = models_json_schema(models, ref_template="#/$defs/{model}")
     defs = top.get("$defs", {})
 
@@ -346,6 +387,8 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
             "encoders": {"type": "object", "minProperties": 1, "additionalProperties": one_of("encoder")},
             "fusion": one_of("fusion"),
             "heads": {"type": "object", "additionalProperties": one_of("head")},
+            "training": refs[(TrainingConfig, "validation")],
+            "tasks": {"type": "object", "additionalProperties": refs[(TaskConfig, "validation")]},
         },
         "$defs": defs,
     }

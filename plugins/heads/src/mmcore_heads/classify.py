@@ -97,6 +97,14 @@ class ClassificationHead(Head):
         return HeadOutput(logits=logits, extra={"pooled": pooled})
 
     def loss(self, output: HeadOutput, batch: Batch) -> Tensor | None:
+        terms = self.loss_terms(output, batch)
+        if terms is None:
+            return None
+        total, count = terms
+        return total / count.clamp(min=torch.finfo(torch.float32).tiny)
+
+    def loss_terms(self, output: HeadOutput, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """(sum of weighted per-sample losses, sum of their weights): ``loss`` is their ratio."""
         labels = batch.targets.get(self.label)
         if labels is None:
             return None
@@ -125,7 +133,7 @@ class ClassificationHead(Head):
             logits.float(), labels, weight=w, reduction="none", label_smoothing=self.label_smoothing
         )  # (B,), already multiplied by w[label]
         denom = w[labels].sum() if w is not None else torch.tensor(float(labels.shape[0]), device=logits.device)
-        return per_sample.sum() / denom.clamp(min=torch.finfo(torch.float32).tiny)
+        return per_sample.sum(), denom
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, pooling={self.pooling!r}, label={self.label!r}, weight={self.weight}"

@@ -126,6 +126,14 @@ class LMHead(Head):
         return HeadOutput(logits=self.project(h), mask=mask)
 
     def loss(self, output: HeadOutput, batch: Batch) -> Tensor | None:
+        terms = self.loss_terms(output, batch)
+        if terms is None:
+            return None
+        total, count = terms
+        return total / count.clamp(min=1)
+
+    def loss_terms(self, output: HeadOutput, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """(summed token cross-entropy, number of counted tokens): ``loss`` is their ratio."""
         logits = output.logits  # (B, N, V)
         B, N, V = logits.shape
         inputs: Mapping[str, Any] = batch.inputs.get(self.input) or {}
@@ -158,7 +166,7 @@ class LMHead(Head):
             reduction="none",
             label_smoothing=self.label_smoothing,
         )  # 0 at ignored tokens
-        return per_token.sum() / keep.sum().clamp(min=1)
+        return per_token.sum(), keep.sum()
 
     def extra_repr(self) -> str:
         tied = f"tied to encoders.{self.input}.token_embedding" if self.tie else "untied"

@@ -1,13 +1,17 @@
-"""mmcore-text: the ``text.bytes`` encoder (UTF-8 byte tokenizer and token embedding).
+"""mmcore-text: the ``text.bytes`` and ``text.bpe`` encoders (tokenizer and token embedding).
 
-Importing this package (or :mod:`mmcore_text.plugin`, the entry point) does not import
-torch; the torch-backed names below are loaded on first access.
+Importing this package (or :mod:`mmcore_text.plugin`, the entry point) imports neither
+torch nor ``tokenizers``; the names backed by them are loaded on first access.
 
 Public names:
 
-* :class:`ByteTextConfig` -- options of ``encoder:text.bytes`` (:mod:`mmcore_text.config`).
-* :class:`ByteTokenizer`, :class:`TextProcessor` -- :mod:`mmcore_text.tokenizer`.
-* :class:`TokenEmbedding` -- the encoder module (:mod:`mmcore_text.encoder`).
+* :class:`ByteTextConfig`, :class:`BPETextConfig` -- options of ``encoder:text.bytes`` and
+  ``encoder:text.bpe`` (:mod:`mmcore_text.config`).
+* :class:`ByteTokenizer`, :class:`TextProcessor`, :class:`BPETextProcessor`,
+  :class:`TokenTextProcessor` (their shared base) -- :mod:`mmcore_text.tokenizer`.
+* :class:`BPETokenizer`, :func:`train_bpe` -- byte-level BPE with ``tokenizers``
+  (:mod:`mmcore_text.bpe`).
+* :class:`TokenEmbedding` -- the encoder module of both (:mod:`mmcore_text.encoder`).
 """
 
 from __future__ import annotations
@@ -15,15 +19,30 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import ByteTextConfig
+from .config import BPETextConfig, ByteTextConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["ByteTextConfig", "ByteTokenizer", "TextProcessor", "TokenEmbedding", "__version__"]
+__all__ = [
+    "BPETextConfig",
+    "BPETextProcessor",
+    "BPETokenizer",
+    "ByteTextConfig",
+    "ByteTokenizer",
+    "TextProcessor",
+    "TokenEmbedding",
+    "TokenTextProcessor",
+    "train_bpe",
+    "__version__",
+]
 
 _LAZY = {
     "ByteTokenizer": "mmcore_text.tokenizer",
     "TextProcessor": "mmcore_text.tokenizer",
+    "BPETextProcessor": "mmcore_text.tokenizer",
+    "TokenTextProcessor": "mmcore_text.tokenizer",
+    "BPETokenizer": "mmcore_text.bpe",
+    "train_bpe": "mmcore_text.bpe",
     "TokenEmbedding": "mmcore_text.encoder",
 }
 

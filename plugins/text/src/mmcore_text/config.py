@@ -1,22 +1,26 @@
-"""Options of the ``text.bytes`` encoder and its processor (pydantic only, no torch)."""
+"""Options of the ``text.bytes`` and ``text.bpe`` encoders and their processors.
+
+This module imports pydantic and mmcore's light modules only: no torch, and no
+``tokenizers`` unless a :class:`BPETextConfig` is validated without ``vocab_size`` (then
+the tokenizer file is read to learn its vocabulary size).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from mmcore.config import ComponentConfig
 
-__all__ = ["ByteTextConfig"]
+__all__ = ["ByteTextConfig", "BPETextConfig", "TextOptions"]
 
 
-class ByteTextConfig(ComponentConfig):
-    """Options of ``encoder:text.bytes``: how a record's text becomes token ids.
+class TextOptions(ComponentConfig):
+    """The options every text processor of this plugin shares (framing and truncation)."""
 
-    ``max_length`` counts every token of a sample, special tokens included. Truncation
-    cuts the text's bytes (never the special tokens) at a UTF-8 character boundary.
-    """
+    _unit: ClassVar[str] = "token"
 
     max_length: int = Field(
         256,
@@ -33,13 +37,70 @@ class ByteTextConfig(ComponentConfig):
     add_eos: bool = Field(True, description="End every sample with <eos> (so a language model learns where text ends).")
 
     @model_validator(mode="after")
-    def _check_room(self) -> "ByteTextConfig":
+    def _check_room(self) -> "TextOptions":
         # A {"prompt", "target"} sample holds <bos>, <sep> and <eos>: leave room for them
-        # and at least one byte of text.
+        # and at least one token of text.
         least = int(self.add_bos) + int(self.add_eos) + 2
         if self.max_length < least:
             raise ValueError(
                 f"max_length ({self.max_length}) must be at least {least}: room for the special tokens "
-                f"(<bos>: {self.add_bos}, <sep>, <eos>: {self.add_eos}) and one byte of text"
+                f"(<bos>: {self.add_bos}, <sep>, <eos>: {self.add_eos}) and one {self._unit} of text"
             )
         return self
+
+
+class ByteTextConfig(TextOptions):
+    """Options of ``encoder:text.bytes``: how a record's text becomes token ids.
+
+    ``max_length`` counts every token of a sample, special tokens included. Truncation
+    cuts the text's bytes (never the special tokens) at a UTF-8 character boundary.
+    """
+
+    _unit: ClassVar[str] = "byte"
+
+
+class BPETextConfig(TextOptions):
+    """Options of ``encoder:text.bpe``: a byte-level BPE tokenizer read from a tokenizer.json.
+
+    ``tokenizer`` is a path; a relative path is resolved against the current working
+    directory of the process that reads it (not against the spec file's folder).
+
+    ``vocab_size`` is the number of rows of the token embedding. Left out, it is filled in
+    from the tokenizer file when the options are validated, so a resolved spec (and the
+    ``spec.toml`` of a saved model, which writes every option out) records it: a saved
+    model is then rebuilt from its own directory (``processors/<input>/tokenizer.json``)
+    without the original file. Set it explicitly to pad the table (e.g. to a multiple of
+    64); it can never be smaller than the tokenizer's vocabulary.
+
+    ``max_length`` counts tokens, special tokens included; truncation drops whole tokens
+    (never the special tokens) and never splits a character.
+    """
+
+    tokenizer: str = Field(
+        description="Path to a byte-level BPE tokenizer.json (`mmcore tokenizer train` writes one; GPT-2's "
+        "layout works too). A relative path is resolved against the current working directory. Missing "
+        "special tokens (<pad>, <bos>, <eos>, <mask>, <sep>, <image>, </image>, <audio>, </audio>) are added; "
+        "GPT-2's <|endoftext|> serves as <eos>.",
+    )
+    vocab_size: int | None = Field(
+        None,
+        ge=1,
+        description="Rows of the token embedding. Default: the tokenizer's vocabulary size (special tokens "
+        "included), read from `tokenizer` when the spec is validated and written into resolved and saved "
+        "specs. May be larger than the tokenizer's vocabulary (padding), never smaller.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_vocab_size(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        path = data.get("tokenizer")
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+            data = {**data, "tokenizer": path}
+        if data.get("vocab_size") is None and isinstance(path, str):
+            from .bpe import BPETokenizer  # imports `tokenizers`, not torch
+
+            data = {**data, "vocab_size": BPETokenizer.from_file(path).vocab_size}
+        return data

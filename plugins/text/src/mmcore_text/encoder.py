@@ -1,4 +1,4 @@
-"""The ``text.bytes`` encoder: a learned embedding of the byte tokenizer's ids."""
+"""The ``text.bytes`` and ``text.bpe`` encoder: a learned embedding of the tokenizer's ids."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from mmcore.interfaces import Encoder
 from mmcore.types import Tokens
 
-from .config import ByteTextConfig
+from .config import BPETextConfig, ByteTextConfig
 from .tokenizer import VOCAB_SIZE
 
 __all__ = ["TokenEmbedding"]
@@ -20,8 +20,10 @@ class TokenEmbedding(Encoder):
     """Token ids -> embeddings of the backbone's width.
 
     Built as ``TokenEmbedding(config, *, width, processor)``: ``width`` is the backbone
-    width (so no projector is needed), ``processor`` the :class:`TextProcessor` whose
-    vocabulary it embeds (None: the byte tokenizer's, 264 ids).
+    width (so no projector is needed), ``processor`` the :class:`TextProcessor` or
+    :class:`BPETextProcessor` whose vocabulary it embeds (``processor.vocab_size`` rows).
+    Without a processor: ``config.vocab_size`` for a :class:`BPETextConfig`, else the byte
+    tokenizer's 264 ids.
 
     Attributes:
         token_embedding: ``nn.Embedding(vocab_size, width)``, normal init with std 0.02
@@ -36,10 +38,15 @@ class TokenEmbedding(Encoder):
 
     modality = "text"
 
-    def __init__(self, config: ByteTextConfig | None = None, *, width: int, processor: Any = None):
+    def __init__(self, config: ByteTextConfig | BPETextConfig | None = None, *, width: int, processor: Any = None):
         super().__init__()
         self.config = config if config is not None else ByteTextConfig()
-        self.vocab_size = int(processor.vocab_size) if processor is not None else VOCAB_SIZE
+        if processor is not None:
+            self.vocab_size = int(processor.vocab_size)
+        elif isinstance(self.config, BPETextConfig) and self.config.vocab_size is not None:
+            self.vocab_size = int(self.config.vocab_size)
+        else:
+            self.vocab_size = VOCAB_SIZE
         self.out_dim = int(width)
         self.token_embedding = nn.Embedding(self.vocab_size, self.out_dim)
         nn.init.normal_(self.token_embedding.weight, mean=0.0, std=0.02)

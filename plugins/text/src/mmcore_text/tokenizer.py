@@ -1,6 +1,9 @@
-"""The byte-level tokenizer and the :class:`TextProcessor` of ``encoder:text.bytes``.
+"""The text processors: :class:`TextProcessor` (``encoder:text.bytes``, with the byte-level
+:class:`ByteTokenizer`) and :class:`BPETextProcessor` (``encoder:text.bpe``, with
+:class:`~mmcore_text.bpe.BPETokenizer`). Both are :class:`TokenTextProcessor`: the framing,
+truncation, collation and files are shared; only the tokenizer differs.
 
-Token ids::
+Byte tokenizer ids::
 
     0 .. 255    the bytes of the UTF-8 encoding of the text
     256         <pad>    padding (never attended to, never predicted)
@@ -11,7 +14,10 @@ Token ids::
     261 .. 263  reserved (see VOCAB_SIZE)
 
 Special tokens exist only as ids: :meth:`ByteTokenizer.encode` never turns the text
-``"<eos>"`` into the id 258 (it is five bytes), so record text cannot inject them.
+``"<eos>"`` into the id 258 (it is five bytes), so record text cannot inject them. The
+BPE tokenizer keeps that rule.
+
+This module imports torch; ``tokenizers`` is imported only when a BPE processor needs it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -27,9 +33,18 @@ from torch import Tensor
 from mmcore.errors import InputError, ModelDirError
 from mmcore.interfaces import Processor
 
-from .config import ByteTextConfig
+from ._common import TokenizerBase, cut
+from .config import BPETextConfig, ByteTextConfig, TextOptions
 
-__all__ = ["ByteTokenizer", "TextProcessor", "SPECIAL_TOKENS", "VOCAB_SIZE", "TOKENIZER_FILE"]
+__all__ = [
+    "ByteTokenizer",
+    "TokenTextProcessor",
+    "TextProcessor",
+    "BPETextProcessor",
+    "SPECIAL_TOKENS",
+    "VOCAB_SIZE",
+    "TOKENIZER_FILE",
+]
 
 NUM_BYTES = 256
 SPECIAL_TOKENS: dict[str, int] = {"<pad>": 256, "<bos>": 257, "<eos>": 258, "<mask>": 259, "<sep>": 260}
@@ -51,11 +66,13 @@ def _at(where: str) -> str:
     return f"{where}: " if where else ""
 
 
-class ByteTokenizer:
+class ByteTokenizer(TokenizerBase):
     """UTF-8 bytes as tokens, plus special tokens. Stateless and picklable.
 
     ``decode(encode(s)) == s`` for every ``str`` that is valid Unicode (lone surrogates
     cannot be encoded as UTF-8 and raise ``UnicodeEncodeError``, a ``ValueError``).
+    ``encode_batch(texts, max_length=None, padding=True)`` -> ``(ids, mask)`` pads a batch
+    (see :meth:`~mmcore_text._common.TokenizerBase.encode_batch`).
     """
 
     @property
@@ -91,6 +108,10 @@ class ByteTokenizer:
         """The UTF-8 bytes of ``text`` as ids 0..255 (no special tokens added)."""
         return list(text.encode("utf-8"))
 
+    def starts_inside_char(self, token_id: int) -> bool:
+        """True for UTF-8 continuation bytes (0b10xxxxxx): they never start a character."""
+        return 0x80 <= token_id < 0xC0
+
     def decode(self, ids: Sequence[int] | Tensor, skip_special: bool = True) -> str:
         """Ids -> text. Byte runs decode as UTF-8 with ``errors="replace"`` (generated ids
         need not be valid UTF-8). Special and reserved ids are dropped, or written as their
@@ -121,16 +142,13 @@ class ByteTokenizer:
         return f"ByteTokenizer(vocab_size={VOCAB_SIZE})"
 
 
-def _is_continuation(b: int) -> bool:
-    return b & 0xC0 == 0x80  # 0b10xxxxxx: inside a multi-byte UTF-8 character
+class TokenTextProcessor(Processor):
+    """What :class:`TextProcessor` and :class:`BPETextProcessor` share: text -> token ids
+    framed by special tokens, truncation, collation, and the processor files.
 
-
-class TextProcessor(Processor):
-    """Processor of ``encoder:text.bytes``: text -> byte ids framed by special tokens.
-
-    Built by the registry as ``TextProcessor(config)`` (a :class:`ByteTextConfig`, a dict
-    of its options, or None for the defaults). Holds plain Python attributes only, so it
-    pickles (DataLoader workers).
+    A subclass sets ``name`` (the component, for messages), ``kind`` (written to
+    ``tokenizer_config.json``) and gives the tokenizer: an object with ``encode``,
+    ``decode``, ``starts_inside_char``, ``vocab_size`` and the ``*_id`` properties.
 
     ``__call__(value, *, where="")`` accepts:
 
@@ -143,7 +161,7 @@ class TextProcessor(Processor):
       sample is a generation prompt: ``[<bos>] prompt <sep>``, no ``<eos>``.
 
     Brackets are the ``add_bos``/``add_eos`` options. When a sample would exceed
-    ``max_length``, ``truncation="right"`` drops bytes from the end (of the target first,
+    ``max_length``, ``truncation="right"`` drops tokens from the end (of the target first,
     then of the prompt), ``"left"`` from the beginning (of the prompt first), always at a
     UTF-8 character boundary and keeping the special tokens; ``"error"`` raises
     :class:`~mmcore.errors.InputError`. Anything else raises ``InputError`` naming
@@ -156,22 +174,26 @@ class TextProcessor(Processor):
     """
 
     modality = "text"
+    name: ClassVar[str] = "text"
+    kind: ClassVar[str] = ""
 
-    def __init__(self, config: ByteTextConfig | Mapping[str, Any] | None = None):
-        if not isinstance(config, ByteTextConfig):
-            config = ByteTextConfig.model_validate(dict(config or {}))
-        self.tokenizer = ByteTokenizer()
+    def __init__(self, tokenizer: Any, config: TextOptions):
+        self._tokenizer = tokenizer
         self._set_options(config)
 
-    def _set_options(self, config: ByteTextConfig) -> None:
+    def _set_options(self, config: TextOptions) -> None:
         self.max_length: int = config.max_length
         self.truncation: str = config.truncation
         self.add_bos: bool = config.add_bos
         self.add_eos: bool = config.add_eos
 
     @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
     def options(self) -> dict[str, Any]:
-        """The processor's options, as a :class:`ByteTextConfig` dict."""
+        """The framing and truncation options (``max_length``, ``truncation``, ``add_bos``, ``add_eos``)."""
         return {
             "max_length": self.max_length,
             "truncation": self.truncation,
@@ -215,11 +237,17 @@ class TextProcessor(Processor):
     def decode(self, ids: Sequence[int] | Tensor, skip_special: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special=skip_special)
 
+    def encode_batch(
+        self, texts: Sequence[str], max_length: int | None = None, padding: Any = True
+    ) -> tuple[Tensor, Tensor]:
+        """The tokenizer's ``encode_batch``: texts -> ``(ids, mask)``, no special tokens added."""
+        return self.tokenizer.encode_batch(texts, max_length=max_length, padding=padding)
+
     # --- one sample --------------------------------------------------------------------
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         if isinstance(value, str):
-            content = self._bytes(value, where, "text")
+            content = self._ids(value, where, "text")
             head = [self.bos_id] if self.add_bos else []
             tail = [self.eos_id] if self.add_eos else []
             kept, _ = self._truncate(content, len(head) + len(tail), where)
@@ -227,7 +255,7 @@ class TextProcessor(Processor):
         if isinstance(value, Mapping):
             return self._prompt_target(value, where)
         raise InputError(
-            f"{_at(where)}text.bytes expects a str or a {{'prompt': str, 'target': str}} dict, "
+            f"{_at(where)}{self.name} expects a str or a {{'prompt': str, 'target': str}} dict, "
             f"got {type(value).__name__}"
         )
 
@@ -235,15 +263,15 @@ class TextProcessor(Processor):
         unknown = [k for k in value if k not in ("prompt", "target")]
         if unknown or "prompt" not in value:
             raise InputError(
-                f"{_at(where)}text.bytes expects a dict with keys 'prompt' (str) and 'target' (str), got keys "
+                f"{_at(where)}{self.name} expects a dict with keys 'prompt' (str) and 'target' (str), got keys "
                 f"{sorted(map(str, value))}"
             )
         prompt, target = value["prompt"], value.get("target")
         for key, v in (("prompt", prompt), ("target", target)):
             if not isinstance(v, str) and not (key == "target" and v is None):
-                raise InputError(f"{_at(where)}text.bytes expects {key!r} to be a str, got {type(v).__name__}")
-        p = self._bytes(prompt, where, "prompt")
-        t = self._bytes(target, where, "target") if target is not None else []
+                raise InputError(f"{_at(where)}{self.name} expects {key!r} to be a str, got {type(v).__name__}")
+        p = self._ids(prompt, where, "prompt")
+        t = self._ids(target, where, "target") if target is not None else []
         head = [self.bos_id] if self.add_bos else []
         tail = [self.eos_id] if self.add_eos and target is not None else []
         kept, start = self._truncate(p + t, len(head) + 1 + len(tail), where)
@@ -256,7 +284,7 @@ class TextProcessor(Processor):
             "prompt_len": torch.tensor(prompt_len, dtype=torch.long),
         }
 
-    def _bytes(self, text: str, where: str, what: str) -> list[int]:
+    def _ids(self, text: str, where: str, what: str) -> list[int]:
         try:
             return self.tokenizer.encode(text)
         except UnicodeEncodeError as exc:
@@ -267,23 +295,12 @@ class TextProcessor(Processor):
     def _truncate(self, content: list[int], n_special: int, where: str) -> tuple[list[int], int]:
         """Cut ``content`` to fit ``max_length - n_special`` tokens; return (kept, start)."""
         budget = self.max_length - n_special
-        if len(content) <= budget:
-            return content, 0
-        if self.truncation == "error":
+        if len(content) > budget and self.truncation == "error":
             raise InputError(
                 f"{_at(where)}text is {len(content) + n_special} tokens long (special tokens included), more than "
                 f"max_length = {self.max_length}; shorten it, raise max_length or set truncation = 'right' or 'left'"
             )
-        budget = max(budget, 0)
-        if self.truncation == "right":
-            end = budget
-            while end > 0 and _is_continuation(content[end]):
-                end -= 1  # do not split a character: content[end] must start one
-            return content[:end], 0
-        start = len(content) - budget
-        while start < len(content) and _is_continuation(content[start]):
-            start += 1
-        return content[start:], start
+        return cut(content, budget, self.truncation, self.tokenizer.starts_inside_char)
 
     # --- a batch -----------------------------------------------------------------------
 
@@ -297,7 +314,7 @@ class TextProcessor(Processor):
                 continue
             if s["ids"].dim() != 1:
                 raise InputError(
-                    f"text.bytes collate: sample {i} has ids of shape {tuple(s['ids'].shape)}, expected (T,)"
+                    f"{self.name} collate: sample {i} has ids of shape {tuple(s['ids'].shape)}, expected (T,)"
                 )
             ids[i, : lengths[i]] = s["ids"]
             if "prompt_len" in s:
@@ -307,54 +324,203 @@ class TextProcessor(Processor):
 
     # --- files -------------------------------------------------------------------------
 
+    def _describe(self, tokenizer: Any) -> dict[str, Any]:
+        """What ``tokenizer_config.json`` records about the vocabulary (checked on load)."""
+        return {"vocab_size": self.vocab_size, "special_tokens": tokenizer.special_tokens}
+
+    def _save_tokenizer(self, directory: str) -> list[str]:
+        """Write the tokenizer's own files, if any; return their names."""
+        return []
+
+    def _load_tokenizer(self, directory: str) -> Any:
+        """Read the tokenizer that :meth:`_save_tokenizer` wrote (ModelDirError if unusable)."""
+        return self.tokenizer
+
     def save(self, directory: str | os.PathLike[str]) -> list[str]:
-        """Write ``tokenizer_config.json`` (kind, vocabulary, special tokens, options)."""
-        data = {
-            "kind": TOKENIZER_KIND,
-            "format_version": FORMAT_VERSION,
-            "vocab_size": self.vocab_size,
-            "num_bytes": NUM_BYTES,
-            "special_tokens": self.special_tokens,
-            "options": self.options,
-        }
+        """Write ``tokenizer_config.json`` (kind, vocabulary, special tokens, options) and the
+        tokenizer's own files (text.bpe: ``tokenizer.json``); return their names."""
+        directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
+        files = self._save_tokenizer(directory)
+        data = {"kind": self.kind, "format_version": FORMAT_VERSION, **self._describe(self.tokenizer)}
+        data["options"] = self.options
         with open(os.path.join(directory, TOKENIZER_FILE), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
+            json.dump(data, f, indent=2, ensure_ascii=False)
             f.write("\n")
-        return [TOKENIZER_FILE]
+        return [*files, TOKENIZER_FILE]
 
     def load(self, directory: str | os.PathLike[str]) -> None:
-        """Read ``tokenizer_config.json``: check it describes this tokenizer, adopt its options.
+        """Read what :meth:`save` wrote: check it describes this processor's vocabulary, then
+        adopt its tokenizer and options.
 
-        Raises :class:`~mmcore.errors.ModelDirError` when the file is missing, unreadable or
-        describes another tokenizer or vocabulary.
+        Raises :class:`~mmcore.errors.ModelDirError` when a file is missing, unreadable or
+        describes another tokenizer or vocabulary; the processor is then unchanged.
         """
+        directory = os.fspath(directory)
         path = os.path.join(directory, TOKENIZER_FILE)
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError as exc:
-            raise ModelDirError(f"{path}: missing; the text.bytes processor needs it") from exc
+            raise ModelDirError(f"{path}: missing; the {self.name} processor needs it") from exc
         except (OSError, ValueError) as exc:
             raise ModelDirError(f"{path}: unreadable: {exc}") from exc
         if not isinstance(data, dict):
             raise ModelDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        expected = {
-            "kind": TOKENIZER_KIND,
-            "format_version": FORMAT_VERSION,
-            "vocab_size": self.vocab_size,
-            "num_bytes": NUM_BYTES,
-            "special_tokens": self.special_tokens,
-        }
+        tokenizer = self._load_tokenizer(directory)
+        expected = {"kind": self.kind, "format_version": FORMAT_VERSION, **self._describe(tokenizer)}
         for key, want in expected.items():
             if data.get(key) != want:
                 raise ModelDirError(f"{path}: {key} is {data.get(key)!r}, this tokenizer has {want!r}")
         try:
-            config = ByteTextConfig.model_validate(data.get("options", {}))
+            config = TextOptions.model_validate(data.get("options", {}))
         except ValueError as exc:
             raise ModelDirError(f"{path}: invalid options: {exc}") from exc
+        self._tokenizer = tokenizer
         self._set_options(config)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"TextProcessor({opts})"
+        return f"{type(self).__name__}({opts})"
+
+
+class TextProcessor(TokenTextProcessor):
+    """Processor of ``encoder:text.bytes``: text -> UTF-8 byte ids framed by special tokens.
+
+    Built by the registry as ``TextProcessor(config)`` (a :class:`ByteTextConfig`, a dict
+    of its options, or None for the defaults). Holds plain Python attributes only, so it
+    pickles (DataLoader workers). Inputs, truncation (at UTF-8 character boundaries),
+    ``collate`` and files: see :class:`TokenTextProcessor`. ``save`` writes
+    ``tokenizer_config.json`` only (the byte vocabulary is fixed).
+    """
+
+    name = "text.bytes"
+    kind = TOKENIZER_KIND
+
+    def __init__(self, config: ByteTextConfig | Mapping[str, Any] | None = None):
+        if not isinstance(config, ByteTextConfig):
+            config = ByteTextConfig.model_validate(dict(config or {}))
+        super().__init__(ByteTokenizer(), config)
+
+    def _describe(self, tokenizer: Any) -> dict[str, Any]:
+        return {"vocab_size": VOCAB_SIZE, "num_bytes": NUM_BYTES, "special_tokens": tokenizer.special_tokens}
+
+
+class BPETextProcessor(TokenTextProcessor):
+    """Processor of ``encoder:text.bpe``: text -> byte-level BPE ids framed by special tokens.
+
+    Built by the registry as ``BPETextProcessor(config)`` (a :class:`BPETextConfig` or a
+    dict of its options). Inputs, truncation (whole tokens, never inside a character),
+    ``collate``: see :class:`TokenTextProcessor`.
+
+    The tokenizer is read lazily. ``vocab_size`` (the embedding's rows) comes from the
+    config, which holds it once validated, so building a model never reads the tokenizer
+    file. The file named by ``config.tokenizer`` (made absolute against the current
+    directory at construction) is read on first use (encoding, a special id, ``save``);
+    :meth:`load` instead adopts the ``tokenizer.json`` saved in a processor directory and
+    never reads the configured path. That is how :func:`mmcore.load` works when the
+    original tokenizer file is gone. A tokenizer with more ids than ``vocab_size`` is an
+    :class:`~mmcore.errors.InputError` (on first use) or a ``ModelDirError`` (on load).
+
+    Picklable (DataLoader workers): the tokenizer pickles as its JSON text. Ids in
+    ``[tokenizer.vocab_size, vocab_size)`` (embedding padding) decode as nothing, or as
+    ``<reserved_k>`` with ``skip_special=False``.
+    """
+
+    name = "text.bpe"
+    kind = "mmcore_text.bpe"
+
+    def __init__(self, config: BPETextConfig | Mapping[str, Any]):
+        if not isinstance(config, BPETextConfig):
+            config = BPETextConfig.model_validate(dict(config))
+        self.tokenizer_path = os.path.abspath(config.tokenizer)
+        self._vocab_size = config.vocab_size
+        super().__init__(None, config)
+        if self._vocab_size is None:  # a config made with model_construct: read the file now
+            self._vocab_size = self.tokenizer.vocab_size
+
+    @property
+    def tokenizer(self) -> Any:
+        """The :class:`~mmcore_text.bpe.BPETokenizer` (read from ``tokenizer_path`` on first use)."""
+        if self._tokenizer is None:
+            from .bpe import BPETokenizer
+
+            try:
+                tok = BPETokenizer.from_file(self.tokenizer_path)
+            except InputError as exc:
+                exc.add_note(
+                    f"the {self.name} processor reads its tokenizer file on first use; a saved model's processor "
+                    "uses the copy in its directory instead (processors/<input>/tokenizer.json, read by mmcore.load)"
+                )
+                raise
+            if self._vocab_size is not None and tok.vocab_size > self._vocab_size:
+                raise InputError(
+                    f"{self.tokenizer_path}: the tokenizer has {tok.vocab_size} token ids, more than vocab_size = "
+                    f"{self._vocab_size} (the embedding's rows); was the file replaced after the spec was resolved? "
+                    f"Set vocab_size to at least {tok.vocab_size} or leave it out"
+                )
+            self._tokenizer = tok
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the token embedding: the config's ``vocab_size`` (>= the tokenizer's)."""
+        assert self._vocab_size is not None
+        return self._vocab_size
+
+    def decode(self, ids: Sequence[int] | Tensor, skip_special: bool = True) -> str:
+        tok = self.tokenizer
+        if isinstance(ids, Tensor):
+            ids = ids.reshape(-1).tolist()
+        ids = [int(i) for i in ids]
+        n = tok.vocab_size
+        if all(i < n for i in ids):
+            return tok.decode(ids, skip_special=skip_special)
+        out: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            if n <= i < self.vocab_size:
+                if run:
+                    out.append(tok.decode(run, skip_special=skip_special))
+                    run = []
+                if not skip_special:
+                    out.append(f"<reserved_{i - n}>")
+            else:
+                run.append(i)  # ids past vocab_size: the tokenizer raises ValueError
+        if run:
+            out.append(tok.decode(run, skip_special=skip_special))
+        return "".join(out)
+
+    def _describe(self, tokenizer: Any) -> dict[str, Any]:
+        return {
+            "vocab_size": self.vocab_size,
+            "tokenizer_vocab_size": tokenizer.vocab_size,
+            "special_tokens": tokenizer.special_tokens,
+        }
+
+    def _save_tokenizer(self, directory: str) -> list[str]:
+        from .bpe import TOKENIZER_JSON
+
+        self.tokenizer.save(os.path.join(directory, TOKENIZER_JSON))
+        return [TOKENIZER_JSON]
+
+    def _load_tokenizer(self, directory: str) -> Any:
+        from .bpe import TOKENIZER_JSON, BPETokenizer
+
+        path = os.path.join(directory, TOKENIZER_JSON)
+        if not os.path.isfile(path):
+            raise ModelDirError(f"{path}: missing; the {self.name} processor needs it")
+        try:
+            tok = BPETokenizer.from_file(path)
+        except InputError as exc:
+            raise ModelDirError(str(exc)) from exc
+        if tok.vocab_size > self.vocab_size:
+            raise ModelDirError(
+                f"{path}: the tokenizer has {tok.vocab_size} token ids, more than vocab_size = {self.vocab_size} "
+                "in the spec (the embedding's rows)"
+            )
+        return tok
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"BPETextProcessor(tokenizer={self.tokenizer_path!r}, vocab_size={self._vocab_size}, {opts})"
