@@ -47,6 +47,13 @@ _LAZY = {
     "build_component": "model",
     "save": "checkpoint",
     "load": "checkpoint",
+    "Trainer": "trainer",
+    "TrainResult": "trainer",
+    "train": "trainer",
+    "GenerationConfig": "generation",
+    "generate": "generation",
+    "TrainingConfig": "config",
+    "TaskConfig": "config",
     "Spec": "spec",
     "ComponentSpec": "spec",
     "load_spec": "spec",
@@ -87,6 +94,14 @@ __all__ = [
     "build_component",
     "save",
     "load",
+    # training and generation
+    "TrainingConfig",
+    "TaskConfig",
+    "Trainer",
+    "TrainResult",
+    "train",
+    "GenerationConfig",
+    "generate",
     # errors
     "MMCoreError",
     "SpecError",
@@ -120,6 +135,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .backbone import GPT, KVCache
     from .checkpoint import load, save
     from .interfaces import Encoder, Fusion, Head, Processor, Projector
+    from .config import TaskConfig, TrainingConfig
+    from .generation import GenerationConfig, generate
     from .model import MultimodalGPT, build, build_component
+    from .trainer import Trainer, TrainResult, train
     from .spec import ComponentSpec, Spec, load_spec, parse_spec
     from .types import Batch, FusedSequence, HeadOutput, ModelOutput, Tokens

@@ -7,6 +7,7 @@ do not import torch: each command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -150,6 +151,52 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+    from .trainer import train
+
+    spec = load_spec(args.spec)
+    if args.data or args.eval:
+        if not spec.tasks:
+            raise MMCoreError(f"{args.spec}: --data needs a [tasks.<name>] section saying the objective")
+        names = [args.task] if args.task else list(spec.tasks)
+        if len(names) != 1 or names[0] not in spec.tasks:
+            raise MMCoreError(f"--data: say which task it is for with --task; tasks: {sorted(spec.tasks)}")
+        upd = {k: str(Path(v).resolve()) for k, v in (("train", args.data), ("eval", args.eval)) if v}
+        tasks = dict(spec.tasks)
+        tasks[names[0]] = tasks[names[0]].model_copy(update=upd)
+        spec = dataclasses.replace(spec, tasks=tasks)
+    overrides = {k: v for k, v in (("steps", args.steps), ("device", args.device)) if v is not None}
+    if overrides:
+        spec = dataclasses.replace(spec, training=spec.training.model_copy(update=overrides))
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    _, result = train(spec, out_dir=out)
+    print(f"trained {result.steps} steps in {result.seconds:.1f}s; final loss {result.final_loss:.4f}; model in {out}")
+    for task, m in result.eval.items():
+        print(f"  eval {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+    skipped = {k: v for k, v in result.bad_records.items() if v}
+    if skipped:
+        print(f"  skipped bad records: {skipped}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_dir
+
+    res = evaluate_dir(
+        args.model_dir,
+        args.data,
+        task=args.task,
+        objective=args.objective,
+        batch_size=args.batch_size,
+        generate=args.generate,
+        max_new_tokens=args.max_new_tokens,
+        out=args.out,
+    )
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job. For now: compose the example text model, print its summary, run it once."""
     import time
@@ -217,6 +264,32 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     b.add_argument("--summary", action="store_true", help="print parameters per component (default)")
     b.add_argument("--repr", action="store_true", help="print the module tree")
     b.set_defaults(func=cmd_build)
+
+    t = sub.add_parser("train", help="train the model a spec describes on its [tasks]")
+    t.add_argument("spec", metavar="SPEC")
+    t.add_argument("--data", help="training data for the (only, or --task) task, instead of the spec's")
+    t.add_argument("--eval", help="held-out data for that task")
+    t.add_argument("--task", help="which task --data/--eval are for")
+    t.add_argument("--out", help="model directory to write (default: runs/<spec name>); resumes if it has a checkpoint")
+    t.add_argument("--steps", type=int, help="override training.steps")
+    t.add_argument("--device", help="override training.device")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a model directory on a data file; prints (and writes) JSON")
+    e.add_argument("model_dir", metavar="MODEL_DIR")
+    e.add_argument("data", metavar="DATA")
+    e.add_argument("--task", help="a task of the model's spec (default: its only task)")
+    e.add_argument("--objective", choices=["lm", "mlm", "prefix_lm", "classification"])
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument(
+        "--generate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also generate text and score BLEU/chrF against record targets (default: for prefix_lm)",
+    )
+    e.add_argument("--max-new-tokens", type=int, default=64)
+    e.add_argument("--out", help="write the JSON here too")
+    e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the main job: build the example model and run it")
     d.add_argument("--spec", help="spec to use instead of examples/text_lm.toml")

@@ -1,0 +1,352 @@
+"""Data: JSONL manifests and plain-text corpora -> Batches, with a resumable order.
+
+* :class:`ManifestDataset` reads a JSONL manifest lazily (one record a line; fields named
+  after the spec's inputs, plus ``target`` and ``label``; file paths relative to the
+  manifest) and runs each input's Processor on it, in DataLoader workers.
+* :class:`PackedTextDataset` tokenizes plain-text corpora (one document a line, or whole
+  files) and packs them into fixed-length sequences for language-model pretraining.
+* :class:`IndexPlan` decides which records form global batch *k*, from the seed alone, so
+  a run resumed at batch *k* sees exactly the batches an uninterrupted run would, and each
+  process of a distributed run takes its slice of the same global batch.
+* :class:`Collator` turns samples into a :class:`~mmcore.Batch`. A record that fails to
+  load or process becomes a :class:`BadRecord` (file, line, field, reason), never a zero
+  tensor; the trainer skips it with a count or stops, per ``on_bad_record``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import InputError, MMCoreError
+from .interfaces import Processor
+from .types import Batch
+
+__all__ = [
+    "BadRecord",
+    "DataError",
+    "ManifestDataset",
+    "PackedTextDataset",
+    "IndexPlan",
+    "Collator",
+    "make_loader",
+]
+
+
+class DataError(MMCoreError):
+    """A record could not be used and the policy says to stop (names file, line, field)."""
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record that failed to load or process: where, which field, why."""
+
+    where: str
+    field: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        f = f" field {self.field!r}" if self.field else ""
+        return f"{self.where}{f}: {self.reason}"
+
+
+def _line_offsets(path: Path) -> tuple[list[int], list[int]]:
+    """Byte offset and 1-based line number of every non-blank line (records parse lazily)."""
+    offsets, numbers = [], []
+    pos = 0
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                offsets.append(pos)
+                numbers.append(n)
+            pos += len(line)
+    return offsets, numbers
+
+
+class ManifestDataset(Dataset):
+    """Records of a JSONL manifest, processed by the model's processors.
+
+    Args:
+        path: the manifest. Relative file paths in records resolve against its folder
+            and may not leave it (``allow_outside=True`` lifts that).
+        processors: input name -> Processor (``model.processors``).
+        modalities: input name -> modality; inputs whose modality is not ``text`` take a
+            file path (or an inline value their processor accepts).
+        text_input: the input that receives ``{"prompt": record[text_input], "target":
+            record["target"]}`` when a record has a ``target`` (conditional generation).
+        targets: record fields that become integer targets (``label``).
+        labels: optional class names per target field; string labels map to their index.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        processors: Mapping[str, Processor],
+        modalities: Mapping[str, str],
+        *,
+        text_input: str | None = "text",
+        targets: Sequence[str] = ("label",),
+        labels: Mapping[str, Sequence[str]] | None = None,
+        allow_outside: bool = False,
+    ):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: manifest not found")
+        self.root = self.path.resolve().parent
+        self.processors = dict(processors)
+        self.modalities = dict(modalities)
+        self.text_input = text_input if text_input in self.processors else None
+        self.targets = tuple(targets)
+        self.labels = {k: list(v) for k, v in (labels or {}).items()}
+        self.allow_outside = allow_outside
+        self.offsets, self.lines = _line_offsets(self.path)
+        if not self.offsets:
+            raise DataError(f"{self.path}: the manifest has no records")
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def _read(self, i: int) -> tuple[int, dict[str, Any]]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[i])
+            raw = f.readline()
+        line = self.lines[i]
+        try:
+            record = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _Bad(f"{self.path}:{line}", None, f"not valid JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise _Bad(f"{self.path}:{line}", None, f"a record must be a JSON object, got {type(record).__name__}")
+        return line, record
+
+    def resolve_path(self, value: str, where: str, field_name: str) -> str:
+        p = Path(value)
+        full = (p if p.is_absolute() else self.root / p).resolve()
+        if not self.allow_outside and self.root not in full.parents and full != self.root:
+            raise _Bad(where, field_name, f"path {value!r} leaves the manifest's folder {self.root}")
+        if not full.is_file():
+            raise _Bad(where, field_name, f"file not found: {full}")
+        return str(full)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | BadRecord:
+        try:
+            line, record = self._read(i)
+            where = f"{self.path}:{line}"
+            inputs: dict[str, Any] = {}
+            for name, proc in self.processors.items():
+                value = record.get(name)
+                if name == self.text_input and "target" in record:
+                    if not isinstance(record["target"], str):
+                        raise _Bad(where, "target", f"must be a string, got {type(record['target']).__name__}")
+                    value = {"prompt": value if value is not None else "", "target": record["target"]}
+                if value is None:
+                    inputs[name] = None
+                    continue
+                if self.modalities.get(name) != "text" and isinstance(value, str):
+                    value = self.resolve_path(value, where, name)
+                at = f"{where} field {name!r}"
+                try:
+                    inputs[name] = proc(value, where=at)
+                except InputError as exc:
+                    msg = str(exc)
+                    raise _Bad(where, name, msg[len(at) :].lstrip(": ") if msg.startswith(at) else msg) from exc
+            if all(v is None for v in inputs.values()):
+                raise _Bad(where, None, f"the record has none of the inputs {sorted(self.processors)}")
+            targets = {}
+            for key in self.targets:
+                if key in record:
+                    targets[key] = self._target(record[key], key, where)
+            return {"inputs": inputs, "targets": targets, "where": where}
+        except _Bad as bad:
+            return BadRecord(bad.where, bad.field, bad.reason)
+        except (OSError, ValueError) as exc:  # a processor's unexpected failure on this record
+            return BadRecord(f"{self.path}:record {i + 1}", None, f"{type(exc).__name__}: {exc}")
+
+    def _target(self, value: Any, key: str, where: str) -> int:
+        names = self.labels.get(key)
+        if isinstance(value, str) and names is not None:
+            if value not in names:
+                raise _Bad(where, key, f"unknown class {value!r}; classes: {names}")
+            return names.index(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = f" or one of {names}" if names else " (give `labels = [...]` in the task to use names)"
+            raise _Bad(where, key, f"must be an integer{hint}, got {value!r}")
+        return value
+
+
+class _Bad(Exception):
+    def __init__(self, where: str, field_name: str | None, reason: str):
+        super().__init__(reason)
+        self.where, self.field, self.reason = where, field_name, reason
+
+
+class PackedTextDataset(Dataset):
+    """Plain text packed into fixed-length token sequences for language-model pretraining.
+
+    Each document (a line, or a whole file with ``per_line=False``) becomes
+    ``<bos> tokens <eos>``; documents are concatenated and cut into sequences of
+    ``seq_len`` tokens (the remainder is dropped).
+
+    Args:
+        files: text files (UTF-8).
+        processor: the text input's processor (its ``encode``, ``bos_id``, ``eos_id``).
+        seq_len: tokens per sequence (at most the backbone's context length).
+        input_name: the text input's name in the spec.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        processor: Any,
+        seq_len: int,
+        *,
+        input_name: str = "text",
+        per_line: bool = True,
+    ):
+        if seq_len < 2:
+            raise DataError(f"seq_len must be at least 2, got {seq_len}")
+        self.input_name = input_name
+        self.seq_len = seq_len
+        ids: list[int] = []
+        for f in files:
+            path = Path(f)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"{path}: cannot read the corpus: {exc}") from exc
+            docs = [d for d in text.splitlines() if d.strip()] if per_line else [text]
+            for d in docs:
+                ids.append(processor.bos_id)
+                ids.extend(processor.encode(d))
+                ids.append(processor.eos_id)
+        n = len(ids) // seq_len
+        if n == 0:
+            raise DataError(
+                f"the corpus ({', '.join(map(str, files))}) has {len(ids)} tokens, fewer than one sequence of {seq_len}"
+            )
+        self.tokens = torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)  # (N, seq_len)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"inputs": {self.input_name: {"ids": self.tokens[i]}}, "targets": {}, "where": f"sequence {i}"}
+
+
+@dataclass
+class IndexPlan:
+    """Which records make up global batch *k*, decided by the seed alone.
+
+    The record order is an endless sequence of epochs, each a seeded permutation. Global
+    batch k covers positions [k*B, (k+1)*B) of that sequence; process r of W takes the
+    r-th of W equal slices. Resuming at batch k needs only k.
+    """
+
+    n: int
+    global_batch: int
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+    shuffle: bool = True
+    _perm: tuple[int, torch.Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.global_batch % self.world:
+            raise ValueError(f"batch size {self.global_batch} is not divisible by the {self.world} processes")
+
+    def _epoch(self, e: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != e:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+                perm = torch.randperm(self.n, generator=g)
+            else:
+                perm = torch.arange(self.n)
+            self._perm = (e, perm)
+        return self._perm[1]
+
+    def global_indices(self, k: int) -> list[int]:
+        out = []
+        pos = k * self.global_batch
+        end = pos + self.global_batch
+        while pos < end:
+            e, off = divmod(pos, self.n)
+            take = min(end - pos, self.n - off)
+            out.extend(self._epoch(e)[off : off + take].tolist())
+            pos += take
+        return out
+
+    def indices(self, k: int) -> list[int]:
+        per = self.global_batch // self.world
+        return self.global_indices(k)[self.rank * per : (self.rank + 1) * per]
+
+    def epoch_of(self, k: int) -> float:
+        return k * self.global_batch / self.n
+
+
+class _PlanSampler:
+    """A batch sampler over an :class:`IndexPlan` starting at batch ``start``."""
+
+    def __init__(self, plan: IndexPlan, start: int, stop: int | None = None):
+        self.plan, self.start, self.stop = plan, start, stop
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k = self.start
+        while self.stop is None or k < self.stop:
+            yield self.plan.indices(k)
+            k += 1
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("endless sampler")
+        return self.stop - self.start
+
+
+class Collator:
+    """Samples -> (Batch, bad records). Runs in the worker processes; picklable."""
+
+    def __init__(self, processors: Mapping[str, Processor]):
+        self.processors = dict(processors)
+
+    def __call__(self, samples: Sequence[dict[str, Any] | BadRecord]) -> tuple[Batch | None, list[BadRecord]]:
+        bad = [s for s in samples if isinstance(s, BadRecord)]
+        good = [s for s in samples if not isinstance(s, BadRecord)]
+        if not good:
+            return None, bad
+        inputs = {}
+        for name, proc in self.processors.items():
+            values = [s["inputs"].get(name) for s in good]
+            if any(v is not None for v in values):
+                inputs[name] = proc.collate(values)
+        targets = {}
+        keys = set().union(*(s["targets"].keys() for s in good))
+        for key in sorted(keys):
+            if all(key in s["targets"] for s in good):
+                targets[key] = torch.tensor([s["targets"][key] for s in good], dtype=torch.long)
+        return Batch(inputs, targets, {"where": [s["where"] for s in good]}), bad
+
+
+def make_loader(
+    dataset: Dataset,
+    processors: Mapping[str, Processor],
+    plan: IndexPlan,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A DataLoader that yields ``(Batch | None, [BadRecord])`` for batches start, start+1, ..."""
+    return DataLoader(
+        dataset,
+        batch_sampler=_PlanSampler(plan, start, stop),
+        collate_fn=Collator(processors),
+        num_workers=num_workers,
+        persistent_workers=False,
+        multiprocessing_context="spawn" if num_workers and os.name != "nt" else None,
+    )

@@ -1,0 +1,207 @@
+"""Evaluation: perplexity, masked-token accuracy, accuracy and macro-F1, BLEU and chrF.
+
+``evaluate_task`` runs one task's objective over a dataset in order and returns its
+metrics; ``evaluate_dir`` is ``mmcore eval MODEL_DIR DATA``: it loads a model directory,
+evaluates the data with the task the spec names (or the one given), and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import IndexPlan, make_loader
+from .errors import MMCoreError
+from .objectives import IGNORE_INDEX, Objective
+
+__all__ = ["evaluate_task", "evaluate_dir", "macro_f1", "text_metrics"]
+
+
+def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
+    """Unweighted mean of per-class F1 over the classes present in gold or predictions."""
+    f1s = []
+    for c in range(num_classes):
+        tp = int(((pred == c) & (gold == c)).sum())
+        fp = int(((pred == c) & (gold != c)).sum())
+        fn = int(((pred != c) & (gold == c)).sum())
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return sum(f1s) / len(f1s) if f1s else 0.0
+
+
+def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu) and exact match."""
+    try:
+        import sacrebleu
+    except ImportError as exc:  # pragma: no cover - sacrebleu is a dependency of the eval extra
+        raise MMCoreError("BLEU/chrF need sacrebleu: pip install sacrebleu") from exc
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+    exact = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True)) / max(1, len(references))
+    return {"bleu": bleu, "chrf": chrf, "exact_match": exact}
+
+
+@torch.no_grad()
+def evaluate_task(
+    model: torch.nn.Module,
+    objective: Objective,
+    dataset: Any,
+    processors: Mapping[str, Any],
+    *,
+    batch_size: int = 16,
+    max_batches: int | None = None,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], Any] | None = None,
+) -> dict[str, float]:
+    """Metrics of ``objective`` over ``dataset`` (in order, every record once)."""
+    model.eval()
+    n_batches = math.ceil(len(dataset) / batch_size)
+    if max_batches is not None:
+        n_batches = min(n_batches, max_batches)
+    plan = IndexPlan(len(dataset), batch_size, shuffle=False)
+    # The last batch wraps into the next epoch: evaluate exactly len(dataset) records.
+    loader = make_loader(dataset, processors, plan, start=0, stop=n_batches)
+    total = count = 0.0
+    correct_tokens = 0
+    preds, golds = [], []
+    seen = 0
+    limit = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
+    gen = torch.Generator().manual_seed(1234)
+    head = model.heads[objective.head]
+    bad = 0
+    for batch, bad_records in loader:
+        bad += len(bad_records)
+        if batch is None:
+            continue
+        keep = min(batch.size, limit - seen)
+        if keep <= 0:
+            break
+        if keep < batch.size:
+            batch = _take(batch, keep)
+        seen += keep
+        batch = objective.prepare(batch.to(device), gen)
+        with autocast() if autocast else nullcontext():
+            t, c, out = objective.terms(model, batch)
+        total += float(t)
+        count += float(c)
+        logits = out.outputs[objective.head].logits
+        if objective.kind == "classification":
+            preds.append(logits.argmax(-1).cpu())
+            golds.append(batch.targets[getattr(head, "label", "label")].cpu())
+        elif objective.kind == "mlm":
+            labels = batch.targets["lm_labels"]
+            hit = (logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)
+            correct_tokens += int(hit.sum())
+    if count == 0:
+        raise MMCoreError("evaluation found nothing to score (no targets in the data)")
+    loss = total / count
+    metrics: dict[str, float] = {"loss": loss}
+    if objective.kind in ("lm", "prefix_lm", "mlm"):
+        metrics["perplexity"] = math.exp(min(loss, 50.0))
+        metrics["tokens"] = count
+    if objective.kind == "mlm":
+        metrics["masked_accuracy"] = correct_tokens / count
+    if objective.kind == "classification":
+        p, g = torch.cat(preds), torch.cat(golds)
+        metrics["accuracy"] = float((p == g).float().mean())
+        metrics["macro_f1"] = macro_f1(p, g, int(getattr(head, "num_classes", int(g.max()) + 1)))
+        metrics["samples"] = float(len(g))
+    if bad:
+        metrics["bad_records"] = float(bad)
+    return metrics
+
+
+def _take(batch: Any, n: int) -> Any:
+    from .types import Batch
+
+    def cut(d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v[:n] for k, v in d.items()}
+
+    return Batch({k: cut(v) for k, v in batch.inputs.items()}, cut(batch.targets), batch.meta)
+
+
+def evaluate_dir(
+    model_dir: str | Path,
+    data: str | Path,
+    *,
+    task: str | None = None,
+    objective: str | None = None,
+    batch_size: int = 16,
+    generate: bool | None = None,
+    max_new_tokens: int = 64,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """``mmcore eval``: metrics of a saved model on a data file, written to JSON if ``out``."""
+    from .checkpoint import load
+    from .config import TaskConfig
+    from .data import ManifestDataset, PackedTextDataset
+    from .objectives import make_objective
+
+    model = load(model_dir)
+    spec = model.spec
+    tasks = dict(spec.tasks)
+    if task is not None and task not in tasks:
+        raise MMCoreError(f"{model_dir}: no task {task!r} in its spec; tasks: {sorted(tasks) or '(none)'}")
+    if task is None and objective is None:
+        if len(tasks) != 1:
+            raise MMCoreError(
+                f"{model_dir}: say which task to evaluate (--task) or which objective (--objective); "
+                f"tasks: {sorted(tasks) or '(none)'}"
+            )
+        task = next(iter(tasks))
+    if task is not None:
+        cfg = tasks[task].model_copy(update={"train": str(data), "eval": None})
+        if objective is not None:
+            cfg = cfg.model_copy(update={"objective": objective})
+    else:
+        cfg = TaskConfig(objective=objective, train=str(data))  # type: ignore[arg-type]
+    obj = make_objective(cfg, model, task or "eval")
+    path = Path(data)
+    if path.suffix == ".jsonl":
+        modalities = {k: getattr(e, "modality", "") for k, e in model.encoders.items()}
+        ds = ManifestDataset(
+            path,
+            model.processors,
+            modalities,
+            text_input=cfg.text_input,
+            targets=(cfg.label,),
+            labels={cfg.label: cfg.labels} if cfg.labels else None,
+        )
+    else:
+        ds = PackedTextDataset(
+            [path],
+            model.processors[cfg.text_input],
+            cfg.seq_len or model.config.context_length,
+            input_name=cfg.text_input,
+        )
+    result: dict[str, Any] = {"model": str(model_dir), "data": str(data), "objective": obj.kind}
+    result["metrics"] = evaluate_task(model, obj, ds, model.processors, batch_size=batch_size, device=model.device)
+    want_text = generate if generate is not None else obj.kind == "prefix_lm"
+    if want_text and isinstance(ds, ManifestDataset):
+        from .generation import generate_for_records
+
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = [r for r in records if "target" in r]
+        hyps = generate_for_records(
+            model,
+            records,
+            base=path.parent,
+            text_input=cfg.text_input,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        refs = [r["target"] for r in records]
+        result["metrics"].update(text_metrics(hyps, refs))
+        result["examples"] = [{"prediction": h, "reference": r} for h, r in zip(hyps[:5], refs[:5], strict=False)]
+    if out is not None:
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,559 @@
+"""A small trainer: AdamW, warmup and decay, accumulation, clipping, autocast, multi-task,
+evaluation, exact resume, metrics, and the same code under ``torchrun``.
+
+    trainer = mmcore.Trainer(model, tasks={"lm": {"objective": "lm", "train": "corpus.txt"}},
+                             training={"steps": 500, "batch_size": 16}, out_dir="runs/lm")
+    trainer.fit()
+
+Design notes:
+
+* **Exact normalisation.** Each micro-batch's head returns loss *terms* (sum, count). The
+  trainer back-propagates the sums and, before the optimizer step, divides the gradients
+  by the count summed over all micro-batches and processes. The update is then exactly
+  that of one big batch, whatever the padding, the accumulation or the process count.
+* **Stateless randomness per step.** Which task a step trains, and the masked-LM masks,
+  come from generators seeded by (seed, step), and the data order from
+  :class:`~mmcore.data.IndexPlan`. Only the weights, the optimizer state, the torch RNG
+  (dropout) and the number of batches each task consumed need saving; resuming from a
+  checkpoint reproduces an uninterrupted run bit for bit on CPU.
+* **Checkpoints are model directories** (``checkpoints/step-N/``, written by
+  :func:`mmcore.save`) plus ``trainer_state.json`` and ``optimizer.safetensors``; the
+  pointer ``checkpoints/latest`` is replaced atomically after a checkpoint is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .checkpoint import atomic_write_text, read_safetensors
+from .config import TaskConfig, TrainingConfig
+from .data import BadRecord, DataError, IndexPlan, ManifestDataset, PackedTextDataset, make_loader
+from .errors import MMCoreError
+from .objectives import Objective, make_objective
+from .types import Batch
+
+__all__ = ["Trainer", "TrainResult", "train"]
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE = "trainer_state.json"
+OPTIM = "optimizer.safetensors"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class _Task:
+    name: str
+    config: TaskConfig
+    objective: Objective
+    train: Any
+    eval: Any | None
+    plan: IndexPlan
+    consumed: int = 0
+    bad: int = 0
+    loader: Any = None
+    it: Any = None
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    steps: int
+    final_loss: float
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    bad_records: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    out_dir: str | None = None
+
+
+def _dist_info() -> tuple[int, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def _init_distributed(device: torch.device) -> None:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Train a :class:`mmcore.MultimodalGPT` on one or more tasks.
+
+    Args:
+        model: the model (a plain nn.Module; it stays usable in your own loop).
+        tasks: task name -> :class:`TaskConfig` (or a dict of its options).
+        training: :class:`TrainingConfig` (or a dict).
+        out_dir: where checkpoints, metrics, the plot and the final model go (None:
+            nothing is written and there is no resume).
+        resume: continue from ``out_dir/checkpoints/latest`` when it exists.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Mapping[str, TaskConfig | Mapping[str, Any]],
+        training: TrainingConfig | Mapping[str, Any] | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        resume: bool = True,
+    ):
+        self.cfg = training if isinstance(training, TrainingConfig) else TrainingConfig.model_validate(training or {})
+        if not tasks:
+            raise MMCoreError("nothing to train: give at least one task ([tasks.<name>] in the spec)")
+        self.task_cfgs = {k: v if isinstance(v, TaskConfig) else TaskConfig.model_validate(v) for k, v in tasks.items()}
+        self.device = _device(self.cfg.device)
+        _init_distributed(self.device)
+        self.rank, self.world, _ = _dist_info()
+        if self.cfg.batch_size % self.world:
+            raise MMCoreError(f"training.batch_size {self.cfg.batch_size} is not divisible by {self.world} processes")
+        torch.manual_seed(self.cfg.seed)
+        self.model = model.to(self.device)
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.resume = resume
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.tasks = {name: self._make_task(name, t) for name, t in self.task_cfgs.items()}
+        self.wrapped = self._wrap(self.model)
+        self.optimizer = self._make_optimizer()
+        self.scaler = torch.amp.GradScaler(enabled=self.cfg.precision == "fp16" and self.device.type == "cuda")
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _make_task(self, name: str, t: TaskConfig) -> _Task:
+        model = self.model
+        fmt = t.format if t.format != "auto" else ("jsonl" if t.train.endswith(".jsonl") else "text")
+        train = self._dataset(name, t, t.train, fmt)
+        evals = self._dataset(name, t, t.eval, fmt) if t.eval else None
+        plan = IndexPlan(
+            len(train), self.cfg.batch_size, seed=self.cfg.seed + _stable_hash(name), rank=self.rank, world=self.world
+        )
+        return _Task(name, t, make_objective(t, model, name), train, evals, plan)
+
+    def _dataset(self, name: str, t: TaskConfig, path: str, fmt: str) -> Any:
+        m = self.model
+        if fmt == "jsonl":
+            modalities = {k: getattr(e, "modality", "") for k, e in m.encoders.items()}
+            return ManifestDataset(
+                path,
+                m.processors,
+                modalities,
+                text_input=t.text_input,
+                targets=(t.label,),
+                labels={t.label: t.labels} if t.labels else None,
+            )
+        proc = m.processors.get(t.text_input)
+        if proc is None:
+            raise MMCoreError(f"tasks.{name}: a text corpus needs the text input {t.text_input!r}")
+        seq_len = t.seq_len or m.config.context_length
+        files = sorted(Path(path).glob("*.txt")) if Path(path).is_dir() else [Path(path)]
+        return PackedTextDataset(files, proc, seq_len, input_name=t.text_input)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        if self.cfg.distributed == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in model.backbone.blocks:
+                fully_shard(block)
+            fully_shard(model)
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids, find_unused_parameters=len(model.heads) > 1 or len(self.tasks) > 1)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for _, p in self.model.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        if not decay and not no_decay:
+            raise MMCoreError("every parameter is frozen: nothing to train")
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.eps, fused=fused)
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if c.warmup_steps and step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.schedule == "constant":
+            return c.lr
+        span = max(1, c.steps - c.warmup_steps)
+        t = min(1.0, (step - c.warmup_steps) / span)
+        floor = c.lr * c.min_lr_ratio
+        if c.schedule == "linear":
+            return c.lr - (c.lr - floor) * t
+        return floor + (c.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    # --- data ----------------------------------------------------------------------------
+
+    def _next_batch(self, task: _Task) -> Batch:
+        """The task's next usable micro-batch; bad records are skipped (counted) or raise."""
+        while True:
+            if task.it is None:
+                task.loader = make_loader(
+                    task.train, self.model.processors, task.plan, start=task.consumed, num_workers=self.cfg.num_workers
+                )
+                task.it = iter(task.loader)
+            batch, bad = next(task.it)
+            task.consumed += 1
+            self._handle_bad(task, bad)
+            if batch is not None:
+                return batch
+
+    def _handle_bad(self, task: _Task, bad: list[BadRecord]) -> None:
+        if not bad:
+            return
+        if self.cfg.on_bad_record == "error":
+            raise DataError(f"tasks.{task.name}: {bad[0]} (set training.on_bad_record = 'skip' to skip such records)")
+        if task.bad == 0 and self.rank == 0:
+            print(f"warning: tasks.{task.name}: skipping bad record {bad[0]}", file=sys.stderr)
+        task.bad += len(bad)
+
+    def _pick_task(self, step: int) -> _Task:
+        names = list(self.tasks)
+        if len(names) == 1:
+            return self.tasks[names[0]]
+        weights = [self.tasks[n].config.weight for n in names]
+        return self.tasks[random.Random(self.cfg.seed * 1_000_003 + step).choices(names, weights)[0]]
+
+    def _autocast(self) -> Any:
+        if self.cfg.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # --- one step ------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` micro-batches of one task."""
+        step = self.step
+        task = self._pick_task(step)
+        self.wrapped.train()
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(step)
+        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        total_count = torch.zeros((), device=self.device, dtype=torch.float64)
+        tokens = 0
+        for micro in range(self.cfg.grad_accum):
+            batch = self._next_batch(task).to(self.device)
+            gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 131 + micro * 7 + self.rank)
+            batch = task.objective.prepare(batch, gen)
+            tokens += sum(int(v["mask"].sum()) for v in batch.inputs.values() if "mask" in v) or batch.size
+            sync = micro == self.cfg.grad_accum - 1 or self.world == 1
+            ctx = self.wrapped.no_sync() if (not sync and hasattr(self.wrapped, "no_sync")) else nullcontext()
+            with ctx:
+                with self._autocast():
+                    total, count, _ = task.objective.terms(self.wrapped, batch)
+                self.scaler.scale(total.float() * task.config.loss_weight).backward()
+            total_loss += total.detach().double()
+            total_count += count.detach().double()
+        if self.world > 1:
+            stats = torch.stack([total_loss, total_count])
+            dist.all_reduce(stats)
+            total_loss, total_count = stats[0], stats[1]
+        # Gradients hold sum-of-losses; DDP averaged them over processes. Scale to the mean
+        # over every counted item of the step (see the module docstring).
+        scale = float(self.world) / max(float(total_count), 1e-12)
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, scale)
+        norm = None
+        if self.cfg.clip_grad is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        loss = float(total_loss / total_count.clamp(min=1e-12)) / 1.0
+        return {
+            "step": self.step,
+            "task": task.name,
+            "loss": loss,
+            "lr": self.lr_at(step),
+            "grad_norm": norm,
+            "tokens": tokens * self.world,
+        }
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, max_batches: int | None = None) -> dict[str, dict[str, float]]:
+        """Loss (and perplexity or accuracy/macro-F1) of every task on its eval set."""
+        from .evaluate import evaluate_task
+
+        self.model.eval()
+        out = {}
+        for name, task in self.tasks.items():
+            if task.eval is None:
+                continue
+            out[name] = evaluate_task(
+                self.model,
+                task.objective,
+                task.eval,
+                self.model.processors,
+                batch_size=self.cfg.batch_size,
+                max_batches=max_batches,
+                device=self.device,
+                autocast=self._autocast,
+            )
+        return out
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint_dir(self) -> Path | None:
+        if self.out is None:
+            return None
+        latest = self.out / CHECKPOINTS / LATEST
+        if not latest.is_file():
+            return None
+        d = self.out / CHECKPOINTS / latest.read_text().strip()
+        return d if (d / STATE).is_file() else None
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a resumable checkpoint (rank 0); returns its folder."""
+        if self.out is None:
+            return None
+        state = self._model_state()
+        if self.rank != 0:
+            return None
+        from safetensors.torch import save_file
+
+        from .checkpoint import save
+
+        root = self.out / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"step-{self.step:08d}"
+        d = save(_StateView(self.model, state), root / name)
+        tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        tmp = d / f".{OPTIM}.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, d / OPTIM)
+        trainer_state = {
+            "step": self.step,
+            "tasks": {n: {"consumed": t.consumed, "bad": t.bad} for n, t in self.tasks.items()},
+            "optimizer": meta,
+            "world": self.world,
+        }
+        atomic_write_text(d / STATE, json.dumps(trainer_state, indent=2))
+        atomic_write_text(root / LATEST, name + "\n")
+        keep = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        for old in keep[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return d
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.world > 1 and self.cfg.distributed == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.model.state_dict()
+
+    def load_checkpoint(self, d: Path) -> None:
+        from .checkpoint import load
+
+        saved = load(d)
+        self.model.load_state_dict(saved.state_dict())
+        state = json.loads((d / STATE).read_text())
+        if state.get("world", 1) != self.world:
+            raise MMCoreError(f"{d}: saved by {state.get('world')} processes, resuming with {self.world}")
+        tensors, _ = read_safetensors(d / OPTIM)
+        torch.set_rng_state(tensors.pop("rng.torch"))
+        cuda_rng = tensors.pop("rng.cuda", None)
+        if cuda_rng is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda_rng)
+        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        self.step = int(state["step"])
+        for n, t in state["tasks"].items():
+            if n in self.tasks:
+                self.tasks[n].consumed, self.tasks[n].bad = int(t["consumed"]), int(t["bad"])
+                self.tasks[n].it = None
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train to ``training.steps`` (resuming if a checkpoint exists); returns the result."""
+        t0 = time.perf_counter()
+        if self.resume and (ck := self._checkpoint_dir()) is not None:
+            self.load_checkpoint(ck)
+            if self.rank == 0:
+                print(f"resuming from {ck} at step {self.step}", file=sys.stderr)
+        metrics_path = self.out / METRICS if self.out is not None else None
+        if metrics_path is not None and self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.history = _read_history(metrics_path, self.step)
+            atomic_write_text(metrics_path, "".join(json.dumps(h) + "\n" for h in self.history))
+        bar = self._progress()
+        last: dict[str, Any] = {"loss": float("nan")}
+        window_tokens, window_t = 0, time.perf_counter()
+        eval_metrics: dict[str, dict[str, float]] = {}
+        while self.step < self.cfg.steps:
+            last = self.train_step()
+            window_tokens += last["tokens"]
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                dt = time.perf_counter() - window_t
+                last["tokens_per_s"] = window_tokens / max(dt, 1e-9)
+                window_tokens, window_t = 0, time.perf_counter()
+                self._log(last, metrics_path)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", task=last["task"])
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.cfg.steps:
+                eval_metrics = self.evaluate(self.cfg.eval_batches)
+                self._log({"step": self.step, "eval": eval_metrics}, metrics_path)
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        eval_metrics = self.evaluate(self.cfg.eval_batches)
+        if eval_metrics:
+            self._log({"step": self.step, "eval": eval_metrics}, metrics_path)
+        self.save_checkpoint()
+        if self.out is not None and self.rank == 0:
+            from .checkpoint import save
+            from .plot import plot_history
+
+            save(_StateView(self.model, self._model_state()), self.out)
+            atomic_write_text(self.out / "eval.json", json.dumps(eval_metrics, indent=2) + "\n")
+            plot_history(self.history, self.out / "loss.png")
+        elif self.out is not None:
+            self._model_state()  # FSDP gathers are collective: every rank takes part
+        return TrainResult(
+            steps=self.step,
+            final_loss=float(last["loss"]),
+            eval=eval_metrics,
+            bad_records={n: t.bad for n, t in self.tasks.items()},
+            seconds=time.perf_counter() - t0,
+            out_dir=str(self.out) if self.out is not None else None,
+        )
+
+    def _progress(self) -> Any:
+        if not self.cfg.progress or self.rank != 0 or not sys.stderr.isatty():
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _log(self, entry: dict[str, Any], path: Path | None) -> None:
+        if self.rank != 0:
+            return
+        entry = {k: v for k, v in entry.items() if v is not None}
+        self.history.append(entry)
+        if path is not None:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        if "eval" in entry:
+            parts = [f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()) for t, m in entry["eval"].items()]
+            print(f"step {entry['step']:>6}  eval  " + " | ".join(parts), file=sys.stderr)
+        elif not (self.cfg.progress and sys.stderr.isatty()):
+            eta = ""
+            print(
+                f"step {entry['step']:>6}/{self.cfg.steps}  {entry['task']}  loss {entry['loss']:.4f}  "
+                f"lr {entry['lr']:.2e}  {entry.get('tokens_per_s', 0):,.0f} tok/s{eta}",
+                file=sys.stderr,
+            )
+
+
+class _StateView:
+    """Lets :func:`mmcore.save` write a given state dict (gathered FSDP weights) of a model."""
+
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]):
+        self.model, self._state = model, state
+        self.spec = model.spec
+        self.processors = model.processors
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+
+def _stable_hash(s: str) -> int:
+    h = 0
+    for ch in s.encode():
+        h = (h * 131 + ch) % 1_000_003
+    return h
+
+
+def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
+    """Metrics already logged up to step ``upto`` (entries after a crash point are dropped)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and int(entry.get("step", 0)) <= upto:
+            out.append(entry)
+    return out
+
+
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = t
+    for pid, vals in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(vals)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def train(
+    spec: Any, *, out_dir: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, TrainResult]:
+    """Build the model a spec describes and train it on the spec's tasks."""
+    from .model import build
+    from .spec import Spec, load_spec
+
+    s = spec if isinstance(spec, Spec) else load_spec(spec)
+    torch.manual_seed(s.training.seed)
+    model = build(s)
+    training = s.training.model_copy(update=dict(overrides or {})) if overrides else s.training
+    trainer = Trainer(model, s.tasks, training, out_dir=out_dir)
+    return model, trainer.fit()

@@ -1,0 +1,290 @@
+"""Training: objectives, exact normalisation, resume after SIGKILL, multi-task, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+import mmcore
+from mmcore.data import IndexPlan, ManifestDataset
+from mmcore.objectives import IGNORE_INDEX, mask_tokens
+from mmcore.trainer import Trainer
+
+BACKBONE = {"width": 32, "depth": 2, "heads": 4, "context_length": 64}
+CORPUS = (ROOT / "mmcore" / "spec.py").read_text()  # any real prose+code text shipped with the project
+
+
+def spec_dict(tmp: Path, tasks: dict, training: dict | None = None, heads: dict | None = None) -> dict:
+    return {
+        "spec_version": 1,
+        "name": "t",
+        "backbone": BACKBONE,
+        "encoders": {"text": {"component": "text.bytes", "max_length": 64}},
+        "heads": heads or {"lm": {"component": "lm"}},
+        "training": {"steps": 6, "batch_size": 4, "lr": 3e-3, "log_every": 2, "progress": False, **(training or {})},
+        "tasks": tasks,
+    }
+
+
+def write_manifest(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def sentiment_records(n: int) -> list[dict]:
+    good = ["great", "lovely", "excellent", "wonderful", "fine"]
+    bad = ["awful", "terrible", "horrid", "poor", "dreadful"]
+    out = []
+    for i in range(n):
+        lab = i % 2
+        word = (good if lab else bad)[i % 5]
+        out.append({"text": f"the film was {word}" + " really" * (i % 3), "label": lab})
+    return out
+
+
+def test_mask_tokens_80_10_10_and_specials_untouched():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (64, 128))
+    ids[:, 0] = 257  # bos: special
+    real = torch.ones_like(ids, dtype=torch.bool)
+    real[:, 100:] = False
+    corrupted, labels = mask_tokens(
+        ids, real, probability=0.15, mask_id=259, vocab_size=264, special_ids=(257,), generator=g
+    )
+    chosen = labels != IGNORE_INDEX
+    assert not chosen[:, 0].any() and not chosen[:, 100:].any()
+    rate = chosen[:, 1:100].float().mean().item()
+    assert 0.13 < rate < 0.17
+    masked = (corrupted == 259) & chosen
+    kept = (corrupted == ids) & chosen
+    assert 0.75 < masked.sum() / chosen.sum() < 0.85
+    assert 0.05 < kept.sum() / chosen.sum() < 0.15
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert torch.equal(corrupted[~chosen], ids[~chosen])
+
+
+def test_index_plan_is_resumable_and_shards_global_batch():
+    plan = IndexPlan(10, 4, seed=3)
+    seen = [plan.global_indices(k) for k in range(5)]
+    flat = sum(seen, [])
+    assert sorted(flat[:10]) == list(range(10))  # first epoch is a permutation
+    assert IndexPlan(10, 4, seed=3).global_indices(3) == seen[3]  # stateless
+    r0, r1 = IndexPlan(10, 4, seed=3, rank=0, world=2), IndexPlan(10, 4, seed=3, rank=1, world=2)
+    assert r0.indices(2) + r1.indices(2) == seen[2]
+
+
+def test_lm_training_lowers_loss_and_writes_a_model_directory(tmp_path, manager):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    spec = spec_dict(
+        tmp_path,
+        {"lm": {"objective": "lm", "train": str(corpus), "eval": str(corpus)}},
+        {"steps": 20, "eval_every": 10, "eval_batches": 4},
+    )
+    model, result = mmcore.trainer.train(mmcore.parse_spec(spec), out_dir=tmp_path / "out")
+    hist = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in hist if "loss" in h]
+    assert losses[-1] < losses[0] - 0.5
+    assert result.eval["lm"]["perplexity"] < 264 / 2  # well below uniform over the byte vocabulary
+    out = tmp_path / "out"
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "eval.json").read_text())["lm"]["loss"] == pytest.approx(result.eval["lm"]["loss"])
+    reloaded = mmcore.load(out)
+    for (k, a), b in zip(model.state_dict().items(), reloaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, manager):
+    data = write_manifest(tmp_path / "d.jsonl", [{"text": "x" * (3 + 7 * i)} for i in range(8)])
+    task = {"lm": {"objective": "lm", "train": str(data)}}
+    grads = []
+    for bs, acc in ((8, 1), (4, 2), (2, 4)):
+        torch.manual_seed(0)
+        model = mmcore.build(spec_dict(tmp_path, task))
+        tr = Trainer(
+            model,
+            task,
+            {"steps": 1, "batch_size": bs, "grad_accum": acc, "lr": 1e-2, "clip_grad": None, "progress": False},
+        )
+        # same 8 records in the one step, whatever the split
+        tr.tasks["lm"].plan = IndexPlan(8, bs, shuffle=False)
+        seen = {}
+        tr.optimizer.step = lambda *a, m=model, seen=seen, **k: seen.update(
+            {n: p.grad.clone() for n, p in m.named_parameters()}
+        )
+        tr.train_step()
+        grads.append(seen)
+    for other in grads[1:]:
+        for k in grads[0]:
+            torch.testing.assert_close(grads[0][k], other[k], rtol=1e-4, atol=1e-7)
+
+
+def test_frozen_components_do_not_change(tmp_path, manager):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CORPUS)
+    spec = spec_dict(tmp_path, {"lm": {"objective": "lm", "train": str(corpus)}}, {"steps": 3})
+    spec["encoders"]["text"]["freeze"] = True
+    model = mmcore.build(spec)
+    before = model.encoders["text"].token_embedding.weight.clone()
+    wpe = model.backbone.wpe.weight.clone()
+    Trainer(model, mmcore.parse_spec(spec).tasks, {"steps": 3, "batch_size": 4, "progress": False}).fit()
+    assert torch.equal(before, model.encoders["text"].token_embedding.weight)
+    assert not torch.equal(wpe, model.backbone.wpe.weight)
+
+
+def test_classification_fine_tune_beats_majority(tmp_path, manager):
+    train = write_manifest(tmp_path / "train.jsonl", sentiment_records(80))
+    test = write_manifest(tmp_path / "test.jsonl", sentiment_records(21)[1:])
+    spec = spec_dict(
+        tmp_path,
+        {"cls": {"objective": "classification", "train": str(train), "eval": str(test)}},
+        {"steps": 40, "batch_size": 8, "lr": 3e-3},
+        heads={"cls": {"component": "classify", "num_classes": 2}},
+    )
+    _, result = mmcore.trainer.train(mmcore.parse_spec(spec), out_dir=None)
+    assert result.eval["cls"]["accuracy"] >= 0.9
+    assert "macro_f1" in result.eval["cls"]
+
+
+def test_bad_records_are_skipped_with_a_count_or_stop_the_run(tmp_path, manager):
+    recs = sentiment_records(8)
+    lines = [json.dumps(r) for r in recs]
+    lines[3] = "{not json"
+    lines[5] = json.dumps({"text": 5, "label": 1})
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    heads = {"cls": {"component": "classify", "num_classes": 2}}
+    task = {"cls": {"objective": "classification", "train": str(data)}}
+    spec = spec_dict(tmp_path, task, {"steps": 2, "batch_size": 8}, heads=heads)
+    _, result = mmcore.trainer.train(mmcore.parse_spec(spec))
+    assert result.bad_records == {"cls": 4}  # 2 bad records, seen in each of 2 steps
+    spec["training"]["on_bad_record"] = "error"
+    with pytest.raises(
+        mmcore.trainer.DataError, match=r"d.jsonl:(4: not valid JSON|6 field 'text': text.bytes expects a str)"
+    ):
+        mmcore.trainer.train(mmcore.parse_spec(spec))
+
+
+def test_manifest_errors_name_file_line_and_field(tmp_path, manager):
+    model = mmcore.build(spec_dict(tmp_path, {}))
+    data = write_manifest(tmp_path / "m.jsonl", [{"text": "ok", "label": "seven"}, {"text": 3}, [1, 2]])
+    ds = ManifestDataset(data, model.processors, {"text": "text"})
+    assert (
+        str(ds[0])
+        == f"{data}:1 field 'label': must be an integer (give `labels = [...]` in the task to use names), got 'seven'"
+    )
+    assert f"{data}:2 field 'text'" in str(ds[1])
+    assert "must be a JSON object" in str(ds[2])
+
+
+def test_multitask_reports_metrics_per_task(tmp_path, manager):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CORPUS)
+    cls = write_manifest(tmp_path / "cls.jsonl", sentiment_records(16))
+    heads = {"lm": {"component": "lm"}, "cls": {"component": "classify", "num_classes": 2}}
+    tasks = {
+        "pretrain": {"objective": "lm", "train": str(corpus), "eval": str(corpus), "head": "lm"},
+        "mlm": {"objective": "mlm", "train": str(corpus), "eval": str(corpus), "head": "lm", "weight": 0.5},
+        "sentiment": {"objective": "classification", "train": str(cls), "eval": str(cls), "head": "cls"},
+    }
+    spec = spec_dict(tmp_path, tasks, {"steps": 9, "eval_batches": 2}, heads=heads)
+    _, result = mmcore.trainer.train(mmcore.parse_spec(spec), out_dir=tmp_path / "o")
+    assert set(result.eval) == {"pretrain", "mlm", "sentiment"}
+    assert "perplexity" in result.eval["pretrain"] and "masked_accuracy" in result.eval["mlm"]
+    trained = {json.loads(line).get("task") for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()}
+    assert {"pretrain", "sentiment"} <= trained
+
+
+def _train_cmd(spec: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "mmcore", "train", str(spec), "--out", str(out)]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
+    import tomllib  # noqa: F401  (the spec below is written as TOML)
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CORPUS)
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'spec_version = 1\nname = "r"\n[backbone]\nwidth = 32\ndepth = 2\nheads = 4\ncontext_length = 64\n'
+        '[encoders.text]\ncomponent = "text.bytes"\nmax_length = 64\n[heads.lm]\ncomponent = "lm"\n'
+        "[training]\nsteps = 40\nbatch_size = 4\ncheckpoint_every = 5\nlog_every = 1\nprogress = false\n"
+        "[backbone.dropout]\n".replace("[backbone.dropout]\n", "")
+        + f'[tasks.lm]\nobjective = "mlm"\ntrain = "{corpus}"\n'
+    )
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(spec, full), check=True, env=_env(), capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(spec, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    latest = killed / "checkpoints" / "latest"
+    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step-00000015"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "no checkpoint was written before the kill"
+    res = subprocess.run(_train_cmd(spec, killed), env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "resuming from" in res.stderr
+    a, b = mmcore.load(full).state_dict(), mmcore.load(killed).state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    last = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][-1]
+    last_k = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][-1]
+    assert last["step"] == last_k["step"] == 40 and last["loss"] == last_k["loss"]
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    data = write_manifest(tmp_path / "d.jsonl", [{"text": "abc " * (1 + i % 5)} for i in range(32)])
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'spec_version = 1\nname = "ddp"\n[backbone]\nwidth = 32\ndepth = 2\nheads = 4\ncontext_length = 64\n'
+        '[encoders.text]\ncomponent = "text.bytes"\nmax_length = 64\n[heads.lm]\ncomponent = "lm"\n'
+        '[training]\nsteps = 4\nbatch_size = 8\nlog_every = 1\nprogress = false\ndevice = "cpu"\n'
+        f'[tasks.lm]\nobjective = "lm"\ntrain = "{data}"\n'
+    )
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_train_cmd(spec, one), check=True, env=_env(), capture_output=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "mmcore",
+            "train",
+            str(spec),
+            "--out",
+            str(two),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def losses(d: Path) -> list[float]:
+        return [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+    assert losses(one) == pytest.approx(losses(two), abs=1e-5)
+    a, b = mmcore.load(one).state_dict(), mmcore.load(two).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
