@@ -335,15 +335,22 @@ def _materialize(model: torch.nn.Module, device: str | torch.device) -> None:
     Modules with such buffers implement ``reset_buffers()``; anything else left on the
     meta device is an error.
     """
-    for module in model.modules():
+    modules = dict(model.named_modules())
+    pending: dict[str, None] = {}
+    for name, module in modules.items():
         if any(b.is_meta for b in module.buffers(recurse=False)):
-            reset = getattr(module, "reset_buffers", None)
-            if reset is None:
-                raise ModelDirError(
-                    f"{type(module).__name__} has buffers that are not saved and no reset_buffers() to recompute them"
-                )
             module.to_empty(device=device, recurse=False)
-            reset()
+            owner = name
+            while not hasattr(modules[owner], "reset_buffers"):
+                if not owner:
+                    raise ModelDirError(
+                        f"{name or 'the model'} ({type(module).__name__}) has buffers that are not saved, and neither "
+                        f"it nor a parent module has reset_buffers() to recompute them"
+                    )
+                owner = owner.rpartition(".")[0]
+            pending[owner] = None
+    for owner in pending:  # after every meta buffer has storage
+        modules[owner].reset_buffers()
     leftovers = [n for n, p in model.named_parameters() if p.is_meta]
     if leftovers:
         raise WeightsError(f"parameters not loaded: {', '.join(leftovers[:20])}")

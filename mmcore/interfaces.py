@@ -6,20 +6,23 @@ it, move it and call it in your own loop.
 
 How the builder calls a component's factory (``Component.factory``), by kind:
 
-* encoder:   ``factory(config, *, width, processor)`` -- ``width`` is the backbone width
-  (an encoder may ignore it and declare its own ``out_dim``); ``processor`` is the
-  Processor built for it, or None.
+* encoder:   ``factory(config, *, width, processor, base_dir)`` -- ``width`` is the backbone
+  width (an encoder may ignore it and declare its own ``out_dim``); ``processor`` is the
+  Processor built for it, or None; ``base_dir`` is the folder relative paths in options
+  (weights files) resolve against: the spec file's folder, else the working directory.
 * projector: ``factory(config, *, in_dim, out_dim)``.
-* fusion:    ``factory(config, *, width, encoders, backbone)`` -- ``encoders`` maps input
-  names to built encoders; ``backbone`` is the :class:`~mmcore.BackboneConfig`.
-* head:      ``factory(config, *, width, encoders, backbone)``.
+* fusion:    ``factory(config, *, width, encoders, backbone, base_dir)`` -- ``encoders`` maps
+  input names to built encoders; ``backbone`` is the :class:`~mmcore.BackboneConfig`.
+* head:      ``factory(config, *, width, encoders, backbone, base_dir)``.
 
 A factory may accept only the keyword arguments it needs.
 
 Every module must survive being built on the meta device and loaded with
 ``load_state_dict(assign=True)`` (that is how :func:`mmcore.load` avoids initialising
 weights twice): a module with non-persistent buffers implements ``reset_buffers()`` to
-recompute them.
+recompute them (on the module itself or on an ancestor: the nearest ancestor that has
+``reset_buffers()`` is called for a submodule that does not, e.g. a wrapped third-party
+model).
 
 Where these docs say "input", they mean the name of an ``[encoders.<name>]`` section
 (the record field it reads); an encoder's *modality* is the kind of data it reads.
@@ -50,10 +53,10 @@ class Processor:
       :class:`mmcore.InputError` whose message includes ``where`` (the record and field,
       e.g. ``"train.jsonl:12 field 'image'"``) and the reason.
     * ``collate(samples)`` -> ``dict[str, Tensor]`` for a batch. ``samples`` may contain
-      ``None`` for records that lack this modality; the result then has an all-False
-      ``mask`` row for them (never a zero image passed off as real). Sequences are
-      right-padded, and the result carries ``mask`` (B, N) bool when the encoder's
-      output length depends on the input.
+      ``None`` for records that lack this modality; the result marks them -- an all-False
+      ``mask`` row for variable-length inputs, or a ``present`` (B,) bool for fixed-size
+      ones (images) -- so the encoder masks them out: never a zero image passed off as
+      real. Sequences are right-padded.
     * Deterministic, picklable (it runs in DataLoader workers) and free of ``nn.Module``
       state. Random augmentation, where a processor offers it, happens only while its
       ``training`` attribute is True (the data pipeline sets it for training data).

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .backbone import GPT
 from .config import BackboneConfig
-from .errors import InputError, MMCoreError, PluginError
+from .errors import InputError, MMCoreError, PluginError, SpecError, SpecIssue
 from .interfaces import Encoder, Fusion, Head, Processor
 from .registry import Component, Registry, call_factory
 from .spec import Spec, load_spec, parse_spec
@@ -303,6 +303,7 @@ def build(
 def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
     cfg = spec.backbone
     width = cfg.width
+    base_dir = Path(spec.file).resolve().parent if spec.file else Path.cwd()
     processors: dict[str, Processor] = {}
     encoders: dict[str, Encoder] = {}
     projectors: dict[str, nn.Module] = {}
@@ -313,7 +314,7 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
         if proc_factory is not None:
             proc = _guard(comp, f"encoders.{name} (processor)", lambda f=proc_factory, o=cs.options: call_factory(f, o))
             processors[name] = proc
-        enc = _call(comp, cs.options, f"encoders.{name}", width=width, processor=proc)
+        enc = _call(comp, cs.options, f"encoders.{name}", width=width, processor=proc, base_dir=base_dir)
         encoders[name] = enc
         out = getattr(enc, "out_dim", None)
         if not isinstance(out, int):
@@ -324,12 +325,16 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
             pcomp = reg.get("projector", pc.component)
             projectors[name] = _call(pcomp, pc.options, f"encoders.{name}.projector", in_dim=out, out_dim=width)
     fcomp = reg.get("fusion", spec.fusion.component)
-    fusion = _call(fcomp, spec.fusion.options, "fusion", width=width, encoders=encoders, backbone=cfg)
+    fusion = _call(
+        fcomp, spec.fusion.options, "fusion", width=width, encoders=encoders, backbone=cfg, base_dir=base_dir
+    )
     backbone = GPT(cfg, inserts=fusion.inserts() or None)
     heads = {}
     for name, hs in spec.heads.items():
         hcomp = reg.get("head", hs.component)
-        heads[name] = _call(hcomp, hs.options, f"heads.{name}", width=width, encoders=encoders, backbone=cfg)
+        heads[name] = _call(
+            hcomp, hs.options, f"heads.{name}", width=width, encoders=encoders, backbone=cfg, base_dir=base_dir
+        )
     model = MultimodalGPT(backbone, encoders, fusion, heads, projectors, processors)
     model.spec = spec
     for path, cs in spec.components():
@@ -348,6 +353,9 @@ def _guard(comp: Component, where: str, fn: Any) -> Any:
     """Run ``fn``; errors name the spec section and the plugin that provides the component."""
     try:
         return fn()
+    except SpecError as exc:  # a component's own check of its options: locate it in the spec
+        issues = [SpecIssue(f"{where}.{i.path}" if i.path else where, i.message, i.file, i.hint) for i in exc.issues]
+        raise SpecError(issues, file=exc.file) from exc
     except MMCoreError as exc:
         exc.add_note(f"while building {where} ({comp.key} from {comp.source})")
         raise

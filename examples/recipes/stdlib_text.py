@@ -1,0 +1,142 @@
+"""Real text that ships with Python: the standard library's docstrings.
+
+Writes, under --out (default: examples/data/stdlib):
+
+* ``corpus_train.txt`` / ``corpus_eval.txt`` -- one docstring paragraph a line, split by
+  module (about 10 % of the modules are held out, so the eval text is unseen prose);
+* ``topics_train.jsonl`` / ``topics_eval.jsonl`` -- topic classification: a docstring
+  paragraph and the domain of the module it documents (text, network, concurrency,
+  numbers), split by module as well;
+* ``baselines.json`` -- the unigram perplexity of the eval corpus under the training
+  corpus' byte frequencies (add-one smoothing, the byte tokenizer's framing) and the
+  majority-class accuracy of the topic eval set: the bars a trained model must clear.
+
+    python examples/recipes/stdlib_text.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import inspect
+import io
+import json
+import math
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+SKIP = {"antigravity", "this", "idlelib", "tkinter", "turtledemo", "test", "lib2to3", "ensurepip", "pydoc_data",
+        "turtle", "pydoc"}
+TOPICS = {
+    "text": ["re", "string", "textwrap", "difflib", "unicodedata", "codecs", "html", "html.parser", "csv",
+             "shlex", "stringprep", "gettext", "locale", "xml.dom.minidom", "xml.etree.ElementTree"],
+    "network": ["socket", "ssl", "http.client", "http.server", "http.cookiejar", "urllib.request", "urllib.parse",
+                "smtplib", "ftplib", "poplib", "imaplib", "email.message", "email.utils", "ipaddress",
+                "socketserver", "xmlrpc.client", "mailbox"],
+    "concurrency": ["threading", "asyncio", "asyncio.tasks", "asyncio.events", "asyncio.streams", "multiprocessing",
+                    "multiprocessing.pool", "concurrent.futures", "queue", "subprocess", "sched", "selectors",
+                    "signal", "asyncio.locks", "asyncio.queues"],
+    "numbers": ["math", "cmath", "statistics", "decimal", "fractions", "random", "numbers", "operator",
+                "itertools", "functools", "heapq", "bisect", "array"],
+}
+
+
+def docstrings(module_name: str) -> list[str]:
+    """Paragraphs (>= 60 characters) of the docstrings of a module, its classes and their methods."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            mod = importlib.import_module(module_name)
+    except Exception:
+        return []
+    seen, out = set(), []
+
+    def add(obj: object) -> None:
+        doc = inspect.getdoc(obj)
+        if not doc or id(doc) in seen:
+            return
+        seen.add(id(doc))
+        for para in doc.split("\n\n"):
+            text = " ".join(para.split())
+            if len(text) >= 60 and not text.startswith((">>>", "...")):
+                out.append(text)
+
+    add(mod)
+    for _, obj in sorted(inspect.getmembers(mod), key=lambda kv: kv[0]):
+        if getattr(obj, "__module__", None) != mod.__name__:
+            continue
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            add(obj)
+        if inspect.isclass(obj):
+            for _, meth in sorted(vars(obj).items(), key=lambda kv: kv[0]):
+                if inspect.isfunction(meth):
+                    add(meth)
+    return out
+
+
+def held_out(name: str, fraction: float = 0.1) -> bool:
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 1000 < fraction * 1000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "stdlib"))
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore")
+
+    train, evals = [], []
+    for name in sorted(sys.stdlib_module_names):
+        if name in SKIP or name.startswith("_"):
+            continue
+        (evals if held_out(name) else train).extend(docstrings(name))
+    (out / "corpus_train.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
+    (out / "corpus_eval.txt").write_text("\n".join(evals) + "\n", encoding="utf-8")
+
+    rows_train, rows_eval = [], []
+    for topic, modules in TOPICS.items():
+        for m in modules:
+            rows = [{"text": t[:400], "label": topic} for t in docstrings(m)]
+            (rows_eval if held_out(m, 0.25) else rows_train).extend(rows)
+    with open(out / "topics_train.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows_train)
+    with open(out / "topics_eval.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows_eval)
+
+    # Baselines. Unigram over UTF-8 bytes plus the <bos>/<eos> framing of the byte tokenizer.
+    def units(lines: list[str]) -> list[int]:
+        ids = []
+        for line in lines:
+            ids += [257, *line.encode("utf-8"), 258]
+        return ids
+
+    counts = Counter(units(train))
+    vocab = 264
+    total = sum(counts.values()) + vocab
+    ev = units(evals)
+    # Perplexity over predicted tokens (every token but each document's <bos>), as the LM head scores.
+    predicted = [t for t in ev if t != 257]
+    nll = -sum(math.log((counts[t] + 1) / total) for t in predicted) / len(predicted)
+    topic_counts = Counter(r["label"] for r in rows_eval)
+    baselines = {
+        "corpus_train_docs": len(train),
+        "corpus_eval_docs": len(evals),
+        "unigram_eval_perplexity": math.exp(nll),
+        "uniform_perplexity": vocab,
+        "topics_train": len(rows_train),
+        "topics_eval": len(rows_eval),
+        "topics_eval_counts": dict(topic_counts),
+        "majority_accuracy": max(topic_counts.values()) / len(rows_eval),
+        "chance_accuracy": 1 / len(TOPICS),
+        "python": sys.version.split()[0],
+    }
+    (out / "baselines.json").write_text(json.dumps(baselines, indent=2) + "\n")
+    print(json.dumps(baselines, indent=2))
+
+
+if __name__ == "__main__":
+    main()

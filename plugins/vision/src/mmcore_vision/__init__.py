@@ -1,0 +1,13 @@
+"""mmcore-vision: image encoders for mmcore.
+
+* ``encoder:vision.patch`` -- a small ViT-style encoder trained from scratch
+  (:class:`mmcore_vision.patch.PatchEncoder`).
+* ``encoder:vision.timm`` -- any timm model, random init or local safetensors weights
+  (:class:`mmcore_vision.timm_encoder.TimmEncoder`).
+
+Both read images through :class:`mmcore_vision.processor.ImageProcessor`. Importing this
+package (or its ``plugin`` entry point) imports neither torch, timm nor Pillow; the
+modules that need them are imported when a model is built.
+"""
+
+__version__ = "0.1.0"

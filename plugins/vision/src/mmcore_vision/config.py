@@ -1,0 +1,242 @@
+"""Options of the ``vision.patch`` and ``vision.timm`` encoders and their image processor.
+
+pydantic only (no torch, timm or Pillow), so listing plugins and validating a spec stay
+fast. Both encoders share the image options of :class:`ImageOptions`; each adds its own.
+Anything that needs timm (the model's own mean/std, its input size, whether the model
+name exists) is resolved when the model is built, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mmcore.config import ComponentConfig
+
+__all__ = [
+    "ImageOptions",
+    "PatchEncoderConfig",
+    "TimmEncoderConfig",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RESERVED_MODEL_ARGS",
+]
+
+#: ImageNet statistics (RGB), the default normalisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: ``timm.create_model`` arguments the encoder sets itself (or that would load weights
+#: from the network or by pickle); ``model_args`` may not name them.
+RESERVED_MODEL_ARGS = {
+    "pretrained": "always False: give local weights with `weights`",
+    "num_classes": "always 0: the classifier is removed",
+    "in_chans": "set `channels` instead",
+    "features_only": "use `features` instead",
+    "pretrained_cfg": "not configurable here",
+    "pretrained_cfg_overlay": "not configurable here",
+    "pretrained_strict": "not configurable here",
+    "checkpoint_path": "use `weights` (a .safetensors file) instead",
+    "cache_dir": "nothing is downloaded",
+    "scriptable": "not configurable here",
+    "exportable": "not configurable here",
+    "no_jit": "not configurable here",
+}
+
+
+def _finite(name: str, values: Any) -> None:
+    if values is not None and not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name} values must be finite numbers, got {list(values)}")
+
+
+class ImageOptions(ComponentConfig):
+    """Image preprocessing options, shared by every vision encoder (flat in its spec section)."""
+
+    image_size: int = Field(32, ge=1, description="Side of the square image the encoder reads, in pixels.")
+    resize: Literal["crop", "squash", "pad"] = Field(
+        "crop",
+        description="How an image becomes image_size x image_size: 'crop' resizes the shorter side to "
+        "image_size and cuts the centre square; 'squash' resizes both sides (ignores the aspect ratio); "
+        "'pad' resizes the longer side to image_size and pads the rest with the mean colour (0 after "
+        "normalisation).",
+    )
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
+        None,
+        description="Resampling filter (antialiased when downscaling). Default: 'bilinear' for vision.patch, "
+        "the model's own (timm pretrained_cfg) for vision.timm.",
+    )
+    mean: tuple[float, ...] | None = Field(
+        None,
+        description="Per-channel mean subtracted after scaling pixels to [0, 1]; one value per channel. "
+        "Default: ImageNet's (vision.patch), the model's own pretrained_cfg mean (vision.timm).",
+    )
+    std: tuple[float, ...] | None = Field(
+        None,
+        description="Per-channel standard deviation the pixels are divided by (each > 0); one value per "
+        "channel. Default: as for mean.",
+    )
+    channels: Literal[1, 3] = Field(
+        3, description="3 for RGB, 1 for grayscale models; images are converted to this many channels."
+    )
+    augment: bool = Field(
+        False,
+        description="Random resized crop and horizontal flip, applied only while the processor is in "
+        "training mode (training data); evaluation and inference stay deterministic.",
+    )
+    augment_scale: tuple[float, float] = Field(
+        (0.08, 1.0),
+        description="Range of the fraction of the image area the random resized crop keeps (0 < low <= high <= 1).",
+    )
+    max_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description="Largest width x height accepted, checked from the file header before decoding "
+        "(decompression-bomb guard). Pillow's own Image.MAX_IMAGE_PIXELS limit also applies.",
+    )
+
+    @field_validator("mean")
+    @classmethod
+    def _mean_finite(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        _finite("mean", v)
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        _finite("std", v)
+        if v is not None and any(s <= 0 for s in v):
+            raise ValueError(f"every std value must be > 0, got {list(v)}")
+        return v
+
+    @field_validator("augment_scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        _finite("augment_scale", v)
+        lo, hi = v
+        if not (0 < lo <= hi <= 1):
+            raise ValueError(f"augment_scale must satisfy 0 < low <= high <= 1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> "ImageOptions":
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and len(v) != self.channels:
+                raise ValueError(
+                    f"{name} has {len(v)} values but channels = {self.channels}: give one value per channel"
+                )
+        return self
+
+
+class PatchEncoderConfig(ImageOptions):
+    """Options of ``encoder:vision.patch``: a small ViT-style encoder trained from scratch.
+
+    The image is cut into (image_size / patch_size)^2 patches, each a token of width ``dim``.
+    """
+
+    image_size: int = Field(32, ge=1, description="Side of the square input image; divisible by patch_size.")
+    patch_size: int = Field(4, ge=1, description="Side of a square patch; each patch becomes one token.")
+    dim: int = Field(128, ge=1, description="Token width (the encoder's out_dim); divisible by heads.")
+    depth: int = Field(2, ge=0, description="Number of pre-norm transformer blocks.")
+    heads: int = Field(4, ge=1, description="Attention heads per block.")
+    mlp_ratio: float = Field(4.0, gt=0, description="Hidden width of each block's MLP, as a multiple of dim.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention weights and block outputs.")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "PatchEncoderConfig":
+        if self.image_size % self.patch_size:
+            valid = [s for s in range(self.patch_size, 4 * self.image_size + 1, self.patch_size)]
+            near = sorted(valid, key=lambda s: abs(s - self.image_size))[:2]
+            raise ValueError(
+                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size}); "
+                f"e.g. image_size = {' or '.join(map(str, sorted(near)))}"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class TimmEncoderConfig(ImageOptions):
+    """Options of ``encoder:vision.timm``: any timm model, as a feature extractor.
+
+    The model is built with ``timm.create_model(model, pretrained=False, num_classes=0,
+    in_chans=channels, **model_args)``; nothing is downloaded. Whether ``model`` exists and
+    which input sizes it takes are checked when the model is built.
+    """
+
+    model: str = Field(
+        min_length=1,
+        description="timm model name, e.g. 'resnet18' or 'vit_tiny_patch16_224' (see timm.list_models()).",
+    )
+    weights: str | None = Field(
+        None,
+        description="Local .safetensors file with the timm model's state dict (its own key names) to "
+        "initialise from; relative paths are relative to the working directory. Only safetensors is "
+        "accepted (never pickle). Classifier weights in the file are ignored.",
+    )
+    image_size: int | None = Field(
+        None,
+        ge=1,
+        description="Side of the square input image. Default: model_args.img_size, else the model's "
+        "pretrained_cfg input size (e.g. 224).",
+    )
+    model_args: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for timm.create_model (JSON scalars only), e.g. "
+        "{img_size = 32, patch_size = 8, drop_path_rate = 0.1}.",
+    )
+    features: Literal["last"] | int = Field(
+        "last",
+        description="Which features become tokens: 'last' (forward_features: the final feature map or token "
+        "sequence) or the index of an intermediate stage/block (negative counts from the end, e.g. -2); "
+        "layers after it are removed.",
+    )
+    drop_prefix_tokens: bool = Field(
+        False,
+        description="Drop the class/register tokens of ViT-style models (features = 'last'); CNN feature maps "
+        "have none.",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _safetensors_only(cls, v: str | None) -> str | None:
+        if v is not None and not v.lower().endswith(".safetensors"):
+            raise ValueError(
+                f"weights {v!r}: only .safetensors files are accepted (.pth/.bin/.pt files are pickles, which can "
+                "run code when loaded); convert it once with safetensors.torch.save_file(torch.load(path, "
+                "weights_only=True), 'model.safetensors')"
+            )
+        return v
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features(cls, v: Any) -> Any:
+        if v != "last" and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"features must be 'last' or a stage index (an integer), got {v!r}")
+        return v
+
+    @field_validator("model_args", mode="before")
+    @classmethod
+    def _scalars_only(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for key, value in v.items():
+                if not isinstance(value, (bool, int, float, str)):
+                    raise ValueError(
+                        f"model_args.{key} must be a JSON scalar (string, number or boolean), got "
+                        f"{type(value).__name__} {value!r}"
+                    )
+        return v
+
+    @field_validator("model_args")
+    @classmethod
+    def _model_args(cls, v: dict[str, object]) -> dict[str, object]:
+        for key, value in v.items():
+            if not key.isidentifier():
+                raise ValueError(f"model_args key {key!r} is not a keyword argument name")
+            if key in RESERVED_MODEL_ARGS:
+                raise ValueError(f"model_args may not set {key!r}: {RESERVED_MODEL_ARGS[key]}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"model_args.{key} must be finite, got {value!r}")
+        return v

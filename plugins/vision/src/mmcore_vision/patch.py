@@ -1,0 +1,162 @@
+"""``encoder:vision.patch``: a small ViT-style image encoder, trained from scratch.
+
+Shapes (B = batch, C = channels, S = image_size, p = patch_size, N = (S / p)^2, D = dim)::
+
+    pixels (B, C, S, S) --Conv2d(k=p, stride=p)--> (B, D, S/p, S/p)
+        --rearrange--> (B, N, D) + position embedding (1, N, D)
+        --depth x [x + attn(norm(x)); x + mlp(norm(x))]--> final norm --> Tokens (B, N, D)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from mmcore.interfaces import Encoder
+from mmcore.types import Tokens
+
+from .config import PatchEncoderConfig
+
+__all__ = ["PatchEncoder", "Block", "token_mask"]
+
+
+def token_mask(inputs: dict[str, Tensor], batch: int, tokens: int, device: torch.device) -> Tensor:
+    """(B, N) bool token mask from the collated ``present`` (B,): all-False rows for missing images."""
+    present = inputs.get("present")
+    if present is None:
+        return torch.ones(batch, tokens, dtype=torch.bool, device=device)
+    present = present.to(device=device, dtype=torch.bool)
+    if present.shape != (batch,):
+        raise ValueError(f"inputs['present'] has shape {tuple(present.shape)}, expected ({batch},)")
+    return present.unsqueeze(1).expand(batch, tokens).contiguous()
+
+
+def check_pixels(pixels: Any, channels: int, size: tuple[int, int] | None, who: str) -> Tensor:
+    """Validate collated pixels: a float (B, C, H, W) tensor of the expected channels (and size)."""
+    if not isinstance(pixels, Tensor) or pixels.dim() != 4:
+        got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+        raise ValueError(f"{who}: inputs['pixels'] must be a (B, C, H, W) tensor, got {got}")
+    if pixels.shape[1] != channels or (size is not None and tuple(pixels.shape[2:]) != size):
+        want = f"(B, {channels}, {size[0]}, {size[1]})" if size else f"(B, {channels}, H, W)"
+        raise ValueError(
+            f"{who}: inputs['pixels'] has shape {tuple(pixels.shape)}, expected {want}: were they made by this "
+            "encoder's processor?"
+        )
+    return pixels
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all tokens (no mask: an image's tokens are all real)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, D) -> (B, N, D)
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(rearrange(y, "b h n d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        hidden = max(1, int(dim * mlp_ratio))
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class PatchEncoder(Encoder):
+    """Small ViT-style encoder: image patches -> tokens of width ``dim``.
+
+    Built as ``PatchEncoder(config, *, width, processor)`` (``width``, the backbone's, is
+    ignored: ``out_dim`` is ``config.dim`` and the model adds a projector when they
+    differ; ``processor``, when given, must produce this encoder's input size).
+
+    ``forward({"pixels": (B, C, S, S) float, "present": (B,) bool})`` ->
+    ``Tokens(embeds=(B, N, dim), mask=(B, N) bool)`` with N = (S / patch_size)^2 in
+    row-major patch order. ``mask`` is ``present`` repeated over the tokens (all True
+    when ``present`` is absent): a record without an image has an all-False row and
+    zero embeddings. No loop over samples; deterministic in eval mode.
+
+    Attributes:
+        patch_embed: ``Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)``.
+        pos_embed: (1, N, dim) learned position embedding (normal init, std 0.02).
+        blocks: ``depth`` pre-norm :class:`Block` s (attention through
+            ``torch.nn.functional.scaled_dot_product_attention``).
+        norm: final ``LayerNorm(dim)``.
+    """
+
+    modality = "image"
+
+    def __init__(self, config: PatchEncoderConfig | None = None, *, width: int | None = None, processor: Any = None):
+        super().__init__()
+        self.config = config = config if config is not None else PatchEncoderConfig()
+        if processor is not None:
+            want = (config.channels, config.image_size, config.image_size)
+            got = tuple(getattr(processor, "output_shape", want))
+            if got != want:
+                raise ValueError(
+                    f"vision.patch: the processor produces images of shape {got}, the encoder reads {want}"
+                )
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.channels = config.channels
+        self.grid = config.image_size // config.patch_size
+        self.num_tokens = self.grid * self.grid
+        self.out_dim = config.dim
+        self.patch_embed = nn.Conv2d(
+            config.channels, config.dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, config.dim))
+        self.pos_drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            [Block(config.dim, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.depth)]
+        )
+        self.norm = nn.LayerNorm(config.dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tokens:
+        size = (self.image_size, self.image_size)
+        pixels = check_pixels(inputs.get("pixels"), self.channels, size, "vision.patch")
+        x = self.patch_embed(pixels.to(self.pos_embed.dtype))  # (B, D, S/p, S/p)
+        x = rearrange(x, "b d h w -> b (h w) d") + self.pos_embed  # (B, N, D)
+        x = self.pos_drop(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        mask = token_mask(inputs, x.shape[0], x.shape[1], x.device)
+        return Tokens(embeds=x * mask.unsqueeze(-1).to(x.dtype), mask=mask)
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_size={self.image_size}, patch_size={self.patch_size}, tokens={self.num_tokens}, "
+            f"out_dim={self.out_dim}"
+        )

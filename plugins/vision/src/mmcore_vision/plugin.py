@@ -1,0 +1,41 @@
+"""The ``mmcore`` entry point of mmcore-vision: registers ``encoder:vision.patch`` and ``encoder:vision.timm``.
+
+Imports only the options models and mmcore's light modules (pydantic, pluggy): no torch,
+timm or Pillow, so ``mmcore plugins`` and ``mmcore spec validate`` stay fast. The
+factories are lazy ``"module:callable"`` references, imported when a model is built.
+"""
+
+from __future__ import annotations
+
+from mmcore.hookspecs import hookimpl
+from mmcore.registry import Component
+
+from .config import PatchEncoderConfig, TimmEncoderConfig
+
+__all__ = ["mmcore_register_components"]
+
+
+@hookimpl
+def mmcore_register_components() -> list[Component]:
+    return [
+        Component(
+            kind="encoder",
+            name="vision.patch",
+            modality="image",
+            config=PatchEncoderConfig,
+            factory="mmcore_vision.patch:PatchEncoder",
+            processor="mmcore_vision.processor:ImageProcessor",
+            description="Small ViT-style image encoder trained from scratch: patch embedding, learned positions, "
+            "pre-norm transformer blocks.",
+        ),
+        Component(
+            kind="encoder",
+            name="vision.timm",
+            modality="image",
+            config=TimmEncoderConfig,
+            factory="mmcore_vision.timm_encoder:TimmEncoder",
+            processor="mmcore_vision.timm_encoder:timm_processor",
+            description="Any timm model as an image encoder (random init or local safetensors weights); its "
+            "feature map or token sequence becomes the tokens.",
+        ),
+    ]

@@ -1,0 +1,121 @@
+"""Generation: the KV cache changes nothing, beam search with one beam is greedy, options work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mmcore
+from mmcore.generation import GenerationConfig, generate, generate_stream, to_left_padding
+
+PROMPTS = [{"text": {"prompt": "Hello"}}, {"text": {"prompt": "A much longer prompt here"}}, {"text": {"prompt": ""}}]
+
+
+@pytest.fixture(scope="module")
+def model():
+    from mmcore import plugins
+
+    pm = plugins.PluginManager()
+    torch.manual_seed(0)
+    m = mmcore.build(
+        {
+            "spec_version": 1,
+            "backbone": {"width": 32, "depth": 2, "heads": 4, "context_length": 96, "positions": "rope"},
+            "encoders": {"text": {"component": "text.bytes", "max_length": 64}},
+            "heads": {"lm": {"component": "lm"}},
+        },
+        registry=pm.registry,
+    )
+    return m.eval()
+
+
+def batch_of(model, records):
+    return model.preprocess(records, targets=())
+
+
+def test_to_left_padding():
+    x = torch.arange(6).view(2, 3)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    y, m = to_left_padding(x, mask)
+    assert m.tolist() == [[False, True, True], [False, False, True]]
+    assert y[0, 1:].tolist() == [0, 1] and y[1, 2].item() == 3
+
+
+def test_greedy_with_cache_equals_without(model):
+    b = batch_of(model, PROMPTS)
+    cfg = GenerationConfig(max_new_tokens=12, eos_id=-1)
+    assert generate(model, b, cfg) == generate(
+        model, b, GenerationConfig(max_new_tokens=12, eos_id=-1, use_cache=False)
+    )
+
+
+def test_batched_left_padding_equals_one_prompt_at_a_time(model):
+    cfg = GenerationConfig(max_new_tokens=10, eos_id=-1)
+    together = generate(model, batch_of(model, PROMPTS), cfg)
+    alone = [generate(model, batch_of(model, [p]), cfg)[0] for p in PROMPTS]
+    assert together == alone
+
+
+def test_beam_search_with_one_beam_is_greedy(model):
+    b = batch_of(model, PROMPTS)
+    greedy = generate(model, b, GenerationConfig(max_new_tokens=10))
+    beam = generate(model, b, GenerationConfig(max_new_tokens=10, num_beams=1))
+    assert beam == greedy
+
+
+def test_beam_search_returns_ranked_distinct_sequences(model):
+    b = batch_of(model, PROMPTS[:2])
+    out = generate(model, b, GenerationConfig(max_new_tokens=6, num_beams=4, num_return_sequences=3, eos_id=-1))
+    assert len(out) == 6
+    assert len({tuple(x) for x in out[:3]}) == 3
+
+
+def test_sampling_is_seeded_and_returns_several_sequences(model):
+    b = batch_of(model, PROMPTS[:1])
+    cfg = GenerationConfig(
+        max_new_tokens=20,
+        do_sample=True,
+        top_k=50,
+        top_p=0.95,
+        temperature=1.2,
+        num_return_sequences=5,
+        seed=7,
+        eos_id=-1,
+    )
+    a, c = generate(model, b, cfg), generate(model, b, cfg)
+    assert a == c and len(a) == 5 and len({tuple(x) for x in a}) > 1
+    top1 = GenerationConfig(max_new_tokens=8, do_sample=True, top_k=1, seed=1, eos_id=-1)
+    assert generate(model, b, top1) == generate(model, b, GenerationConfig(max_new_tokens=8, eos_id=-1))
+
+
+def test_stop_tokens_min_tokens_and_repetition_penalty(model):
+    b = batch_of(model, PROMPTS[:1])
+    free = generate(model, b, GenerationConfig(max_new_tokens=10, eos_id=-1))[0]
+    stop = free[3]
+    cut = generate(model, b, GenerationConfig(max_new_tokens=10, eos_id=-1, stop_tokens=(stop,)))[0]
+    assert cut == free[: free.index(stop)]
+    forced = generate(model, b, GenerationConfig(max_new_tokens=10, eos_id=free[0], min_new_tokens=5))[0]
+    assert len(forced) >= 5 and free[0] not in forced[:5]
+    rep = generate(model, b, GenerationConfig(max_new_tokens=30, eos_id=-1, repetition_penalty=100.0))[0]
+    assert len(set(rep)) > len(rep) * 0.8  # a huge penalty all but forbids repeats
+
+
+def test_stop_strings_cut_the_text(model):
+    from mmcore.generation import _cut_stop_string
+
+    proc = model.processors["text"]
+    ids = proc.encode("hello world, and more")
+    assert proc.decode(_cut_stop_string(ids, proc, [", and"])) == "hello world"
+    assert _cut_stop_string(ids, proc, ["absent"]) == ids
+
+
+def test_streaming_yields_the_same_tokens(model):
+    b = batch_of(model, PROMPTS)
+    cfg = GenerationConfig(max_new_tokens=8, eos_id=-1)
+    streamed = torch.stack(list(generate_stream(model, b, cfg)), 1).tolist()
+    assert streamed == generate(model, b, cfg)
+
+
+def test_too_long_is_a_clear_error(model):
+    with pytest.raises(mmcore.MMCoreError, match="exceeds the context length 96"):
+        generate(model, batch_of(model, PROMPTS), GenerationConfig(max_new_tokens=90))
