@@ -134,10 +134,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from . import plugins
     from .backbone import GPT, KVCache
     from .checkpoint import load, save
-    from .interfaces import Encoder, Fusion, Head, Processor, Projector
     from .config import TaskConfig, TrainingConfig
     from .generation import GenerationConfig, generate
+    from .interfaces import Encoder, Fusion, Head, Processor, Projector
     from .model import MultimodalGPT, build, build_component
-    from .trainer import Trainer, TrainResult, train
     from .spec import ComponentSpec, Spec, load_spec, parse_spec
+    from .trainer import Trainer, TrainResult, train
     from .types import Batch, FusedSequence, HeadOutput, ModelOutput, Tokens

@@ -1,12 +1,13 @@
 """The core's own components, registered through the same hook as any plugin's.
 
 Only options models live here (pydantic, no torch); the modules they build are in
-:mod:`mmcore.fusion` and :mod:`mmcore.projectors` and are imported when built.
+:mod:`mmcore.fusion`, :mod:`mmcore.fusion_xattn`, :mod:`mmcore.resampler` and
+:mod:`mmcore.projectors` and are imported when built.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .config import ComponentConfig
 from .hookspecs import hookimpl
@@ -27,6 +28,59 @@ class EarlyFusionConfig(ComponentConfig):
     boundary_tokens: bool = Field(
         True, description="Put learned begin/end embeddings around each non-text modality's tokens."
     )
+
+
+class CrossAttentionFusionConfig(ComponentConfig):
+    """Options of the ``cross_attention`` fusion (Flamingo-style gated cross-attention)."""
+
+    every: int = Field(
+        1,
+        gt=0,
+        description="Insert a gated cross-attention layer after every `every`-th backbone block (1: after each "
+        "block; 2: after the 2nd, 4th, ...). At most the backbone depth.",
+    )
+    heads: int | None = Field(
+        None, gt=0, description="Attention heads of the inserted cross-attention; default: the backbone's."
+    )
+    mlp_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="Hidden width of each inserted feed-forward as a multiple of width; default: the backbone's.",
+    )
+    modality_embeddings: bool = Field(
+        True,
+        description="With several non-text inputs, add a learned embedding per input to its memory tokens.",
+    )
+
+
+class ResamplerFusionConfig(EarlyFusionConfig):
+    """Options of the ``resampler`` fusion (Perceiver resampler, then early fusion)."""
+
+    num_latents: int = Field(
+        32, gt=0, description="Learned latent queries per non-text input: the tokens it contributes per sample."
+    )
+    latents: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-input number of latents overriding num_latents, e.g. {image = 64}; keys are non-text "
+        "encoder inputs.",
+    )
+    depth: int = Field(2, gt=0, description="Resampler layers (cross-attention + feed-forward) per input.")
+    heads: int | None = Field(
+        None, gt=0, description="Attention heads of the resampler's cross-attention; default: the backbone's."
+    )
+    mlp_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="Hidden width of the resampler's feed-forward as a multiple of width; default: the backbone's.",
+    )
+
+    @field_validator("latents")
+    @classmethod
+    def _positive_latents(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: n for k, n in v.items() if n <= 0}
+        if bad:
+            raise ValueError(f"latent counts must be positive; got {bad}")
+        return v
 
 
 class LinearProjectorConfig(ComponentConfig):
@@ -51,6 +105,22 @@ def mmcore_register_components() -> list[Component]:
             config=EarlyFusionConfig,
             factory="mmcore.fusion:EarlyFusion.from_config",
             description="Concatenate modalities in order with modality and boundary embeddings (default).",
+        ),
+        Component(
+            kind="fusion",
+            name="cross_attention",
+            config=CrossAttentionFusionConfig,
+            factory="mmcore.fusion_xattn:CrossAttentionFusion.from_config",
+            description="Text-only sequence; other inputs are memory for gated cross-attention layers "
+            "inserted in the backbone (Flamingo).",
+        ),
+        Component(
+            kind="fusion",
+            name="resampler",
+            config=ResamplerFusionConfig,
+            factory="mmcore.resampler:ResamplerFusion.from_config",
+            description="Learned latents resample each non-text input to a fixed number of tokens "
+            "(Perceiver), then early fusion.",
         ),
         Component(
             kind="projector",

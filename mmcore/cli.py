@@ -197,6 +197,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate text from a model directory; prompts may carry other inputs (--input image=cat.png)."""
+    from .checkpoint import load
+    from .generation import GenerationConfig, generate, generate_stream
+
+    model = load(args.model_dir, device=args.device)
+    texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
+    text_input = args.text_input or (texts[0] if len(texts) == 1 else None)
+    if text_input is None:
+        raise MMCoreError(f"say which input is the text with --text-input; inputs: {list(model.encoders)}")
+    record: dict[str, Any] = {text_input: {"prompt": args.prompt}}
+    for item in args.input or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in model.encoders:
+            raise MMCoreError(f"--input {item!r}: expected NAME=VALUE with NAME one of {list(model.encoders)}")
+        record[name] = value
+    try:
+        cfg = GenerationConfig(
+            max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.min_new_tokens,
+            do_sample=args.do_sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+            length_penalty=args.length_penalty,
+            num_return_sequences=args.num_return_sequences,
+            repetition_penalty=args.repetition_penalty,
+            stop_strings=tuple(args.stop or ()),
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise MMCoreError(f"generation options: {exc}") from exc
+    batch = model.preprocess([record], targets=())
+    proc = model.processors[text_input]
+    if args.stream and cfg.num_beams == 1 and cfg.num_return_sequences == 1 and not cfg.stop_strings:
+        ids: list[int] = []
+        shown = ""
+        for tok in generate_stream(model, batch, cfg, text_input=text_input):
+            t = int(tok[0])
+            if t == getattr(proc, "eos_id", None):
+                break
+            ids.append(t)
+            text = proc.decode(ids)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the rest
+                continue
+            print(text[len(shown) :], end="", flush=True)
+            shown = text
+        print()
+        return 0
+    for i, row in enumerate(generate(model, batch, cfg, text_input=text_input)):
+        prefix = f"[{i + 1}] " if cfg.num_return_sequences > 1 else ""
+        print(prefix + proc.decode(row))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job. For now: compose the example text model, print its summary, run it once."""
     import time
@@ -290,6 +346,32 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=64)
     e.add_argument("--out", help="write the JSON here too")
     e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("generate", help="generate text from a model directory")
+    g.add_argument("model_dir", metavar="MODEL_DIR")
+    g.add_argument("--prompt", default="", help="text prefix")
+    g.add_argument(
+        "--input",
+        action="append",
+        metavar="NAME=VALUE",
+        help="another input of the prompt, e.g. image=cat.png (repeatable)",
+    )
+    g.add_argument("--text-input", help="the text input to generate (default: the model's only one)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--min-new-tokens", type=int, default=0)
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument("--length-penalty", type=float, default=1.0)
+    g.add_argument("--num-return-sequences", type=int, default=1)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stream", action="store_true", help="print tokens as they arrive")
+    g.add_argument("--device", default=None)
+    g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("demo", help="the main job: build the example model and run it")
     d.add_argument("--spec", help="spec to use instead of examples/text_lm.toml")

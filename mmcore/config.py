@@ -114,7 +114,9 @@ class TrainingConfig(BaseModel):
     # --- evaluation, checkpoints, logs ---------------------------------------------------
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
     eval_batches: int | None = Field(None, gt=0, description="Batches per evaluation (none: the whole eval set).")
-    checkpoint_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0: only at the end).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Write a resumable checkpoint every N steps (0: only at the end)."
+    )
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
     log_every: int = Field(10, gt=0, description="Log metrics every N steps.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (processors run there).")
@@ -140,8 +142,9 @@ class TaskConfig(BaseModel):
     weight: float = Field(1.0, gt=0, description="Sampling weight among tasks (multi-task training).")
     loss_weight: float = Field(1.0, gt=0, description="Multiplier of this task's loss.")
     attention: Literal["causal", "prefix", "bidirectional"] | None = Field(
-        None, description="Attention mode override (default: causal for lm and classification, prefix for prefix_lm, "
-        "bidirectional for mlm)."
+        None,
+        description="Attention mode override (default: causal for lm and classification, prefix for prefix_lm, "
+        "bidirectional for mlm).",
     )
     seq_len: int | None = Field(None, gt=1, description="Text corpora: tokens per packed sequence (default: context).")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="mlm: fraction of tokens to predict (80/10/10).")

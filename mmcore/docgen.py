@@ -65,8 +65,14 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
     out += options_table(BackboneConfig)
     out += ["", "## `[training]`", "", (TrainingConfig.__doc__ or "").strip().splitlines()[0], ""]
     out += options_table(TrainingConfig)
-    out += ["", "## `[tasks.<name>]`", "", (TaskConfig.__doc__ or "").strip().splitlines()[0],
-            "Relative paths resolve against the spec file's folder.", ""]
+    out += [
+        "",
+        "## `[tasks.<name>]`",
+        "",
+        (TaskConfig.__doc__ or "").strip().splitlines()[0],
+        "Relative paths resolve against the spec file's folder.",
+        "",
+    ]
     out += options_table(TaskConfig)
     for kind in ("encoder", "projector", "fusion", "head"):
         comps = [c for c in registry if c.kind == kind]

@@ -149,6 +149,20 @@ class EarlyFusion(Fusion):
             embeds=x, mask=mask, modality_ids=ids, modalities=self.order, index=index, prefix_len=prefix_len
         )
 
+    def embed_step(self, name: str, tokens: Tokens) -> Tensor:
+        """Embeddings of new tokens of input ``name`` appended during generation: (B, n, D).
+
+        What :meth:`forward` adds to that input's tokens (its modality embedding), so a
+        token fed step by step through the KV cache gets the embedding it would have had
+        in the fused sequence.
+        """
+        if name not in self.order:
+            raise ValueError(f"early fusion has no input {name!r}; inputs are {list(self.order)}")
+        x = tokens.embeds
+        if self.modality_embedding is not None:
+            x = x + self.modality_embedding[self.order.index(name)]
+        return x
+
     @staticmethod
     def _prompt_len(batch: Batch, name: str, mask: Tensor) -> Tensor | None:
         """The text's own conditioning part (``prompt_len`` from its processor), if any."""

@@ -342,6 +342,9 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
             model.get_submodule(path).requires_grad_(False)
     if cfg.freeze:
         backbone.requires_grad_(False)
+        if not spec.fusion.freeze:  # layers a fusion inserts belong to the fusion's policy (Flamingo)
+            for m in backbone.inserts.values():
+                m.requires_grad_(True)
     return model
 
 

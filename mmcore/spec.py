@@ -71,7 +71,8 @@ class _SpecFile(BaseModel):
     )
     training: dict[str, Any] = Field(default_factory=dict, description="Options of `mmcore train` (see [training]).")
     tasks: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="One section per dataset: [tasks.<name>] with its objective (see [tasks.<name>])."
+        default_factory=dict,
+        description="One section per dataset: [tasks.<name>] with its objective (see [tasks.<name>]).",
     )
 
 
@@ -240,13 +241,19 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
                 _pydantic_issues(exc, path, TaskConfig, add)
                 continue
             if task.head is None and len(heads) != 1 and heads_raw:
-                add(f"{path}.head", f"the model has {len(heads_raw)} heads; say which this task trains",
-                    f"heads: {', '.join(heads_raw)}")
+                add(
+                    f"{path}.head",
+                    f"the model has {len(heads_raw)} heads; say which this task trains",
+                    f"heads: {', '.join(heads_raw)}",
+                )
             elif task.head is not None and isinstance(heads_raw, Mapping) and task.head not in heads_raw:
                 add(f"{path}.head", f"no head named {task.head!r}", f"heads: {', '.join(heads_raw) or '(none)'}")
             if task.objective != "classification" and isinstance(enc_raw, Mapping) and task.text_input not in enc_raw:
-                add(f"{path}.text_input", f"{task.objective} needs a text input named {task.text_input!r}",
-                    f"inputs: {', '.join(enc_raw)}")
+                add(
+                    f"{path}.text_input",
+                    f"{task.objective} needs a text input named {task.text_input!r}",
+                    f"inputs: {', '.join(enc_raw)}",
+                )
             resolved = {
                 k: str((base / v).resolve()) if v is not None and not Path(v).is_absolute() else v
                 for k, v in (("train", task.train), ("eval", task.eval))

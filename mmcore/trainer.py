@@ -23,6 +23,7 @@ Design notes:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -148,20 +149,25 @@ class Trainer:
     def _make_task(self, name: str, t: TaskConfig) -> _Task:
         model = self.model
         fmt = t.format if t.format != "auto" else ("jsonl" if t.train.endswith(".jsonl") else "text")
-        train = self._dataset(name, t, t.train, fmt)
+        train = self._dataset(name, t, t.train, fmt, training=True)
         evals = self._dataset(name, t, t.eval, fmt) if t.eval else None
         plan = IndexPlan(
             len(train), self.cfg.batch_size, seed=self.cfg.seed + _stable_hash(name), rank=self.rank, world=self.world
         )
         return _Task(name, t, make_objective(t, model, name), train, evals, plan)
 
-    def _dataset(self, name: str, t: TaskConfig, path: str, fmt: str) -> Any:
+    def _dataset(self, name: str, t: TaskConfig, path: str, fmt: str, training: bool = False) -> Any:
         m = self.model
         if fmt == "jsonl":
             modalities = {k: getattr(e, "modality", "") for k, e in m.encoders.items()}
+            procs = m.processors
+            if training:  # augmentation on: training copies of the processors (workers copy them again)
+                procs = {k: copy.copy(p) for k, p in procs.items()}
+                for p in procs.values():
+                    p.training = True
             return ManifestDataset(
                 path,
-                m.processors,
+                procs,
                 modalities,
                 text_input=t.text_input,
                 targets=(t.label,),
@@ -187,7 +193,10 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(model, device_ids=ids, find_unused_parameters=len(model.heads) > 1 or len(self.tasks) > 1)
+        # Some parameters may sit out a step: other tasks' heads, a fusion's parameters for an
+        # input that a batch lacks. DDP must then not wait for their gradients.
+        unused = len(model.heads) > 1 or len(self.tasks) > 1 or len(model.encoders) > 1
+        return DDP(model, device_ids=ids, find_unused_parameters=unused)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -219,8 +228,9 @@ class Trainer:
         """The task's next usable micro-batch; bad records are skipped (counted) or raise."""
         while True:
             if task.it is None:
+                procs = getattr(task.train, "processors", self.model.processors)  # training copies
                 task.loader = make_loader(
-                    task.train, self.model.processors, task.plan, start=task.consumed, num_workers=self.cfg.num_workers
+                    task.train, procs, task.plan, start=task.consumed, num_workers=self.cfg.num_workers
                 )
                 task.it = iter(task.loader)
             batch, bad = next(task.it)
