@@ -1,11 +1,12 @@
-"""Generate docs/spec.md from the option models (``mmcore spec docs``).
+"""Generate docs/spec.md (``mmcore spec docs``) and docs/examples.md from the code.
 
-tests/test_docs.py checks that docs/spec.md equals this output, so the reference never
-drifts from the code.
+tests/test_docs.py checks that both files equal this output, so they never drift.
+Regenerate both with ``python -m mmcore.docgen`` from the checkout.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -88,3 +89,36 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
             out += options_table(c.config)
             out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def examples_doc(root: Path) -> str:
+    from .model import build
+    from .spec import load_spec
+
+    out = [
+        "# Example specs",
+        "",
+        "<!-- Generated from examples/*.toml; tests/test_docs.py checks it is current. -->",
+        "",
+        "Each spec under `examples/` with the summary `mmcore build SPEC --summary` prints.",
+        "",
+    ]
+    for path in sorted((root / "examples").glob("*.toml")):
+        spec = load_spec(path)
+        first = next((ln[2:] for ln in path.read_text().splitlines() if ln.startswith("# ")), "")
+        out += [f"## `examples/{path.name}`", "", first, "", "```", str(build(spec).summary()), "```", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main() -> None:
+    from .cli import read_catalog
+    from .plugins import get_registry
+
+    root = Path(__file__).resolve().parent.parent
+    dists = {"mmcore"} | {e.get("distribution") for e in read_catalog().values()}
+    (root / "docs" / "spec.md").write_text(spec_reference(get_registry(), dists))
+    (root / "docs" / "examples.md").write_text(examples_doc(root))
+
+
+if __name__ == "__main__":
+    main()

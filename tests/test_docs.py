@@ -17,7 +17,7 @@ def test_spec_reference_is_generated_from_the_models(manager):
     dists = {"mmcore"} | {e["distribution"] for e in read_catalog(ROOT / "registry.toml").values()}
     expected = spec_reference(manager.registry, dists)
     actual = (ROOT / "docs" / "spec.md").read_text()
-    assert actual == expected, "docs/spec.md is stale: run `mmcore spec docs > docs/spec.md`"
+    assert actual == expected, "docs/spec.md is stale: run `python -m mmcore.docgen`"
 
 
 def tutorial_files() -> dict[str, str]:
@@ -68,3 +68,11 @@ def test_plugin_written_from_the_tutorial_installs_lists_and_builds(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "LinearProjector (2, 2)"
+
+
+def test_examples_doc_shows_current_summaries(manager):
+    from mmcore.docgen import examples_doc
+
+    assert (ROOT / "docs" / "examples.md").read_text() == examples_doc(ROOT), (
+        "docs/examples.md is stale: run `python -m mmcore.docgen`"
+    )
