@@ -289,7 +289,7 @@ def _component(kind: str, path: str, section: Any, registry: Registry, add: Any)
     try:
         comp = registry.get(kind, name)
     except UnknownComponentError as exc:
-        add(f"{path}.component", str(exc))
+        add(f"{path}.component", str(exc), _catalog_hint(f"{kind}:{name}"))
         return None
     reserved = RESERVED if kind == "encoder" else ("component",) if kind == "projector" else ("component", "freeze")
     options = {k: v for k, v in section.items() if k not in reserved}
@@ -305,6 +305,23 @@ def _component(kind: str, path: str, section: Any, registry: Registry, add: Any)
         _pydantic_issues(exc, path, comp.config, add, component=comp)
         return None
     return ComponentSpec(kind, name, cfg, bool(freeze), projector)
+
+
+def _catalog_hint(key: str) -> str | None:
+    """'provided by mmcore-audio: pip install ...' when registry.toml lists the component."""
+    from .cli import catalog_path, read_catalog
+
+    try:
+        catalog = read_catalog()
+    except Exception:  # the catalog is a convenience; a broken one must not hide the real error
+        return None
+    for entry in catalog.values():
+        if key in entry.get("components", []):
+            path = catalog_path()
+            local = path.parent / entry["path"] if path is not None and entry.get("path") else None
+            target = local if local is not None and local.is_dir() else entry.get("distribution")
+            return f"provided by {entry.get('distribution')}, which is not installed: pip install {target}"
+    return None
 
 
 def _choices(registry: Registry, kind: str) -> str:

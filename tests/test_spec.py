@@ -104,3 +104,15 @@ def test_json_schema_covers_every_component_and_accepts_examples(manager):
     bad = tomllib.loads(MINIMAL)
     bad["backbone"] = {"widht": 3}
     assert list(validator.iter_errors(bad))
+
+
+def test_component_of_an_uninstalled_first_party_plugin_says_what_to_install(monkeypatch):
+    from mmcore import plugins
+
+    monkeypatch.setenv(plugins.ENV_BLOCK, "audio")
+    reg = plugins.PluginManager().registry
+    with pytest.raises(SpecError) as exc:
+        load_spec(EXAMPLES / "audio_text.toml", registry=reg)
+    (issue,) = exc.value.issues
+    assert issue.path == "encoders.audio.component"
+    assert "provided by mmcore-audio" in issue.hint and "pip install" in issue.hint
