@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the checkout's virtual environment and run the main job or the tests.
 
-    python3 dev.py demo        # the main job
+    python3 dev.py demo        # the main job (examples/demo.py)
     python3 dev.py test        # every test (the command CI runs)
     python3 dev.py test -k spec  # extra arguments go to pytest
     python3 dev.py shell       # print the command that activates the environment
@@ -58,7 +58,7 @@ def ensure_env(with_tests: bool) -> None:
     if have == want or (not with_tests and have == stamp(True)):
         return
     run([PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
-    pkgs = ["-e", ".[dev]" if with_tests else "."]
+    pkgs = ["-e", ".[dev]" if with_tests else ".[demo]"]
     import tomllib
 
     for d in plugin_dirs():
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     ensure_env(with_tests=(cmd == "test"))
     if cmd == "test":
         return subprocess.run([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
-    return subprocess.run([str(BIN / "mmcore"), "demo", *rest], cwd=ROOT, env=env).returncode
+    return subprocess.run([str(PY), str(ROOT / "examples" / "demo.py"), *rest], cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -253,34 +253,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job. For now: compose the example text model, print its summary, run it once."""
-    import time
-
-    import torch
-
-    from .model import build
-
-    root = Path(__file__).resolve().parent.parent
-    spec = Path(args.spec) if args.spec else root / "examples" / "text_lm.toml"
-    t0 = time.perf_counter()
-    model = build(spec)
-    print(f"built {spec} in {time.perf_counter() - t0:.2f}s")
-    print(model.summary())
-    batch = model.preprocess([{"text": "Hello, multimodal world!"}, {"text": "A second, longer record of text."}])
-    model.train()
-    out = model(batch)
-    out.loss.backward()
-    grads = sum(p.grad is not None for p in model.parameters() if p.requires_grad)
-    total = sum(1 for p in model.parameters() if p.requires_grad)
-    print(
-        f"forward + backward on a batch of 2: loss {out.loss.item():.4f} "
-        f"(uniform over the vocabulary would be {torch.log(torch.tensor(float(out.outputs['lm'].logits.shape[-1]))).item():.4f}); "
-        f"gradients reached {grads}/{total} trainable tensors"
-    )
-    return 0
-
-
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -372,10 +344,6 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     g.add_argument("--device", default=None)
     g.set_defaults(func=cmd_generate)
-
-    d = sub.add_parser("demo", help="the main job: build the example model and run it")
-    d.add_argument("--spec", help="spec to use instead of examples/text_lm.toml")
-    d.set_defaults(func=cmd_demo)
 
     if with_plugins:
         from .plugins import get_manager

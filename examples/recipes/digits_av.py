@@ -1,0 +1,164 @@
+"""Digits in three modalities: images, sound and words, from data available offline.
+
+* **Images**: the handwritten digits scikit-learn ships (1,797 scans, 8x8, from 43 writers;
+  the UCI "Optical Recognition of Handwritten Digits" test set), upscaled to 16x16 PNGs.
+* **Sound**: each digit as a telephone keypad tone (DTMF, ITU-T Q.23): the sum of a row
+  frequency (697, 770, 852, 941 Hz) and a column frequency (1209, 1336, 1477 Hz) of the
+  digit's key. Every clip is synthesised with its own variation: duration 120-280 ms,
+  onset 0-60 ms, +/-2 % frequency drift, random level, relative gain of the two tones, and
+  white noise at 5-20 dB SNR; 8 kHz, 16-bit WAV.
+* **Words**: the digit's English name ("seven").
+
+Records (JSONL, paths relative to the manifest):
+
+* ``caption_{train,eval}.jsonl``: ``{"image": "img/0001.png", "target": "seven"}``
+* ``transcribe_{train,eval}.jsonl``: ``{"audio": "wav/0001.wav", "target": "seven"}``
+* ``match_{train,eval}.jsonl``: ``{"image": ..., "audio": ..., "text": "same digit?", "label": 1}``
+  -- does the tone name the digit in the picture? Half the pairs match; neither input alone
+  says anything about the label (chance is 50 %). Training pairs each image with
+  ``--pairs-per-image`` tones (half matching); eval pairs each eval image once.
+
+Images and sounds are split between train and eval (no eval image or clip is seen in training).
+
+    python examples/recipes/digits_av.py --out examples/data/digits_av
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import struct
+import wave
+import zlib
+from pathlib import Path
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# DTMF keypad: digit -> (row Hz, column Hz)
+DTMF = {
+    1: (697, 1209),
+    2: (697, 1336),
+    3: (697, 1477),
+    4: (770, 1209),
+    5: (770, 1336),
+    6: (770, 1477),
+    7: (852, 1209),
+    8: (852, 1336),
+    9: (852, 1477),
+    0: (941, 1336),
+}
+RATE = 8000
+
+
+def png_gray(pixels: list[list[int]]) -> bytes:
+    """A grayscale PNG from rows of 0..255 values (standard library only)."""
+    h, w = len(pixels), len(pixels[0])
+    raw = b"".join(b"\x00" + bytes(row) for row in pixels)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def dtmf_clip(digit: int, rng: random.Random) -> bytes:
+    """16-bit mono WAV bytes of one varied DTMF tone for ``digit``."""
+    lo, hi = DTMF[digit]
+    drift = 1 + rng.uniform(-0.02, 0.02)
+    dur = rng.uniform(0.12, 0.28)
+    onset = rng.uniform(0.0, 0.06)
+    total = 0.35
+    level = rng.uniform(0.2, 0.6)
+    twist = rng.uniform(0.6, 1.0)
+    snr_db = rng.uniform(5, 20)
+    noise = level / math.sqrt(2) / (10 ** (snr_db / 20))
+    ph1, ph2 = rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi)
+    frames = []
+    for i in range(int(total * RATE)):
+        t = i / RATE
+        s = rng.gauss(0, noise)
+        if onset <= t < onset + dur:
+            s += (
+                level
+                * 0.5
+                * (math.sin(2 * math.pi * lo * drift * t + ph1) + twist * math.sin(2 * math.pi * hi * drift * t + ph2))
+            )
+        frames.append(struct.pack("<h", max(-32767, min(32767, int(s * 32767)))))
+    import io
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(b"".join(frames))
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "digits_av"))
+    p.add_argument("--clips-per-digit", type=int, default=60, help="sound clips per digit (80 %% train)")
+    p.add_argument("--pairs-per-image", type=int, default=4, help="match pairs per training image")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from sklearn.datasets import load_digits
+
+    out = Path(args.out)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    (out / "wav").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    digits = load_digits()
+    images = {"train": [], "eval": []}
+    order = list(range(len(digits.target)))
+    rng.shuffle(order)
+    n_eval = len(order) // 5
+    for rank, i in enumerate(order):
+        label = int(digits.target[i])
+        px = [[min(255, int(v * 16)) for v in row for _ in (0, 1)] for row in digits.images[i] for _ in (0, 1)]
+        name = f"img/{i:04d}.png"
+        (out / name).write_bytes(png_gray(px))
+        images["eval" if rank < n_eval else "train"].append((name, label))
+    clips = {"train": [], "eval": []}
+    for d in range(10):
+        for k in range(args.clips_per_digit):
+            name = f"wav/{d}_{k:03d}.wav"
+            (out / name).write_bytes(dtmf_clip(d, rng))
+            clips["eval" if k < args.clips_per_digit // 5 else "train"].append((name, d))
+
+    def write(name: str, rows: list[dict]) -> None:
+        with open(out / name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    stats = {}
+    for split in ("train", "eval"):
+        write(f"caption_{split}.jsonl", [{"image": n, "target": WORDS[y]} for n, y in images[split]])
+        write(f"transcribe_{split}.jsonl", [{"audio": n, "target": WORDS[y]} for n, y in clips[split]])
+        by_digit: dict[int, list[str]] = {}
+        for n, y in clips[split]:
+            by_digit.setdefault(y, []).append(n)
+        pairs = []
+        reps = args.pairs_per_image if split == "train" else 1
+        for j, (img, y) in enumerate(images[split]):
+            for r in range(reps):
+                same = (j + r) % 2 == 0
+                other = y if same else rng.choice([d for d in range(10) if d != y])
+                pairs.append(
+                    {"image": img, "audio": rng.choice(by_digit[other]), "text": "same digit?", "label": int(same)}
+                )
+        rng.shuffle(pairs)
+        write(f"match_{split}.jsonl", pairs)
+        stats[split] = {"images": len(images[split]), "clips": len(clips[split]), "pairs": len(pairs)}
+    (out / "README.txt").write_text(__doc__ or "")
+    print(json.dumps(stats))
+    return stats
+
+
+if __name__ == "__main__":
+    main()
