@@ -426,6 +426,7 @@ class Trainer:
             self.history = _read_history(metrics_path, self.step)
             atomic_write_text(metrics_path, "".join(json.dumps(h) + "\n" for h in self.history))
         bar = self._progress()
+        self._fit_start = (time.perf_counter(), self.step)
         last: dict[str, Any] = {"loss": float("nan")}
         window_tokens, window_t = 0, time.perf_counter()
         eval_metrics: dict[str, dict[str, float]] = {}
@@ -439,7 +440,10 @@ class Trainer:
                 self._log(last, metrics_path)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", task=last["task"])
+                post = {"loss": f"{last['loss']:.4f}", "task": last["task"]}
+                if "tokens_per_s" in last:
+                    post["tok/s"] = f"{last['tokens_per_s']:,.0f}"
+                bar.set_postfix(post)
             if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.cfg.steps:
                 eval_metrics = self.evaluate(self.cfg.eval_batches)
                 self._log({"step": self.step, "eval": eval_metrics}, metrics_path)
@@ -478,6 +482,32 @@ class Trainer:
             return None
         return tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
 
+    def _tensorboard(self, entry: dict[str, Any]) -> None:
+        """Also write scalars for TensorBoard when it is installed and there is an out_dir."""
+        if self.out is None:
+            return
+        writer = getattr(self, "_tb", None)
+        if writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self._tb = False
+                return
+            writer = self._tb = SummaryWriter(str(self.out / "tensorboard"))
+        if writer is False:
+            return
+        step = entry["step"]
+        if "eval" in entry:
+            for task, metrics in entry["eval"].items():
+                for k, v in metrics.items():
+                    writer.add_scalar(f"eval/{task}/{k}", v, step)
+        else:
+            writer.add_scalar(f"train/{entry['task']}/loss", entry["loss"], step)
+            writer.add_scalar("train/lr", entry["lr"], step)
+            if "tokens_per_s" in entry:
+                writer.add_scalar("train/tokens_per_s", entry["tokens_per_s"], step)
+        writer.flush()
+
     def _log(self, entry: dict[str, Any], path: Path | None) -> None:
         if self.rank != 0:
             return
@@ -489,8 +519,14 @@ class Trainer:
         if "eval" in entry:
             parts = [f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()) for t, m in entry["eval"].items()]
             print(f"step {entry['step']:>6}  eval  " + " | ".join(parts), file=sys.stderr)
-        elif not (self.cfg.progress and sys.stderr.isatty()):
+        self._tensorboard(entry)
+        if "eval" not in entry and not (self.cfg.progress and sys.stderr.isatty()):
+            start, start_step = getattr(self, "_fit_start", (time.perf_counter(), 0))
+            done = entry["step"] - start_step
             eta = ""
+            if done > 0:
+                left = (time.perf_counter() - start) / done * (self.cfg.steps - entry["step"])
+                eta = f"  ETA {int(left) // 60}:{int(left) % 60:02d}"
             print(
                 f"step {entry['step']:>6}/{self.cfg.steps}  {entry['task']}  loss {entry['loss']:.4f}  "
                 f"lr {entry['lr']:.2e}  {entry.get('tokens_per_s', 0):,.0f} tok/s{eta}",
