@@ -288,3 +288,45 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     a, b = mmcore.load(one).state_dict(), mmcore.load(two).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_eval_command_scores_generated_text_with_bleu_and_chrf(tmp_path, manager):
+    pairs = [{"text": w, "target": w.upper()} for w in ["cat", "dog", "bird", "fish", "frog", "goat"] * 4]
+    data = write_manifest(tmp_path / "pairs.jsonl", pairs)
+    spec = spec_dict(
+        tmp_path, {"tr": {"objective": "prefix_lm", "train": str(data)}}, {"steps": 60, "batch_size": 8, "lr": 5e-3}
+    )
+    mmcore.trainer.train(mmcore.parse_spec(spec), out_dir=tmp_path / "m")
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmcore",
+            "eval",
+            str(tmp_path / "m"),
+            str(data),
+            "--out",
+            str(tmp_path / "e.json"),
+            "--max-new-tokens",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "e.json").read_text())
+    m = report["metrics"]
+    assert {"loss", "perplexity", "bleu", "chrf", "exact_match"} <= set(m)
+    assert 0 <= m["chrf"] <= 100 and len(report["examples"]) == 5
+
+
+def test_text_metrics_and_macro_f1():
+    from mmcore.evaluate import macro_f1, text_metrics
+
+    m = text_metrics(["the cat sat on the mat", "hello"], ["the cat sat on the mat", "goodbye"])
+    assert m["exact_match"] == 0.5 and 0 < m["bleu"] < 100 and 0 < m["chrf"] < 100
+    assert text_metrics(["a b c d e"], ["a b c d e"])["bleu"] == pytest.approx(100.0)
+    p, g = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])
+    # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 2 fp 0 fn 1 -> 0.8
+    assert macro_f1(p, g, 2) == pytest.approx((2 / 3 + 0.8) / 2)
