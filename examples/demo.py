@@ -3,8 +3,9 @@
 1. Makes the data (examples/recipes/digits_av.py): scikit-learn's handwritten digits as
    images, each digit's telephone keypad tone (DTMF) as sound, the digit's name as text.
 2. Trains examples/digits_av.toml: a vision encoder, an audio encoder and a byte-level text
-   encoder around one GPT, on three tasks at once -- caption a digit image, transcribe a
-   digit tone, and decide whether a tone and a picture show the same digit.
+   encoder around one GPT. Stage 1 (400 steps) teaches the encoders to caption a digit image
+   and to transcribe a digit tone; stage 2 (the spec's [training]) trains all three tasks
+   at once, adding: decide whether a tone and a picture show the same digit.
 3. Evaluates on held-out images and tones, prints example generations next to their
    references, and writes the model directory (with loss.png) to runs/demo.
 
@@ -25,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="model directory to write")
-    p.add_argument("--steps", type=int, help="override training.steps")
+    p.add_argument("--steps", type=int, help="override training.steps (stage 2)")
+    p.add_argument("--stage1-steps", type=int, default=400, help="stage 1 steps (caption and transcribe)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -48,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = dataclasses.replace(spec, training=spec.training.model_copy(update={"steps": args.steps}))
     model = mmcore.build(spec)
-    print(
-        f"[2/3] training {spec.name!r} for {spec.training.steps} steps on 3 tasks "
-        f"({stats['train']['images']} images, {stats['train']['clips']} tones)"
-    )
+    print(f"[2/3] training {spec.name!r} ({stats['train']['images']} images, {stats['train']['clips']} tones)")
     print(model.summary())
-    trainer = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=args.out)
+    if args.stage1_steps:
+        print(f"stage 1: {args.stage1_steps} steps of caption + transcribe")
+        stage1 = spec.training.model_copy(update={"steps": args.stage1_steps, "lr": 2e-3, "warmup_steps": 25})
+        mmcore.Trainer(model, {k: spec.tasks[k] for k in ("caption", "transcribe")}, stage1).fit()
+    print(f"stage 2: {spec.training.steps} steps of caption + transcribe + match")
+    trainer = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=args.out, resume=False)
     result = trainer.fit()
 
     print("[3/3] held-out evaluation")
@@ -65,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         refs = [r["target"] for r in rows]
         acc = sum(p.strip() == r for p, r in zip(preds, refs, strict=True)) / len(refs)
         report[f"{task}_exact_match"] = acc
-        print(f"  {task}: {acc:.1%} of {len(refs)} held-out {field}s named exactly; examples:")
-        for p_, r_, row in list(zip(preds, refs, rows, strict=True))[:5]:
+        print(
+            f"  {task}: {acc:.1%} of {len(refs)} held-out {'images' if field == 'image' else 'tones'} named exactly; examples:"
+        )
+        step = max(1, len(rows) // 5)
+        for p_, r_, row in list(zip(preds, refs, rows, strict=True))[::step][:5]:
             print(f"    {row[field]:<18} generated {p_!r:<10} reference {r_!r}")
     match = result.eval["match"]
     print(
