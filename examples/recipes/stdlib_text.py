@@ -6,7 +6,7 @@ Writes, under --out (default: examples/data/stdlib):
   module (about 10 % of the modules are held out, so the eval text is unseen prose);
 * ``topics_train.jsonl`` / ``topics_eval.jsonl`` -- topic classification: a docstring
   paragraph and the domain of the module it documents (text, network, concurrency,
-  numbers), split by module as well;
+  numbers); a seeded random 20 % of the paragraphs are held out;
 * ``baselines.json`` -- the unigram perplexity of the eval corpus under the training
   corpus' byte frequencies (add-one smoothing, the byte tokenizer's framing) and the
   majority-class accuracy of the topic eval set: the bars a trained model must clear.
@@ -169,8 +169,9 @@ def main() -> None:
     rows_train, rows_eval = [], []
     for topic, modules in TOPICS.items():
         for m in modules:
-            rows = [{"text": t[:400], "label": topic} for t in docstrings(m)]
-            (rows_eval if held_out(m, 0.25) else rows_train).extend(rows)
+            for t in docstrings(m):
+                row = {"text": t[:400], "label": topic}
+                (rows_eval if held_out(t, 0.2) else rows_train).append(row)
     with open(out / "topics_train.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows_train)
     with open(out / "topics_eval.jsonl", "w", encoding="utf-8") as f:
