@@ -253,7 +253,8 @@ def _filter(logits: Tensor, cfg: GenerationConfig) -> Tensor:
 
 def _enders(dec: _Decoder, cfg: GenerationConfig, device: torch.device) -> Tensor | None:
     eos = cfg.eos_id if cfg.eos_id is not None else getattr(dec.proc, "eos_id", None)
-    ids = ([eos] if eos is not None else []) + list(cfg.stop_tokens)
+    # Negative ids (eos_id=-1: "no end token") can never be generated.
+    ids = [i for i in ([eos] if eos is not None else []) + list(cfg.stop_tokens) if i >= 0]
     return torch.tensor(ids, device=device, dtype=torch.long) if ids else None
 
 
@@ -294,7 +295,8 @@ def generate_stream(
             nxt = torch.multinomial(_filter(logits, cfg).softmax(-1), 1, generator=gen).squeeze(1)
         else:
             nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        if enders is not None:  # finished sequences keep emitting padding
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         yield nxt
         if seen is not None:
             seen.scatter_(1, nxt.unsqueeze(1), True)

@@ -66,8 +66,13 @@ def main() -> None:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rs)
     ev = [r["label"] for r in rows["eval"]]
     majority = max(ev.count(lang) for lang in LANGS) / len(ev)
-    stats = {"strings_per_language": counts, "train": len(rows["train"]), "eval": len(ev),
-             "majority_accuracy": majority, "chance_accuracy": 1 / len(LANGS)}
+    stats = {
+        "strings_per_language": counts,
+        "train": len(rows["train"]),
+        "eval": len(ev),
+        "majority_accuracy": majority,
+        "chance_accuracy": 1 / len(LANGS),
+    }
     (out / "baselines.json").write_text(json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
 
