@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+import transformers  # a test dependency (the parity reference): never skipped
 from safetensors.torch import load_file, save_file
 
 from mmcore.backbone import GPT
@@ -22,8 +23,6 @@ from mmcore.gpt2 import (
     mmcore_to_hf,
     save_gpt2_dir,
 )
-
-transformers = pytest.importorskip("transformers")
 
 HF_CONFIG = dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=1000)
 
