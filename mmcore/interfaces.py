@@ -80,6 +80,48 @@ class Processor:
     def load(self, directory: str) -> None:
         """Read the files :meth:`save` wrote."""
 
+    # --- helpers for save/load of a JSON description ---------------------------------
+
+    @staticmethod
+    def write_json(directory: str, filename: str, kind: str, version: int, data: dict[str, Any]) -> list[str]:
+        """Write ``{"kind", "format_version", **data}`` to ``directory/filename``; return ``[filename]``."""
+        import json
+        import os
+
+        os.makedirs(directory, exist_ok=True)
+        body = json.dumps({"kind": kind, "format_version": version, **data}, indent=2) + "\n"
+        with open(os.path.join(directory, filename), "w", encoding="utf-8") as f:
+            f.write(body)
+        return [filename]
+
+    @staticmethod
+    def read_json(directory: str, filename: str, kind: str, version: int, what: str) -> dict[str, Any]:
+        """Read what :meth:`write_json` wrote, checking kind and version.
+
+        Raises :class:`mmcore.ModelDirError` naming the file when it is missing, unreadable,
+        not a JSON object, or of another kind or format version. ``what`` names the
+        processor in messages ("the audio processor").
+        """
+        import json
+        import os
+
+        from .errors import ModelDirError
+
+        path = os.path.join(directory, filename)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError as exc:
+            raise ModelDirError(f"{path}: missing; {what} needs it") from exc
+        except (OSError, ValueError) as exc:
+            raise ModelDirError(f"{path}: unreadable: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ModelDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        for key, want in (("kind", kind), ("format_version", version)):
+            if data.get(key) != want:
+                raise ModelDirError(f"{path}: {key} is {data.get(key)!r}, expected {want!r}")
+        return data
+
 
 class Encoder(nn.Module):
     """Turns one modality's collated tensors into a sequence of embeddings.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -183,12 +182,9 @@ class AudioProcessor(Processor):
 
     def save(self, directory: str | os.PathLike[str]) -> list[str]:
         """Write ``audio_processor.json``: kind, format version and the resolved options."""
-        data = {"kind": PROCESSOR_KIND, "format_version": FORMAT_VERSION, "options": self.options}
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, PROCESSOR_FILE), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        return [PROCESSOR_FILE]
+        return self.write_json(
+            str(directory), PROCESSOR_FILE, PROCESSOR_KIND, FORMAT_VERSION, {"options": self.options}
+        )
 
     def load(self, directory: str | os.PathLike[str]) -> None:
         """Read ``audio_processor.json`` and adopt its options.
@@ -197,18 +193,7 @@ class AudioProcessor(Processor):
         another kind or format version, or holds invalid options.
         """
         path = os.path.join(directory, PROCESSOR_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError as exc:
-            raise ModelDirError(f"{path}: missing; the audio processor needs it") from exc
-        except (OSError, ValueError) as exc:
-            raise ModelDirError(f"{path}: unreadable: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ModelDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        for key, want in (("kind", PROCESSOR_KIND), ("format_version", FORMAT_VERSION)):
-            if data.get(key) != want:
-                raise ModelDirError(f"{path}: {key} is {data.get(key)!r}, this processor reads {want!r}")
+        data = self.read_json(str(directory), PROCESSOR_FILE, PROCESSOR_KIND, FORMAT_VERSION, "the audio processor")
         try:
             self.config = AudioProcessorConfig.model_validate(data.get("options", {}))
         except ValidationError as exc:

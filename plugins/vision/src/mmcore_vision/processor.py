@@ -19,7 +19,6 @@ per-token mask to pad), giving that record an all-False mask row.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import stat
@@ -493,12 +492,7 @@ class ImageProcessor(Processor):
 
     def save(self, directory: str | os.PathLike[str]) -> list[str]:
         """Write ``image_processor.json``: the resolved preprocessing (size, channels, mean, std...)."""
-        data = {"kind": PROCESSOR_KIND, "format_version": FORMAT_VERSION, **self.options}
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, PROCESSOR_FILE), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        return [PROCESSOR_FILE]
+        return self.write_json(str(directory), PROCESSOR_FILE, PROCESSOR_KIND, FORMAT_VERSION, dict(self.options))
 
     def load(self, directory: str | os.PathLike[str]) -> None:
         """Read ``image_processor.json`` and adopt its preprocessing.
@@ -509,18 +503,7 @@ class ImageProcessor(Processor):
         Raises :class:`~mmcore.errors.ModelDirError` when the file is missing or invalid.
         """
         path = os.path.join(directory, PROCESSOR_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError as exc:
-            raise ModelDirError(f"{path}: missing; the image processor needs it") from exc
-        except (OSError, ValueError) as exc:
-            raise ModelDirError(f"{path}: unreadable: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ModelDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        for key, want in (("kind", PROCESSOR_KIND), ("format_version", FORMAT_VERSION)):
-            if data.get(key) != want:
-                raise ModelDirError(f"{path}: {key} is {data.get(key)!r}, expected {want!r}")
+        data = self.read_json(str(directory), PROCESSOR_FILE, PROCESSOR_KIND, FORMAT_VERSION, "the image processor")
         for key in ("image_size", "channels"):
             if data.get(key) != getattr(self, key):
                 raise ModelDirError(
