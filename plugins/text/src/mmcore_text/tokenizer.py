@@ -22,7 +22,6 @@ This module imports torch; ``tokenizers`` is imported only when a BPE processor 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -342,12 +341,8 @@ class TokenTextProcessor(Processor):
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         files = self._save_tokenizer(directory)
-        data = {"kind": self.kind, "format_version": FORMAT_VERSION, **self._describe(self.tokenizer)}
-        data["options"] = self.options
-        with open(os.path.join(directory, TOKENIZER_FILE), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        return [*files, TOKENIZER_FILE]
+        data = {**self._describe(self.tokenizer), "options": self.options}
+        return [*files, *self.write_json(directory, TOKENIZER_FILE, self.kind, FORMAT_VERSION, data)]
 
     def load(self, directory: str | os.PathLike[str]) -> None:
         """Read what :meth:`save` wrote: check it describes this processor's vocabulary, then
@@ -358,18 +353,9 @@ class TokenTextProcessor(Processor):
         """
         directory = os.fspath(directory)
         path = os.path.join(directory, TOKENIZER_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError as exc:
-            raise ModelDirError(f"{path}: missing; the {self.name} processor needs it") from exc
-        except (OSError, ValueError) as exc:
-            raise ModelDirError(f"{path}: unreadable: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ModelDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        data = self.read_json(directory, TOKENIZER_FILE, self.kind, FORMAT_VERSION, f"the {self.name} processor")
         tokenizer = self._load_tokenizer(directory)
-        expected = {"kind": self.kind, "format_version": FORMAT_VERSION, **self._describe(tokenizer)}
-        for key, want in expected.items():
+        for key, want in self._describe(tokenizer).items():
             if data.get(key) != want:
                 raise ModelDirError(f"{path}: {key} is {data.get(key)!r}, this tokenizer has {want!r}")
         try:
