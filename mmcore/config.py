@@ -6,11 +6,19 @@ Component configuration models subclass :class:`ComponentConfig`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["ComponentConfig", "BackboneConfig", "TrainingConfig", "TaskConfig"]
+__all__ = [
+    "ComponentConfig",
+    "BackboneConfig",
+    "TrainingConfig",
+    "TaskConfig",
+    "CoreOptions",
+    "LoraConfig",
+    "WeightsSource",
+]
 
 
 class ComponentConfig(BaseModel):
@@ -63,7 +71,6 @@ class BackboneConfig(BaseModel):
         "conditioning prefix, causal after it) or bidirectional (masked LM). Objectives may override it.",
     )
     init_std: float = Field(0.02, gt=0, description="Standard deviation of the normal weight initialisation.")
-    freeze: bool = Field(False, description="Keep the backbone's parameters fixed during training.")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "BackboneConfig":
@@ -151,3 +158,108 @@ class TaskConfig(BaseModel):
     label: str = Field("label", description="classification: the record field holding the label.")
     labels: list[str] | None = Field(None, description="classification: class names, if labels are strings.")
     text_input: str = Field("text", description="The text input that lm/mlm/prefix_lm objectives read.")
+
+
+# --- options every component section takes (the backbone's too) ---------------------------
+
+
+class LoraConfig(BaseModel):
+    """``lora = {...}``: low-rank adapters on a component's linear layers (``train = "lora"``).
+
+    Each target ``nn.Linear`` becomes ``y = base(x) + (alpha / rank) * B(A(dropout(x)))``
+    with the base weight frozen, ``A`` (rank x in) initialised like a linear layer and ``B``
+    (out x rank) zero, so the component computes exactly what it did before training.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: int = Field(8, gt=0, description="Rank r of the update B @ A.")
+    alpha: float = Field(16.0, gt=0, description="Scale: the update is multiplied by alpha / rank.")
+    targets: list[str] = Field(
+        default_factory=lambda: ["qkv", "proj"],
+        min_length=1,
+        description="Which nn.Linear layers of the component get adapters: a name matches its last parts "
+        "('qkv' matches 'blocks.0.attn.qkv', 'attn.proj' matches 'blocks.3.attn.proj') or a glob on the "
+        "whole name ('blocks.*.mlp.*'). Every target must match at least one layer.",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input during training.")
+
+
+class WeightsSource(BaseModel):
+    """``weights_from = "file.safetensors"`` or ``weights_from = {path = ..., prefix = {...}, ...}``.
+
+    Reads the component's initial weights from a safetensors file. Keys are mapped with
+    ``prefix`` (file prefix -> component prefix; the longest matching file prefix wins; with a
+    mapping, file keys that match no prefix are ignored), then ``ignore`` drops keys, then every
+    remaining key must name a parameter or buffer of the component with the same shape.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="A .safetensors file; a relative path resolves against the spec file's folder.")
+    prefix: dict[str, str] = Field(
+        default_factory=dict,
+        description='Key-prefix mapping, file -> component: {"vision_model." = ""} strips a prefix, '
+        '{"" = "model."} adds one. With a mapping, keys outside it are ignored (and reported).',
+    )
+    ignore: list[str] = Field(
+        default_factory=list, description="Glob patterns of file keys to leave out (e.g. a classifier: 'head.*')."
+    )
+    format: Literal["auto", "mmcore", "gpt2"] = Field(
+        "auto",
+        description="Key layout: 'mmcore' (the component's own parameter names), 'gpt2' (Hugging Face GPT-2, "
+        "backbone only: transposed Conv1D weights, transformer.h.N... names) or 'auto' (gpt2 when the backbone's "
+        "file looks like GPT-2, else mmcore).",
+    )
+    allow_missing: bool = Field(
+        False,
+        description="Keep the fresh initialisation of parameters the file lacks (listed in the load report) "
+        "instead of refusing the file.",
+    )
+
+
+class CoreOptions(BaseModel):
+    """What the core reads from every component section, the backbone's included.
+
+    ``freeze = true`` is kept as another way to write ``train = "frozen"``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: Literal["full", "frozen", "lora"] = Field(
+        "full",
+        description="Training policy: 'full' (every parameter trains), 'frozen' (none does) or 'lora' (only "
+        "low-rank adapters on the `lora.targets` layers train; the rest is frozen).",
+    )
+    lora: LoraConfig | None = Field(
+        None, description="Adapter options, with train = 'lora' (default rank 8, alpha 16, targets qkv and proj)."
+    )
+    weights_from: WeightsSource | None = Field(
+        None, description="Initial weights from a safetensors file (a path, or a table: see weights_from below)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("weights_from"), str):
+            data = {**data, "weights_from": {"path": data["weights_from"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_lora(self) -> "CoreOptions":
+        if self.lora is not None and "train" not in self.model_fields_set:
+            object.__setattr__(self, "train", "lora")  # `lora = {...}` alone means train = "lora"
+        if self.train == "lora" and self.lora is None:
+            object.__setattr__(self, "lora", LoraConfig())
+        if self.train != "lora" and self.lora is not None:
+            raise ValueError(f"lora options are given but train = {self.train!r}; set train = 'lora' to use them")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys a resolved spec writes: ``train``, and ``lora``/``weights_from`` when set."""
+        out: dict[str, Any] = {"train": self.train}
+        if self.lora is not None:
+            out["lora"] = self.lora.model_dump(mode="json")
+        if self.weights_from is not None:
+            out["weights_from"] = self.weights_from.model_dump(mode="json")
+        return out

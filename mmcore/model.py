@@ -22,10 +22,10 @@ from .config import BackboneConfig
 from .errors import InputError, MMCoreError, PluginError, SpecError, SpecIssue
 from .interfaces import Encoder, Fusion, Head, Processor
 from .registry import Component, Registry, call_factory
-from .spec import Spec, load_spec, parse_spec
+from .spec import ComponentSpec, Spec, load_spec, parse_spec
 from .types import Batch, FusedSequence, ModelOutput, Tokens
 
-__all__ = ["MultimodalGPT", "Summary", "build", "build_component"]
+__all__ = ["MultimodalGPT", "Summary", "SummaryRow", "apply_policy", "build", "build_component", "check_compatibility"]
 
 
 class MultimodalGPT(nn.Module):
@@ -71,6 +71,8 @@ class MultimodalGPT(nn.Module):
         self.heads = nn.ModuleDict(dict(heads or {}))
         self.processors: dict[str, Processor] = dict(processors or {})
         self.spec: Spec | None = None
+        #: where each component's weights came from (:class:`mmcore.weights.LoadReport`); set by build
+        self.load_report: Any = None
 
     @property
     def config(self) -> BackboneConfig:
@@ -189,19 +191,66 @@ class MultimodalGPT(nn.Module):
         return out
 
     def summary(self) -> "Summary":
-        """Parameters per component, trainable and frozen (shared weights counted once)."""
-        seen: set[int] = set()
-        rows = []
-        for name, module in self.parts():
-            total = trainable = 0
-            for p in module.parameters():
-                if id(p) in seen:
-                    continue
-                seen.add(id(p))
-                total += p.numel()
-                trainable += p.numel() if p.requires_grad else 0
-            rows.append(SummaryRow(name, _component_name(self, name, module), total, trainable))
-        return Summary(self.spec.name if self.spec else "model", rows)
+        """Parameters per component: trainable, frozen and LoRA adapters (shared weights counted once).
+
+        The layers a fusion inserts into the backbone count as the fusion's (its training
+        policy governs them).
+        """
+        from .lora import is_lora_param
+
+        rows: dict[str, dict[str, Any]] = {}
+        for part, module in self.parts():
+            rows[part] = {"component": _component_name(self, part, module), "params": 0, "trainable": 0, "lora": 0}
+            rows[part]["names"] = []
+        for name, p in self.named_parameters():  # deduplicated: a shared tensor appears once
+            part = _part_of(name)
+            if part not in rows:
+                continue
+            r = rows[part]
+            r["params"] += p.numel()
+            if p.requires_grad:
+                r["trainable"] += p.numel()
+                r["names"].append(name[len(part) + 1 :] if not name.startswith("backbone.inserts.") else name[9:])
+            if is_lora_param(name):
+                r["lora"] += p.numel()
+        policies = _policies(self)
+        return Summary(
+            self.spec.name if self.spec else "model",
+            [
+                SummaryRow(
+                    part,
+                    r["component"],
+                    r["params"],
+                    r["trainable"],
+                    lora=r["lora"],
+                    train=policies.get(part, "full"),
+                    trainable_names=tuple(r["names"]),
+                )
+                for part, r in rows.items()
+            ],
+        )
+
+
+def _part_of(param: str) -> str:
+    """The summary part a model parameter name belongs to (inserted layers: the fusion)."""
+    if param.startswith("backbone.inserts."):
+        return "fusion"
+    head, _, rest = param.partition(".")
+    if head in ("encoders", "projectors", "heads"):
+        return f"{head}.{rest.partition('.')[0]}"
+    return head
+
+
+def _section_of(part: str) -> str:
+    """Summary part -> spec section (``projectors.x`` -> ``encoders.x.projector``)."""
+    return f"encoders.{part[11:]}.projector" if part.startswith("projectors.") else part
+
+
+def _policies(model: MultimodalGPT) -> dict[str, str]:
+    if model.spec is None:
+        return {}
+    core = model.spec.core_options()
+    return {part: core[_section_of(part)].train for part, _ in model.parts() if _section_of(part) in core}
 
 
 def _component_name(model: MultimodalGPT, part: str, module: nn.Module) -> str:
@@ -214,10 +263,20 @@ def _component_name(model: MultimodalGPT, part: str, module: nn.Module) -> str:
 
 @dataclass(frozen=True)
 class SummaryRow:
+    """One component's parameter counts.
+
+    ``train`` is its policy (``full``, ``frozen``, ``lora``); ``lora`` counts the adapter
+    parameters (trainable, included in ``params`` and ``trainable``); ``trainable_names`` are
+    the names (inside the component) of the parameters that train.
+    """
+
     part: str
     component: str
     params: int
     trainable: int
+    lora: int = 0
+    train: str = "full"
+    trainable_names: tuple[str, ...] = ()
 
     @property
     def frozen(self) -> int:
@@ -226,7 +285,8 @@ class SummaryRow:
 
 @dataclass(frozen=True)
 class Summary:
-    """Parameter counts per component; ``str()`` gives a table."""
+    """Parameter counts per component; ``str()`` gives a table, then which parameters train
+    in every component that does not train in full."""
 
     name: str
     rows: list[SummaryRow]
@@ -239,19 +299,39 @@ class Summary:
     def trainable(self) -> int:
         return sum(r.trainable for r in self.rows)
 
+    @property
+    def lora(self) -> int:
+        return sum(r.lora for r in self.rows)
+
     def __str__(self) -> str:
-        head = ("component", "type", "params", "trainable", "frozen")
-        body = [(r.part, r.component, _n(r.params), _n(r.trainable), _n(r.frozen)) for r in self.rows]
-        foot = ("total", "", _n(self.params), _n(self.trainable), _n(self.params - self.trainable))
-        widths = [max(len(str(row[i])) for row in [head, *body, foot]) for i in range(5)]
+        from .lora import condense
+
+        with_lora = any(r.lora for r in self.rows)
+        head = ["component", "type", "train", "params", "trainable", "frozen"] + (["lora"] if with_lora else [])
+        body = [
+            [r.part, r.component, r.train, _n(r.params), _n(r.trainable), _n(r.frozen)]
+            + ([_n(r.lora)] if with_lora else [])
+            for r in self.rows
+        ]
+        foot = ["total", "", "", _n(self.params), _n(self.trainable), _n(self.params - self.trainable)]
+        foot += [_n(self.lora)] if with_lora else []
+        cols = len(head)
+        widths = [max(len(str(row[i])) for row in [head, *body, foot]) for i in range(cols)]
 
         def fmt(row: Sequence[str]) -> str:
-            left = [str(row[i]).ljust(widths[i]) for i in range(2)]
-            right = [str(row[i]).rjust(widths[i]) for i in range(2, 5)]
+            left = [str(row[i]).ljust(widths[i]) for i in range(3)]
+            right = [str(row[i]).rjust(widths[i]) for i in range(3, cols)]
             return "  ".join(left + right).rstrip()
 
         rule = "-" * len(fmt(head))
-        return "\n".join([f"model {self.name!r}", fmt(head), rule, *map(fmt, body), rule, fmt(foot)])
+        lines = [f"model {self.name!r}", fmt(head), rule, *map(fmt, body), rule, fmt(foot)]
+        partial = [r for r in self.rows if r.train != "full" or r.trainable != r.params]
+        if partial:
+            lines.append("trains:")
+            for r in partial:
+                what = condense(r.trainable_names) if r.trainable_names else "nothing"
+                lines.append(f"  {r.part}: {what}")
+        return "\n".join(lines)
 
 
 def _n(x: int) -> str:
@@ -276,12 +356,24 @@ def build(
     registry: Registry | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    weights: bool = True,
 ) -> MultimodalGPT:
     """Compose a :class:`MultimodalGPT` from a spec (a :class:`Spec`, a TOML path or a dict).
 
-    Only registered components are built; each factory gets its validated options and
-    the modules it needs. Freezing from the spec is applied. Built on ``device`` (use
-    ``"meta"`` to skip initialisation before loading weights).
+    In order:
+
+    1. every component is built by its factory with its validated options;
+    2. :func:`check_compatibility` checks how the parts fit (widths, token counts against the
+       context length, special tokens, processor and encoder pairing, LoRA targets, and the
+       headers of the ``weights_from`` files) and raises one :class:`SpecError` listing every
+       problem before any weights are read;
+    3. ``weights_from`` files are loaded (``weights=False`` skips them: :func:`mmcore.load`
+       assigns a model directory's weights instead); ``model.load_report`` (a
+       :class:`~mmcore.weights.LoadReport`) says what came from where;
+    4. the training policies apply: ``frozen`` components stop requiring gradients, ``lora``
+       components are frozen and get adapters on their target layers.
+
+    Built on ``device`` (``"meta"`` skips initialisation and weight files, for loading).
     """
     reg = registry or _registry()
     if isinstance(spec, (str, Path)):
@@ -289,8 +381,15 @@ def build(
     elif not isinstance(spec, Spec):
         spec = parse_spec(spec, registry=reg)
     ctx = torch.device(device) if device is not None else None
+    meta = ctx is not None and ctx.type == "meta"
     with ctx if ctx is not None else contextlib.nullcontext():
         model = _build(spec, reg)
+        issues, plans = _check(model, spec, read_weights=weights and not meta)
+        if issues:
+            raise SpecError(issues, file=spec.file)
+        report = _load_sources(model, spec, plans)
+        apply_policy(model, spec)
+    model.load_report = report
     if dtype is not None:
         model.to(dtype=dtype)
     from .plugins import get_manager
@@ -307,23 +406,43 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
     processors: dict[str, Processor] = {}
     encoders: dict[str, Encoder] = {}
     projectors: dict[str, nn.Module] = {}
+    issues: list[SpecIssue] = []  # components' own checks of their options, all of them
     for name, cs in spec.encoders.items():
         comp = reg.get("encoder", cs.component)
-        proc_factory = _guard(comp, f"encoders.{name}", comp.load_processor)
-        proc = None
-        if proc_factory is not None:
-            proc = _guard(comp, f"encoders.{name} (processor)", lambda f=proc_factory, o=cs.options: call_factory(f, o))
-            processors[name] = proc
-        enc = _call(comp, cs.options, f"encoders.{name}", width=width, processor=proc, base_dir=base_dir)
+        try:
+            proc_factory = _guard(comp, f"encoders.{name}", comp.load_processor)
+            proc = None
+            if proc_factory is not None:
+                proc = _guard(
+                    comp, f"encoders.{name} (processor)", lambda f=proc_factory, o=cs.options: call_factory(f, o)
+                )
+                processors[name] = proc
+            enc = _call(comp, cs.options, f"encoders.{name}", width=width, processor=proc, base_dir=base_dir)
+        except SpecError as exc:
+            issues += exc.issues
+            continue
         encoders[name] = enc
         out = getattr(enc, "out_dim", None)
         if not isinstance(out, int):
             raise PluginError(f"encoders.{name}: {comp.key} from {comp.source} has no integer out_dim")
         if out != width:
             pc = cs.projector
-            assert pc is not None  # parse_spec always sets one for encoders
+            if pc is None:  # a Spec built by hand without a projector
+                issues.append(
+                    SpecIssue(
+                        f"encoders.{name}.projector",
+                        f"the encoder's width is {out}, the backbone's {width}: it needs a projector",
+                        spec.file,
+                    )
+                )
+                continue
             pcomp = reg.get("projector", pc.component)
-            projectors[name] = _call(pcomp, pc.options, f"encoders.{name}.projector", in_dim=out, out_dim=width)
+            try:
+                projectors[name] = _call(pcomp, pc.options, f"encoders.{name}.projector", in_dim=out, out_dim=width)
+            except SpecError as exc:
+                issues += exc.issues
+    if issues:
+        raise SpecError(issues, file=spec.file)
     fcomp = reg.get("fusion", spec.fusion.component)
     fusion = _call(
         fcomp, spec.fusion.options, "fusion", width=width, encoders=encoders, backbone=cfg, base_dir=base_dir
@@ -332,20 +451,288 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
     heads = {}
     for name, hs in spec.heads.items():
         hcomp = reg.get("head", hs.component)
-        heads[name] = _call(
-            hcomp, hs.options, f"heads.{name}", width=width, encoders=encoders, backbone=cfg, base_dir=base_dir
-        )
+        try:
+            heads[name] = _call(
+                hcomp, hs.options, f"heads.{name}", width=width, encoders=encoders, backbone=cfg, base_dir=base_dir
+            )
+        except SpecError as exc:
+            issues += exc.issues
+    if issues:
+        raise SpecError(issues, file=spec.file)
     model = MultimodalGPT(backbone, encoders, fusion, heads, projectors, processors)
     model.spec = spec
-    for path, cs in spec.components():
-        if cs.freeze:
-            model.get_submodule(path).requires_grad_(False)
-    if cfg.freeze:
-        backbone.requires_grad_(False)
-        if not spec.fusion.freeze:  # layers a fusion inserts belong to the fusion's policy (Flamingo)
-            for m in backbone.inserts.values():
-                m.requires_grad_(True)
     return model
+
+
+# --- compatibility checks ----------------------------------------------------------------------
+
+
+def check_compatibility(model: MultimodalGPT, spec: Spec | None = None, *, weights: bool = True) -> list[SpecIssue]:
+    """Every way the parts of a built model do not fit together, as located spec issues.
+
+    Checks: encoder and projector widths; the longest fused sequence against the backbone's
+    ``context_length``; special tokens the fusion, the heads and the tasks' objectives need
+    from the text processors; that each processor reads its encoder's modality and produces
+    ids within its vocabulary; that LoRA targets match layers; and, with ``weights``, the
+    ``weights_from`` files against the components (headers only: names and shapes). An empty
+    list means the model is consistent. :func:`build` raises them all as one :class:`SpecError`.
+    """
+    spec = spec if spec is not None else model.spec
+    if spec is None:
+        raise ValueError("check_compatibility needs the model's spec")
+    return _check(model, spec, read_weights=weights)[0]
+
+
+def _check(model: MultimodalGPT, spec: Spec, *, read_weights: bool) -> tuple[list[SpecIssue], dict[str, Any]]:
+    issues: list[SpecIssue] = []
+
+    def add(path: str, message: str, hint: str | None = None) -> None:
+        issues.append(SpecIssue(path, message, spec.file, hint))
+
+    width = model.backbone.config.width
+    reg = _registry_or_none()
+    # widths and pairing
+    for name, enc in model.encoders.items():
+        out = getattr(enc, "out_dim", width)
+        proj = model.projectors[name] if name in model.projectors else None
+        if proj is not None:
+            pin, pout = getattr(proj, "in_dim", None), getattr(proj, "out_dim", None)
+            if isinstance(pin, int) and pin != out:
+                add(f"encoders.{name}.projector", f"the projector reads width {pin}, the encoder produces {out}")
+            if isinstance(pout, int) and pout != width:
+                add(f"encoders.{name}.projector", f"the projector produces width {pout}, the backbone's is {width}")
+        elif out != width:
+            add(f"encoders.{name}", f"the encoder produces width {out}, the backbone's is {width}, and no projector")
+        proc = model.processors.get(name)
+        declared = None
+        cs = spec.encoders.get(name)
+        if reg is not None and cs is not None and f"encoder:{cs.component}" in reg:
+            declared = reg.get("encoder", cs.component).modality
+        kinds = {
+            "registration": declared,
+            "encoder": getattr(enc, "modality", None) or None,
+            "processor": getattr(proc, "modality", None) or None if proc is not None else None,
+        }
+        seen = {v for v in kinds.values() if v}
+        if len(seen) > 1:
+            add(
+                f"encoders.{name}",
+                "the encoder and its processor read different modalities: "
+                + ", ".join(f"{k} {v!r}" for k, v in kinds.items() if v),
+            )
+        pv, ev = getattr(proc, "vocab_size", None), getattr(enc, "vocab_size", None)
+        if isinstance(pv, int) and isinstance(ev, int) and pv > ev:
+            add(
+                f"encoders.{name}",
+                f"the processor produces token ids up to {pv - 1} but the encoder embeds only {ev} ids",
+            )
+    _check_special_tokens(model, spec, add)
+    _check_context(model, spec, add)
+    _check_lora_targets(model, spec, add)
+    plans: dict[str, Any] = {}
+    if read_weights:
+        from .weights import plan_weights
+
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+        for section, core in spec.core_options().items():
+            if core.weights_from is None:
+                continue
+            plan = plan_weights(model, section, core.weights_from, shapes)
+            for problem in plan.problems:
+                add(f"{section}.weights_from", problem)
+            plans[section] = plan
+    return issues, plans
+
+
+def _check_special_tokens(model: MultimodalGPT, spec: Spec, add: Any) -> None:
+    """Tokens named by ``special_tokens_needed`` (fusion, heads) and by the tasks' objectives."""
+    text_inputs = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
+    needs: list[tuple[str, str, str]] = []  # (input, token, who, as a section path)
+    for section, module in [("fusion", model.fusion), *((f"heads.{k}", h) for k, h in model.heads.items())]:
+        wanted = getattr(module, "special_tokens_needed", None) or ()
+        if isinstance(wanted, Mapping):
+            needs += [(inp, tok, section) for inp, toks in wanted.items() for tok in toks]
+        else:
+            needs += [(inp, tok, section) for inp in text_inputs for tok in wanted]
+    for tname, task in spec.tasks.items():
+        tok = {"mlm": "<mask>", "prefix_lm": "<sep>"}.get(task.objective)
+        if tok is not None and task.text_input in model.processors:
+            needs.append((task.text_input, tok, f"tasks.{tname}"))
+    for inp, tok, who in needs:
+        proc = model.processors.get(inp)
+        if proc is None:
+            add(who, f"needs the special token {tok} in input {inp!r}, which has no processor")
+            continue
+        have = getattr(proc, "special_tokens", None)
+        if not isinstance(have, Mapping):
+            add(who, f"needs the special token {tok} but the processor of {inp!r} lists no special_tokens")
+        elif tok not in have:
+            add(
+                who,
+                f"needs the special token {tok} but the processor of encoders.{inp} has none",
+                f"its special tokens: {', '.join(have) or '(none)'}",
+            )
+
+
+def _max_tokens(enc: nn.Module, proc: Any) -> int | None:
+    """The most tokens an encoder produces for one sample, when it or its processor says."""
+    for value in (getattr(enc, "max_tokens", None), getattr(enc, "num_tokens", None)):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    value = getattr(proc, "max_length", None) if proc is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _check_context(model: MultimodalGPT, spec: Spec, add: Any) -> None:
+    """The longest fused sequence the inputs can make must fit the backbone's context_length."""
+    from .fusion import EarlyFusion
+    from .fusion_xattn import CrossAttentionFusion
+    from .resampler import ResamplerFusion
+
+    counts = {k: _max_tokens(e, model.processors.get(k)) for k, e in model.encoders.items()}
+    fusion = model.fusion
+    parts: list[str] = []
+    total = 0
+    if hasattr(fusion, "max_sequence_length"):
+        n = fusion.max_sequence_length(dict(counts))
+        if n is None:
+            return
+        total, parts = int(n), [f"{spec.fusion.component} fusion of {counts}"]
+    else:
+        extra: dict[str, int] = {}
+        if isinstance(fusion, CrossAttentionFusion):
+            use = {fusion.text_input: counts.get(fusion.text_input)}
+        elif isinstance(fusion, (EarlyFusion, ResamplerFusion)):
+            early = fusion.early if isinstance(fusion, ResamplerFusion) else fusion
+            use = dict(counts)
+            if isinstance(fusion, ResamplerFusion):
+                for m, r in fusion.resamplers.items():
+                    use[m] = int(r.num_latents)
+            extra = {m: 2 for m in early.bounded}
+        else:
+            return  # a fusion of a plugin that does not say how long its sequence is
+        for m, n in use.items():
+            if n is None:
+                continue
+            b = extra.get(m, 0)
+            total += n + b
+            src = "latents" if isinstance(fusion, ResamplerFusion) and m in fusion.resamplers else "tokens"
+            parts.append(f"{m}: {n} {src}" + (f" + {b} boundary" if b else ""))
+    ctx = model.backbone.config.context_length
+    if total > ctx:
+        text = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
+        hint = f"raise backbone.context_length to at least {total}"
+        if text:
+            hint += " or lower " + " / ".join(f"encoders.{k}.max_length" for k in text)
+        add(
+            "backbone.context_length",
+            f"the longest fused sequence has {total} positions ({'; '.join(parts)}), more than context_length = {ctx}",
+            hint,
+        )
+
+
+def _policy_groups(model: MultimodalGPT, section: str) -> list[tuple[nn.Module, tuple[str, ...]]]:
+    """The modules a section's training policy governs, each with the prefixes it leaves alone."""
+    if section == "backbone":
+        return [(model.backbone, ("inserts",))]
+    if section == "fusion":
+        return [(model.fusion, ()), *((m, ()) for m in model.backbone.inserts.values())]
+    parts = section.split(".")
+    if len(parts) == 3:
+        return [(model.projectors[parts[1]], ())] if parts[1] in model.projectors else []
+    container = model.encoders if parts[0] == "encoders" else model.heads
+    return [(container[parts[1]], ())]
+
+
+def _check_lora_targets(model: MultimodalGPT, spec: Spec, add: Any) -> None:
+    from .lora import condense, lora_candidates, match_targets
+
+    for section, core in spec.core_options().items():
+        if core.train != "lora" or core.lora is None:
+            continue
+        groups = _policy_groups(model, section)
+        names = [n for module, ex in groups for n in lora_candidates(module, ex)]
+        _, unused = match_targets(names, core.lora.targets)
+        if unused:
+            add(
+                f"{section}.lora.targets",
+                f"{unused} match no linear layer of the component",
+                f"its linear layers: {condense(names) or '(none)'}",
+            )
+
+
+def _load_sources(model: MultimodalGPT, spec: Spec, plans: Mapping[str, Any]) -> Any:
+    """Load every planned weights file; the report covers every component section."""
+    from .weights import LoadReport, PartReport, load_planned, part_keys
+
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    parts = []
+    for section in spec.core_options():
+        keys = list(part_keys(model, section, shapes))
+        if section.endswith(".projector") and not keys:
+            continue  # no projector was built
+        plan = plans.get(section)
+        if plan is None:
+            parts.append(PartReport(section, None, None, (), tuple(keys), ()))
+            continue
+        load_planned(model, plan)
+        parts.append(
+            PartReport(section, plan.source, plan.format, tuple(plan.loaded), tuple(plan.fresh), tuple(plan.ignored))
+        )
+    return LoadReport(tuple(parts))
+
+
+def apply_policy(model: MultimodalGPT, spec: Spec) -> None:
+    """Apply every section's ``train`` policy: freeze, or freeze and add LoRA adapters.
+
+    ``full`` leaves the component as built. The layers a fusion inserts into the backbone
+    follow the fusion's policy, never the backbone's.
+    """
+    from .lora import apply_lora
+
+    for section, core in spec.core_options().items():
+        if core.train == "full":
+            continue
+        for module, exclude in _policy_groups(model, section):
+            if core.train == "frozen":
+                for name, p in module.named_parameters():
+                    if not any(name.startswith(e + ".") for e in exclude):
+                        p.requires_grad_(False)
+            else:
+                lc = core.lora
+                assert lc is not None  # CoreOptions fills it in for train = "lora"
+                apply_lora(
+                    module,
+                    rank=lc.rank,
+                    alpha=lc.alpha,
+                    targets=lc.targets,
+                    dropout=lc.dropout,
+                    exclude=exclude,
+                    strict=False,  # targets were checked over the whole group
+                )
+        if section == "fusion" and core.train == "frozen":
+            model.fusion.requires_grad_(False)  # a fusion may forward it to layers it holds
+
+
+def spec_without_lora(spec: Spec) -> Spec:
+    """The spec with every ``train = "lora"`` section turned into ``train = "full"`` (after merging)."""
+    from dataclasses import replace
+
+    def plain(core: Any) -> Any:
+        return core.model_copy(update={"train": "full", "lora": None}) if core.train == "lora" else core
+
+    def comp(cs: ComponentSpec | None) -> ComponentSpec | None:
+        if cs is None:
+            return None
+        return replace(cs, core=plain(cs.core), projector=comp(cs.projector))
+
+    return replace(
+        spec,
+        backbone_core=plain(spec.backbone_core),
+        encoders={k: comp(v) for k, v in spec.encoders.items()},
+        fusion=comp(spec.fusion),
+        heads={k: comp(v) for k, v in spec.heads.items()},
+    )
 
 
 def _call(comp: Component, options: Any, where: str, **context: Any) -> Any:
@@ -372,3 +759,10 @@ def _registry() -> Registry:
     from .plugins import get_registry
 
     return get_registry()
+
+
+def _registry_or_none() -> Registry | None:
+    try:
+        return _registry()
+    except Exception:  # modality cross-check only; the build itself already used a registry
+        return None

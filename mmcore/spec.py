@@ -7,11 +7,14 @@ A spec has one section per part::
 
     [backbone]               # mmcore.BackboneConfig
     width = 256
+    train = "lora"           # core options, in every component section and the backbone's:
+    lora = {rank = 8}        #   train ("full" | "frozen" | "lora"), lora, weights_from
+    weights_from = {path = "gpt2/model.safetensors", format = "gpt2"}
 
     [encoders.text]          # one per input; the key is the record field it reads
     component = "text.bytes" # a registered encoder
     max_length = 256         # that encoder's own options
-    freeze = false           # reserved keys: component, projector, freeze
+    train = "frozen"         # reserved keys: component, projector, and the core options
     projector = "linear"     # used only where the encoder's width differs from the backbone's
 
     [fusion]
@@ -41,14 +44,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from .config import BackboneConfig, TaskConfig, TrainingConfig
+from .config import BackboneConfig, CoreOptions, TaskConfig, TrainingConfig
 from .errors import SpecError, SpecIssue, UnknownComponentError
 from .registry import Component, Registry
 
 __all__ = ["SPEC_VERSION", "ComponentSpec", "Spec", "load_spec", "parse_spec", "spec_json_schema", "to_toml"]
 
 SPEC_VERSION = 1
-RESERVED = ("component", "projector", "freeze")
+#: The keys of the core's per-section options (:class:`mmcore.config.CoreOptions`), plus the
+#: ``freeze`` alias of ``train = "frozen"``. Every component section and the backbone take them.
+CORE_KEYS = ("train", "lora", "weights_from", "freeze")
+RESERVED = ("component", "projector", *CORE_KEYS)
 
 
 class _SpecFile(BaseModel):
@@ -87,20 +93,29 @@ class ComponentSpec:
         kind: ``encoder``, ``fusion``, ``head`` or ``projector``.
         component: its registered name.
         options: the validated options (an instance of the component's config model).
-        freeze: keep its parameters fixed during training.
         projector: for encoders, the projector used when its width differs from the backbone's.
+        core: the core's options of the section: training policy, LoRA, weights source.
     """
 
     kind: str
     component: str
     options: BaseModel
-    freeze: bool = False
     projector: "ComponentSpec | None" = None
+    core: CoreOptions = field(default_factory=CoreOptions)
+
+    @property
+    def train(self) -> str:
+        """``"full"``, ``"frozen"`` or ``"lora"``."""
+        return self.core.train
+
+    @property
+    def freeze(self) -> bool:
+        """True when ``train = "frozen"``."""
+        return self.core.train == "frozen"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"component": self.component}
-        if self.kind != "projector":
-            out["freeze"] = self.freeze
+        out.update(self.core.to_dict())
         out.update(self.options.model_dump(mode="json"))
         if self.projector is not None:
             out["projector"] = self.projector.to_dict()
@@ -121,6 +136,7 @@ class Spec:
     description: str = ""
     spec_version: int = SPEC_VERSION
     file: str | None = field(default=None, compare=False)
+    backbone_core: CoreOptions = field(default_factory=CoreOptions)
 
     def to_dict(self) -> dict[str, Any]:
         """Every option written out, defaults included (``None`` values are left out: TOML has no null)."""
@@ -128,7 +144,7 @@ class Spec:
             "spec_version": self.spec_version,
             "name": self.name,
             "description": self.description,
-            "backbone": self.backbone.model_dump(mode="json"),
+            "backbone": {**self.backbone.model_dump(mode="json"), **self.backbone_core.to_dict()},
             "encoders": {k: v.to_dict() for k, v in self.encoders.items()},
             "fusion": self.fusion.to_dict(),
             "heads": {k: v.to_dict() for k, v in self.heads.items()},
@@ -145,6 +161,15 @@ class Spec:
         out += [(f"encoders.{k}.projector", v.projector) for k, v in self.encoders.items() if v.projector]
         out.append(("fusion", self.fusion))
         out += [(f"heads.{k}", v) for k, v in self.heads.items()]
+        return out
+
+    def core_options(self) -> dict[str, CoreOptions]:
+        """Section path -> the core's options of that section, the backbone included (data-flow order)."""
+        out = {f"encoders.{k}": v.core for k, v in self.encoders.items()}
+        out.update({f"encoders.{k}.projector": v.projector.core for k, v in self.encoders.items() if v.projector})
+        out["fusion"] = self.fusion.core
+        out["backbone"] = self.backbone_core
+        out.update({f"heads.{k}": v.core for k, v in self.heads.items()})
         return out
 
 
@@ -170,6 +195,10 @@ def parse_spec_text(text: str, *, file: str | None = None, registry: Registry | 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError([SpecIssue("", f"invalid TOML: {exc}", file)], file=file) from exc
+    except RecursionError as exc:  # tomllib parses nested arrays and inline tables recursively
+        raise SpecError(
+            [SpecIssue("", "invalid TOML: arrays or inline tables nested too deeply", file)], file=file
+        ) from exc
     return parse_spec(data, file=file, registry=registry)
 
 
@@ -195,9 +224,14 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
         data = {k: v for k, v in data.items() if k in SECTIONS}
 
     raw = top.model_dump() if top is not None else data
+    base = Path(file).resolve().parent if file else Path.cwd()
     backbone = None
+    bb_raw = raw.get("backbone") or {}
+    bb_core = _core_options("backbone", bb_raw, base, add) if isinstance(bb_raw, Mapping) else None
     try:
-        backbone = BackboneConfig.model_validate(raw.get("backbone") or {})
+        backbone = BackboneConfig.model_validate(
+            {k: v for k, v in bb_raw.items() if k not in CORE_KEYS} if isinstance(bb_raw, Mapping) else bb_raw
+        )
     except ValidationError as exc:
         _pydantic_issues(exc, "backbone", BackboneConfig, add)
 
@@ -209,18 +243,18 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
         for key, section in enc_raw.items():
             if not str(key).isidentifier():
                 add(f"encoders.{key}", "input names must be identifiers (letters, digits, underscores)")
-            c = _component("encoder", f"encoders.{key}", section, registry, add)
+            c = _component("encoder", f"encoders.{key}", section, registry, add, base)
             if c is not None:
                 encoders[key] = c
     fusion_raw = raw.get("fusion", {"component": "early"})
     if isinstance(fusion_raw, Mapping) and "component" not in fusion_raw:
         fusion_raw = {"component": "early", **fusion_raw}
-    fusion = _component("fusion", "fusion", fusion_raw, registry, add)
+    fusion = _component("fusion", "fusion", fusion_raw, registry, add, base)
     heads: dict[str, ComponentSpec] = {}
     heads_raw = raw.get("heads") or {}
     if isinstance(heads_raw, Mapping):
         for key, section in heads_raw.items():
-            c = _component("head", f"heads.{key}", section, registry, add)
+            c = _component("head", f"heads.{key}", section, registry, add, base)
             if c is not None:
                 heads[key] = c
 
@@ -230,7 +264,6 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
     except ValidationError as exc:
         _pydantic_issues(exc, "training", TrainingConfig, add)
     tasks: dict[str, TaskConfig] = {}
-    base = Path(file).resolve().parent if file else Path.cwd()
     tasks_raw = raw.get("tasks") or {}
     if isinstance(tasks_raw, Mapping):
         for key, section in tasks_raw.items():
@@ -260,7 +293,7 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
             }
             tasks[key] = task.model_copy(update=resolved)
 
-    if issues or top is None or backbone is None or fusion is None or training is None:
+    if issues or top is None or backbone is None or fusion is None or training is None or bb_core is None:
         raise SpecError(issues, file=file)
     return Spec(
         backbone=backbone,
@@ -273,10 +306,48 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
         description=top.description,
         spec_version=top.spec_version,
         file=file,
+        backbone_core=bb_core,
     )
 
 
-def _component(kind: str, path: str, section: Any, registry: Registry, add: Any) -> ComponentSpec | None:
+def _core_options(path: str, section: Mapping[str, Any], base: Path, add: Any) -> CoreOptions | None:
+    """The core's options of one section (``train``, ``lora``, ``weights_from``, ``freeze``), validated.
+
+    ``freeze = true`` means ``train = "frozen"``; ``freeze`` with a contradicting ``train`` is an
+    error. A relative ``weights_from`` path is made absolute against ``base`` (the spec's folder).
+    """
+    given = {k: section[k] for k in ("train", "lora", "weights_from") if k in section}
+    ok = True
+    if "freeze" in section:
+        freeze = section["freeze"]
+        if not isinstance(freeze, bool):
+            add(f"{path}.freeze", f"must be true or false, got {freeze!r}", 'or write train = "frozen"')
+            ok = False
+        elif "train" in given and (given["train"] == "frozen") != freeze:
+            add(
+                f"{path}.freeze",
+                f"freeze = {str(freeze).lower()} contradicts train = {given['train']!r}",
+                'freeze = true is the old way to write train = "frozen"; keep only train',
+            )
+            ok = False
+        elif freeze:
+            given["train"] = "frozen"
+    try:
+        core = CoreOptions.model_validate(given)
+    except ValidationError as exc:
+        _pydantic_issues(exc, path, CoreOptions, add)
+        return None
+    if not ok:
+        return None
+    w = core.weights_from
+    if w is not None and not Path(w.path).is_absolute():
+        core = core.model_copy(update={"weights_from": w.model_copy(update={"path": str((base / w.path).resolve())})})
+    return core
+
+
+def _component(
+    kind: str, path: str, section: Any, registry: Registry, add: Any, base: Path | None = None
+) -> ComponentSpec | None:
     if isinstance(section, str) and kind == "projector":
         section = {"component": section}
     if not isinstance(section, Mapping):
@@ -291,20 +362,30 @@ def _component(kind: str, path: str, section: Any, registry: Registry, add: Any)
     except UnknownComponentError as exc:
         add(f"{path}.component", str(exc), _catalog_hint(f"{kind}:{name}"))
         return None
-    reserved = RESERVED if kind == "encoder" else ("component",) if kind == "projector" else ("component", "freeze")
+    reserved = RESERVED if kind == "encoder" else ("component", *CORE_KEYS)
     options = {k: v for k, v in section.items() if k not in reserved}
-    freeze = section.get("freeze", False)
-    if not isinstance(freeze, bool):
-        add(f"{path}.freeze", f"must be true or false, got {freeze!r}")
+    clash = sorted(set(comp.config.model_fields) & set(reserved))
+    if clash:
+        add(
+            path,
+            f"component {name!r} from {comp.source} declares the option(s) {clash}, which are keys the core "
+            "reserves in every section; the component's own option can never be set",
+            f"reserved: {', '.join(reserved)}",
+        )
+    core = _core_options(path, section, base or Path.cwd(), add)
     projector = None
     if kind == "encoder":
-        projector = _component("projector", f"{path}.projector", section.get("projector", "linear"), registry, add)
+        projector = _component(
+            "projector", f"{path}.projector", section.get("projector", "linear"), registry, add, base
+        )
     try:
         cfg = comp.config.model_validate(options)
     except ValidationError as exc:
         _pydantic_issues(exc, path, comp.config, add, component=comp)
         return None
-    return ComponentSpec(kind, name, cfg, bool(freeze), projector)
+    if core is None:
+        return None
+    return ComponentSpec(kind, name, cfg, projector, core)
 
 
 def _catalog_hint(key: str) -> str | None:
@@ -366,6 +447,7 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         registry = get_registry()
     comps = list(registry)
     models = [(BackboneConfig, "validation"), (TrainingConfig, "validation"), (TaskConfig, "validation")]
+    models += [(CoreOptions, "validation")]
     models += [(c.config, "validation") for c in comps]
     refs, top = models_json_schema(models, ref_template="#/$defs/{model}")
     defs = top.get("$defs", {})
@@ -374,12 +456,19 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         ref = refs[(model, "validation")]["$ref"].split("/")[-1]
         return json.loads(json.dumps(defs[ref]))
 
+    core_props = inline(CoreOptions).get("properties", {})
+    core_props["weights_from"] = {
+        "anyOf": [{"type": "string"}, core_props["weights_from"]],
+        "default": None,
+        "description": core_props["weights_from"].get("description", ""),
+    }
+    core_props["freeze"] = {"type": "boolean", "default": False, "description": 'Same as train = "frozen".'}
+
     def variant(c: Component) -> dict[str, Any]:
         s = inline(c.config)
         props = s.setdefault("properties", {})
         props["component"] = {"const": c.name, "description": c.description or c.name}
-        if c.kind != "projector":
-            props["freeze"] = {"type": "boolean", "default": False, "description": "Keep its parameters fixed."}
+        props.update(json.loads(json.dumps(core_props)))
         if c.kind == "encoder":
             props["projector"] = {
                 "anyOf": [{"enum": registry.names("projector")}, {"$ref": "#/$defs/__projector"}],
@@ -397,6 +486,8 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
 
     defs["__projector"] = one_of("projector")
     backbone_ref = refs[(BackboneConfig, "validation")]
+    backbone_def = defs[backbone_ref["$ref"].split("/")[-1]]
+    backbone_def.setdefault("properties", {}).update(json.loads(json.dumps(core_props)))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "mmcore spec",
@@ -433,7 +524,7 @@ def _toml_value(v: Any) -> str:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+        return _toml_str(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
     if isinstance(v, Mapping):
@@ -442,7 +533,16 @@ def _toml_value(v: Any) -> str:
 
 
 def _toml_key(k: str) -> str:
-    return k if k and all(ch.isalnum() or ch in "-_" for ch in k) else json.dumps(k)
+    return k if k and all(ch in _BARE_KEY for ch in k) else _toml_str(k)
+
+
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters (DEL included) escaped."""
+    return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c) for c in s) + '"'
 
 
 def to_toml(data: Mapping[str, Any]) -> str:
