@@ -1,0 +1,76 @@
+"""The conformance kit: check that a component keeps the contract of its kind.
+
+Plugin authors run it in their own tests before publishing; mmcore runs it over every
+registered component in its own. As plain functions::
+
+    from mmcore.testing import check_component
+
+    check_component("encoder:demo_depth.patch")          # a registered component
+    check_component(my_component, options={"dim": 16})  # an mmcore.Component record
+
+or through the pytest plugin that ships with mmcore (loaded automatically once mmcore is
+installed): a test that takes the ``mmcore_component`` fixture runs once per registered
+component matching its ``mmcore_components`` marker::
+
+    import pytest
+    from mmcore.testing import check_component
+
+    @pytest.mark.mmcore_components("encoder:demo_depth.*")
+    def test_conformance(mmcore_component):
+        check_component(mmcore_component)
+
+Every failing check raises :class:`ConformanceError` (an ``AssertionError``) whose
+message names the check, the component and what is wrong. The checks per kind and the
+conventions a component may follow to be checkable (example options, example values,
+example targets) are documented in docs/plugins.md and in :func:`check_component`.
+
+Importing this package does not import torch (the pytest plugin imports it at start-up);
+the functions load :mod:`mmcore.testing.kit` on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "ConformanceError",
+    "Report",
+    "CHECKS",
+    "check_component",
+    "check_encoder",
+    "check_processor",
+    "check_projector",
+    "check_fusion",
+    "check_head",
+    "example_values",
+]
+
+_LAZY = set(__all__)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(".kit", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmcore.testing' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from .kit import (
+        CHECKS,
+        ConformanceError,
+        Report,
+        check_component,
+        check_encoder,
+        check_fusion,
+        check_head,
+        check_processor,
+        check_projector,
+        example_values,
+    )
