@@ -152,13 +152,19 @@ def match_targets(candidates: Iterable[str], targets: Sequence[str]) -> tuple[li
     return matched, unused
 
 
-def condense(names: Iterable[str]) -> str:
-    """``blocks.0.attn.qkv``, ``blocks.1.attn.qkv`` -> ``blocks.*.attn.qkv (2)``: names with indices folded."""
+def condense(names: Iterable[str], limit: int | None = None) -> str:
+    """``blocks.0.attn.qkv``, ``blocks.1.attn.qkv`` -> ``blocks.*.attn.qkv (2)``: names with indices folded.
+
+    With ``limit``, at most that many groups are shown, then how many names there are in all.
+    """
     groups: dict[str, int] = {}
     for n in names:
         key = re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "*", n)
         groups[key] = groups.get(key, 0) + 1
-    return ", ".join(k if c == 1 else f"{k} ({c})" for k, c in groups.items())
+    shown = [k if c == 1 else f"{k} ({c})" for k, c in groups.items()]
+    if limit is not None and len(shown) > limit:
+        return ", ".join(shown[:limit]) + f" ... ({sum(groups.values())} in all)"
+    return ", ".join(shown)
 
 
 def apply_lora(

@@ -430,7 +430,7 @@ def _pydantic_issues(
         elif kind == "missing":
             msg = "required option is missing"
         else:
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")  # a validator's own message says it all
             if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
                 msg += f", got {err['input']!r}"
         add(path, msg, hint)

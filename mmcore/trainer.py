@@ -199,12 +199,21 @@ class Trainer:
         return DDP(model, device_ids=ids, find_unused_parameters=unused)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the parameters that require gradients, and only those.
+
+        The spec's training policies decide which: a ``frozen`` component has none, a
+        ``lora`` component only its adapters (``lora_A``, ``lora_B``). Weight decay applies to
+        matrices (adapters included), not to biases and norms.
+        """
         decay, no_decay = [], []
         for _, p in self.model.named_parameters():
             if p.requires_grad:
                 (decay if p.dim() >= 2 else no_decay).append(p)
         if not decay and not no_decay:
-            raise MMCoreError("every parameter is frozen: nothing to train")
+            raise MMCoreError(
+                "every parameter is frozen: nothing to train (every component of the spec has train = 'frozen'; "
+                "set train = 'full' or 'lora' on at least one)"
+            )
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         fused = self.device.type == "cuda"
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.eps, fused=fused)
@@ -421,6 +430,10 @@ class Trainer:
             if self.rank == 0:
                 print(f"resuming from {ck} at step {self.step}", file=sys.stderr)
         metrics_path = self.out / METRICS if self.out is not None else None
+        if self.rank == 0 and getattr(self.model, "spec", None) is not None and hasattr(self.model, "summary"):
+            print(self.model.summary(), file=sys.stderr)  # what trains, per component
+            if getattr(self.model, "load_report", None) is not None and self.model.load_report.sources:
+                print(self.model.load_report, file=sys.stderr)  # where the initial weights came from
         if metrics_path is not None and self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             self.history = _read_history(metrics_path, self.step)

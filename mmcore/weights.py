@@ -279,6 +279,7 @@ def plan_weights(
     unmatched: list[str] = []
     mismatched: list[str] = []
     duplicates: list[str] = []
+    wrong: set[str] = set()  # part keys whose file tensor has another shape
     for fk, pk in mapped.items():
         transpose = False
         if fmt == "gpt2":
@@ -302,6 +303,7 @@ def plan_weights(
         want = shapes[keys[pk]]
         if tuple(file_shape) != tuple(want):
             mismatched.append(f"{pk}: component {list(want)}, file {list(file_shape)} ({fk})")
+            wrong.add(pk)
             continue
         targets[pk] = (fk, transpose)
     if unmatched:
@@ -313,12 +315,15 @@ def plan_weights(
         plan.problems.append(f"{len(mismatched)} shape(s) differ: " + "; ".join(mismatched[:_SHOW]))
     if duplicates:
         plan.problems.append("several file keys map to one parameter: " + "; ".join(duplicates[:_SHOW]))
-    missing = [k for k in keys if k not in targets]
+    missing = [k for k in keys if k not in targets and k not in wrong]
     if missing and not source.allow_missing:
-        plan.problems.append(
-            f"{path.name} lacks {len(missing)} of the component's {len(keys)} keys: {_listing(missing)} "
-            "(set allow_missing = true to keep their fresh initialisation)"
-        )
+        if len(missing) == len(keys):
+            plan.problems.append(f"no key of {path.name} maps onto the component's keys: {_listing(missing)}")
+        else:
+            plan.problems.append(
+                f"{path.name} lacks {len(missing)} of the component's {len(keys)} keys: {_listing(missing)} "
+                "(set allow_missing = true to keep their fresh initialisation)"
+            )
     if fmt == "gpt2":
         plan.problems += _gpt2_config_problems(path, model)
     plan.assign = {keys[pk]: v for pk, v in targets.items()}
@@ -431,10 +436,10 @@ class LoadReport:
 
         for p in self.parts:
             if p.source is not None and p.fresh:
-                lines.append(f"  {p.section}: fresh (not in the file): {condense(p.fresh)}")
+                lines.append(f"  {p.section}: fresh (not in the file): {condense(p.fresh, 6)}")
             reasons: dict[str, list[str]] = {}
             for key, why in p.ignored:
                 reasons.setdefault(why, []).append(key)
             for why, keys in reasons.items():
-                lines.append(f"  {p.section}: ignored {condense(keys)}: {why}")
+                lines.append(f"  {p.section}: ignored {condense(keys, 4)}: {why}")
         return "\n".join(line.rstrip() for line in lines)

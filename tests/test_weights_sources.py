@@ -1,0 +1,223 @@
+"""Weights per component from their own files (weights_from), compatibility checks, the load report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import mmcore
+from mmcore.errors import SpecError
+
+VISION = {"image_size": 16, "patch_size": 8, "dim": 24, "depth": 1, "heads": 2}
+GPT2_SIZES = {"vocab_size": 264, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """A Hugging Face GPT-2 directory and a CLIP-like file holding a vision encoder under 'vision_model.'."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("sources")
+    torch.manual_seed(1)
+    hf = GPT2LMHeadModel(GPT2Config(**GPT2_SIZES, bos_token_id=None, eos_token_id=None)).eval()
+    hf.save_pretrained(root / "gpt2")
+    enc = mmcore.build_component("encoder", "vision.patch", VISION, width=32)
+    state = {f"vision_model.{k}": v.detach().clone().contiguous() for k, v in enc.state_dict().items()}
+    state["text_model.embed.weight"] = torch.randn(5, 3)  # another model's part: to be ignored
+    save_file(state, str(root / "clip.safetensors"))
+    return {"root": root, "hf": hf, "vision": enc.eval()}
+
+
+def spec_text(backbone_extra: str = "", image_extra: str = "", text_extra: str = "", context: int = 64) -> str:
+    return f"""
+spec_version = 1
+name = "composed"
+
+[backbone]
+width = 32
+depth = 2
+heads = 4
+context_length = {context}
+mlp = "gelu_tanh"
+weights_from = "gpt2/model.safetensors"
+{backbone_extra}
+
+[encoders.image]
+component = "vision.patch"
+image_size = 16
+patch_size = 8
+dim = 24
+depth = 1
+heads = 2
+weights_from = {{path = "clip.safetensors", prefix = {{"vision_model." = ""}}}}
+{image_extra}
+
+[encoders.text]
+component = "text.bytes"
+max_length = 32
+weights_from = {{path = "gpt2/model.safetensors", prefix = {{"transformer.wte." = "token_embedding."}}}}
+{text_extra}
+
+[heads.lm]
+component = "lm"
+"""
+
+
+def write_spec(sources, text: str, name: str = "spec.toml"):
+    path = sources["root"] / name
+    path.write_text(text)
+    return path
+
+
+def test_three_sources_compose_and_match_their_origins(sources, manager):
+    model = mmcore.build(write_spec(sources, spec_text())).eval()
+    report = model.load_report
+    root = sources["root"].resolve()
+    # what came from where
+    assert report.sources == {
+        "encoders.image": str(root / "clip.safetensors"),
+        "encoders.text": str(root / "gpt2" / "model.safetensors"),
+        "backbone": str(root / "gpt2" / "model.safetensors"),
+    }
+    bb = report["backbone"]
+    assert bb.format == "gpt2" and bb.fresh == ()
+    assert set(bb.loaded) == set(model.backbone.state_dict())
+    assert [k for k, _ in bb.ignored] == ["transformer.wte.weight"]
+    img = report["encoders.image"]
+    assert img.format == "mmcore" and set(img.loaded) == set(model.encoders["image"].state_dict())
+    assert img.ignored == (("text_model.embed.weight", "outside the prefix mapping"),)
+    assert report["encoders.text"].loaded == ("token_embedding.weight",)
+    proj = report["encoders.image.projector"]
+    assert proj.source is None and set(proj.fresh) == {"proj.weight", "proj.bias"}
+    table = str(report)
+    assert "clip.safetensors (mmcore)" in table and "model.safetensors (gpt2)" in table and "(fresh)" in table
+
+    # the vision encoder computes what the source encoder computes
+    pixels = torch.rand(2, 3, 16, 16)
+    inputs = {"pixels": pixels, "present": torch.ones(2, dtype=torch.bool)}
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoders["image"](inputs).embeds, sources["vision"](inputs).embeds)
+    # on text alone, the composed model's logits are GPT-2's
+    batch = model.preprocess([{"text": "hello there"}, {"text": "a longer line of text"}])
+    ids, mask = batch.inputs["text"]["ids"], batch.inputs["text"]["mask"]
+    with torch.no_grad():
+        ours = model(batch, compute_loss=False).outputs["lm"].logits
+        theirs = sources["hf"](input_ids=ids, attention_mask=mask.long()).logits
+    torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-4, atol=1e-5)
+
+
+def test_every_problem_is_reported_before_any_weights_are_read(sources, manager, monkeypatch):
+    import mmcore.weights as w
+
+    def no_reading(*a, **k):
+        raise AssertionError("weights were read although the spec has problems")
+
+    monkeypatch.setattr(w, "load_planned", no_reading)
+    bad = spec_text(
+        backbone_extra='train = "lora"\nlora = {targets = ["c_attn"]}',
+        image_extra="",
+        text_extra="",
+        context=16,  # 4 image tokens + 2 boundaries + 32 text tokens do not fit; nor do GPT-2's 64 positions
+    ).replace('prefix = {"vision_model." = ""}', 'prefix = {"vision." = ""}')
+    text = bad + '\n[heads.cls]\ncomponent = "classify"\nnum_classes = 2\nweights_from = "missing.safetensors"\n'
+    with pytest.raises(SpecError) as info:
+        mmcore.build(write_spec(sources, text, "bad.toml"))
+    issues = {(i.path, i.message.split(":")[0]) for i in info.value.issues}
+    paths = {i.path for i in info.value.issues}
+    assert "backbone.context_length" in paths
+    assert "backbone.lora.targets" in paths
+    assert "encoders.image.weights_from" in paths
+    assert "heads.cls.weights_from" in paths
+    assert "backbone.weights_from" in paths  # wpe has 64 rows in the file, 16 in the model
+    msg = str(info.value)
+    assert "prefix 'vision.' matches no key of clip.safetensors" in msg
+    assert "missing.safetensors: no such file" in msg
+    assert "wpe.weight: component [16, 32], file [64, 32]" in msg
+    assert "['c_attn'] match no linear layer" in msg and "blocks.*.attn.qkv" in msg
+    assert "38 positions" in msg and "context_length = 16" in msg
+    assert len(issues) >= 5
+
+
+def test_keys_that_match_nothing_and_missing_keys_are_listed(sources, manager, tmp_path):
+    enc = sources["vision"]
+    state = {k: v.clone().contiguous() for k, v in enc.state_dict().items() if k != "norm.bias"}
+    state["extra.weight"] = torch.zeros(2)
+    save_file(state, str(tmp_path / "v.safetensors"))
+    spec = {
+        "spec_version": 1,
+        "backbone": {"width": 32, "depth": 1, "heads": 4, "context_length": 64},
+        "encoders": {
+            "image": {"component": "vision.patch", **VISION, "weights_from": str(tmp_path / "v.safetensors")},
+            "text": {"component": "text.bytes", "max_length": 16},
+        },
+    }
+    with pytest.raises(SpecError) as info:
+        mmcore.build(spec)
+    msg = str(info.value)
+    assert "1 key(s) of v.safetensors match nothing in the component: extra.weight" in msg
+    assert "v.safetensors lacks 1 of the component's 17 keys: norm.bias" in msg
+    # ignoring the extra key and allowing the missing one: loaded, with norm.bias fresh
+    spec["encoders"]["image"]["weights_from"] = {
+        "path": str(tmp_path / "v.safetensors"),
+        "ignore": ["extra.*"],
+        "allow_missing": True,
+    }
+    model = mmcore.build(spec)
+    part = model.load_report["encoders.image"]
+    assert part.fresh == ("norm.bias",) and part.ignored == (("extra.weight", "ignore = 'extra.*'"),)
+    assert torch.equal(model.encoders["image"].pos_embed, enc.pos_embed)
+
+
+def test_gpt2_config_next_to_the_file_is_compared_with_the_backbone(sources, manager):
+    text = spec_text().replace('mlp = "gelu_tanh"', 'mlp = "gelu"\nnorm_eps = 1e-6')
+    with pytest.raises(SpecError) as info:
+        mmcore.build(write_spec(sources, text, "mlp.toml"))
+    msg = str(info.value)
+    assert "backbone.mlp is 'gelu' but" in msg and "describes 'gelu_tanh'" in msg
+    assert "backbone.norm_eps is 1e-06" in msg
+
+
+def test_format_gpt2_only_for_the_backbone_and_pickles_are_refused(sources, manager):
+    text = spec_text().replace(
+        'prefix = {"transformer.wte." = "token_embedding."}',
+        'prefix = {"transformer.wte." = "token_embedding."}, format = "gpt2"',
+    )
+    text = text.replace(
+        "[heads.lm]", '[heads.cls]\ncomponent = "classify"\nnum_classes = 2\nweights_from = "head.bin"\n\n[heads.lm]'
+    )
+    with pytest.raises(SpecError) as info:
+        mmcore.build(write_spec(sources, text, "fmt.toml"))
+    msg = str(info.value)
+    assert "[encoders.text.weights_from] format = 'gpt2' describes a backbone's file" in msg
+    assert "only .safetensors files are read" in msg
+
+
+def test_spec_shapes_of_weights_from_are_validated_with_locations(manager):
+    base = {
+        "spec_version": 1,
+        "backbone": {"width": 32, "depth": 1, "heads": 4, "weights_from": {"path": "x.safetensors", "prefx": {}}},
+        "encoders": {"text": {"component": "text.bytes", "weights_from": 3}},
+    }
+    with pytest.raises(SpecError) as info:
+        mmcore.parse_spec(base)
+    paths = {i.path for i in info.value.issues}
+    assert "backbone.weights_from.prefx" in paths
+    assert any(p.startswith("encoders.text.weights_from") for p in paths)
+
+
+def test_saved_model_loads_without_the_source_files(sources, manager, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(sources["root"], root)
+    model = mmcore.build(write_spec({"root": root}, spec_text()))
+    d = mmcore.save(model, tmp_path / "model")
+    saved = (d / "spec.toml").read_text()
+    assert str((root / "gpt2" / "model.safetensors").resolve()) in saved  # the provenance of the weights
+    shutil.rmtree(root)
+    again = mmcore.load(d)
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert json.loads((d / "manifest.json").read_text())["format"] == "mmcore-model/1"
