@@ -284,19 +284,20 @@ class Block(nn.Module):
 
 class _LayerParams(NamedTuple):
     """One block's parameters as :meth:`GPT._decode_step` reads them: linear weights transposed to
-    ``(in, out)`` (see :func:`_transposed`), biases None when ``bias=False``."""
+    ``(in, out)`` (see :func:`_transposed`), biases None when ``bias=False``. A linear that is
+    not a stock ``nn.Linear`` (an int8 layer) is the function its ``step_linear()`` gave, bias None."""
 
     ln_1_w: Tensor
     ln_1_b: Tensor | None
-    qkv_wt: Tensor  # (D, 3D)
+    qkv_wt: Any  # Tensor (D, 3D)
     qkv_b: Tensor | None
-    proj_wt: Tensor  # (D, D)
+    proj_wt: Any  # Tensor (D, D)
     proj_b: Tensor | None
     ln_2_w: Tensor
     ln_2_b: Tensor | None
-    fc_wt: Tensor  # (D, hidden), or (D, 2*hidden) for swiglu
+    fc_wt: Any  # Tensor (D, hidden), or (D, 2*hidden) for swiglu
     fc_b: Tensor | None
-    out_wt: Tensor  # (hidden, D): the MLP's proj
+    out_wt: Any  # Tensor (hidden, D): the MLP's proj
     out_b: Tensor | None
     insert: nn.Module | None  # run after the block as insert(x, context)
 
@@ -341,9 +342,27 @@ def _norm(x: Tensor, w: Tensor, b: Tensor | None, eps: float | None, rms: bool) 
     return F.layer_norm(x, (x.shape[-1],), w, b, eps)
 
 
-def _linear(x: Tensor, w_t: Tensor, b: Tensor | None) -> Tensor:
-    """``F.linear(x, w_t.t(), b)``: ``x (B, in)``, ``w_t (in, out)`` -> ``(B, out)``."""
+def _linear(x: Tensor, w_t: Tensor | Any, b: Tensor | None) -> Tensor:
+    """``F.linear(x, w_t.t(), b)``: ``x (B, in)``, ``w_t (in, out)`` -> ``(B, out)``.
+
+    ``w_t`` may instead be the function a linear-like module's ``step_linear()`` gave (an int8
+    layer of :mod:`mmcore.quantize`); it computes the whole layer, bias included."""
+    if not isinstance(w_t, Tensor):
+        return w_t(x)
     return torch.addmm(b, x, w_t) if b is not None else x.mm(w_t)
+
+
+def _step_linear_ok(m: nn.Module) -> bool:
+    """A stock ``nn.Linear``, or a module that computes a linear layer for the decode step itself."""
+    return type(m) is nn.Linear or callable(getattr(type(m), "step_linear", None))
+
+
+def _step_weight(m: nn.Module) -> tuple[Tensor | Any, Tensor | None, Tensor]:
+    """What the decode step reads of one linear: (transposed weight or function, bias, version source)."""
+    if type(m) is nn.Linear:
+        return _transposed(m.weight), m.bias, m.weight
+    fn, source = m.step_linear()
+    return fn, None, source
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -626,7 +645,8 @@ class GPT(nn.Module):
         in training with dropout, under global module hooks, inside ``torch.compile`` (the
         step's one data-dependent check would break the graph), and when a submodule is not the
         stock class or has hooks (the general path calls the modules, so those still take
-        effect). Built on the first step with ``cache`` and again when a linear weight changed
+        effect). A linear may also be a module with ``step_linear()`` (the int8 layers of
+        :mod:`mmcore.quantize`): the step then calls the function it returns. Built on the first step with ``cache`` and again when a linear weight changed
         in place; parameters replaced (a new tensor, or ``.data =``) during the cache's life
         are not seen until :meth:`KVCache.reset`.
         """
@@ -646,33 +666,29 @@ class GPT(nn.Module):
         for blk in self.blocks:
             attn, mlp = blk.attn, blk.mlp
             expected += [(blk, Block), (attn, Attention), (mlp, MLP), (blk.ln_1, norm), (blk.ln_2, norm)]
-            expected += [(attn.qkv, nn.Linear), (attn.proj, nn.Linear), (mlp.fc, nn.Linear), (mlp.proj, nn.Linear)]
+        linears = [m for blk in self.blocks for m in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc, blk.mlp.proj)]
         stock = norm in (nn.LayerNorm, nn.RMSNorm) and all(m is None or type(m) is t for m, t in expected)
+        stock = stock and all(_step_linear_ok(m) for m in linears)
         stock = stock and all(blk.ln_1.eps == blk.ln_2.eps == self.ln_f.eps for blk in self.blocks)
         roots = [m for m in (self.blocks, self.ln_f, self.wpe, self.rope) if m is not None]
         if not stock or any(_has_hooks(m) for root in roots for m in root.modules()):
             return None
+        step = [_step_weight(m) for m in linears]  # 4 per block: qkv, attn.proj, fc, mlp.proj
         layers = tuple(
             _LayerParams(
                 blk.ln_1.weight,
                 getattr(blk.ln_1, "bias", None),
-                _transposed(blk.attn.qkv.weight),
-                blk.attn.qkv.bias,
-                _transposed(blk.attn.proj.weight),
-                blk.attn.proj.bias,
+                *step[4 * i][:2],
+                *step[4 * i + 1][:2],
                 blk.ln_2.weight,
                 getattr(blk.ln_2, "bias", None),
-                _transposed(blk.mlp.fc.weight),
-                blk.mlp.fc.bias,
-                _transposed(blk.mlp.proj.weight),
-                blk.mlp.proj.bias,
+                *step[4 * i + 2][:2],
+                *step[4 * i + 3][:2],
                 self.inserts[str(i)] if self._insert_after[i] else None,
             )
             for i, blk in enumerate(self.blocks)
         )
-        sources = tuple(
-            m.weight for blk in self.blocks for m in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc, blk.mlp.proj)
-        )
+        sources = tuple(s[2] for s in step)
         return _StepPlan(
             sources=sources,
             versions=tuple(w._version for w in sources),

@@ -120,12 +120,14 @@ def save(model: Any, directory: str | Path, *, extra_metadata: dict[str, str] | 
     state, aliases = _dedupe(model.state_dict())
     provenance = _provenance(model.spec)
     plugins = sorted(set(provenance.values()))
+    quantization = getattr(model, "quantization", None) or getattr(getattr(model, "model", None), "quantization", None)
     meta = {
         "format": FORMAT,
         "mmcore_version": __version__,
         "spec": spec_text,
         "plugins": json.dumps(plugins),
         "aliases": json.dumps(aliases),
+        **({"quantization": json.dumps(quantization)} if quantization else {}),
         **(extra_metadata or {}),
     }
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.saving-"))
@@ -142,6 +144,7 @@ def save(model: Any, directory: str | Path, *, extra_metadata: dict[str, str] | 
             "mmcore_version": __version__,
             "components": provenance,
             "plugins": plugins,
+            **({"quantization": quantization} if quantization else {}),
             "sha256": {f: _sha256(tmp / f) for f in files},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -314,6 +317,14 @@ def load(
     except ValueError as exc:
         raise WeightsError(f"{directory / WEIGHTS}: corrupt alias table in metadata: {exc}") from exc
     model = build(spec, registry=registry, device="meta")
+    if meta.get("quantization"):  # int8 layers at the recorded names (mmcore.quantize)
+        from .quantize import apply_quantization
+
+        try:
+            record = json.loads(meta["quantization"])
+        except ValueError as exc:
+            raise WeightsError(f"{directory / WEIGHTS}: corrupt quantization record in metadata: {exc}") from exc
+        apply_quantization(model, record, where=str(directory / WEIGHTS))
     expected = model.state_dict()
     for alias, target in aliases.items():
         if target in state:

@@ -253,6 +253,84 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """int8 copy of a model directory (mmcore.quantize)."""
+    from .checkpoint import load, save
+    from .quantize import quantize
+
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    model = quantize(load(args.model_dir), parts=parts)
+    out = save(model, args.out)
+    before = (Path(args.model_dir) / "model.safetensors").stat().st_size
+    after = (out / "model.safetensors").stat().st_size
+    n = len(model.quantization["modules"])
+    print(
+        f"int8: {n} linear layers quantized ({', '.join(parts)}); model.safetensors {before / 1e6:.2f} MB -> "
+        f"{after / 1e6:.2f} MB; model in {out}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """torch.export (and ONNX) of a model directory's forward pass (mmcore.export)."""
+    from .export import export_dir
+
+    report = export_dir(
+        args.model_dir,
+        args.out,
+        record=_read_record(args.record) if args.record else None,
+        batch_size=args.batch_size,
+        onnx=args.onnx,
+        dynamic_batch=not args.static,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Per-modality attributions of one prediction (mmcore.explain)."""
+    from .explain import explain_dir
+
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    report = explain_dir(
+        args.model_dir,
+        _read_record(args.record),
+        out=args.out,
+        head=args.head,
+        target=args.target,
+        layers=layers,
+    )
+    print(json.dumps(report.summary(), indent=2))
+    return 0
+
+
+def _read_record(value: str) -> dict[str, Any]:
+    """A record given on the command line: a JSON object, a path to a JSON file, or FILE:LINE of a manifest."""
+    text, where = value, "the record argument"
+    path, sep, line = value.rpartition(":")
+    if not value.lstrip().startswith("{"):
+        if sep and line.isdigit() and Path(path).is_file():
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            n = int(line)
+            if not 1 <= n <= len(lines):
+                raise MMCoreError(f"{path}: has {len(lines)} lines; asked for line {n}")
+            text, where = lines[n - 1], f"{path}:{n}"
+        elif Path(value).is_file():
+            text, where = Path(value).read_text(encoding="utf-8"), value
+        else:
+            raise MMCoreError(f"record {value!r}: neither a JSON object, a file, nor FILE:LINE of a manifest")
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise MMCoreError(f"{where}: not valid JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise MMCoreError(f"{where}: a record is a JSON object, got {type(record).__name__}")
+    if where != "the record argument" and Path(where.rpartition(":")[0] or where).is_file():
+        base = Path(where.rpartition(":")[0] if where.rpartition(":")[2].isdigit() else where).resolve().parent
+        record["__base__"] = str(base)
+    return record
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -344,6 +422,32 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     g.add_argument("--device", default=None)
     g.set_defaults(func=cmd_generate)
+
+    qz = sub.add_parser("quantize", help="int8 copy of a model directory for CPU inference")
+    qz.add_argument("model_dir", metavar="MODEL_DIR")
+    qz.add_argument("--out", required=True, help="model directory to write")
+    qz.add_argument(
+        "--parts", default="backbone,encoders,projectors", help="comma-separated parts whose linear layers to quantize"
+    )
+    qz.set_defaults(func=cmd_quantize)
+
+    ex = sub.add_parser("export", help="torch.export (and ONNX) of a model directory's forward pass")
+    ex.add_argument("model_dir", metavar="MODEL_DIR")
+    ex.add_argument("--out", required=True, help="folder to write model.pt2 (and model.onnx) to")
+    ex.add_argument("--record", help="example record (JSON, a JSON file or MANIFEST:LINE); default: one made up")
+    ex.add_argument("--batch-size", type=int, default=2, help="batch size of the example input")
+    ex.add_argument("--static", action="store_true", help="fixed batch size (default: dynamic batch dimension)")
+    ex.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx and onnxscript)")
+    ex.set_defaults(func=cmd_export)
+
+    xp = sub.add_parser("explain", help="per-modality contributions to one prediction: JSON report and PNG")
+    xp.add_argument("model_dir", metavar="MODEL_DIR")
+    xp.add_argument("record", metavar="RECORD", help="a JSON object, a JSON file, or MANIFEST:LINE")
+    xp.add_argument("--out", help="folder for explain.json and explain.png (default: print only)")
+    xp.add_argument("--head", help="the head to explain (default: a classifier if any, else the LM head)")
+    xp.add_argument("--target", help="class index, or for an LM head the text to score (default: the prediction)")
+    xp.add_argument("--layers", help="backbone layers whose attention to draw, e.g. 0,-1 (default: last)")
+    xp.set_defaults(func=cmd_explain)
 
     if with_plugins:
         from .plugins import get_manager
