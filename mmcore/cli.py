@@ -197,6 +197,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    """Write a plugin distribution from the templates (mmcore.scaffold)."""
+    from .scaffold import new_plugin
+
+    path = new_plugin(args.name, args.kind, args.dir)
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        print(f"wrote {f}")
+    print(f"\nnext: pip install -e '{path}[test]' && pytest {path / 'tests'}  (see {path / 'README.md'})")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate text from a model directory; prompts may carry other inputs (--input image=cat.png)."""
     from .checkpoint import load
@@ -422,6 +433,17 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     g.add_argument("--device", default=None)
     g.set_defaults(func=cmd_generate)
+
+    np_ = sub.add_parser(
+        "new-plugin",
+        help="write a new plugin distribution (component, tests with the conformance kit, README)",
+        description="Write mmcore-NAME/: a pip-installable plugin with one working component of the given kind, "
+        "its options model, tests using mmcore.testing, and a README. See docs/plugins.md.",
+    )
+    np_.add_argument("name", metavar="NAME", help="plugin name, a lower-case Python identifier (e.g. demo_depth)")
+    np_.add_argument("--kind", required=True, choices=["encoder", "fusion", "head"], help="the component to write")
+    np_.add_argument("--dir", default=".", metavar="PATH", help="where to create mmcore-NAME/ (default: here)")
+    np_.set_defaults(func=cmd_new_plugin)
 
     qz = sub.add_parser("quantize", help="int8 copy of a model directory for CPU inference")
     qz.add_argument("model_dir", metavar="MODEL_DIR")

@@ -30,7 +30,6 @@ the functions load :mod:`mmcore.testing.kit` on first use.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
@@ -51,7 +50,9 @@ _LAZY = set(__all__)
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(".kit", __name__), name)
+        from . import kit
+
+        value = getattr(kit, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'mmcore.testing' has no attribute {name!r}")
