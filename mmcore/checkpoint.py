@@ -5,8 +5,14 @@ A model directory holds::
     spec.toml           the resolved spec, every default written out
     model.safetensors   the weights; metadata: format, spec, mmcore version, plugins
     processors/<input>/ each processor's files (a tokenizer, say)
-    manifest.json       format, versions, the distribution of every component, and the
-                        SHA-256 of every file above (checked on load)
+    manifest.json       format, the mmcore version, the distribution of every component,
+                        every plugin distribution with its version and the core versions
+                        it declares (``distributions``), and the SHA-256 of every file
+                        above (checked on load)
+
+Loading first checks the recorded distributions against the installed ones
+(:mod:`mmcore.provenance`): a missing or incompatible plugin is an error that says exactly
+what to install (``pip install "mmcore-vision==0.1.0"``).
 
 No pickle anywhere: loading parses TOML, JSON and safetensors and never executes code
 from the directory. Saving writes a complete new directory next to the target and then
@@ -71,17 +77,13 @@ def _sha256(path: Path) -> str:
 # --- save ------------------------------------------------------------------------------
 
 
-def _provenance(spec: Spec) -> dict[str, str]:
-    """``kind:name`` -> ``distribution version`` for every component the spec names."""
-    from .plugins import get_registry
+def _provenance(spec: Spec) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """(``kind:name`` -> ``distribution version``, distribution -> version, components, core range)."""
+    from .plugins import get_manager
+    from .provenance import record
 
-    reg = get_registry()
-    out = {}
-    for _, cs in spec.components():
-        key = f"{cs.kind}:{cs.component}"
-        if key in reg:
-            out[key] = reg.get(cs.kind, cs.component).source
-    return out
+    manager = get_manager()
+    return record(spec, manager.registry, manager)
 
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -118,7 +120,7 @@ def save(model: Any, directory: str | Path, *, extra_metadata: dict[str, str] | 
     directory.parent.mkdir(parents=True, exist_ok=True)
     spec_text = model.spec.to_toml()
     state, aliases = _dedupe(model.state_dict())
-    provenance = _provenance(model.spec)
+    provenance, distributions = _provenance(model.spec)
     plugins = sorted(set(provenance.values()))
     quantization = getattr(model, "quantization", None) or getattr(getattr(model, "model", None), "quantization", None)
     meta = {
@@ -126,6 +128,7 @@ def save(model: Any, directory: str | Path, *, extra_metadata: dict[str, str] | 
         "mmcore_version": __version__,
         "spec": spec_text,
         "plugins": json.dumps(plugins),
+        "distributions": json.dumps(distributions, sort_keys=True),
         "aliases": json.dumps(aliases),
         **({"quantization": json.dumps(quantization)} if quantization else {}),
         **(extra_metadata or {}),
@@ -144,6 +147,7 @@ def save(model: Any, directory: str | Path, *, extra_metadata: dict[str, str] | 
             "mmcore_version": __version__,
             "components": provenance,
             "plugins": plugins,
+            "distributions": distributions,
             **({"quantization": quantization} if quantization else {}),
             "sha256": {f: _sha256(tmp / f) for f in files},
         }
@@ -186,8 +190,8 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{path}: unreadable manifest: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelDirError(f"{path}: unreadable manifest: {type(exc).__name__}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelDirError(
             f"{path}: unknown format {manifest.get('format') if isinstance(manifest, dict) else None!r}; expected {FORMAT!r}"
@@ -226,7 +230,7 @@ def _spec_for(directory: Path, manifest: dict[str, Any], registry: Any) -> Spec:
         if need:
             raise ModelDirError(
                 f"{directory}: this model needs components that are not installed: "
-                + "; ".join(f"{comp} (pip install '{dist}')" for comp, dist in need)
+                + "; ".join(f'{comp} (pip install "{dist}")' for comp, dist in need)
             ) from exc
         raise
 
@@ -294,18 +298,27 @@ def load(
     device: str | torch.device | None = None,
     verify: bool = True,
     registry: Any = None,
+    check_versions: bool = True,
 ) -> Any:
     """Rebuild the model saved in ``directory`` (:func:`save`'s output) with its weights.
 
     The model is built on the meta device and the weights are assigned, so nothing is
-    initialised twice. ``verify`` checks every file against the manifest's checksums.
-    Raises :class:`ModelDirError` (incomplete directory, plugin not installed: says what
-    to ``pip install``) or :class:`WeightsError` (tampered or mismatched weights).
+    initialised twice (``weights_from`` sources in its spec are not read again).
+    ``verify`` checks every file against the manifest's checksums. ``check_versions``
+    first checks the recorded distributions against the installed ones
+    (:func:`mmcore.provenance.check`). Raises :class:`ModelDirError` (incomplete directory,
+    a plugin missing or of an incompatible version: says exactly what to ``pip install``)
+    or :class:`WeightsError` (tampered or mismatched weights).
     """
     from .model import build
 
     directory = Path(directory)
     manifest = _read_manifest(directory)
+    if check_versions:
+        from . import __version__
+        from .provenance import check
+
+        check(manifest, str(directory), __version__)
     if verify:
         _verify(directory, manifest)
     spec = _spec_for(directory, manifest, registry)
@@ -316,7 +329,7 @@ def load(
         aliases = json.loads(meta.get("aliases", "{}"))
     except ValueError as exc:
         raise WeightsError(f"{directory / WEIGHTS}: corrupt alias table in metadata: {exc}") from exc
-    model = build(spec, registry=registry, device="meta")
+    model = build(spec, registry=registry, device="meta", weights=False)
     if meta.get("quantization"):  # int8 layers at the recorded names (mmcore.quantize)
         from .quantize import apply_quantization
 

@@ -144,7 +144,7 @@ def test_missing_plugin_says_what_to_install(tmp_path, monkeypatch):
     try:
         d = mmcore.save(mmcore.build(tiny_spec()), tmp_path / "m")
         monkeypatch.setenv(plugins.ENV_BLOCK, "text")
-        with pytest.raises(ModelDirError, match=r"encoder:text.bytes \(pip install 'mmcore-text==0.1.0'\)"):
+        with pytest.raises(ModelDirError, match=r'encoder:text.bytes \(pip install "mmcore-text==0.1.0"\)'):
             mmcore.load(d, registry=plugins.PluginManager().registry)
     finally:
         plugins.reset_manager(old)
