@@ -45,6 +45,13 @@ _LAZY = {
     "MultimodalGPT": "model",
     "build": "model",
     "build_component": "model",
+    "check_compatibility": "model",
+    "LoadReport": "weights",
+    "LoRALinear": "lora",
+    "merge_lora": "lora",
+    "CoreOptions": "config",
+    "LoraConfig": "config",
+    "WeightsSource": "config",
     "save": "checkpoint",
     "load": "checkpoint",
     "Trainer": "trainer",
@@ -92,6 +99,13 @@ __all__ = [
     "MultimodalGPT",
     "build",
     "build_component",
+    "check_compatibility",
+    "LoadReport",
+    "LoRALinear",
+    "merge_lora",
+    "CoreOptions",
+    "LoraConfig",
+    "WeightsSource",
     "save",
     "load",
     # training and generation
@@ -135,9 +149,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .backbone import GPT, KVCache
     from .checkpoint import load, save
     from .config import TaskConfig, TrainingConfig
-    from .generation import GenerationConfig, generate
+    from .generation import GenerationConfig, generate, generate_images
     from .interfaces import Encoder, Fusion, Head, Processor, Projector
-    from .model import MultimodalGPT, build, build_component
+    from .config import CoreOptions, LoraConfig, WeightsSource
+    from .lora import LoRALinear, merge_lora
+    from .model import MultimodalGPT, build, build_component, check_compatibility
+    from .weights import LoadReport
     from .spec import ComponentSpec, Spec, load_spec, parse_spec
     from .trainer import Trainer, TrainResult, train
     from .types import Batch, FusedSequence, HeadOutput, ModelOutput, Tokens

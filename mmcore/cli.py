@@ -146,6 +146,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     model = build(args.file)
     if args.summary or not args.repr:
         print(model.summary())
+        if model.load_report is not None and model.load_report.sources:
+            print(model.load_report)  # which weights came from which file, what stayed fresh or was ignored
     if args.repr:
         print(model)
     return 0

@@ -221,3 +221,80 @@ def test_saved_model_loads_without_the_source_files(sources, manager, tmp_path):
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert json.loads((d / "manifest.json").read_text())["format"] == "mmcore-model/1"
+
+
+def test_timm_encoder_frozen_gpt2_backbone_under_lora_and_fresh_projector_train(sources, manager, tmp_path):
+    """A timm vision encoder's file, a Hugging Face GPT-2 file and a fresh projector train as one model."""
+    import timm
+    from PIL import Image
+
+    from mmcore.trainer import Trainer
+
+    root = sources["root"]
+    torch.manual_seed(2)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, depth=1).eval()
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(root / "vit.safetensors"))
+    text = spec_text(backbone_extra='train = "lora"\nlora = {rank = 4, targets = ["attn.qkv", "attn.proj"]}')
+    text = text.replace(
+        """component = "vision.patch"
+image_size = 16
+patch_size = 8
+dim = 24
+depth = 1
+heads = 2
+weights_from = {path = "clip.safetensors", prefix = {"vision_model." = ""}}""",
+        """component = "vision.timm"
+model = "vit_tiny_patch16_224"
+model_args = {img_size = 32, depth = 1}
+train = "frozen"
+weights_from = {path = "vit.safetensors", prefix = {"" = "model."}, ignore = ["head.*"]}""",
+    )
+    model = mmcore.build(write_spec(sources, text, "timm.toml"))
+    report = model.load_report["encoders.image"]
+    assert report.fresh == () and {k for k, _ in report.ignored} == {"head.weight", "head.bias"}
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoders["image"].model.forward_features(pixels), vit.forward_features(pixels))
+
+    # the summary says exactly which parameters train
+    rows = {r.part: r for r in model.summary().rows}
+    assert rows["encoders.image"].train == "frozen" and rows["encoders.image"].trainable_names == ()
+    assert set(rows["backbone"].trainable_names) == {
+        f"blocks.{b}.attn.{m}.lora_{x}" for b in (0, 1) for m in ("qkv", "proj") for x in "AB"
+    }
+    assert set(rows["projectors.image"].trainable_names) == {"proj.weight", "proj.bias"}
+    assert rows["encoders.text"].trainable_names == ("token_embedding.weight",)
+    table = str(model.summary())
+    assert "encoders.image: nothing" in table and "backbone: blocks.*.attn.qkv.lora_A (2)" in table
+
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
+    lines = []
+    for i, (name, rgb) in enumerate(colours.items()):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (32, 32), rgb).save(path)
+        lines.append(json.dumps({"image": str(path), "text": f"a {name} square"}))
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join(lines * 2) + "\n")
+    batch = model.preprocess([json.loads(x) for x in lines])
+    model.eval()
+    with torch.no_grad():
+        before = float(model(batch).loss)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("encoders.image.")}
+    base = {k: v.clone() for k, v in model.backbone.state_dict().items() if "lora_" not in k}
+    projector = model.projectors["image"].proj.weight.clone()
+    trainer = Trainer(
+        model,
+        {"caption": {"objective": "lm", "train": str(manifest)}},
+        {"steps": 12, "batch_size": 4, "lr": 3e-3, "progress": False},
+    )
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
+    trainer.fit()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert all(torch.equal(model.backbone.state_dict()[k], v) for k, v in base.items())
+    assert not torch.equal(model.projectors["image"].proj.weight, projector)
+    model.eval()
+    with torch.no_grad():
+        assert float(model(batch).loss) < before
