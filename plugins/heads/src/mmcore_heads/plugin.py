@@ -30,5 +30,7 @@ def mmcore_register_components() -> list[Component]:
             config=ClassificationHeadConfig,
             factory="mmcore_heads.classify:ClassificationHead",
             description="Pool the hidden states (last, mean or first token) and classify into num_classes labels.",
+            # `num_classes` is required: options for mmcore's conformance kit (mmcore.testing)
+            extra={"conformance": {"options": {"num_classes": 3}}},
         ),
     ]

@@ -37,5 +37,14 @@ def mmcore_register_components() -> list[Component]:
             processor="mmcore_vision.timm_encoder:timm_processor",
             description="Any timm model as an image encoder (random init or local safetensors weights); its "
             "feature map or token sequence becomes the tokens.",
+            # `model` is required: a small timm model for mmcore's conformance kit (mmcore.testing)
+            extra={
+                "conformance": {
+                    "options": {
+                        "model": "vit_tiny_patch16_224",
+                        "model_args": {"img_size": 32, "patch_size": 8, "depth": 2},
+                    }
+                }
+            },
         ),
     ]
