@@ -8,6 +8,8 @@ them alike; the figure per model is the median over rounds.
 
     python bench/train_throughput.py                 # width 256, 4 layers, 4 heads, ctx 256, batch 8
     python bench/train_throughput.py --rounds 10 --steps 5 --json out.json
+    python bench/train_throughput.py --compile       # adds mmcore under torch.compile (training.compile)
+    python bench/train_throughput.py --fused         # every model with the fused AdamW (mmcore's trainer default)
 
 Not a test: prints tokens/s for each model and the ratios.
 """
@@ -93,6 +95,12 @@ def make_mmcore(args: argparse.Namespace):
     return model, step_loss, vocab
 
 
+def mmcore_batch(inputs: dict) -> object:
+    import mmcore
+
+    return mmcore.Batch(inputs)
+
+
 def make_plain(args: argparse.Namespace, vocab: int):
     model = PlainGPT(vocab, args.width, args.layers, args.heads, args.ctx)
     return model, model
@@ -143,6 +151,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--compile", action="store_true", help="add mmcore compiled with torch.compile (inductor)")
+    p.add_argument("--fused", action="store_true", help="fused AdamW for every model (default: multi-tensor)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
     if args.threads:
@@ -157,7 +167,18 @@ def main() -> None:
         "transformers GPT-2": make_hf(args, vocab, None),
         "transformers, no dropout": make_hf(args, vocab, 0.0),
     }
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, (m, _) in contenders.items()}
+    if args.compile:
+        import copy
+
+        compiled_model = copy.deepcopy(mm_model)
+        compiled_fwd = torch.compile(compiled_model)
+
+        def compiled_loss(ids: torch.Tensor) -> torch.Tensor:
+            mask = torch.ones_like(ids, dtype=torch.bool)
+            return compiled_fwd(mmcore_batch({"text": {"ids": ids, "mask": mask}})).loss
+
+        contenders["mmcore, compiled"] = (compiled_model, compiled_loss)
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=args.fused) for k, (m, _) in contenders.items()}
     for m, _ in contenders.values():
         m.train()
     data = [torch.randint(0, vocab, (args.batch, args.ctx)) for _ in range(args.steps)]
@@ -199,6 +220,12 @@ def main() -> None:
     print(f"  mmcore / transformers GPT-2 (defaults) = {r_hf:.3f} (median {med['hf']:.3f})  (target >= 1.7)")
     print(f"  mmcore / transformers, no dropout      = {r_hf0:.3f} (median {med['hf0']:.3f})  (like for like)")
     print(f"  plain / transformers GPT-2 (defaults)  = {tps['plain PyTorch'] / tps['transformers GPT-2']:.3f}")
+    if args.compile:
+        r_c = tps["mmcore, compiled"] / tps["transformers GPT-2"]
+        med["compiled_hf"] = tps_median["mmcore, compiled"] / tps_median["transformers GPT-2"]
+        med["compiled_plain"] = tps_median["mmcore, compiled"] / tps_median["plain PyTorch"]
+        print(f"  mmcore compiled / transformers GPT-2   = {r_c:.3f} (median {med['compiled_hf']:.3f})")
+        print(f"  mmcore compiled / plain PyTorch        = {tps['mmcore, compiled'] / tps['plain PyTorch']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(

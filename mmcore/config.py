@@ -131,6 +131,11 @@ class TrainingConfig(BaseModel):
         "skip", description="A record that fails to load: skip it (counted and reported) or stop the run."
     )
     progress: bool = Field(True, description="Show a progress bar (tqdm) when the output is a terminal.")
+    compile: bool = Field(
+        False,
+        description="Compile the training forward with torch.compile (inductor; needs a C/C++ compiler on CPU). "
+        "The first steps pay the compile time; evaluation and generation stay eager.",
+    )
 
 
 class TaskConfig(BaseModel):

@@ -181,6 +181,15 @@ class Trainer:
         return PackedTextDataset(files, proc, seq_len, input_name=t.text_input)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training step runs: the model itself, or DDP/FSDP2 around it under
+        torchrun, compiled with ``torch.compile`` when ``training.compile`` is set. Checkpoints,
+        evaluation and the saved model always use ``self.model`` (no wrapper prefixes)."""
+        wrapped = self._distribute(model)
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _distribute(self, model: nn.Module) -> nn.Module:
         if self.world == 1:
             return model
         if self.cfg.distributed == "fsdp":
@@ -215,7 +224,9 @@ class Trainer:
                 "set train = 'full' or 'lora' on at least one)"
             )
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = self.device.type == "cuda"
+        # The fused kernel (CUDA, and CPU since torch 2.4) updates every tensor in one pass: on
+        # CPU about 3x faster than the multi-tensor loop for a small GPT (bench/README.md).
+        fused = self.device.type in ("cuda", "cpu")
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.eps, fused=fused)
 
     def lr_at(self, step: int) -> float:

@@ -330,3 +330,29 @@ def test_text_metrics_and_macro_f1():
     p, g = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])
     # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 2 fp 0 fn 1 -> 0.8
     assert macro_f1(p, g, 2) == pytest.approx((2 / 3 + 0.8) / 2)
+
+
+def test_cpu_optimizer_is_the_fused_adamw(tmp_path, manager):
+    data = write_manifest(tmp_path / "d.jsonl", [{"text": "abc"}] * 4)
+    task = {"lm": {"objective": "lm", "train": str(data)}}
+    tr = Trainer(mmcore.build(spec_dict(tmp_path, task)), task, {"steps": 1, "batch_size": 2, "progress": False})
+    assert isinstance(tr.optimizer, torch.optim.AdamW)
+    assert all(g["fused"] for g in tr.optimizer.param_groups)
+    assert tr.wrapped is tr.model  # no compile by default
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, manager):
+    """training.compile = true runs the step under torch.compile with the same losses."""
+    data = write_manifest(tmp_path / "d.jsonl", [{"text": "x" * (3 + 7 * i)} for i in range(8)])
+    task = {"lm": {"objective": "lm", "train": str(data)}}
+    losses = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = mmcore.build(spec_dict(tmp_path, task))
+        tr = Trainer(model, task, {"steps": 3, "batch_size": 4, "lr": 1e-2, "compile": compiled, "progress": False})
+        assert (tr.wrapped is not model) == compiled
+        losses.append([tr.train_step()["loss"] for _ in range(3)])
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        assert all(not k.startswith("_orig_mod") for k in state)
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-5)
