@@ -122,6 +122,8 @@ class ManifestDataset(Dataset):
             record = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Bad(f"{self.path}:{line}", None, f"not valid JSON: {exc}") from exc
+        except RecursionError as exc:  # the json module parses nesting recursively
+            raise _Bad(f"{self.path}:{line}", None, "not valid JSON: arrays or objects nested too deeply") from exc
         if not isinstance(record, dict):
             raise _Bad(f"{self.path}:{line}", None, f"a record must be a JSON object, got {type(record).__name__}")
         return line, record

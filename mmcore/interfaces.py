@@ -113,8 +113,8 @@ class Processor:
                 data = json.load(f)
         except FileNotFoundError as exc:
             raise ModelDirError(f"{path}: missing; {what} needs it") from exc
-        except (OSError, ValueError) as exc:
-            raise ModelDirError(f"{path}: unreadable: {exc}") from exc
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ModelDirError(f"{path}: unreadable: {type(exc).__name__}: {exc}") from exc
         if not isinstance(data, dict):
             raise ModelDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
         for key, want in (("kind", kind), ("format_version", version)):

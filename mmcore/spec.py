@@ -273,7 +273,7 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
             except ValidationError as exc:
                 _pydantic_issues(exc, path, TaskConfig, add)
                 continue
-            if task.head is None and len(heads) != 1 and heads_raw:
+            if task.head is None and len(heads) != 1 and isinstance(heads_raw, Mapping) and heads_raw:
                 add(
                     f"{path}.head",
                     f"the model has {len(heads_raw)} heads; say which this task trains",
@@ -415,7 +415,7 @@ def _pydantic_issues(
 ) -> None:
     fields = list(model.model_fields)
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) if str(p) else '""' for p in err["loc"])  # an empty key still has a location
         path = f"{base}.{loc}" if base and loc else (base or loc)
         kind = err["type"]
         hint = None

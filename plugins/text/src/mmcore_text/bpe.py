@@ -130,6 +130,8 @@ class BPETokenizer(TokenizerBase):
         unreadable, not valid JSON, not a tokenizer the library can load, or not byte-level BPE.
         """
         path = os.path.abspath(os.fspath(path))
+        if os.path.exists(path) and not os.path.isfile(path):  # a folder, /dev/zero, a FIFO: never read those
+            raise InputError(f"{path}: not a regular file; a tokenizer.json is expected")
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -147,7 +149,7 @@ class BPETokenizer(TokenizerBase):
         """Build from the text of a tokenizer.json; errors name ``source``."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InputError(f"{source}: not a valid tokenizer.json: invalid JSON: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
             raise InputError(f"{source}: not a valid tokenizer.json: expected a JSON object with a 'model' table")

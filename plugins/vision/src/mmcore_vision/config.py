@@ -147,8 +147,8 @@ class PatchEncoderConfig(ImageOptions):
     @model_validator(mode="after")
     def _check_shapes(self) -> "PatchEncoderConfig":
         if self.image_size % self.patch_size:
-            valid = [s for s in range(self.patch_size, 4 * self.image_size + 1, self.patch_size)]
-            near = sorted(valid, key=lambda s: abs(s - self.image_size))[:2]
+            below = self.image_size - self.image_size % self.patch_size  # arithmetic: sizes may be huge
+            near = [s for s in (below, below + self.patch_size) if s >= self.patch_size]
             raise ValueError(
                 f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size}); "
                 f"e.g. image_size = {' or '.join(map(str, sorted(near)))}"
