@@ -59,6 +59,7 @@ _LAZY = {
     "train": "trainer",
     "GenerationConfig": "generation",
     "generate": "generation",
+    "generate_images": "generation",
     "TrainingConfig": "config",
     "TaskConfig": "config",
     "Spec": "spec",
@@ -116,6 +117,7 @@ __all__ = [
     "train",
     "GenerationConfig",
     "generate",
+    "generate_images",
     # errors
     "MMCoreError",
     "SpecError",

@@ -243,6 +243,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise MMCoreError(f"generation options: {exc}") from exc
+    if args.out:
+        return _write_generated_images(args, model, cfg, record, text_input)
     batch = model.preprocess([record], targets=())
     proc = model.processors[text_input]
     if args.stream and cfg.num_beams == 1 and cfg.num_return_sequences == 1 and not cfg.stop_strings:
@@ -344,6 +346,20 @@ def _read_record(value: str) -> dict[str, Any]:
     return record
 
 
+def _write_generated_images(
+    args: argparse.Namespace, model: Any, cfg: Any, record: dict[str, Any], text_input: str
+) -> int:
+    """``mmcore generate ... --out image.png``: the prompt's text conditions an image-token input."""
+    from .generation import generate_images, write_images
+
+    if args.stream:
+        raise MMCoreError("--stream prints text as it arrives; it does not apply with --out")
+    images = generate_images(model, [{**record, text_input: args.prompt}], cfg, image_input=args.image_input)
+    for path in write_images(images, args.out, scale=args.scale):
+        print(path)
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -433,6 +449,14 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--seed", type=int)
     g.add_argument("--stream", action="store_true", help="print tokens as they arrive")
+    g.add_argument(
+        "--out",
+        metavar="IMAGE",
+        help="generate an image (models whose LM head predicts image tokens, e.g. vision.palette) and write it "
+        "here (.png); with --num-return-sequences N, N files IMAGE-1.png ... IMAGE-N.png",
+    )
+    g.add_argument("--image-input", help="the image-token input to generate with --out (default: the only one)")
+    g.add_argument("--scale", type=int, default=1, help="enlarge written images this many times (--out)")
     g.add_argument("--device", default=None)
     g.set_defaults(func=cmd_generate)
 

@@ -11,6 +11,14 @@ beyond attention over the cache.
     out = mmcore.generate(model, batch, mmcore.GenerationConfig(max_new_tokens=20, num_return_sequences=5,
                                                                 do_sample=True, top_k=50, seed=0))
     texts = [model.processors["text"].decode(ids) for ids in out]
+
+The generated input need not be text: any input whose encoder embeds token ids and has an LM
+head can be continued, e.g. the image tokens of ``vision.palette`` (text-to-image). Its
+processor may declare ``output_ids`` (the only ids generation may produce there: a logits
+mask) and ``max_tokens`` (the most tokens the input holds); its encoder receives ``offset``,
+the position inside the input of the token it embeds. :func:`generate_images` wraps this:
+
+    images = mmcore.generate_images(model, ["draw a seven"], GenerationConfig(do_sample=True, seed=0))
 """
 
 from __future__ import annotations
@@ -26,7 +34,15 @@ from torch import Tensor
 from .errors import MMCoreError
 from .types import Batch, Tokens
 
-__all__ = ["GenerationConfig", "generate", "generate_stream", "generate_for_records", "to_left_padding"]
+__all__ = [
+    "GenerationConfig",
+    "generate",
+    "generate_stream",
+    "generate_for_records",
+    "generate_images",
+    "write_images",
+    "to_left_padding",
+]
 
 
 @dataclass(frozen=True)
@@ -102,9 +118,20 @@ class _Decoder:
         self.model = model
         texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
         if text_input is None:
-            if len(texts) != 1:
+            # The named head's input; else the only text input; else (text-to-image, say) the
+            # only input an LM head predicts.
+            predicted = sorted(
+                {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")} & set(model.encoders)
+            )
+            head_input = getattr(model.heads[head], "input", None) if head is not None and head in model.heads else None
+            if head_input in model.encoders:
+                text_input = head_input
+            elif len(texts) == 1 and (texts[0] in predicted or len(predicted) != 1):
+                text_input = texts[0]
+            elif len(predicted) == 1:
+                text_input = predicted[0]
+            else:
                 raise MMCoreError(f"say which text input to generate (text_input=...); inputs: {list(model.encoders)}")
-            text_input = texts[0]
         if text_input not in model.encoders:
             raise MMCoreError(f"no input {text_input!r}; inputs: {list(model.encoders)}")
         self.text = text_input
@@ -125,21 +152,69 @@ class _Decoder:
         self.projector = model.projectors[text_input] if text_input in model.projectors else None
         self.mode = mode
         self.backbone = model.backbone
+        allowed = getattr(self.proc, "output_ids", None)
+        self.allowed = None if allowed is None else torch.tensor(list(allowed), dtype=torch.long)
+        self._keep: Tensor | None = None
 
-    def embed(self, ids: Tensor) -> Tensor:
-        """Token ids (B, T) -> the embeddings the fusion would give them (B, T, D)."""
-        tok = self.encoder({"ids": ids, "mask": torch.ones_like(ids, dtype=torch.bool)})
+    def embed(self, ids: Tensor, offset: Tensor | None = None) -> Tensor:
+        """Token ids (B, T) -> the embeddings the fusion would give them (B, T, D).
+
+        ``offset`` (B,): the position of ``ids[:, 0]`` inside the generated input (for
+        encoders whose embedding depends on it; text encoders ignore it)."""
+        inputs = {"ids": ids, "mask": torch.ones_like(ids, dtype=torch.bool)}
+        if offset is not None:
+            inputs["offset"] = offset
+        tok = self.encoder(inputs)
         emb = tok.embeds if self.projector is None else self.projector(tok.embeds)
         step = getattr(self.model.fusion, "embed_step", None)
         return emb if step is None else step(self.text, Tokens(emb, tok.mask))
 
     def prompt(self, batch: Batch) -> tuple[Tensor, Tensor, Any, Any]:
         seq = self.model.fuse(batch)
+        idx = seq.index.get(self.text, None) if isinstance(seq.index, dict) else None
+        if idx is not None and idx.numel():
+            # New tokens are appended after each row's last real position: the generated
+            # input's tokens must end the prompt (rows without the input are free).
+            last = idx.max(1).values  # (B,) -1 where the row lacks the input
+            bad = (last >= 0) & (last != seq.mask.sum(1) - 1)
+            if bool(bad.any()):
+                raise MMCoreError(
+                    f"generation continues input {self.text!r}, but the fusion puts other tokens after it in the "
+                    f"prompt; make it the last input of the sequence (early fusion: order = [..., {self.text!r}]) "
+                    "without boundary tokens (boundary_tokens = false)"
+                )
         x, mask = to_left_padding(seq.embeds, seq.mask)  # (B, L, D), (B, L)
         return x, mask, seq.prefix_len, seq.context
 
+    def count(self, batch: Batch) -> Tensor:
+        """(B,) long: tokens of the generated input already in each prompt."""
+        inp = batch.inputs.get(self.text) or {}
+        if "mask" in inp:
+            return inp["mask"].sum(1).long()
+        if "ids" in inp:
+            return torch.full((inp["ids"].shape[0],), inp["ids"].shape[1], dtype=torch.long, device=inp["ids"].device)
+        return torch.zeros(batch.size, dtype=torch.long)
+
+    def check_room(self, count: Tensor, max_new_tokens: int) -> None:
+        """MMCoreError when the input cannot hold ``max_new_tokens`` more tokens (its processor's ``max_tokens``)."""
+        cap = getattr(self.proc, "max_tokens", None)
+        if not isinstance(cap, int) or count.numel() == 0:
+            return
+        have = int(count.max())
+        if have + max_new_tokens > cap:
+            raise MMCoreError(
+                f"input {self.text!r} holds at most {cap} tokens and the prompt has {have}: max_new_tokens must be at "
+                f"most {cap - have}, got {max_new_tokens}"
+            )
+
     def logits(self, hidden_last: Tensor) -> Tensor:
-        return self.head.project(hidden_last).float()  # (B, V)
+        out = self.head.project(hidden_last).float()  # (B, V)
+        if self.allowed is not None:  # only the ids the input's processor allows (e.g. an image's palette)
+            if self._keep is None or self._keep.shape[0] != out.shape[-1] or self._keep.device != out.device:
+                keep = torch.zeros(out.shape[-1], dtype=torch.bool, device=out.device)
+                self._keep = keep.index_fill_(0, self.allowed.to(out.device), True)
+            out = out.masked_fill(~self._keep, float("-inf"))
+        return out
 
 
 def _expand(t: Any, n: int) -> Any:
@@ -158,9 +233,18 @@ class _Runner:
     """Feeds a (possibly cached) sequence to the backbone one step at a time."""
 
     def __init__(
-        self, dec: _Decoder, x: Tensor, mask: Tensor, prefix_len: Any, context: Any, total: int, use_cache: bool
+        self,
+        dec: _Decoder,
+        x: Tensor,
+        mask: Tensor,
+        prefix_len: Any,
+        context: Any,
+        total: int,
+        use_cache: bool,
+        offset: Tensor | None = None,
     ):
         self.dec, self.context, self.use_cache = dec, context, use_cache
+        self.offset = offset  # (B,) position inside the generated input of the next token embedded
         ctx_len = dec.backbone.config.context_length
         if total > ctx_len:
             raise MMCoreError(
@@ -175,7 +259,9 @@ class _Runner:
         """Hidden state of the last position after appending ``new_ids`` (B,) (None: the prompt)."""
         bb = self.dec.backbone
         if new_ids is not None:
-            emb = self.dec.embed(new_ids.unsqueeze(1))  # (B, 1, D)
+            emb = self.dec.embed(new_ids.unsqueeze(1), self.offset)  # (B, 1, D)
+            if self.offset is not None:
+                self.offset = self.offset + 1
             if not self.use_cache:
                 self.x = torch.cat([self.x, emb], 1)
                 self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], 1)
@@ -200,6 +286,8 @@ class _Runner:
         else:
             self.x, self.mask = self.x[index], self.mask[index]
         self.context = _select(self.context, index)
+        if self.offset is not None:
+            self.offset = self.offset[index]
 
 
 def _select(t: Any, index: Tensor) -> Any:
@@ -279,10 +367,14 @@ def generate_stream(
     model.eval()
     dec = _Decoder(model, text_input, head, mode)
     x, mask, prefix_len, context = dec.prompt(batch)
+    count = dec.count(batch).to(x.device)
+    dec.check_room(count, cfg.max_new_tokens)
     n = cfg.num_return_sequences
     x, mask, prefix_len, context = _expand(x, n), _expand(mask, n), _expand(prefix_len, n), _expand(context, n)
     B = x.shape[0]
-    runner = _Runner(dec, x, mask, prefix_len, context, x.shape[1] + cfg.max_new_tokens, cfg.use_cache)
+    runner = _Runner(
+        dec, x, mask, prefix_len, context, x.shape[1] + cfg.max_new_tokens, cfg.use_cache, _expand(count, n)
+    )
     enders = _enders(dec, cfg, x.device)
     pad = int(getattr(dec.proc, "pad_id", 0))
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed) if cfg.seed is not None else None
@@ -318,9 +410,13 @@ def _beam_search(
     model.eval()
     dec = _Decoder(model, text_input, head, mode)
     x, mask, prefix_len, context = dec.prompt(batch)
+    count = dec.count(batch).to(x.device)
+    dec.check_room(count, cfg.max_new_tokens)
     B, K = x.shape[0], cfg.num_beams
     x, mask, prefix_len, context = _expand(x, K), _expand(mask, K), _expand(prefix_len, K), _expand(context, K)
-    runner = _Runner(dec, x, mask, prefix_len, context, x.shape[1] + cfg.max_new_tokens, cfg.use_cache)
+    runner = _Runner(
+        dec, x, mask, prefix_len, context, x.shape[1] + cfg.max_new_tokens, cfg.use_cache, _expand(count, K)
+    )
     enders = _enders(dec, cfg, x.device)
     ender_set = set(enders.tolist()) if enders is not None else set()
     scores = torch.full((B, K), float("-inf"), device=x.device)
@@ -398,6 +494,10 @@ def generate(
     """New token ids for every prompt of ``batch``: ``num_return_sequences`` consecutive
     lists per prompt, each cut before its eos / stop token / stop string."""
     cfg = config or GenerationConfig()
+    if cfg.stop_strings:
+        dec = _Decoder(model, text_input, head, mode)
+        if getattr(dec.proc, "modality", "text") != "text":
+            raise MMCoreError(f"stop_strings apply to text; the generated input {dec.text!r} is not text")
     if cfg.num_beams > 1:
         rows = _beam_search(model, batch, cfg, text_input, head, mode)
     else:
@@ -458,3 +558,145 @@ def generate_for_records(
         ids = generate(model, batch, cfg, text_input=text_input)
         texts += [proc.decode(row) for row in ids]
     return texts
+
+
+# --- images ---------------------------------------------------------------------------------------------
+
+
+def image_inputs(model: Any) -> list[str]:
+    """Inputs whose tokens an LM head of ``model`` predicts and whose processor decodes images
+    (declares ``output_ids`` and modality ``image``, like ``vision.palette``)."""
+    predicted = {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")}
+    return [
+        name
+        for name, proc in model.processors.items()
+        if name in predicted and getattr(proc, "modality", "") == "image" and hasattr(proc, "output_ids")
+    ]
+
+
+def generate_images(
+    model: Any,
+    prompts: Sequence[str | Mapping[str, Any]],
+    config: GenerationConfig | None = None,
+    *,
+    image_input: str | None = None,
+    text_input: str | None = None,
+    batch_size: int = 16,
+) -> list[Any]:
+    """Images for prompts, from a model whose LM head predicts image tokens (``vision.palette``).
+
+    Args:
+        prompts: strings (the text of each prompt: ``"draw a seven"``) or records with any
+            of the model's inputs. Under the image input a record may hold
+            ``{"prompt": [pixel ids]}``, the beginning of the image to continue; by default
+            the image starts empty.
+        config: the options of :func:`generate` (greedy, sampling with temperature / top-k /
+            top-p and ``seed``, beam search, ``num_return_sequences``, ``repetition_penalty``).
+            ``max_new_tokens`` is replaced by the number of pixels each image lacks; end
+            tokens, stop tokens and strings and ``min_new_tokens`` do not apply to images
+            (MMCoreError).
+        image_input: the image-token input to generate (default: the model's only one).
+        text_input: the input a string prompt fills (default: the model's only text input).
+
+    Returns:
+        PIL images, ``num_return_sequences`` consecutive ones per prompt. Sampling draws
+        only from the image's palette ids (the processor's ``output_ids``).
+    """
+    import dataclasses
+
+    cfg = config or GenerationConfig()
+    if cfg.stop_strings or cfg.stop_tokens or cfg.min_new_tokens or (cfg.eos_id is not None and cfg.eos_id >= 0):
+        raise MMCoreError(
+            "an image is a fixed number of tokens: eos_id, stop_tokens, stop_strings and min_new_tokens do not apply"
+        )
+    candidates = image_inputs(model)
+    if image_input is None:
+        if len(candidates) != 1:
+            raise MMCoreError(
+                "the model has no LM head over an image-token input (such as vision.palette); heads: "
+                f"{list(model.heads)}"
+                if not candidates
+                else f"say which image input to generate (image_input=...): one of {candidates}"
+            )
+        image_input = candidates[0]
+    if image_input not in candidates:
+        raise MMCoreError(
+            f"{image_input!r} is not an image-token input with an LM head; image-token inputs with one: {candidates}"
+        )
+    proc = model.processors[image_input]
+    texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
+    records: list[dict[str, Any]] = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            name = text_input or (texts[0] if len(texts) == 1 else None)
+            if name is None or name not in model.encoders:
+                raise MMCoreError(
+                    f"prompt {i} is a string but the model has {'no' if not texts else 'several'} text inputs "
+                    f"({texts}); give text_input=... or records"
+                )
+            rec: dict[str, Any] = {name: p}
+        elif isinstance(p, Mapping):
+            rec = dict(p)
+        else:
+            raise MMCoreError(f"prompt {i}: expected a string or a record (dict), got {type(p).__name__}")
+        start = rec.setdefault(image_input, {"prompt": []})
+        if not isinstance(start, Mapping) or not isinstance(start.get("prompt"), Sequence):
+            raise MMCoreError(
+                f"prompt {i}: the image input {image_input!r} of a prompt is {{'prompt': [pixel ids]}} (the beginning "
+                f"of the image to generate), got {type(start).__name__}"
+            )
+        records.append(rec)
+    images: list[Any] = []
+    i = 0
+    while i < len(records):  # consecutive prompts with equally long image beginnings share a batch
+        k = len(records[i][image_input]["prompt"])
+        j = i
+        while j < len(records) and j - i < batch_size and len(records[j][image_input]["prompt"]) == k:
+            j += 1
+        chunk = records[i:j]
+        batch = model.preprocess(chunk, targets=())
+        missing = int(proc.num_pixels) - k
+        if missing <= 0:
+            rows: list[list[int]] = [[] for _ in range(len(chunk) * cfg.num_return_sequences)]
+        else:
+            step_cfg = dataclasses.replace(cfg, max_new_tokens=missing)
+            rows = generate(model, batch, step_cfg, text_input=image_input)
+        for r, row in enumerate(rows):
+            start = [int(v) for v in chunk[r // cfg.num_return_sequences][image_input]["prompt"]]
+            images.append(proc.decode(start + list(row)))
+        i = j
+    return images
+
+
+def write_images(images: Sequence[Any], out: str | Path, *, scale: int = 1) -> list[Path]:
+    """Write PIL images to ``out`` (one image) or ``<stem>-1<suffix>`` ... ``<stem>-N<suffix>``
+    (several); the format follows the suffix (``.png``). ``scale`` > 1 enlarges each image
+    that many times with nearest-neighbour sampling (pixels stay sharp). Each file is written
+    to a temporary name and renamed into place. Returns the paths written."""
+    import os
+
+    from PIL import Image
+
+    out = Path(out)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise MMCoreError(f"{out}: cannot tell the image format from the suffix {out.suffix!r}; use .png")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise MMCoreError(f"scale must be an integer >= 1, got {scale!r}")
+    if not images:
+        raise MMCoreError("no images to write")
+    paths = (
+        [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(len(images))]
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for img, path in zip(images, paths, strict=True):
+        if scale > 1:
+            img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            img.save(tmp, format=fmt)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise MMCoreError(f"{path}: cannot write the image: {exc}") from exc
+    return paths

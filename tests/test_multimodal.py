@@ -69,6 +69,7 @@ def encoder_case(name: str, files: dict) -> tuple[dict, list]:
             {"max_seconds": 1.0, "n_mels": 16, "dim": 24, "depth": 1, "max_frames": 100},
             [files["wav"], files["wav2"]],
         ),
+        "vision.palette": ({"image_size": 8, "levels": 4}, [files["png"], files["png2"]]),
     }
     return cases[name]
 

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_plugin_components():
     comps = plugin.mmcore_register_components()
-    assert [c.key for c in comps] == ["encoder:vision.patch", "encoder:vision.timm"]
-    patch, timm_ = comps
+    assert [c.key for c in comps] == ["encoder:vision.patch", "encoder:vision.timm", "encoder:vision.palette"]
+    patch, timm_, _ = comps  # vision.palette: tests/test_image_tokens.py
     assert all(isinstance(c, Component) and c.modality == "image" and c.description for c in comps)
     assert patch.config is PatchEncoderConfig and timm_.config is TimmEncoderConfig
     for c in comps:
@@ -48,7 +48,7 @@ def test_plugin_manager_registers_it():
     pm = PluginManager(autoload=False)
     pm.register(plugin, name="vision")
     assert pm.registry.get("encoder", "vision.timm").plugin == "vision"
-    assert [c.name for c in pm.registry.list("encoder:vision.*")] == ["vision.patch", "vision.timm"]
+    assert [c.name for c in pm.registry.list("encoder:vision.*")] == ["vision.palette", "vision.patch", "vision.timm"]
 
 
 def test_entry_point_declared():

@@ -1,4 +1,5 @@
-"""The ``mmcore`` entry point of mmcore-vision: registers ``encoder:vision.patch`` and ``encoder:vision.timm``.
+"""The ``mmcore`` entry point of mmcore-vision: registers ``encoder:vision.patch``, ``encoder:vision.timm``
+and ``encoder:vision.palette`` (images as discrete tokens, which an LM head can predict).
 
 Imports only the options models and mmcore's light modules (pydantic, pluggy): no torch,
 timm or Pillow, so ``mmcore plugins`` and ``mmcore spec validate`` stay fast. The
@@ -11,6 +12,7 @@ from mmcore.hookspecs import hookimpl
 from mmcore.registry import Component
 
 from .config import PatchEncoderConfig, TimmEncoderConfig
+from .image_tokens_config import PaletteTokensConfig
 
 __all__ = ["mmcore_register_components"]
 
@@ -46,5 +48,15 @@ def mmcore_register_components() -> list[Component]:
                     }
                 }
             },
+        ),
+        Component(
+            kind="encoder",
+            name="vision.palette",
+            modality="image",
+            config=PaletteTokensConfig,
+            factory="mmcore_vision.image_tokens:ImageTokenEmbedding",
+            processor="mmcore_vision.image_tokens:ImageTokenProcessor",
+            description="Image tokenizer (Image GPT): one palette token per pixel, and back; an lm head over this "
+            "input generates images.",
         ),
     ]
