@@ -6,13 +6,14 @@ Regenerate both with ``python -m mmcore.docgen`` from the checkout.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import BackboneConfig, TaskConfig, TrainingConfig
+from .config import BackboneConfig, CoreOptions, LoraConfig, TaskConfig, TrainingConfig, WeightsSource
 from .registry import Registry
 from .spec import _SpecFile
 
@@ -50,8 +51,10 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
         "A spec is a TOML file validated against the models below. Unknown keys are errors.",
         'Every component section names a registered component with `component = "..."`;',
         'encoder sections also take `projector` (a projector name or a table, default `"linear"`,',
-        "used only where the encoder's width differs from the backbone's) and `freeze`;",
-        "fusion and head sections take `freeze`. All other keys are the component's own options.",
+        "used only where the encoder's width differs from the backbone's). Every component section",
+        "and `[backbone]` take the core options (`train`, `lora`, `weights_from`; see",
+        "[Core options](#core-options-of-every-component-section)). All other keys are the",
+        "component's own options.",
         "",
         "## Top level",
         "",
@@ -64,6 +67,25 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
         )
     out += ["", "## `[backbone]`", "", (BackboneConfig.__doc__ or "").strip().splitlines()[0], ""]
     out += options_table(BackboneConfig)
+    out += [
+        "",
+        "## Core options of every component section",
+        "",
+        "Encoders, their projectors, the fusion, the backbone and every head take these keys.",
+        '`freeze = true` is another way to write `train = "frozen"` (it may not contradict `train`).',
+        "",
+    ]
+    out += options_table(CoreOptions)
+    out += ["", "### `lora`", "", (LoraConfig.__doc__ or "").strip().splitlines()[0], ""]
+    out += options_table(LoraConfig)
+    out += [
+        "",
+        "### `weights_from`",
+        "",
+        'A path (`weights_from = "vit.safetensors"`) or a table with these keys:',
+        "",
+    ]
+    out += options_table(WeightsSource)
     out += ["", "## `[training]`", "", (TrainingConfig.__doc__ or "").strip().splitlines()[0], ""]
     out += options_table(TrainingConfig)
     out += [
@@ -110,6 +132,48 @@ def examples_doc(root: Path) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+#: The lines around the generated hook reference in docs/plugins.md.
+HOOKS_BEGIN = "<!-- hook reference: generated from mmcore/hookspecs.py by `python -m mmcore.docgen`; do not edit -->"
+HOOKS_END = "<!-- end of the hook reference -->"
+
+
+def _markdown(doc: str) -> str:
+    """A reST docstring as Markdown: ``code`` -> `code`, :role:`a.b.C` -> `a.b.C`, :role:`~a.b.C` -> `C`."""
+    doc = re.sub(r":\w+:`~(?:[\w.]+\.)?(\w+)`", r"`\1`", doc)
+    doc = re.sub(r":\w+:`([\w.]+)`", r"`\1`", doc)
+    return doc.replace("``", "`")
+
+
+def hook_reference() -> str:
+    """Markdown of every hook specification in :mod:`mmcore.hookspecs`: signature and docstring."""
+    import inspect
+
+    from . import hookspecs
+
+    marker = f"{hookspecs.PROJECT}_spec"
+    out: list[str] = []
+    for name, fn in vars(hookspecs).items():
+        if not (inspect.isfunction(fn) and hasattr(fn, marker)):
+            continue
+        sig = inspect.signature(fn)
+        params = ", ".join(
+            p.name + (f": {p.annotation}" if p.annotation is not inspect.Parameter.empty else "")
+            for p in sig.parameters.values()
+        )
+        ret = "" if sig.return_annotation is inspect.Signature.empty else f" -> {sig.return_annotation}"
+        out += [f"### `{name}({params}){ret}`".replace('"', "").replace("'", ""), ""]
+        out += [_markdown(inspect.cleandoc(fn.__doc__ or "(undocumented)")), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def plugins_doc(text: str) -> str:
+    """docs/plugins.md with the part between :data:`HOOKS_BEGIN` and :data:`HOOKS_END` regenerated."""
+    start, end = text.find(HOOKS_BEGIN), text.find(HOOKS_END)
+    if start < 0 or end < start:
+        raise ValueError(f"docs/plugins.md must hold the lines {HOOKS_BEGIN!r} and {HOOKS_END!r}, in that order")
+    return text[: start + len(HOOKS_BEGIN)] + "\n\n" + hook_reference() + "\n" + text[end:]
+
+
 def main() -> None:
     from .cli import read_catalog
     from .plugins import get_registry
@@ -118,6 +182,8 @@ def main() -> None:
     dists = {"mmcore"} | {e.get("distribution") for e in read_catalog().values()}
     (root / "docs" / "spec.md").write_text(spec_reference(get_registry(), dists))
     (root / "docs" / "examples.md").write_text(examples_doc(root))
+    plugins = root / "docs" / "plugins.md"
+    plugins.write_text(plugins_doc(plugins.read_text()))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ Two decisions worth knowing:
 * **Ownership of the inserted layers.** The layers are returned by :meth:`inserts` and
   registered by the backbone (``GPT(cfg, inserts=fusion.inserts())``), so they are saved
   once, under ``backbone.inserts.<block>``. The fusion keeps them in a plain dict (not a
-  submodule); ``fusion.requires_grad_`` and ``fusion.train``/``eval`` reach them too, so
-  ``freeze = true`` on the fusion freezes them (and so does freezing the backbone, which
-  owns them). Move the whole model (or the backbone), not the fusion alone:
+  submodule); ``fusion.requires_grad_`` and ``fusion.train``/``eval`` reach them too. The
+  fusion's training policy governs them (``train = "frozen"`` or ``"lora"`` on the fusion
+  reaches them; the backbone's policy does not, so a frozen backbone keeps them
+  trainable, the Flamingo recipe). Move the whole model (or the backbone), not the fusion alone:
   ``fusion.to(...)`` does not move layers it does not own.
 """
 

@@ -37,7 +37,8 @@ class Component:
         kind: one of :data:`KINDS`.
         name: dotted name, unique within its kind across all plugins (``text.bytes``).
         config: pydantic model of the component's options (its spec section, minus the
-            reserved keys ``component``, ``projector``, ``freeze``). Must not need torch.
+            reserved keys ``component``, ``projector`` and the core options ``train``, ``lora``,
+            ``weights_from``, ``freeze``; it must not declare fields of those names). Must not need torch.
         factory: ``"package.module:callable"`` (imported lazily) or a callable. Called as
             ``factory(config, **context)`` where ``context`` depends on the kind (see the
             base classes in :mod:`mmcore.interfaces`). Returns an ``nn.Module``.

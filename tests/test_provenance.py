@@ -97,7 +97,7 @@ def test_tampered_manifest_version_and_core(saved, monkeypatch):
         mmcore.load(saved)
     msg = str(info.value)
     assert 'pip install "mmcore-text==0.3.1"' in msg
-    assert 'saved with mmcore 2.0.0' in msg and 'pip install "mmcore==2.0.0"' in msg
+    assert "saved with mmcore 2.0.0" in msg and 'pip install "mmcore==2.0.0"' in msg
     # the check can be skipped on purpose; the model itself is intact
     model = mmcore.load(saved, check_versions=False)
     assert isinstance(model.backbone, torch.nn.Module)
