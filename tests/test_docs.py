@@ -1,4 +1,4 @@
-"""The docs are checked against the code: the spec reference and the plugin tutorial."""
+"""The docs are checked against the code: the spec reference, the plugin tutorial and its hook reference."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def tutorial_files() -> dict[str, str]:
 
 def test_plugin_written_from_the_tutorial_installs_lists_and_builds(tmp_path):
     files = tutorial_files()
-    assert {"pyproject.toml", "src/mmcore_series/plugin.py", "example.toml"} <= set(files)
+    assert {"pyproject.toml", "src/mmcore_series/plugin.py", "tests/test_series.py", "example.toml"} <= set(files)
     pkg = tmp_path / "mmcore-series"
     for rel, body in files.items():
         dst = (tmp_path if rel == "example.toml" else pkg) / rel
@@ -56,6 +56,17 @@ def test_plugin_written_from_the_tutorial_installs_lists_and_builds(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     listed = subprocess.run([sys.executable, "-m", "mmcore", "plugins"], capture_output=True, text=True, env=env)
     assert "series  (mmcore-series 0.1.0)" in listed.stdout and "encoder:series.linear" in listed.stdout
+    # the tutorial's own tests: the conformance kit on series.linear, and its bad-value test
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
+    assert tests.stdout.splitlines()[-1].startswith("2 passed")
     code = (
         "import mmcore\n"
         "model = mmcore.build('example.toml')\n"
@@ -68,6 +79,16 @@ def test_plugin_written_from_the_tutorial_installs_lists_and_builds(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "LinearProjector (2, 2)"
+
+
+def test_hook_reference_is_generated_from_the_hookspecs():
+    from mmcore import hookspecs
+    from mmcore.docgen import plugins_doc
+
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    assert text == plugins_doc(text), "the hook reference in docs/plugins.md is stale: run `python -m mmcore.docgen`"
+    hooks = [n for n, f in vars(hookspecs).items() if hasattr(f, "mmcore_spec")]
+    assert hooks and all(f"### `{n}(" in text for n in hooks)
 
 
 def test_examples_doc_shows_current_summaries(manager):
