@@ -36,6 +36,7 @@ __all__ = [
     "ConformanceError",
     "Report",
     "CHECKS",
+    "PROCESSOR_CHECKS",
     "check_component",
     "check_encoder",
     "check_processor",
@@ -65,6 +66,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .kit import (
         CHECKS,
+        PROCESSOR_CHECKS,
         ConformanceError,
         Report,
         check_component,
