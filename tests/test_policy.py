@@ -137,6 +137,7 @@ def test_lora_backbone_trains_only_adapters_merges_and_round_trips(tmp_path, man
     d = mmcore.save(model, tmp_path / "lora_model")
     again = mmcore.load(d).eval()
     assert isinstance(again.backbone.blocks[0].attn.qkv, LoRALinear)
+    assert {n for n, p in again.backbone.named_parameters() if p.requires_grad} == set(adapters)  # resumable
     for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
     with torch.no_grad():

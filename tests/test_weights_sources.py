@@ -298,3 +298,31 @@ weights_from = {path = "vit.safetensors", prefix = {"" = "model."}, ignore = ["h
     model.eval()
     with torch.no_grad():
         assert float(model(batch).loss) < before
+
+
+def test_pairing_special_tokens_and_widths_are_checked_together(manager):
+    from types import SimpleNamespace
+
+    spec = {
+        "spec_version": 1,
+        "backbone": {"width": 32, "depth": 1, "heads": 4, "context_length": 64},
+        "encoders": {
+            "image": {"component": "vision.patch", **VISION},
+            "text": {"component": "text.bytes", "max_length": 16},
+        },
+        "heads": {"lm": {"component": "lm"}},
+        "tasks": {"fill": {"objective": "mlm", "train": "corpus.txt"}},
+    }
+    model = mmcore.build(spec)
+    assert mmcore.check_compatibility(model) == []
+    # break the parts as a plugin could, then check again: every problem is listed
+    model.fusion.special_tokens_needed = ("<image>",)
+    model.processors["text"] = SimpleNamespace(modality="audio", special_tokens={"<pad>": 0}, vocab_size=300)
+    model.projectors["image"].in_dim = 99
+    issues = {(i.path, i.message) for i in mmcore.check_compatibility(model)}
+    text = "\n".join(f"[{p}] {m}" for p, m in sorted(issues))
+    assert "[fusion] needs the special token <image> but the processor of encoders.text has none" in text
+    assert "[tasks.fill] needs the special token <mask> but the processor of encoders.text has none" in text
+    assert "[encoders.text] the encoder and its processor read different modalities" in text and "'audio'" in text
+    assert "[encoders.text] the processor produces token ids up to 299 but the encoder embeds only 264 ids" in text
+    assert "[encoders.image.projector] the projector reads width 99, the encoder produces 24" in text
