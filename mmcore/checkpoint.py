@@ -345,6 +345,9 @@ def load(
     check_state_dict(expected, state, source=str(directory / WEIGHTS))
     model.load_state_dict(state, assign=True, strict=True)
     _materialize(model, device or "cpu")
+    from .weights import LoadReport
+
+    model.load_report = LoadReport.from_file(model, spec, str(directory / WEIGHTS))
     for name, proc in model.processors.items():
         pdir = directory / PROCESSORS / name
         if pdir.is_dir():

@@ -406,6 +406,17 @@ class LoadReport:
             f"no component section {section!r} in the load report; sections: {[p.section for p in self.parts]}"
         )
 
+    @classmethod
+    def from_file(cls, model: Any, spec: Any, path: str) -> LoadReport:
+        """Every component loaded in full from one file (a model directory's weights)."""
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+        parts = []
+        for section in spec.core_options():
+            keys = tuple(part_keys(model, section, shapes))
+            if keys or not section.endswith(".projector"):
+                parts.append(PartReport(section, path, "mmcore", keys, (), ()))
+        return cls(tuple(parts))
+
     @property
     def sources(self) -> dict[str, str]:
         """Section -> weights file, for the sections that have one."""

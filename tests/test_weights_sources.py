@@ -221,6 +221,9 @@ def test_saved_model_loads_without_the_source_files(sources, manager, tmp_path):
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert json.loads((d / "manifest.json").read_text())["format"] == "mmcore-model/1"
+    # its report says that everything came from the model directory
+    assert set(again.load_report.sources.values()) == {str(d / "model.safetensors")}
+    assert all(p.fresh == () for p in again.load_report.parts)
 
 
 def test_timm_encoder_frozen_gpt2_backbone_under_lora_and_fresh_projector_train(sources, manager, tmp_path):
