@@ -74,8 +74,10 @@ class ManifestDataset(Dataset):
     """Records of a JSONL manifest, processed by the model's processors.
 
     Args:
-        path: the manifest. Relative file paths in records resolve against its folder
-            and may not leave it (``allow_outside=True`` lifts that).
+        path: the manifest. File paths in records (a string, or the ``path`` of a dict
+            value such as ``{"path": "a.wav"}``) resolve against its folder and may not
+            leave it, by ``..``, an absolute path or a symlink (``allow_outside=True``
+            lifts that).
         processors: input name -> Processor (``model.processors``).
         modalities: input name -> modality; inputs whose modality is not ``text`` take a
             file path (or an inline value their processor accepts).
@@ -153,6 +155,10 @@ class ManifestDataset(Dataset):
                     continue
                 if self.modalities.get(name) != "text" and isinstance(value, str):
                     value = self.resolve_path(value, where, name)
+                elif self.modalities.get(name) != "text" and isinstance(value, dict) and "path" in value:
+                    if not isinstance(value["path"], str):  # {"path": ...}: the same rule as a bare path
+                        raise _Bad(where, name, f"'path' must be a string, got {type(value['path']).__name__}")
+                    value = {**value, "path": self.resolve_path(value["path"], where, name)}
                 at = f"{where} field {name!r}"
                 try:
                     inputs[name] = proc(value, where=at)

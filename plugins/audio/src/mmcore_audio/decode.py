@@ -35,6 +35,8 @@ CLIP_LEVEL = 0.9999
 #: Consecutive full-scale samples that count as clipping (a peak-normalised tone touches
 #: full scale at isolated samples; a clipped waveform stays there).
 CLIP_RUN = 3
+#: Highest sample rate accepted from a file header or an array's ``sample_rate`` (as the processor's own).
+MAX_SAMPLE_RATE = 768_000
 #: Peak amplitude below which a clip is silent (-140 dBFS, below a 24-bit PCM step).
 SILENCE_LEVEL = 1e-7
 BLOCK_FRAMES = 1 << 16
@@ -274,6 +276,10 @@ def _to_float(arr: np.ndarray, label: str, where: str) -> np.ndarray:
 
 
 def _check_duration(frames: int, rate: int, label: str, max_seconds: float, where: str, verb: str) -> None:
+    if rate > MAX_SAMPLE_RATE:  # the resampling filter grows with the rate: 2**40 Hz would take all memory
+        raise InputError(
+            f"{_at(where)}audio {label} has a sample rate of {rate} Hz, more than the {MAX_SAMPLE_RATE} Hz accepted"
+        )
     seconds = frames / rate
     if seconds > max_seconds:
         raise InputError(
