@@ -694,12 +694,15 @@ class _Checks:
         for t in self.h.primary(out):
             if t.device.type != "cuda":
                 raise _Fail(f"after .to('cuda') with inputs on CUDA, an output is on {t.device}")
-        _same_rows(
-            self.h.rows(out, batch),
-            ref,
-            "on CUDA sample {i}'s outputs are far from the CPU's",
-            tol=None,
-        )
+        rows = self.h.rows(out, batch)
+        for i, (r, want) in enumerate(zip(rows, ref, strict=True)):
+            if r is not None and want is not None:  # TF32 convolutions: a looser tolerance than on the CPU
+                _same(
+                    r,
+                    want,
+                    f"on CUDA sample {i}'s outputs are far from the CPU's",
+                    2e-3 * (1 + float(want.abs().max())),
+                )
 
     def check_compile(self) -> None:
         import torch._dynamo
@@ -1061,9 +1064,10 @@ class _FusionHarness(_Harness):
         self.inputs = dict(inputs or {"image": "image", "audio": "audio", "text": "text"})
         if sum(m == "text" for m in self.inputs.values()) != 1:
             raise ValueError(f"inputs must hold exactly one text input, got {self.inputs}")
-        names = list(self.inputs)
-        defaults = list(self.LAYOUT[0])
-        self.layout = [{n: row.get(defaults[j % 3]) for j, n in enumerate(names)} for row in self.LAYOUT]
+        others = [n for n, m in self.inputs.items() if m != "text"]
+        column = {n: ("image", "audio")[j % 2] for j, n in enumerate(others)}  # layouts to reuse for other names
+        column.update({n: "text" for n, m in self.inputs.items() if m == "text"})
+        self.layout = [{n: row[column[n]] for n in self.inputs} for row in self.LAYOUT]
         self.backbone_config = BackboneConfig(**BACKBONE)
         self.encoders = _stubs(self.inputs, 50)
         gen = torch.Generator().manual_seed(2)
@@ -1349,6 +1353,7 @@ class _HeadHarness(_Harness):
     def loss_of(self, module: nn.Module, out: HeadOutput, batch: Any) -> tuple[Tensor | None, Any]:
         head = module.component
         b = self._with_targets(module, batch[2])
+        b = Batch(b.inputs, {k: v.to(out.logits.device) for k, v in b.targets.items()})
         return head.loss(out, b), head.loss_terms(out, b)
 
     def extra_loss(self, module: nn.Module, out: Any, batch: Any) -> Tensor | None:
