@@ -193,6 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         generate=args.generate,
         max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
         out=args.out,
     )
     print(json.dumps(res, indent=2))
@@ -423,6 +424,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         help="also generate text and score BLEU/chrF against record targets (default: for prefix_lm)",
     )
     e.add_argument("--max-new-tokens", type=int, default=64)
+    e.add_argument("--num-beams", type=int, default=1, help="beam search for the generations (default: greedy)")
     e.add_argument("--out", help="write the JSON here too")
     e.set_defaults(func=cmd_eval)
 

@@ -127,6 +127,18 @@ def _take(batch: Any, n: int) -> Any:
     return Batch({k: cut(v) for k, v in batch.inputs.items()}, cut(batch.targets), batch.meta)
 
 
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _as_prompt_target(record: Any, text_input: str) -> Any:
+    """``{"text": {"prompt": p, "target": t}}`` -> ``{"text": p, "target": t}`` (both manifest forms)."""
+    if isinstance(record, dict) and isinstance(record.get(text_input), dict) and "target" not in record:
+        inner = record[text_input]
+        return {**record, text_input: inner.get("prompt", ""), "target": inner.get("target")}
+    return record
+
+
 def evaluate_dir(
     model_dir: str | Path,
     data: str | Path,
@@ -136,9 +148,16 @@ def evaluate_dir(
     batch_size: int = 16,
     generate: bool | None = None,
     max_new_tokens: int = 64,
+    num_beams: int = 1,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """``mmcore eval``: metrics of a saved model on a data file, written to JSON if ``out``."""
+    """``mmcore eval``: metrics of a saved model on a data file, written to JSON if ``out``.
+
+    With generation (the default for ``prefix_lm``), each record's text is the prompt and its
+    ``target`` the reference (``{"text": {"prompt": .., "target": ..}}`` works too); the
+    model continues every prompt (greedy, or beam search with ``num_beams``) and the output
+    is scored with BLEU, chrF and exact match.
+    """
     from .checkpoint import load
     from .config import TaskConfig
     from .data import ManifestDataset, PackedTextDataset
@@ -185,16 +204,21 @@ def evaluate_dir(
     result["metrics"] = evaluate_task(model, obj, ds, model.processors, batch_size=batch_size, device=model.device)
     want_text = generate if generate is not None else obj.kind == "prefix_lm"
     if want_text and isinstance(ds, ManifestDataset):
-        from .generation import generate_for_records
+        from .generation import GenerationConfig, generate_for_records
 
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        records = [r for r in records if "target" in r]
+        records = [_as_prompt_target(json.loads(line), cfg.text_input) for line in _lines(path)]
+        records = [r for r in records if isinstance(r, dict) and isinstance(r.get("target"), str)]
+        if not records:
+            raise MMCoreError(
+                f"{path}: no record has a reference to score generations against: give each record a string "
+                f'"target" (e.g. {{"{cfg.text_input}": "prompt", "target": "reference"}}), or pass --no-generate'
+            )
         hyps = generate_for_records(
             model,
             records,
             base=path.parent,
             text_input=cfg.text_input,
-            max_new_tokens=max_new_tokens,
+            config=GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams),
             batch_size=batch_size,
         )
         refs = [r["target"] for r in records]

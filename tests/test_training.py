@@ -16,6 +16,7 @@ from conftest import ROOT
 
 import mmcore
 from mmcore.data import IndexPlan, ManifestDataset
+from mmcore.evaluate import evaluate_dir
 from mmcore.objectives import IGNORE_INDEX, mask_tokens
 from mmcore.trainer import Trainer
 
@@ -319,6 +320,18 @@ def test_eval_command_scores_generated_text_with_bleu_and_chrf(tmp_path, manager
     m = report["metrics"]
     assert {"loss", "perplexity", "bleu", "chrf", "exact_match"} <= set(m)
     assert 0 <= m["chrf"] <= 100 and len(report["examples"]) == 5
+    # the nested form {"text": {"prompt", "target"}} gives the same references and scores
+    nested = write_manifest(
+        tmp_path / "nested.jsonl", [{"text": {"prompt": p["text"], "target": p["target"]}} for p in pairs]
+    )
+    res2 = evaluate_dir(tmp_path / "m", nested, max_new_tokens=8)
+    assert res2["examples"] == report["examples"]
+    assert res2["metrics"]["chrf"] == pytest.approx(m["chrf"])
+    beams = evaluate_dir(tmp_path / "m", data, max_new_tokens=8, num_beams=3)
+    assert 0 <= beams["metrics"]["chrf"] <= 100
+    unscored = write_manifest(tmp_path / "prompts.jsonl", [{"text": "cat"}])
+    with pytest.raises(mmcore.MMCoreError, match="no record has a reference"):
+        evaluate_dir(tmp_path / "m", unscored, max_new_tokens=4)
 
 
 def test_text_metrics_and_macro_f1():

@@ -14,9 +14,9 @@ and keeps the pairs a small model can learn from:
 It writes a seeded split, by a hash of the English text, so a held-out message never
 appears in training:
 
-* ``mt_train.jsonl`` / ``mt_eval.jsonl``: ``{"text": {"prompt": "<English>", "target": "<Spanish>"}}``
-* ``mt_eval_refs.jsonl``: the same held-out records (``mmcore eval --generate`` reads the
-  references from the targets);
+* ``mt_train.jsonl`` / ``mt_eval.jsonl``: ``{"text": "<English>", "target": "<Spanish>"}``, the
+  manifest form of conditional generation (the text is the prompt, the target what the model
+  learns to write after it; ``mmcore eval --generate`` scores generations against the targets);
 * ``mt_corpus.txt``: both sides of the training pairs, one message a line, and
   ``bpe/tokenizer.json``: a byte-level BPE vocabulary of 2,000 tokens shared by English and
   Spanish, trained on that corpus (``mmcore tokenizer train`` does the same); a subword
@@ -27,8 +27,7 @@ appears in training:
 
     python examples/recipes/translation.py
     mmcore train examples/translation.toml --out runs/translation
-    mmcore eval runs/translation examples/data/translation/mt_eval.jsonl --generate \\
-        --max-new-tokens 96 --num-beams 4
+    mmcore eval runs/translation examples/data/translation/mt_eval.jsonl --max-new-tokens 64
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ def main() -> None:
     held = set(order[: args.eval_size])
     rows = {"train": [], "eval": []}
     for src in sorted(table, key=lambda s: bucket(s, "order")):
-        rows["eval" if src in held else "train"].append({"text": {"prompt": src, "target": table[src]}})
+        rows["eval" if src in held else "train"].append({"text": src, "target": table[src]})
     for split, rs in rows.items():
         tmp = out / f"mt_{split}.jsonl.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -108,19 +107,19 @@ def main() -> None:
     corpus = out / "mt_corpus.txt"
     with open(corpus, "w", encoding="utf-8") as f:
         for r in rows["train"]:
-            f.write(r["text"]["prompt"] + "\n" + r["text"]["target"] + "\n")
+            f.write(r["text"] + "\n" + r["target"] + "\n")
     from mmcore_text.bpe import BPETokenizer, train_bpe  # the text plugin (pip install ./plugins/text)
 
     tok = BPETokenizer.from_file(train_bpe([corpus], args.vocab_size, out / "bpe"))
     stats["bpe_vocab_size"] = tok.vocab_size
-    n_bytes = sum(len(r["text"]["prompt"].encode()) + len(r["text"]["target"].encode()) for r in rows["train"])
-    n_bpe = sum(len(tok.encode(r["text"]["prompt"])) + len(tok.encode(r["text"]["target"])) for r in rows["train"])
+    n_bytes = sum(len(r["text"].encode()) + len(r["target"].encode()) for r in rows["train"])
+    n_bpe = sum(len(tok.encode(r["text"])) + len(tok.encode(r["target"])) for r in rows["train"])
     stats["bytes_per_bpe_token"] = round(n_bytes / n_bpe, 2)
     try:
         from mmcore.evaluate import text_metrics
 
         ev = rows["eval"]
-        copy = text_metrics([r["text"]["prompt"] for r in ev], [r["text"]["target"] for r in ev])
+        copy = text_metrics([r["text"] for r in ev], [r["target"] for r in ev])
         stats["copy_source_baseline"] = {k: round(v, 2) for k, v in copy.items()}
     except Exception as exc:  # sacrebleu missing: the data is still usable
         stats["copy_source_baseline"] = f"not computed: {exc}"
