@@ -205,6 +205,8 @@ def _verify(directory: Path, manifest: dict[str, Any]) -> None:
         raise ModelDirError(f"{directory / MANIFEST}: no checksums for {WEIGHTS} and {SPEC}")
     bad = []
     for name, digest in sums.items():
+        if "\x00" in name:  # JSON keys are strings, but a NUL byte is no file name
+            raise ModelDirError(f"{directory / MANIFEST}: file name {name!r} holds a NUL byte")
         p = (directory / name).resolve()
         if directory.resolve() not in p.parents:
             raise ModelDirError(f"{directory / MANIFEST}: file {name!r} lies outside the model directory")
@@ -260,7 +262,13 @@ def check_state_dict(
         for k in sorted(set(expected) & set(found))
         if tuple(expected[k].shape) != tuple(found[k].shape)
     ]
-    if missing or unexpected or mismatched:
+    # A float stored as an integer (or the reverse) is never a valid weight; float widths may differ.
+    kinds = [
+        (k, expected[k].dtype, found[k].dtype)
+        for k in sorted(set(expected) & set(found))
+        if _dtype_kind(expected[k].dtype) != _dtype_kind(found[k].dtype)
+    ]
+    if missing or unexpected or mismatched or kinds:
         lines = [f"{source} do not match the model:"]
         if missing:
             lines.append(
@@ -274,9 +282,19 @@ def check_state_dict(
             )
         for k, want, got in mismatched[:20]:
             lines.append(f"  shape of {k}: model has {list(want)}, file has {list(got)}")
+        for k, want, got in kinds[:20]:
+            lines.append(f"  dtype of {k}: model has {want}, file has {got}")
         err = WeightsError("\n".join(lines))
         err.missing, err.unexpected, err.mismatched = missing, unexpected, mismatched  # type: ignore[attr-defined]
         raise err
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "integer"
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -327,8 +345,10 @@ def load(
         raise WeightsError(f"{directory}: {SPEC} and the spec stored in {WEIGHTS} differ (was one of them edited?)")
     try:
         aliases = json.loads(meta.get("aliases", "{}"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise WeightsError(f"{directory / WEIGHTS}: corrupt alias table in metadata: {exc}") from exc
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise WeightsError(f"{directory / WEIGHTS}: corrupt alias table in metadata: expected names -> names")
     model = build(spec, registry=registry, device="meta", weights=False)
     if meta.get("quantization"):  # int8 layers at the recorded names (mmcore.quantize)
         from .quantize import apply_quantization
@@ -343,6 +363,9 @@ def load(
         if target in state:
             state[alias] = state[target]
     check_state_dict(expected, state, source=str(directory / WEIGHTS))
+    for k, t in state.items():  # assign=True keeps the file's dtype: give every tensor the model's
+        if t.dtype != expected[k].dtype:
+            state[k] = t.to(expected[k].dtype)
     model.load_state_dict(state, assign=True, strict=True)
     _materialize(model, device or "cpu")
     from .weights import LoadReport

@@ -182,9 +182,22 @@ class BPETokenizer(TokenizerBase):
         self._special = {t.content: i for i, t in sorted(tok.get_added_tokens_decoder().items()) if t.special}
         vocab = tok.get_vocab(with_added_tokens=True)
         self._vocab_size = max(vocab.values()) + 1 if vocab else 0
-        eos = next(name for name in EOS_ALIASES if name in self._special)
+        if self._vocab_size > 2 * len(vocab):  # the embedding table gets a row per id up to the largest
+            raise InputError(
+                f"{self.source}: token ids reach {self._vocab_size - 1} for {len(vocab)} tokens; ids must run from 0 "
+                f"with few gaps (the embedding table would have {self._vocab_size} rows)"
+            )
+        eos = next((name for name in EOS_ALIASES if name in self._special), None)
+        lacking = [name for name in SPECIAL_TOKENS if name != "<eos>" and name not in self._special]
+        if eos is None or lacking:  # a vocabulary entry took a special token's id
+            raise InputError(
+                f"{self.source}: the special tokens {lacking + ([] if eos else ['<eos>'])} have no id of their own "
+                "(does the vocabulary give their ids to other tokens?)"
+            )
         self._ids = {name: self._special[name] for name in SPECIAL_TOKENS if name != "<eos>"}
         self._ids["<eos>"] = self._special[eos]
+        if len(set(self._ids.values())) != len(self._ids):
+            raise InputError(f"{self.source}: special tokens share ids: {self._ids}")
         self._inside: bytearray | None = None  # token id -> 1 when it starts inside a character
 
     def _check_layout(self, tok: Tokenizer, data: dict[str, Any]) -> None:
