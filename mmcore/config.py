@@ -163,6 +163,44 @@ class TaskConfig(BaseModel):
     label: str = Field("label", description="classification: the record field holding the label.")
     labels: list[str] | None = Field(None, description="classification: class names, if labels are strings.")
     text_input: str = Field("text", description="The text input that lm/mlm/prefix_lm objectives read.")
+    # --- knowledge distillation (training only; evaluation reports the task's own metrics) ---
+    teacher: str | None = Field(
+        None,
+        description="Distillation: a trained model directory (same tokenizer and inputs) whose predictions the "
+        "head also learns; lm, prefix_lm and classification tasks.",
+    )
+    teacher_head: str | None = Field(None, description="Distillation: the teacher's head (default: the task's head).")
+    distill_alpha: float = Field(
+        0.5, ge=0, le=1, description="Distillation: weight of the teacher's soft targets; 1 - alpha on the labels."
+    )
+    distill_temperature: float = Field(
+        2.0, gt=0, description="Distillation: softmax temperature of both models' logits (the KL is scaled by T^2)."
+    )
+    distill_hidden: float = Field(
+        0.0,
+        ge=0,
+        description="Distillation: weight of the mean squared error between the student's hidden states (through a "
+        "learned linear map when the widths differ) and the teacher's, at the positions the head reads.",
+    )
+
+    @model_validator(mode="after")
+    def _check_distill(self) -> "TaskConfig":
+        if self.teacher is None:
+            changed = [
+                k
+                for k, default in (
+                    ("teacher_head", None),
+                    ("distill_alpha", 0.5),
+                    ("distill_temperature", 2.0),
+                    ("distill_hidden", 0.0),
+                )
+                if getattr(self, k) != default
+            ]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} only apply with a teacher (teacher = 'path/to/model_dir')")
+        elif self.objective == "mlm":
+            raise ValueError("distillation (teacher) works with lm, prefix_lm and classification objectives, not mlm")
+        return self
 
 
 # --- options every component section takes (the backbone's too) ---------------------------

@@ -289,7 +289,7 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
                 )
             resolved = {
                 k: str((base / v).resolve()) if v is not None and not Path(v).is_absolute() else v
-                for k, v in (("train", task.train), ("eval", task.eval))
+                for k, v in (("train", task.train), ("eval", task.eval), ("teacher", task.teacher))
             }
             tasks[key] = task.model_copy(update=resolved)
 

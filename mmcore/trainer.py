@@ -140,6 +140,9 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.tasks = {name: self._make_task(name, t) for name, t in self.task_cfgs.items()}
+        for task in self.tasks.values():  # distillation: load and check the teacher now, not mid-run
+            if hasattr(task.objective, "bind"):
+                task.objective.bind(self.model)
         self.wrapped = self._wrap(self.model)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(enabled=self.cfg.precision == "fp16" and self.device.type == "cuda")
@@ -218,6 +221,8 @@ class Trainer:
         for _, p in self.model.named_parameters():
             if p.requires_grad:
                 (decay if p.dim() >= 2 else no_decay).append(p)
+        for p in self._objective_params():  # e.g. a distillation's hidden-state projection
+            (decay if p.dim() >= 2 else no_decay).append(p)
         if not decay and not no_decay:
             raise MMCoreError(
                 "every parameter is frozen: nothing to train (every component of the spec has train = 'frozen'; "
@@ -228,6 +233,10 @@ class Trainer:
         # CPU about 3x faster than the multi-tensor loop for a small GPT (bench/README.md).
         fused = self.device.type in ("cuda", "cpu")
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.eps, fused=fused)
+
+    def _objective_params(self) -> list[nn.Parameter]:
+        """Trainable parameters the tasks' objectives hold outside the model (in task order)."""
+        return [p for t in self.tasks.values() for p in t.objective.parameters()]
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
@@ -314,12 +323,18 @@ class Trainer:
         # over every counted item of the step (see the module docstring).
         scale = float(self.world) / max(float(total_count), 1e-12)
         self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        extra = [p for p in self._objective_params() if p.grad is not None]
+        if self.world > 1:  # not inside DDP: average their gradients as DDP does the model's
+            for p in extra:
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.world)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None] + [p.grad for p in extra]
         if grads:
             torch._foreach_mul_(grads, scale)
         norm = None
         if self.cfg.clip_grad is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad))
+            params = [*self.model.parameters(), *self._objective_params()]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -386,6 +401,8 @@ class Trainer:
         d = save(_StateView(self.model, state), root / name)
         tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
+        for n, t in self.tasks.items():  # an objective's own weights (a distillation's projection)
+            tensors.update({f"objective.{n}.{k}": v.detach().cpu() for k, v in t.objective.state_dict().items()})
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
         tmp = d / f".{OPTIM}.tmp"
@@ -424,6 +441,10 @@ class Trainer:
         cuda_rng = tensors.pop("rng.cuda", None)
         if cuda_rng is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(cuda_rng)
+        for n, t in self.tasks.items():
+            prefix = f"objective.{n}."
+            own = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+            t.objective.load_state_dict(own)
         self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
         self.step = int(state["step"])
         for n, t in state["tasks"].items():
