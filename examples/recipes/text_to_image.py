@@ -6,7 +6,7 @@ Data (``--out``, default ``examples/data/text_to_image``): the 1,797 scans of
 
 * ``train.jsonl`` / ``eval.jsonl``: ``{"text": "draw a seven", "image": "img/0007.png", "label": 7}``;
   each training image gets one of three phrasings ("draw a seven", "a handwritten seven",
-  "the digit 7"), each eval image "draw a <name>".
+  "the digit 7"), each eval image "draw a seven" ("draw an eight").
 
 Evaluation (``--evaluate MODEL_DIR``) is independent of the generator: a classifier (an
 RBF support-vector machine, scikit-learn) is trained on the REAL training images only and
@@ -31,13 +31,14 @@ import time
 from pathlib import Path
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TEMPLATES = ["draw a {word}", "a handwritten {word}", "the digit {digit}"]
+TEMPLATES = ["draw {a} {word}", "a handwritten {word}", "the digit {digit}"]
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent / "data" / "text_to_image"
 
 
 def prompt(digit: int, template: str = TEMPLATES[0]) -> str:
-    return template.format(word=WORDS[digit], digit=digit)
+    word = WORDS[digit]
+    return template.format(a="an" if word == "eight" else "a", word=word, digit=digit)
 
 
 def split(seed: int = 0) -> tuple[list[int], list[int]]:
@@ -107,7 +108,15 @@ def grid(images: list, rows: int, cols: int, scale: int = 4, gap: int = 1):
     return sheet
 
 
-def evaluate(model_dir: str, samples: int, seed: int, grid_path: str | None, temperature: float, top_k: int) -> dict:
+def evaluate(
+    model_dir: str,
+    samples: int,
+    seed: int,
+    grid_path: str | None,
+    temperature: float,
+    top_k: int,
+    template: str = TEMPLATES[0],
+) -> dict:
     import numpy as np
     from sklearn.datasets import load_digits
 
@@ -131,7 +140,7 @@ def evaluate(model_dir: str, samples: int, seed: int, grid_path: str | None, tem
         do_sample=True, temperature=temperature, top_k=top_k, seed=seed, num_return_sequences=samples
     )
     t1 = time.perf_counter()
-    images = generate_images(model, [prompt(d) for d in range(10)], cfg)
+    images = generate_images(model, [prompt(d, template) for d in range(10)], cfg)
     gen_s = time.perf_counter() - t1
     want = np.repeat(np.arange(10), samples)
     pred = clf.predict([to_features(im) for im in images])
@@ -139,7 +148,7 @@ def evaluate(model_dir: str, samples: int, seed: int, grid_path: str | None, tem
     copies = sum(proc(np.asarray(im))["ids"][1:].numpy().tobytes() in train_keys for im in images)
     result = {
         "model": model_dir,
-        "prompts": [prompt(d) for d in range(10)],
+        "prompts": [prompt(d, template) for d in range(10)],
         "samples_per_prompt": samples,
         "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed},
         "accuracy": float((pred == want).mean()),
@@ -153,7 +162,7 @@ def evaluate(model_dir: str, samples: int, seed: int, grid_path: str | None, tem
     }
     if grid_path:
         Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
-        grid(images, 10, samples).save(grid_path, optimize=True)
+        grid(images, 10, samples, scale=6).save(grid_path, optimize=True)
         result["grid"] = grid_path
     return result
 
@@ -166,11 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=10, help="images per digit (--evaluate)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--template", default=TEMPLATES[0], help=f"prompt phrasing (--evaluate), one of {TEMPLATES}")
     p.add_argument("--grid", help="write the generated images here, one row per digit (--evaluate)")
     p.add_argument("--json", help="write the figures here too (--evaluate)")
     args = p.parse_args(argv)
     if args.evaluate:
-        res = evaluate(args.evaluate, args.samples, args.seed, args.grid, args.temperature, args.top_k)
+        res = evaluate(args.evaluate, args.samples, args.seed, args.grid, args.temperature, args.top_k, args.template)
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     else:

@@ -13,12 +13,13 @@ __all__ = ["LMHeadConfig", "ClassificationHeadConfig"]
 
 
 class LMHeadConfig(ComponentConfig):
-    """Options of ``head:lm``: a language-model head over one text input's tokens."""
+    """Options of ``head:lm``: a language-model head over one input's tokens (text, or image tokens)."""
 
     input: str = Field(
         "text",
-        description="The encoder input (its [encoders.<name>] key) whose tokens this head predicts. Its encoder "
-        "must own a token vocabulary (vocab_size, and token_embedding when tie = true).",
+        description="The encoder input (its [encoders.<name>] key) whose tokens this head predicts: a text input, "
+        "or an image-token input such as vision.palette (text-to-image). Its encoder must own a token vocabulary "
+        "(vocab_size, and token_embedding when tie = true).",
     )
     tie: bool = Field(
         True,

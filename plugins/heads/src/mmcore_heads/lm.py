@@ -1,4 +1,7 @@
-"""``head:lm``: logits over a text input's vocabulary at each of its tokens, and the LM loss."""
+"""``head:lm``: logits over a token input's vocabulary at each of its tokens, and the LM loss.
+
+The input is usually text; any encoder that owns a token vocabulary works, e.g. the image
+tokens of ``vision.palette``, whose head then predicts an image pixel by pixel."""
 
 from __future__ import annotations
 

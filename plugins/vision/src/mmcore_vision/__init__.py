@@ -4,8 +4,10 @@
   (:class:`mmcore_vision.patch.PatchEncoder`).
 * ``encoder:vision.timm`` -- any timm model, random init or local safetensors weights
   (:class:`mmcore_vision.timm_encoder.TimmEncoder`).
+* ``encoder:vision.palette`` -- an image tokenizer: one palette token per pixel and back
+  (:mod:`mmcore_vision.image_tokens`), so an LM head over it generates images.
 
-Both read images through :class:`mmcore_vision.processor.ImageProcessor`. Importing this
+The first two read images through :class:`mmcore_vision.processor.ImageProcessor`. Importing this
 package (or its ``plugin`` entry point) imports neither torch, timm nor Pillow; the
 modules that need them are imported when a model is built.
 """
