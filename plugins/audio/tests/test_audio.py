@@ -339,6 +339,26 @@ def test_max_seconds_for_real_files_and_arrays(tmp_path):
     assert p(tone(440, 0.25))["features"].shape == (80, 25)
 
 
+def test_max_tokens_is_the_longest_clip_and_is_checked_against_the_context():
+    p = proc(max_seconds=0.25)
+    enc = WhisperEncoder(WhisperAudioConfig(max_seconds=0.25, dim=32, depth=1, heads=2)).eval()
+    longest = enc(p.collate([p(tone(440, 0.25))]))
+    assert longest.embeds.shape[1] == enc.max_tokens == 13  # 25 frames -> ceil(25 / 2) tokens
+    spec = {
+        "spec_version": 1,
+        "name": "a",
+        "backbone": {"width": 32, "depth": 1, "heads": 2, "context_length": 20},
+        "encoders": {
+            "audio": {"component": "audio.whisper", "max_seconds": 0.25, "dim": 32, "depth": 1, "heads": 2},
+            "text": {"component": "text.bytes", "max_length": 8},
+        },
+        "heads": {"lm": {"component": "lm"}},
+    }
+    with pytest.raises(mmcore.SpecError, match="context_length"):
+        mmcore.build(spec)
+    mmcore.build({**spec, "backbone": {**spec["backbone"], "context_length": 40}})
+
+
 # --- level checks ----------------------------------------------------------------------------------
 
 

@@ -92,6 +92,10 @@ class WhisperEncoder(Encoder):
         self.n_mels = cfg.n_mels
         self.out_dim = cfg.dim
         self.max_frames = cfg.max_frames
+        # conv2 (stride 2, padding 1) turns T frames into ceil(T / 2) tokens; the longest clip the
+        # processor accepts (max_seconds) gives this many, which the builder checks against the
+        # backbone's context length.
+        self.max_tokens = math.ceil(cfg.max_frames_needed / 2)
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(cfg.dim, cfg.dim, kernel_size=3, stride=2, padding=1)
         self.position_embedding: nn.Parameter | None = None
