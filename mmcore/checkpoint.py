@@ -16,7 +16,10 @@ what to install (``pip install "mmcore-vision==0.1.0"``).
 
 No pickle anywhere: loading parses TOML, JSON and safetensors and never executes code
 from the directory. Saving writes a complete new directory next to the target and then
-renames it into place, so an interrupted save leaves the previous one intact.
+renames it into place, so an interrupted save leaves the previous one intact. Saving over
+an existing directory moves the new files in one by one, manifest last, and keeps every
+other file there (a process killed meanwhile leaves a directory without a manifest, never
+one whose files disagree with it, and never loses the other files).
 """
 
 from __future__ import annotations
@@ -157,23 +160,36 @@ def save(model: Any, directory: str | Path, *, extra_metadata: dict[str, str] | 
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
         if directory.exists():
-            for entry in directory.iterdir():  # carry over what we do not manage
-                if entry.name not in _MANAGED:
-                    dst = tmp / entry.name
-                    if entry.is_dir():
-                        shutil.copytree(entry, dst)
-                    else:
-                        shutil.copy2(entry, dst)
-            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
-            os.replace(directory, old / "d")
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_managed(tmp, directory)
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, directory)
+    except OSError as exc:  # a full disk, a read-only folder: say which directory
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelDirError(f"{directory}: cannot write the model directory: {exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _replace_managed(new: Path, directory: Path) -> None:
+    """Move the files :func:`save` manages from ``new`` into the existing ``directory``.
+
+    Everything else in ``directory`` (checkpoints, metrics, plots) stays where it is and is
+    never copied. The manifest leaves first and arrives last, so a process killed in between
+    leaves a directory without a manifest (``load`` reports it incomplete, nothing mixes old
+    and new files under a manifest); the previous files wait in ``.<name>.old-*`` beside it
+    until the new ones are in place.
+    """
+    old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
+    for name in (MANIFEST, WEIGHTS, SPEC, PROCESSORS):
+        if (directory / name).exists():
+            os.replace(directory / name, old / name)
+    for name in (WEIGHTS, SPEC, PROCESSORS, MANIFEST):
+        if (new / name).exists():
+            os.replace(new / name, directory / name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- load ------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ __all__ = [
     "IndexPlan",
     "Collator",
     "make_loader",
+    "ExcludingDataset",
+    "find_fatal_record",
 ]
 
 
@@ -114,6 +116,10 @@ class ManifestDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def where(self, i: int) -> str:
+        """``file:line`` of record ``i``."""
+        return f"{self.path}:{self.lines[i]}"
 
     def _read(self, i: int) -> tuple[int, dict[str, Any]]:
         with open(self.path, "rb") as f:
@@ -340,6 +346,67 @@ class Collator:
         return Batch(inputs, targets, {"where": [s["where"] for s in good]}), bad
 
 
+class ExcludingDataset(Dataset):
+    """``dataset`` with some records replaced by a :class:`BadRecord` (never processed).
+
+    The trainer excludes a record this way once processing it has killed a DataLoader
+    worker process (``on_bad_record = "skip"``).
+    """
+
+    def __init__(self, dataset: Dataset, excluded: Mapping[int, str]):
+        self.dataset, self.excluded = dataset, dict(excluded)
+        self.processors = getattr(dataset, "processors", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        if i in self.excluded:
+            return BadRecord(record_where(self.dataset, i), None, self.excluded[i])
+        return self.dataset[i]
+
+
+def record_where(dataset: Any, i: int) -> str:
+    """How messages name record ``i`` of ``dataset`` (``file:line`` for manifests)."""
+    where = getattr(dataset, "where", None)
+    return where(i) if callable(where) else f"record {i + 1}"
+
+
+def _probe(dataset: Any, indices: list[int], conn: Any) -> None:
+    for i in indices:
+        conn.send(i)
+        dataset[i]
+    conn.send(None)
+    conn.close()
+
+
+def find_fatal_record(dataset: Any, indices: Sequence[int], *, timeout: float = 600.0) -> int | None:
+    """Process ``dataset[i]`` for each of ``indices`` in a fresh process, in order; return the
+    index during which that process died (a processor that crashed or exited the interpreter),
+    or None when it processed them all.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_probe, args=(dataset, list(indices), send), daemon=True)
+    proc.start()
+    send.close()
+    last = None
+    try:
+        while recv.poll(timeout):
+            last = recv.recv()
+    except EOFError:
+        pass
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        recv.close()
+    return None if proc.exitcode == 0 and last is None else last
+
+
 def make_loader(
     dataset: Dataset,
     processors: Mapping[str, Processor],
@@ -357,4 +424,7 @@ def make_loader(
         num_workers=num_workers,
         persistent_workers=False,
         multiprocessing_context="spawn" if num_workers and os.name != "nt" else None,
+        # Each iterator draws its workers' base seed from this generator. Without one it draws from
+        # torch's global generator, so a resumed run (new iterators) would shift the dropout stream.
+        generator=torch.Generator().manual_seed(plan.seed * 1_000_003 + start),
     )

@@ -416,6 +416,11 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
                 proc = _guard(
                     comp, f"encoders.{name} (processor)", lambda f=proc_factory, o=cs.options: call_factory(f, o)
                 )
+                if not (callable(proc) and callable(getattr(proc, "collate", None))):
+                    raise PluginError(
+                        f"encoders.{name}: the processor factory of {comp.key} from {comp.source} returned "
+                        f"{type(proc).__name__}, not a Processor (callable, with collate)"
+                    )
                 processors[name] = proc
             enc = _call(comp, cs.options, f"encoders.{name}", width=width, processor=proc, base_dir=base_dir)
         except SpecError as exc:
@@ -447,7 +452,10 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
     fusion = _call(
         fcomp, spec.fusion.options, "fusion", width=width, encoders=encoders, backbone=cfg, base_dir=base_dir
     )
-    backbone = GPT(cfg, inserts=fusion.inserts() or None)
+    inserts = _guard(fcomp, "fusion", lambda: fusion.inserts())
+    if inserts and not (isinstance(inserts, Mapping) and all(isinstance(m, nn.Module) for m in inserts.values())):
+        raise PluginError(f"fusion: {fcomp.key} from {fcomp.source}: inserts() must return {{block index: nn.Module}}")
+    backbone = GPT(cfg, inserts=inserts or None)
     heads = {}
     for name, hs in spec.heads.items():
         hcomp = reg.get("head", hs.component)
@@ -736,7 +744,12 @@ def spec_without_lora(spec: Spec) -> Spec:
 
 
 def _call(comp: Component, options: Any, where: str, **context: Any) -> Any:
-    return _guard(comp, where, lambda: call_factory(comp.load_factory(), options, **context))
+    obj = _guard(comp, where, lambda: call_factory(comp.load_factory(), options, **context))
+    if not isinstance(obj, nn.Module):  # every component kind is a module (mmcore.interfaces)
+        raise PluginError(
+            f"{where}: the factory of {comp.key} from {comp.source} returned {type(obj).__name__}, not a torch.nn.Module"
+        )
+    return obj
 
 
 def _guard(comp: Component, where: str, fn: Any) -> Any:

@@ -43,8 +43,18 @@ from torch import nn
 
 from .checkpoint import atomic_write_text, read_safetensors
 from .config import TaskConfig, TrainingConfig
-from .data import BadRecord, DataError, IndexPlan, ManifestDataset, PackedTextDataset, make_loader
-from .errors import MMCoreError
+from .data import (
+    BadRecord,
+    DataError,
+    ExcludingDataset,
+    IndexPlan,
+    ManifestDataset,
+    PackedTextDataset,
+    find_fatal_record,
+    make_loader,
+    record_where,
+)
+from .errors import MMCoreError, ModelDirError
 from .objectives import Objective, make_objective
 from .types import Batch
 
@@ -69,6 +79,7 @@ class _Task:
     bad: int = 0
     loader: Any = None
     it: Any = None
+    excluded: dict[int, str] = field(default_factory=dict)  # records that killed a worker process
 
 
 @dataclass
@@ -258,15 +269,43 @@ class Trainer:
         while True:
             if task.it is None:
                 procs = getattr(task.train, "processors", self.model.processors)  # training copies
-                task.loader = make_loader(
-                    task.train, procs, task.plan, start=task.consumed, num_workers=self.cfg.num_workers
-                )
+                data = ExcludingDataset(task.train, task.excluded) if task.excluded else task.train
+                task.loader = make_loader(data, procs, task.plan, start=task.consumed, num_workers=self.cfg.num_workers)
                 task.it = iter(task.loader)
-            batch, bad = next(task.it)
+            try:
+                batch, bad = next(task.it)
+            except RuntimeError as exc:  # a worker process died: find the record that killed it
+                if not self.cfg.num_workers or "exited unexpectedly" not in str(exc):
+                    raise
+                self._worker_died(task, exc)
+                continue
             task.consumed += 1
             self._handle_bad(task, bad)
             if batch is not None:
                 return batch
+
+    def _worker_died(self, task: _Task, exc: RuntimeError) -> None:
+        """Replay the batches in flight in a fresh process to find the record that kills it;
+        stop naming it, or exclude it and rebuild the loader (``on_bad_record``)."""
+        task.it = task.loader = None
+        data = ExcludingDataset(task.train, task.excluded) if task.excluded else task.train
+        candidates = [i for k in (task.consumed, task.consumed + 1) for i in task.plan.indices(k)]
+        candidates = [i for i in dict.fromkeys(candidates) if i not in task.excluded]
+        culprit = find_fatal_record(data, candidates)
+        if culprit is None:
+            raise DataError(
+                f"tasks.{task.name}: a DataLoader worker died ({exc}) and none of the records of batches "
+                f"{task.consumed}-{task.consumed + 1} kills a fresh process (out of memory?)"
+            ) from exc
+        where = record_where(task.train, culprit)
+        reason = "processing this record killed the DataLoader worker process"
+        if self.cfg.on_bad_record == "error":
+            raise DataError(
+                f"tasks.{task.name}: {where}: {reason} (set training.on_bad_record = 'skip' to skip such records)"
+            ) from exc
+        if self.rank == 0:
+            print(f"warning: tasks.{task.name}: {where}: {reason}; skipping it", file=sys.stderr)
+        task.excluded[culprit] = reason
 
     def _handle_bad(self, task: _Task, bad: list[BadRecord]) -> None:
         if not bad:
@@ -390,14 +429,30 @@ class Trainer:
             return None
         state = self._model_state()
         if self.rank != 0:
+            self._last_checkpoint = self.step  # every rank decides alike whether to write the final one
             return None
+        root = self.out / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"step-{self.step:08d}"
+        existed = (root / name).exists()
+        try:
+            d = self._write_checkpoint(root, name, state)
+        except (OSError, ModelDirError) as exc:  # a full disk, say: the previous checkpoint stays the latest
+            if not existed:
+                shutil.rmtree(root / name, ignore_errors=True)
+            cause = exc.__cause__ if isinstance(exc, ModelDirError) and exc.__cause__ is not None else exc
+            raise MMCoreError(f"{root / name}: cannot write the checkpoint: {cause}") from exc
+        self._last_checkpoint = self.step
+        keep = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        for old in keep[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return d
+
+    def _write_checkpoint(self, root: Path, name: str, state: dict[str, torch.Tensor]) -> Path:
         from safetensors.torch import save_file
 
         from .checkpoint import save
 
-        root = self.out / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"step-{self.step:08d}"
         d = save(_StateView(self.model, state), root / name)
         tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
@@ -416,9 +471,6 @@ class Trainer:
         }
         atomic_write_text(d / STATE, json.dumps(trainer_state, indent=2))
         atomic_write_text(root / LATEST, name + "\n")
-        keep = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-        for old in keep[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
         return d
 
     def _model_state(self) -> dict[str, torch.Tensor]:
@@ -447,6 +499,7 @@ class Trainer:
             t.objective.load_state_dict(own)
         self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
         self.step = int(state["step"])
+        self._last_checkpoint = self.step
         for n, t in state["tasks"].items():
             if n in self.tasks:
                 self.tasks[n].consumed, self.tasks[n].bad = int(t["consumed"]), int(t["bad"])
@@ -499,7 +552,8 @@ class Trainer:
         eval_metrics = self.evaluate(self.cfg.eval_batches)
         if eval_metrics:
             self._log({"step": self.step, "eval": eval_metrics}, metrics_path)
-        self.save_checkpoint()
+        if getattr(self, "_last_checkpoint", None) != self.step:  # not the one just written (or resumed from)
+            self.save_checkpoint()
         if self.out is not None and self.rank == 0:
             from .checkpoint import save
             from .plot import plot_history
