@@ -428,7 +428,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--out", help="write the JSON here too")
     e.set_defaults(func=cmd_eval)
 
-    g = sub.add_parser("generate", help="generate text from a model directory")
+    g = sub.add_parser("generate", help="generate text (or, with --out, an image) from a model directory")
     g.add_argument("model_dir", metavar="MODEL_DIR")
     g.add_argument("--prompt", default="", help="text prefix")
     g.add_argument(
@@ -455,7 +455,8 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         "--out",
         metavar="IMAGE",
         help="generate an image (models whose LM head predicts image tokens, e.g. vision.palette) and write it "
-        "here (.png); with --num-return-sequences N, N files IMAGE-1.png ... IMAGE-N.png",
+        "here (.png); with --num-return-sequences N, N files IMAGE-1.png ... IMAGE-N.png. The image's pixel "
+        "count replaces --max-new-tokens",
     )
     g.add_argument("--image-input", help="the image-token input to generate with --out (default: the only one)")
     g.add_argument("--scale", type=int, default=1, help="enlarge written images this many times (--out)")
