@@ -15,8 +15,9 @@ beyond attention over the cache.
 The generated input need not be text: any input whose encoder embeds token ids and has an LM
 head can be continued, e.g. the image tokens of ``vision.palette`` (text-to-image). Its
 processor may declare ``output_ids`` (the only ids generation may produce there: a logits
-mask) and ``max_tokens`` (the most tokens the input holds); its encoder receives ``offset``,
-the position inside the input of the token it embeds. :func:`generate_images` wraps this:
+mask) and ``max_tokens`` (the most tokens the input holds); an encoder whose embedding depends
+on a token's place inside its input sets ``takes_offset = True`` and then receives ``offset``,
+the position inside the input of the token it embeds (others never see that key). :func:`generate_images` wraps this:
 
     images = mmcore.generate_images(model, ["draw a seven"], GenerationConfig(do_sample=True, seed=0))
 """
@@ -159,10 +160,10 @@ class _Decoder:
     def embed(self, ids: Tensor, offset: Tensor | None = None) -> Tensor:
         """Token ids (B, T) -> the embeddings the fusion would give them (B, T, D).
 
-        ``offset`` (B,): the position of ``ids[:, 0]`` inside the generated input (for
-        encoders whose embedding depends on it; text encoders ignore it)."""
+        ``offset`` (B,): the position of ``ids[:, 0]`` inside the generated input, passed only
+        to encoders that declare ``takes_offset = True``."""
         inputs = {"ids": ids, "mask": torch.ones_like(ids, dtype=torch.bool)}
-        if offset is not None:
+        if offset is not None and getattr(self.encoder, "takes_offset", False):
             inputs["offset"] = offset
         tok = self.encoder(inputs)
         emb = tok.embeds if self.projector is None else self.projector(tok.embeds)

@@ -119,3 +119,19 @@ def test_streaming_yields_the_same_tokens(model):
 def test_too_long_is_a_clear_error(model):
     with pytest.raises(mmcore.MMCoreError, match="exceeds the context length 96"):
         generate(model, batch_of(model, PROMPTS), GenerationConfig(max_new_tokens=90))
+
+
+def test_encoders_see_only_the_keys_their_processor_makes(model):
+    """``offset`` goes only to encoders that declare ``takes_offset`` (a strict third-party
+    encoder that rejects unknown keys keeps working)."""
+    from mmcore.generation import _Decoder
+
+    enc = model.encoders["text"]
+    seen: list[set[str]] = []
+    handle = enc.register_forward_pre_hook(lambda mod, args: seen.append(set(args[0])))
+    try:
+        generate(model, batch_of(model, [{"text": "ab"}]), GenerationConfig(max_new_tokens=4))
+        _Decoder(model, "text", None, None).embed(torch.tensor([[97]]), torch.tensor([3]))
+    finally:
+        handle.remove()
+    assert len(seen) >= 2 and all(keys <= {"ids", "mask", "prompt_len"} for keys in seen), seen

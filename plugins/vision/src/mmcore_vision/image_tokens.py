@@ -336,6 +336,8 @@ class ImageTokenEmbedding(Encoder):
     """
 
     modality = "image"
+    #: generation passes ``offset`` to encoders that set this (see :mod:`mmcore.generation`)
+    takes_offset = True
 
     def __init__(self, config: PaletteTokensConfig | None = None, *, width: int, processor: Any = None):
         super().__init__()
