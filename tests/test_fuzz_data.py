@@ -191,7 +191,7 @@ EXTENSIONS = st.sampled_from([".png", ".jpg", ".gif", ".bmp", ".wav", ".flac", "
 # --- images ------------------------------------------------------------------------------
 
 
-@fuzz(60)
+@fuzz(30)
 @given(
     fmt=IMAGE_FORMATS,
     w=st.integers(1, 40),
@@ -232,7 +232,7 @@ def test_image_headers_declaring_enormous_sizes_are_refused_before_decoding(mode
             proc(str(path), where=WHERE)
 
 
-@fuzz(60)
+@fuzz(30)
 @given(
     arr=hnp.arrays(
         dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.bool_, np.int32, np.float16]),
@@ -272,7 +272,7 @@ def test_image_nan_inf_zero_length_and_directory(model, tmp_path):
 AUDIO_FORMATS = st.sampled_from([("WAV", "PCM_16"), ("WAV", "FLOAT"), ("WAV", "PCM_U8"), ("FLAC", "PCM_16")])
 
 
-@fuzz(60)
+@fuzz(30)
 @given(
     fmt=AUDIO_FORMATS,
     rate=st.sampled_from([8000, 11025, 16000, 22050, 44100, 48000]),
@@ -308,7 +308,7 @@ def test_audio_headers_declaring_enormous_durations_are_refused(model, tmp_path_
     record("media: audio bombs", "rejected")
 
 
-@fuzz(60)
+@fuzz(30)
 @given(
     arr=hnp.arrays(
         dtype=st.sampled_from([np.float32, np.float64, np.int16, np.int32, np.uint8, np.int8, np.int64, np.complex64]),
@@ -444,7 +444,7 @@ def _manifest_case(model: Any, root: Path, lines: list[str]) -> None:
     record("manifests", "accepted")
 
 
-@fuzz(40)
+@fuzz(25)
 @given(data=st.data())
 def test_fuzzed_manifests_give_samples_or_located_bad_records(model, tmp_path_factory, data):
     root = tmp_path_factory.mktemp("man")

@@ -165,7 +165,7 @@ def check_outcome(call: Any, file: str, surface: str) -> Any:
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
-@fuzz(30)
+@fuzz(15)
 @given(data=st.data())
 def test_mutated_spec_tables_validate_or_name_the_section(path: Path, data: Any) -> None:
     original = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -174,7 +174,7 @@ def test_mutated_spec_tables_validate_or_name_the_section(path: Path, data: Any)
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
-@fuzz(20)
+@fuzz(10)
 @given(data=st.data())
 def test_mutated_spec_text_validates_or_names_the_section(path: Path, data: Any) -> None:
     text = _text_mutate(path.read_text(encoding="utf-8"), data.draw)

@@ -115,14 +115,14 @@ def check_tokenizer(text: str, source: str, surface: str) -> None:
     record(surface, "accepted")
 
 
-@fuzz(60)
+@fuzz(30)
 @given(data=st.data())
 def test_mutated_tokenizer_json(tokenizer_json, data):
     doc = _mutate(json.loads(tokenizer_json), data.draw)
     check_tokenizer(json.dumps(doc), "/x/tokenizer.json", "tokenizer.json (JSON edits)")
 
 
-@fuzz(40)
+@fuzz(30)
 @given(data=st.data())
 def test_tokenizer_text_corrupted(tokenizer_json, data):
     text = tokenizer_json

@@ -164,7 +164,7 @@ def _mutate_header(header: dict, data: bytes, draw: Any) -> tuple[Any, bytes, di
     return header, data, opts
 
 
-@fuzz(40)
+@fuzz(25)
 @given(data=st.data())
 def test_raw_weight_bytes_corrupted(saved, tmp_path_factory, data):
     d = _copy(saved, tmp_path_factory)
@@ -197,7 +197,7 @@ def test_raw_weight_bytes_corrupted(saved, tmp_path_factory, data):
     check_load(d, "weights: corrupted bytes (resealed dir)")
 
 
-@fuzz(60)
+@fuzz(30)
 @given(data=st.data())
 def test_weight_headers_mutated(saved, tmp_path_factory, data):
     d = _copy(saved, tmp_path_factory)
@@ -208,7 +208,7 @@ def test_weight_headers_mutated(saved, tmp_path_factory, data):
     check_load(d, "weights: mutated headers (resealed dir)")
 
 
-@fuzz(40)
+@fuzz(25)
 @given(data=st.data())
 def test_model_directory_json_and_spec_files_mutated(saved, tmp_path_factory, data):
     d = _copy(saved, tmp_path_factory)
