@@ -133,6 +133,7 @@ def eval_dirs(model_dir: str, data: str, task: str | None, out: dict, key: str) 
         i = evaluate_dir(qdir, data, task=task, generate=False)
         size_f = (Path(model_dir) / "model.safetensors").stat().st_size
         size_i = (qdir / "model.safetensors").stat().st_size
+    f, i = f.get("metrics", f), i.get("metrics", i)
     keys = [k for k in f if isinstance(f[k], (int, float)) and k in i]
     out[key] = {"float": f, "int8": i, "float_bytes": size_f, "int8_bytes": size_i, "seconds": time.perf_counter() - t0}
     print(f"  {key}: " + ", ".join(f"{k} {f[k]:.4g} -> {i[k]:.4g}" for k in keys))

@@ -33,6 +33,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/stdlib_distill")
     p.add_argument("--steps", type=int, help="override training.steps")
     p.add_argument("--hidden", type=float, default=0.0, help="distill_hidden for the distilled student")
+    p.add_argument("--alpha", type=float, help="distill_alpha for the distilled student (default: the spec's)")
+    p.add_argument("--temperature", type=float, help="distill_temperature (default: the spec's)")
+    p.add_argument("--only", choices=["distilled", "alone"], help="train only this student")
     args = p.parse_args()
     spec = mmcore.load_spec(args.spec)
     ((name, task),) = spec.tasks.items()
@@ -41,12 +44,23 @@ def main() -> None:
     training = spec.training.model_copy(update={"steps": args.steps} if args.steps else {})
     out = Path(args.out)
     runs = {
-        "distilled": task.model_copy(update={"distill_hidden": args.hidden}),
+        "distilled": task.model_copy(
+            update={
+                "distill_hidden": args.hidden,
+                "distill_alpha": task.distill_alpha if args.alpha is None else args.alpha,
+                "distill_temperature": task.distill_temperature if args.temperature is None else args.temperature,
+            }
+        ),
         "alone": task.model_copy(
             update={"teacher": None, "distill_alpha": 0.5, "distill_temperature": 2.0, "distill_hidden": 0.0}
         ),
     }
+    if args.only:
+        runs = {args.only: runs[args.only]}
+    d = runs.get("distilled")
     report: dict = {"teacher_dir": task.teacher, "steps": training.steps, "students": {}}
+    if d is not None:
+        report["distill"] = {"alpha": d.distill_alpha, "temperature": d.distill_temperature, "hidden": d.distill_hidden}
     for label, t in runs.items():
         s = dataclasses.replace(spec, tasks={name: t}, training=training)
         torch.manual_seed(training.seed)
