@@ -159,18 +159,24 @@ def _kill_and_resume(tmp: Path, op_kills: int, timed_kills: int, seed: int) -> l
             continue
         assert rc == -signal.SIGKILL, f"the run failed at operation {k} (rc {rc})"
         check(f"op {k}/{total}")
-    for _ in range(timed_kills):
-        delay = rng.uniform(0.3, 1.0) * ref_seconds
+    for _ in range(timed_kills):  # from outside, at a random moment once training has begun
+        launched = time.time()
         proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(spec), str(out)],
             env=_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        metrics, deadline = out / "metrics.jsonl", time.perf_counter() + ref_seconds * 3
+        while time.perf_counter() < deadline and proc.poll() is None:
+            if metrics.is_file() and metrics.stat().st_mtime > launched:  # fit() has (re)written it
+                break
+            time.sleep(0.02)
+        delay = rng.uniform(0.0, 1.5)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        check(f"after {delay:.1f}s")
+        rc = proc.wait()
+        check(f"{delay:.2f}s into training" + (" (had completed)" if rc == 0 else ""))
     _run(spec, out)  # completes, resuming from the last checkpoint
     _same_weights(ref, out)
     return log

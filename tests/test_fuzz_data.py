@@ -43,7 +43,7 @@ def model():
     pm = plugins.PluginManager()
     spec = {
         "spec_version": 1,
-        "backbone": {"width": 32, "depth": 1, "heads": 2, "context_length": 128},
+        "backbone": {"width": 32, "depth": 1, "heads": 2, "context_length": 600},
         "encoders": {
             "image": {
                 "component": "vision.patch",
