@@ -33,7 +33,7 @@ def installed(dist: str) -> tuple[str, list[str]] | None:
     """``(version, requirements)`` of an installed distribution, or None when it is not installed."""
     try:
         d = importlib.metadata.distribution(dist)
-    except importlib.metadata.PackageNotFoundError:
+    except (importlib.metadata.PackageNotFoundError, ValueError):  # ValueError: an empty name
         return None
     return str(d.version), list(d.requires or [])
 
@@ -103,10 +103,12 @@ def record(spec: Any, registry: Any, manager: Any = None) -> tuple[dict[str, str
 def _recorded(manifest: Mapping[str, Any]) -> dict[str, str | None]:
     """Distribution -> version the model was saved with (older manifests: from ``components``)."""
     dists = manifest.get("distributions")
-    if isinstance(dists, Mapping):
-        return {str(k): (v.get("version") if isinstance(v, Mapping) else None) for k, v in dists.items()}
+    if isinstance(dists, Mapping):  # a crafted manifest may hold anything: names and versions become strings
+        found = {str(k): (v.get("version") if isinstance(v, Mapping) else None) for k, v in dists.items()}
+        return {k: None if v is None else str(v) for k, v in found.items() if k.strip()}
     out: dict[str, str | None] = {}
-    for source in (manifest.get("components") or {}).values():
+    comps = manifest.get("components")
+    for source in comps.values() if isinstance(comps, Mapping) else ():
         name, _, version = str(source).partition(" ")
         if name and name != "<unknown>" and _norm(name) != CORE:
             out[name] = version or None

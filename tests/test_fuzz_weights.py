@@ -145,7 +145,8 @@ def _mutate_header(header: dict, data: bytes, draw: Any) -> tuple[Any, bytes, di
         elif op == "drop_key":
             header.pop(name, None)
         elif op == "extra_key":
-            header[draw(st.text(min_size=1, max_size=8), label="new")] = copy.deepcopy(header[names[0]])
+            some = next((v for k, v in header.items() if k != "__metadata__"), {})
+            header[draw(st.text(min_size=1, max_size=8), label="new")] = copy.deepcopy(some)
         elif op == "rename_key" and name in header:
             header[draw(st.text(min_size=1, max_size=8), label="renamed")] = header.pop(name)
         elif op == "metadata":
@@ -274,6 +275,18 @@ def test_weight_regressions(saved, tmp_path):
     _reseal(d)
     with pytest.raises(WeightsError, match=f"dtype of {key}"):
         mmcore.load(d)
+    # provenance records of the wrong type in a manifest: AttributeError, ValueError (empty name), TypeError
+    for update in (
+        {"components": 1, "distributions": None},
+        {"distributions": {"": {"version": "1"}}},
+        {"distributions": {"mmcore-text": {"version": 5}}},
+    ):
+        d = tmp_path / f"prov{len(str(update))}"
+        shutil.copytree(saved, d)
+        m = json.loads((d / "manifest.json").read_text())
+        m.update(update)
+        (d / "manifest.json").write_text(json.dumps(m))
+        check_load(d, "weights: regressions")
     # a file name with a NUL byte or leaving the directory in the manifest
     for bad in ("a\x00b", "../outside"):
         d = tmp_path / f"manifest{len(bad)}"
