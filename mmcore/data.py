@@ -192,6 +192,9 @@ class ManifestDataset(Dataset):
         if isinstance(value, bool) or not isinstance(value, int):
             hint = f" or one of {names}" if names else " (give `labels = [...]` in the task to use names)"
             raise _Bad(where, key, f"must be an integer{hint}, got {value!r}")
+        if not 0 <= value < (len(names) if names else 2**63):  # a class index (2**63 overflowed the batch)
+            top = f"below {len(names)} ({len(names)} classes)" if names else "of at most 2**63 - 1"
+            raise _Bad(where, key, f"must be a class index, 0 or more and {top}; got {value}")
         return value
 
 

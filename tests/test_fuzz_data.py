@@ -481,7 +481,19 @@ def test_paths_leaving_the_manifest_folder_are_refused(model, tmp_path):
 
 def test_manifest_regressions(model, tmp_path):
     _media_dir(tmp_path)
-    lines = ["[" * 100_000, '{"text": "' + "\ud800" + '"}', '{"text": {"prompt": 1}}', "{}", "null", "   ", "\x00"]
+    lines = [
+        '{"text": "a", "label": 9223372036854775808}',
+        '{"text": "b", "label": -1}',
+        "[" * 100_000,
+        '{"text": "' + "\ud800" + '"}',
+        '{"text": {"prompt": 1}}',
+        "{}",
+        "null",
+        "   ",
+        "\x00",
+    ]
     _manifest_case(model, tmp_path, lines)
     ds = ManifestDataset(tmp_path / "data" / "m.jsonl", model.processors, {"text": "text"})
-    assert "nested too deeply" in ds[0].reason  # was a RecursionError escaping the data loader
+    assert "must be a class index" in ds[0].reason  # 2**63 made the collator overflow
+    assert "must be a class index" in ds[1].reason
+    assert "nested too deeply" in ds[2].reason  # was a RecursionError escaping the data loader
