@@ -150,13 +150,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from . import plugins
     from .backbone import GPT, KVCache
     from .checkpoint import load, save
-    from .config import TaskConfig, TrainingConfig
+    from .config import CoreOptions, LoraConfig, TaskConfig, TrainingConfig, WeightsSource
     from .generation import GenerationConfig, generate, generate_images
     from .interfaces import Encoder, Fusion, Head, Processor, Projector
-    from .config import CoreOptions, LoraConfig, WeightsSource
     from .lora import LoRALinear, merge_lora
     from .model import MultimodalGPT, build, build_component, check_compatibility
-    from .weights import LoadReport
     from .spec import ComponentSpec, Spec, load_spec, parse_spec
     from .trainer import Trainer, TrainResult, train
     from .types import Batch, FusedSequence, HeadOutput, ModelOutput, Tokens
+    from .weights import LoadReport
