@@ -153,16 +153,3 @@ def test_missing_plugin_says_what_to_install(tmp_path, monkeypatch):
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(ModelDirError, match="not a model directory"):
         mmcore.load(tmp_path)
-
-
-def test_no_pickle_in_the_package():
-    import pathlib
-
-    root = pathlib.Path(mmcore.__file__).parent
-    offenders = [
-        f"{p.name}:{i}"
-        for p in root.rglob("*.py")
-        for i, line in enumerate(p.read_text().splitlines(), 1)
-        if ("torch.load(" in line or "import pickle" in line) and "offenders" not in line
-    ]
-    assert offenders == []
