@@ -82,12 +82,6 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     "mmcore_register_components hook returned; a spec only names a registered component and never supplies "
     "the reference",
     (
-        "mmcore/testing/kit.py",
-        "_pickled_copy",
-        "import pickle",
-    ): "the plugin conformance kit checks that a processor survives the trip to a DataLoader worker: it "
-    "unpickles only the bytes it has just made from the processor, never a file; loading never uses it",
-    (
         "plugins/text/src/mmcore_text/__init__.py",
         "__getattr__",
         "importlib.import_module(non-constant)",
