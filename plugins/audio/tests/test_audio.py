@@ -664,8 +664,9 @@ def test_build_preprocess_forward_backward_save_load(tmp_path):
         "name": "audio-lm",
         "backbone": {"width": 64, "depth": 2, "heads": 4, "context_length": 128},
         "encoders": {
-            "audio": {"component": "audio.whisper", "dim": 32, "depth": 1, "heads": 2},
-            "text": {"component": "text.bytes"},
+            # 1 s clips: at most 50 audio tokens, which with 64 text tokens fit the context
+            "audio": {"component": "audio.whisper", "dim": 32, "depth": 1, "heads": 2, "max_seconds": 1.0},
+            "text": {"component": "text.bytes", "max_length": 64},
         },
         "heads": {"lm": {"component": "lm"}},
     }
