@@ -175,3 +175,27 @@ def test_generated_encoder_composes_with_the_text_plugin_and_the_lm_head(install
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["LinearProjector", "32", "True"]
+
+
+def test_the_spec_in_each_generated_readme_builds_and_runs(installed):
+    """A reader copies the README's spec into spec.toml: it must build as written."""
+    base, site = installed
+    code = (
+        "import re, sys, pathlib, mmcore, torch\n"
+        "text = pathlib.Path(sys.argv[1]).read_text()\n"
+        "spec = re.search(r'```toml\\n(.*?)```', text, re.S).group(1)\n"
+        "pathlib.Path('spec.toml').write_text(spec)\n"
+        "model = mmcore.build('spec.toml')\n"
+        "print(type(model).__name__)\n"
+    )
+    for name in PLUGINS:
+        run = subprocess.run(
+            [sys.executable, "-c", code, str(base / f"mmcore-{name}" / "README.md")],
+            capture_output=True,
+            text=True,
+            env=_env(site),
+            cwd=base,
+            timeout=300,
+        )
+        assert run.returncode == 0, f"{name}: {run.stderr[-2000:]}"
+        assert run.stdout.split() == ["MultimodalGPT"]
