@@ -499,6 +499,20 @@ class GPT(nn.Module):
 
     # --- forward ------------------------------------------------------------------
 
+    def run_sequence(self, seq: Any, mode: str | None = None) -> Tensor:
+        """The backbone over a fused sequence (an :class:`mmcore.FusedSequence`): its embeddings,
+        mask, positions, conditioning prefix, padding side and cross-attention context.
+        Calls the module (hooks apply). Returns ``(B, L, D)`` hidden states."""
+        return self(
+            embeds=seq.embeds,
+            mask=seq.mask,
+            positions=seq.positions,
+            mode=mode,
+            prefix_len=seq.prefix_len,
+            padding_side=seq.padding_side,
+            context=seq.context,
+        )
+
     def forward(
         self,
         idx: Tensor | None = None,

@@ -302,15 +302,7 @@ def explain(
         for t in tokens.values():  # leaves: gradients reach the inputs, never the parameters' .grad
             t.embeds = t.embeds.detach().requires_grad_(True)
         seq = model.fusion(tokens, batch)
-        hidden = model.backbone(
-            embeds=seq.embeds,
-            mask=seq.mask,
-            positions=seq.positions,
-            mode=mode,
-            prefix_len=seq.prefix_len,
-            padding_side=seq.padding_side,
-            context=seq.context,
-        )
+        hidden = model.backbone.run_sequence(seq, mode)
         output = model.heads[head](hidden, seq)
         logprob = _target_logprob(output, batch, kind, cls, text_name or "text")
         names = list(tokens)

@@ -245,7 +245,9 @@ class _Runner:
         offset: Tensor | None = None,
     ):
         self.dec, self.context, self.use_cache = dec, context, use_cache
-        self.offset = offset  # (B,) position inside the generated input of the next token embedded
+        # (B,) position inside the generated input of the next token embedded; tracked only for
+        # encoders that read it (takes_offset), so a text step does no extra work
+        self.offset = offset if getattr(dec.encoder, "takes_offset", False) else None
         ctx_len = dec.backbone.config.context_length
         if total > ctx_len:
             raise MMCoreError(

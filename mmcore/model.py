@@ -119,15 +119,7 @@ class MultimodalGPT(nn.Module):
             compute_loss: compute each head's loss where the batch has its targets.
         """
         seq = self.fuse(batch)
-        hidden = self.backbone(
-            embeds=seq.embeds,
-            mask=seq.mask,
-            positions=seq.positions,
-            mode=mode,
-            prefix_len=seq.prefix_len,
-            padding_side=seq.padding_side,
-            context=seq.context,
-        )  # (B, L, D)
+        hidden = self.backbone.run_sequence(seq, mode)  # (B, L, D)
         names = list(self.heads) if heads is None else list(heads)
         outputs, losses = {}, {}
         total: Tensor | None = None

@@ -1131,14 +1131,7 @@ class _FusionHarness(_Harness):
 
     def run(self, module: nn.Module, batch: Any) -> Any:
         seq = module.component(batch[0], batch[1])
-        hidden = module.backbone(
-            embeds=seq.embeds,
-            mask=seq.mask,
-            positions=seq.positions,
-            prefix_len=seq.prefix_len,
-            padding_side=seq.padding_side,
-            context=seq.context,
-        )
+        hidden = module.backbone.run_sequence(seq)
         return seq, hidden
 
     def rows(self, out: Any, batch: Any) -> list[Tensor | None]:
