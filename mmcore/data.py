@@ -59,17 +59,18 @@ class BadRecord:
         return f"{self.where}{f}: {self.reason}"
 
 
-def _line_offsets(path: Path) -> tuple[list[int], list[int]]:
-    """Byte offset and 1-based line number of every non-blank line (records parse lazily)."""
-    offsets, numbers = [], []
+def _line_offsets(path: Path) -> tuple[list[int], list[int], list[int]]:
+    """Byte offset, 1-based line number and byte size of every non-blank line (records parse lazily)."""
+    offsets, numbers, sizes = [], [], []
     pos = 0
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 offsets.append(pos)
                 numbers.append(n)
+                sizes.append(len(line))
             pos += len(line)
-    return offsets, numbers
+    return offsets, numbers, sizes
 
 
 class ManifestDataset(Dataset):
@@ -110,12 +111,19 @@ class ManifestDataset(Dataset):
         self.targets = tuple(targets)
         self.labels = {k: list(v) for k, v in (labels or {}).items()}
         self.allow_outside = allow_outside
-        self.offsets, self.lines = _line_offsets(self.path)
+        self.offsets, self.lines, self.sizes = _line_offsets(self.path)
         if not self.offsets:
             raise DataError(f"{self.path}: the manifest has no records")
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def record_sizes(self) -> torch.Tensor:
+        """(N,) long: each record's size in bytes of JSON, known without parsing a record.
+
+        A proxy for its length in tokens (text fields dominate a record's size), which
+        length-grouped batching (``training.group_by_length``) sorts by."""
+        return torch.tensor(self.sizes, dtype=torch.long)
 
     def where(self, i: int) -> str:
         """``file:line`` of record ``i``."""
@@ -264,6 +272,12 @@ class IndexPlan:
     The record order is an endless sequence of epochs, each a seeded permutation. Global
     batch k covers positions [k*B, (k+1)*B) of that sequence; process r of W takes the
     r-th of W equal slices. Resuming at batch k needs only k.
+
+    With ``lengths`` (one per record), batches are grouped by length: each epoch's
+    permutation is cut into windows of ``group_window`` batches, each window is sorted by
+    length (longest first), and the order of the epoch's whole batches is shuffled again
+    (seeded). Every batch then holds records of similar length, so collation pads little,
+    while which records meet in a batch, and in which order batches come, stay random.
     """
 
     n: int
@@ -272,11 +286,17 @@ class IndexPlan:
     rank: int = 0
     world: int = 1
     shuffle: bool = True
+    lengths: torch.Tensor | None = field(default=None, repr=False)
+    group_window: int = 64
     _perm: tuple[int, torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.global_batch % self.world:
             raise ValueError(f"batch size {self.global_batch} is not divisible by the {self.world} processes")
+        if self.lengths is not None and len(self.lengths) != self.n:
+            raise ValueError(f"{len(self.lengths)} lengths for {self.n} records")
+        if self.group_window < 1:
+            raise ValueError(f"group_window must be at least 1, got {self.group_window}")
 
     def _epoch(self, e: int) -> torch.Tensor:
         if self._perm is None or self._perm[0] != e:
@@ -285,8 +305,26 @@ class IndexPlan:
                 perm = torch.randperm(self.n, generator=g)
             else:
                 perm = torch.arange(self.n)
+            if self.lengths is not None:
+                perm = self._grouped(perm, e)
             self._perm = (e, perm)
         return self._perm[1]
+
+    def _grouped(self, perm: torch.Tensor, e: int) -> torch.Tensor:
+        """``perm`` rearranged so each consecutive batch holds records of similar length."""
+        assert self.lengths is not None
+        B, window = self.global_batch, self.global_batch * self.group_window
+        parts = []
+        for start in range(0, self.n, window):
+            chunk = perm[start : start + window]
+            parts.append(chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)])
+        arranged = torch.cat(parts)
+        whole = self.n // B
+        if not self.shuffle or whole < 2:
+            return arranged
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + e + 7_919)
+        order = torch.randperm(whole, generator=g)
+        return torch.cat([arranged[: whole * B].view(whole, B)[order].reshape(-1), arranged[whole * B :]])
 
     def global_indices(self, k: int) -> list[int]:
         out = []

@@ -165,8 +165,14 @@ class Trainer:
         fmt = t.format if t.format != "auto" else ("jsonl" if t.train.endswith(".jsonl") else "text")
         train = self._dataset(name, t, t.train, fmt, training=True)
         evals = self._dataset(name, t, t.eval, fmt) if t.eval else None
+        sizes = getattr(train, "record_sizes", None) if self.cfg.group_by_length else None
         plan = IndexPlan(
-            len(train), self.cfg.batch_size, seed=self.cfg.seed + _stable_hash(name), rank=self.rank, world=self.world
+            len(train),
+            self.cfg.batch_size,
+            seed=self.cfg.seed + _stable_hash(name),
+            rank=self.rank,
+            world=self.world,
+            lengths=sizes() if sizes is not None else None,
         )
         return _Task(name, t, make_objective(t, model, name), train, evals, plan)
 
