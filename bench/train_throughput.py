@@ -10,6 +10,7 @@ them alike; the figure per model is the median over rounds.
     python bench/train_throughput.py --rounds 10 --steps 5 --json out.json
     python bench/train_throughput.py --compile       # adds mmcore under torch.compile (training.compile)
     python bench/train_throughput.py --fused         # every model with the fused AdamW (mmcore's trainer default)
+    python bench/train_throughput.py --bf16          # adds mmcore and transformers under bf16 autocast (not float32)
 
 Not a test: prints tokens/s for each model and the ratios.
 """
@@ -130,6 +131,16 @@ def make_hf(args: argparse.Namespace, vocab: int, dropout: float | None):
     return model, step_loss
 
 
+def _autocast_bf16(loss_fn):
+    """The same model's loss under CPU bf16 autocast: matrix products in bfloat16, weights float32."""
+
+    def step_loss(ids: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(ids)
+
+    return step_loss
+
+
 def timed_steps(model: nn.Module, loss_fn, opt: torch.optim.Optimizer, data: list[torch.Tensor]) -> float:
     t0 = time.perf_counter()
     for ids in data:
@@ -153,6 +164,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--compile", action="store_true", help="add mmcore compiled with torch.compile (inductor)")
     p.add_argument("--fused", action="store_true", help="fused AdamW for every model (default: multi-tensor)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="add mmcore and transformers GPT-2 under bf16 autocast (training.precision = 'bf16'); the targets "
+        "stay float32",
+    )
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
     if args.threads:
@@ -178,6 +195,10 @@ def main() -> None:
             return compiled_fwd(mmcore_batch({"text": {"ids": ids, "mask": mask}})).loss
 
         contenders["mmcore, compiled"] = (compiled_model, compiled_loss)
+    if args.bf16:
+        for name in ("mmcore", "transformers GPT-2"):
+            model, fn = contenders[name]  # the same modules (own optimizer): only the arithmetic differs
+            contenders[f"{name}, bf16 autocast"] = (model, _autocast_bf16(fn))
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=args.fused) for k, (m, _) in contenders.items()}
     for m, _ in contenders.values():
         m.train()
@@ -206,7 +227,7 @@ def main() -> None:
     for k, v in tps.items():
         spread = (max(secs[k]) - min(secs[k])) / statistics.median(secs[k])
         print(
-            f"  {k:<24} {v:>8,.0f} ({tps_median[k]:>6,.0f}) tokens/s   ({params[k]:,} parameters, "
+            f"  {k:<34} {v:>8,.0f} ({tps_median[k]:>6,.0f}) tokens/s   ({params[k]:,} parameters, "
             f"round spread {spread:.0%})"
         )
     r_plain = tps["mmcore"] / tps["plain PyTorch"]
@@ -226,6 +247,21 @@ def main() -> None:
         med["compiled_plain"] = tps_median["mmcore, compiled"] / tps_median["plain PyTorch"]
         print(f"  mmcore compiled / transformers GPT-2   = {r_c:.3f} (median {med['compiled_hf']:.3f})")
         print(f"  mmcore compiled / plain PyTorch        = {tps['mmcore, compiled'] / tps['plain PyTorch']:.3f}")
+    if args.bf16:
+        for name in ("mmcore", "transformers GPT-2"):
+            key = f"{name}, bf16 autocast"
+            med[f"{name}_bf16_over_fp32"] = tps_median[key] / tps_median[name]
+            print(
+                f"  {key + ' / float32':<38} = {tps[key] / tps[name]:.3f} (median {med[f'{name}_bf16_over_fp32']:.3f})"
+            )
+        med["bf16_mmcore_over_hf"] = (
+            tps_median["mmcore, bf16 autocast"] / tps_median["transformers GPT-2, bf16 autocast"]
+        )
+        print(
+            f"  mmcore / transformers, both bf16       = "
+            f"{tps['mmcore, bf16 autocast'] / tps['transformers GPT-2, bf16 autocast']:.3f} "
+            f"(median {med['bf16_mmcore_over_hf']:.3f})"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
