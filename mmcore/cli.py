@@ -109,12 +109,32 @@ def cmd_spec_validate(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             status = 1
             continue
+        if args.build and not _validate_build(f, spec):
+            status = 1
+            continue
         n = len(spec.encoders)
         print(
             f"{f}: ok ({spec.name!r}: {n} encoder{'s' if n != 1 else ''}, fusion {spec.fusion.component!r}, "
             f"heads {sorted(spec.heads) or 'none'})"
         )
     return status
+
+
+def _validate_build(f: str, spec: Any) -> bool:
+    """Build ``spec`` on the meta device (no memory, no initialisation) and run every
+    compatibility check, the ``weights_from`` files' headers included; print the problems."""
+    from .errors import SpecError
+    from .model import build, check_compatibility
+
+    try:
+        model = build(spec, device="meta")
+        issues = check_compatibility(model, spec, weights=True)
+        if issues:
+            raise SpecError(issues, file=spec.file)
+    except MMCoreError as exc:
+        print(f"{f}: does not build:\n{exc}" if not isinstance(exc, SpecError) else str(exc), file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_spec_schema(args: argparse.Namespace) -> int:
@@ -384,6 +404,13 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     ssub = spec.add_subparsers(dest="spec_command", metavar="SUBCOMMAND")
     v = ssub.add_parser("validate", help="validate spec files (exit 1 with every problem listed)")
     v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument(
+        "--build",
+        action="store_true",
+        help="also build each model on the meta device (no memory, no initialisation) and check that its parts "
+        "fit: widths, sequence length against the context, special tokens, vocabularies, LoRA targets, and "
+        "the weights_from files' names and shapes",
+    )
     v.set_defaults(func=cmd_spec_validate)
     s = ssub.add_parser("schema", help="JSON Schema of a spec with every installed component's options")
     s.set_defaults(func=cmd_spec_schema)

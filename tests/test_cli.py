@@ -51,6 +51,21 @@ def test_spec_validate_exit_codes(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_spec_validate_build_checks_that_the_parts_fit(tmp_path):
+    ok = mmcore_cli("spec", "validate", "--build", *map(str, sorted(EXAMPLES.glob("*.toml"))))
+    assert ok.returncode == 0, ok.stderr
+    spec = tmp_path / "long.toml"  # valid on its own, but its text does not fit the context
+    spec.write_text(
+        "spec_version = 1\n[backbone]\nwidth = 32\ndepth = 1\nheads = 2\ncontext_length = 16\n"
+        '[encoders.text]\ncomponent = "text.bytes"\nmax_length = 64\n[heads.lm]\ncomponent = "lm"\n'
+    )
+    assert mmcore_cli("spec", "validate", str(spec)).returncode == 0
+    res = mmcore_cli("spec", "validate", "--build", str(spec))
+    assert res.returncode == 1
+    assert "context_length" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert "ok" not in res.stdout
+
+
 def test_build_summary():
     res = mmcore_cli("build", str(EXAMPLES / "text_lm.toml"), "--summary")
     assert res.returncode == 0, res.stderr
