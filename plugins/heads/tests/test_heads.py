@@ -132,6 +132,8 @@ def test_lm_loss_matches_hand_computation():
     assert torch.allclose(loss, F.cross_entropy(pred, target))
     smooth, _ = lm(label_smoothing=0.1)
     assert torch.allclose(smooth.loss(out, text_batch(IDS, MASK)), F.cross_entropy(pred, target, label_smoothing=0.1))
+    smooth.eval()  # evaluation reports the true negative log-likelihood: perplexity stays a perplexity
+    assert torch.allclose(smooth.loss(out, text_batch(IDS, MASK)), F.cross_entropy(pred, target))
     loss.backward()
     assert logits.grad[1, 2:].abs().sum() == 0  # padding positions get no gradient
 
@@ -277,6 +279,8 @@ def test_classify_loss_and_class_weights():
     loss = head.loss(out, Batch(inputs={}, targets={"y": y}))
     w = torch.tensor([1.0, 2.0, 0.5])
     assert torch.allclose(loss, F.cross_entropy(out.logits, y, weight=w, label_smoothing=0.1))
+    head.eval()
+    assert torch.allclose(head.loss(out, Batch(inputs={}, targets={"y": y})), F.cross_entropy(out.logits, y, weight=w))
     plain = classify()
     out = plain(torch.randn(3, 4, D), seq(CMASK))
     assert torch.allclose(plain.loss(out, Batch(inputs={}, targets={"label": y})), F.cross_entropy(out.logits, y))

@@ -130,7 +130,11 @@ class ClassificationHead(Head):
             )
         w = None if self.class_weights is None else self.class_weights.float()
         per_sample = F.cross_entropy(
-            logits.float(), labels, weight=w, reduction="none", label_smoothing=self.label_smoothing
+            logits.float(),
+            labels,
+            weight=w,
+            reduction="none",
+            label_smoothing=self.label_smoothing if self.training else 0.0,  # eval: the plain cross-entropy
         )  # (B,), already multiplied by w[label]
         denom = w[labels].sum() if w is not None else torch.tensor(float(labels.shape[0]), device=logits.device)
         return per_sample.sum(), denom

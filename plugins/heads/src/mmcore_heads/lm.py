@@ -167,7 +167,7 @@ class LMHead(Head):
             target.reshape(-1),
             ignore_index=IGNORE_INDEX,
             reduction="none",
-            label_smoothing=self.label_smoothing,
+            label_smoothing=self.label_smoothing if self.training else 0.0,  # eval: the true NLL (perplexity)
         )  # 0 at ignored tokens
         return per_token.sum(), keep.sum()
 
