@@ -3,16 +3,17 @@
 Debian (and most Linux distributions) install each program's translations as gettext
 catalogs, /usr/share/locale/<lang>/LC_MESSAGES/*.mo: English message ids next to their
 human translations. This recipe reads every Spanish catalog with Python's gettext parser
-and keeps the pairs a small model can learn from:
+and keeps the pairs a small model can learn from, one translation per English message (the
+most frequent across catalogs, ties broken alphabetically):
 
-* messages of 3-60 characters with a translation of at most 80 characters, single line, no
-  printf placeholders (``%s``), keyboard accelerators (``_File``, ``&Open``) or message
-  contexts, and a translation that differs from the source;
-* one translation per English message (the most frequent across catalogs, ties broken
-  alphabetically).
-
-It writes a seeded split, by a hash of the English text, so a held-out message never
-appears in training:
+* **held-out pairs** are drawn from clean messages only: 3-60 characters with a translation
+  of at most 80, single line, no printf placeholders (``%s``), keyboard accelerators
+  (``_File``, ``&Open``) or message contexts, a translation that differs from the source.
+  The 400 with the smallest hash of their English text are held out;
+* **training pairs** are every other usable message: up to 100 characters (translations up to
+  140), placeholders allowed when both sides hold the same ones (``%s``, ``%d``, ``{name}``,
+  ...), keyboard accelerators removed from both sides (``_Open File`` -> ``Open File``). No
+  training pair has the English text of a held-out pair.
 
 * ``mt_train.jsonl`` / ``mt_eval.jsonl``: ``{"text": "<English>", "target": "<Spanish>"}``, the
   manifest form of conditional generation (the text is the prompt, the target what the model
@@ -20,17 +21,18 @@ appears in training:
 * ``mt_corpus.txt``: both sides of the training pairs, one message a line. The spec's
   tokenizer, ``examples/tokenizers/translation_en_es/tokenizer.json`` (a byte-level BPE
   vocabulary of 2,000 tokens shared by English and Spanish; a subword model needs about a third
-  of the positions a byte model needs, so it trains faster), was trained on this corpus and
-  ships with the project, so the spec validates before any data exists. ``--train-tokenizer``
-  trains it again (as ``mmcore tokenizer train`` does) into the data folder; point the spec's
-  ``tokenizer`` there to use it;
+  of the positions a byte model needs, so it trains faster), was trained on the clean training
+  pairs of an earlier version of this recipe and ships with the project, so the spec validates
+  before any data exists and trained models stay comparable. ``--train-tokenizer`` trains a new
+  one on ``mt_corpus.txt`` (as ``mmcore tokenizer train`` does) into the data folder; point the
+  spec's ``tokenizer`` there to use it;
 * ``baselines.json``: counts and the BLEU/chrF of copying the English source unchanged (many
   UI strings share names, numbers and technical terms with their translation, so copying
   scores above zero; a model must beat it).
 
     python examples/recipes/translation.py
     mmcore train examples/translation.toml --out runs/translation
-    mmcore eval runs/translation examples/data/translation/mt_eval.jsonl --max-new-tokens 64
+    mmcore eval runs/translation examples/data/translation/mt_eval.jsonl --max-new-tokens 64 --num-beams 4
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from pathlib import Path
 TOKENIZER = Path(__file__).resolve().parent.parent / "tokenizers" / "translation_en_es" / "tokenizer.json"
 _PLACEHOLDER = re.compile(r"%|\{\w*\}|\$\w|\\")
 _ACCEL = re.compile(r"(^|[^\w])[_&]\w|\w_\w*[A-Z]")
+_ACCEL_MARK = re.compile(r"[_&](?=\w)")  # the marker itself: the first _ or & before a letter
+_FORMAT = re.compile(r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?(?:hh|h|ll|l|L|z|j|t)?[diouxXeEfFgGcsp%]|\{\w*\}|\$\{?\w+\}?")
 
 
 def clean(text: str) -> str:
@@ -60,8 +64,34 @@ def usable(src: str, tgt: str) -> bool:
     return 0.4 <= len(tgt) / len(src) <= 3.0 and any(c.isalpha() for c in src)
 
 
-def pairs(lang: str, root: Path) -> dict[str, str]:
-    seen: dict[str, Counter] = defaultdict(Counter)
+def strip_accelerator(text: str) -> str:
+    """``_Open File`` / ``&Open File`` / ``Arc_hivo`` -> without the keyboard-accelerator marker."""
+    return _ACCEL_MARK.sub("", text, count=1)
+
+
+def train_pair(src: str, tgt: str) -> tuple[str, str] | None:
+    """A training pair from a cleaned message: accelerators removed, placeholders checked."""
+    if "\x04" in src:
+        return None
+    if _ACCEL.search(src):
+        src, tgt = strip_accelerator(src), strip_accelerator(tgt)
+    if not (3 <= len(src) <= 100 and 1 <= len(tgt) <= 140) or src == tgt or "\\" in src + tgt:
+        return None
+    if sorted(_FORMAT.findall(src)) != sorted(_FORMAT.findall(tgt)):  # a placeholder lost or added
+        return None
+    if _ACCEL.search(src) or _ACCEL.search(tgt) or not any(c.isalpha() for c in src):
+        return None
+    return (src, tgt) if 0.4 <= len(tgt) / len(src) <= 3.0 else None
+
+
+def _most_frequent(seen: dict[str, Counter]) -> dict[str, str]:
+    return {src: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for src, c in seen.items()}
+
+
+def pairs(lang: str, root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(clean pairs, the pool held-out pairs come from; training pairs), English -> translation."""
+    clean_seen: dict[str, Counter] = defaultdict(Counter)
+    train_seen: dict[str, Counter] = defaultdict(Counter)
     catalogs = sorted((root / lang / "LC_MESSAGES").glob("*.mo"))
     for mo in catalogs:
         try:
@@ -74,8 +104,11 @@ def pairs(lang: str, root: Path) -> dict[str, str]:
                 continue
             src, tgt = clean(key), clean(value)
             if usable(src, tgt):
-                seen[src][tgt] += 1
-    return {src: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for src, c in seen.items()}
+                clean_seen[src][tgt] += 1
+            pair = train_pair(src, tgt)
+            if pair is not None:
+                train_seen[pair[0]][pair[1]] += 1
+    return _most_frequent(clean_seen), _most_frequent(train_seen)
 
 
 def bucket(text: str, salt: str) -> int:
@@ -94,14 +127,20 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    table = pairs(args.lang, Path(args.locale_dir))
+    table, train_table = pairs(args.lang, Path(args.locale_dir))
     if len(table) < 2 * args.eval_size:
         raise SystemExit(f"too few translated messages for {args.lang!r} under {args.locale_dir}: {len(table)}")
     order = sorted(table, key=lambda s: bucket(s, "split"))  # seeded shuffle, stable across machines
-    held = set(order[: args.eval_size])
-    rows = {"train": [], "eval": []}
-    for src in sorted(table, key=lambda s: bucket(s, "order")):
-        rows["eval" if src in held else "train"].append({"text": src, "target": table[src]})
+    held = order[: args.eval_size]
+    held_keys = {h.casefold() for h in held}
+    rows = {
+        "eval": [{"text": src, "target": table[src]} for src in sorted(held, key=lambda s: bucket(s, "order"))],
+        "train": [
+            {"text": src, "target": train_table[src]}
+            for src in sorted(train_table, key=lambda s: bucket(s, "order"))
+            if src.casefold() not in held_keys
+        ],
+    }
     for split, rs in rows.items():
         tmp = out / f"mt_{split}.jsonl.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
