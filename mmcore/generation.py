@@ -8,6 +8,11 @@ fusion's per-input embedding), run through the backbone for that one position ag
 cache, and projected by the LM head: the cost of a step does not grow with the prompt
 beyond attention over the cache.
 
+The prompt is attended the way the model was trained to read it (:func:`trained_attention`):
+a model whose spec trains the LM head with ``prefix_lm`` (captioning, translation,
+speech-to-text) attends its whole prompt bidirectionally, as in training, and each new token
+causally; an ``lm``-trained model attends causally throughout. ``mode=`` overrides it.
+
     out = mmcore.generate(model, batch, mmcore.GenerationConfig(max_new_tokens=20, num_return_sequences=5,
                                                                 do_sample=True, top_k=50, seed=0))
     texts = [model.processors["text"].decode(ids) for ids in out]
@@ -40,6 +45,7 @@ __all__ = [
     "generate",
     "generate_stream",
     "generate_for_records",
+    "trained_attention",
     "generate_images",
     "write_images",
     "to_left_padding",
@@ -112,6 +118,24 @@ def to_left_padding(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 # --- pieces of the model that generation needs ------------------------------------------------
 
 
+def trained_attention(model: Any, head: str) -> str | None:
+    """The attention mode the model's spec trains LM head ``head`` with, which generation
+    uses for the prompt by default: ``"prefix"`` when its ``prefix_lm`` tasks train it
+    (conditional generation: the prompt, and any image or audio, was attended
+    bidirectionally), ``"causal"`` when ``lm`` tasks do; a task's ``attention`` overrides its
+    objective's default. None (the backbone's configured attention) when the model has no
+    spec, no task trains the head, or its tasks disagree: pass ``mode=`` then."""
+    spec = getattr(model, "spec", None)
+    tasks = getattr(spec, "tasks", None) or {}
+    only = next(iter(model.heads)) if len(model.heads) == 1 else None
+    modes = {
+        t.attention or ("prefix" if t.objective == "prefix_lm" else "causal")
+        for t in tasks.values()
+        if t.objective in ("lm", "prefix_lm") and (t.head or only) == head
+    }
+    return modes.pop() if len(modes) == 1 else None
+
+
 class _Decoder:
     """The model seen as a next-token function over a left-padded, cached sequence."""
 
@@ -148,6 +172,8 @@ class _Decoder:
         if head is None or head not in model.heads or not hasattr(model.heads[head], "project"):
             raise MMCoreError(f"the model has no LM head over {text_input!r}; heads: {list(model.heads)}")
         self.head = model.heads[head]
+        if mode is None:
+            mode = trained_attention(model, head)
         self.proc = model.processors.get(text_input)
         self.encoder = model.encoders[text_input]
         self.projector = model.projectors[text_input] if text_input in model.projectors else None

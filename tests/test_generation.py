@@ -135,3 +135,53 @@ def test_encoders_see_only_the_keys_their_processor_makes(model):
     finally:
         handle.remove()
     assert len(seen) >= 2 and all(keys <= {"ids", "mask", "prompt_len"} for keys in seen), seen
+
+
+def _prefix_model(tasks: dict) -> mmcore.MultimodalGPT:
+    from mmcore import plugins
+
+    torch.manual_seed(1)
+    spec = {
+        "spec_version": 1,
+        "backbone": {"width": 32, "depth": 2, "heads": 4, "context_length": 96},
+        "encoders": {"text": {"component": "text.bytes", "max_length": 64}},
+        "heads": {"lm": {"component": "lm"}},
+        "tasks": tasks,
+    }
+    m = mmcore.build(spec, registry=plugins.PluginManager().registry).eval()
+    with torch.no_grad():  # larger random weights than the init: attention that depends on what it sees
+        for p in m.parameters():
+            p.normal_(0.0, 0.3)
+    return m
+
+
+def test_generation_attends_the_prompt_as_the_model_was_trained():
+    from mmcore.generation import trained_attention
+
+    pairs = {"t": {"objective": "prefix_lm", "train": "pairs.jsonl"}}
+    m = _prefix_model(pairs)
+    assert trained_attention(m, "lm") == "prefix"
+    b = batch_of(m, PROMPTS)
+    cfg = GenerationConfig(max_new_tokens=8, eos_id=-1)
+    default = generate(m, b, cfg)
+    assert default == generate(m, b, cfg, mode="prefix")
+    # the cache changes nothing in prefix mode either, beams included
+    assert default == generate(m, b, GenerationConfig(max_new_tokens=8, eos_id=-1, use_cache=False))
+    assert default == generate(m, b, GenerationConfig(max_new_tokens=8, eos_id=-1, num_beams=1))
+    # the first new token is what a prefix-mode forward pass over the prompt predicts, on
+    # prompts where the causal reading predicts another one
+    differ = 0
+    for text in ["abc", "hello world", "xyz xyz", "The quick brown fox", "0123456789", "aaaa bbbb", "q"]:
+        one = batch_of(m, [{"text": {"prompt": text}}])
+        last = one.inputs["text"]["prompt_len"][0] - 1
+        pick = {md: int(m(one, mode=md).outputs["lm"].logits[0, last].argmax()) for md in ("prefix", "causal")}
+        assert generate(m, one, GenerationConfig(max_new_tokens=1, eos_id=-1))[0][0] == pick["prefix"]
+        differ += pick["prefix"] != pick["causal"]
+    assert differ >= 1
+
+    assert trained_attention(_prefix_model({"t": {"objective": "lm", "train": "c.txt"}}), "lm") == "causal"
+    override = {"t": {"objective": "prefix_lm", "train": "p.jsonl", "attention": "causal"}}
+    assert trained_attention(_prefix_model(override), "lm") == "causal"
+    mixed = {"a": {"objective": "lm", "train": "c.txt"}, "b": {"objective": "prefix_lm", "train": "p.jsonl"}}
+    assert trained_attention(_prefix_model(mixed), "lm") is None  # ambiguous: the backbone's default
+    assert trained_attention(_prefix_model({}), "lm") is None
