@@ -271,7 +271,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.stream and cfg.num_beams == 1 and cfg.num_return_sequences == 1 and not cfg.stop_strings:
         ids: list[int] = []
         shown = ""
-        for tok in generate_stream(model, batch, cfg, text_input=text_input):
+        for tok in generate_stream(model, batch, cfg, text_input=text_input, mode=args.attention):
             t = int(tok[0])
             if t == getattr(proc, "eos_id", None):
                 break
@@ -283,7 +283,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             shown = text
         print()
         return 0
-    for i, row in enumerate(generate(model, batch, cfg, text_input=text_input)):
+    for i, row in enumerate(generate(model, batch, cfg, text_input=text_input, mode=args.attention)):
         prefix = f"[{i + 1}] " if cfg.num_return_sequences > 1 else ""
         print(prefix + proc.decode(row))
     return 0
@@ -465,6 +465,12 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         help="another input of the prompt, e.g. image=cat.png (repeatable)",
     )
     g.add_argument("--text-input", help="the text input to generate (default: the model's only one)")
+    g.add_argument(
+        "--attention",
+        choices=("causal", "prefix", "bidirectional"),
+        help="how the prompt is attended (default: as the model's tasks trained its LM head: prefix for prefix_lm, "
+        "causal for lm)",
+    )
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--min-new-tokens", type=int, default=0)
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")

@@ -185,3 +185,26 @@ def test_generation_attends_the_prompt_as_the_model_was_trained():
     mixed = {"a": {"objective": "lm", "train": "c.txt"}, "b": {"objective": "prefix_lm", "train": "p.jsonl"}}
     assert trained_attention(_prefix_model(mixed), "lm") is None  # ambiguous: the backbone's default
     assert trained_attention(_prefix_model({}), "lm") is None
+
+
+def test_generate_command_attention_flag(tmp_path, capsys):
+    from mmcore.cli import main
+
+    m = _prefix_model({"t": {"objective": "prefix_lm", "train": "pairs.jsonl"}})
+    mmcore.save(m, tmp_path / "m")
+    proc = m.processors["text"]
+    cfg = GenerationConfig(max_new_tokens=4, eos_id=-1)
+    for text in ["abc", "hello world", "xyz xyz", "The quick brown fox", "0123456789", "aaaa bbbb", "q"]:
+        b = batch_of(m, [{"text": {"prompt": text}}])
+        want = {md: generate(m, b, cfg, mode=md)[0] for md in ("prefix", "causal")}
+        if want["prefix"] != want["causal"]:
+            break
+    assert want["prefix"] != want["causal"]
+    got = {}
+    for flag in (None, "prefix", "causal"):
+        extra = ["--attention", flag] if flag else []
+        argv = ["generate", str(tmp_path / "m"), "--prompt", text, "--max-new-tokens", "4", *extra]
+        assert main(argv) == 0
+        got[flag] = capsys.readouterr().out.rstrip("\n")
+    assert got[None] == got["prefix"] == proc.decode(want["prefix"])
+    assert got["causal"] == proc.decode(want["causal"])
