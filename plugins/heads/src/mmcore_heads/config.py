@@ -11,6 +11,15 @@ from mmcore.config import ComponentConfig
 
 __all__ = ["LMHeadConfig", "ClassificationHeadConfig"]
 
+#: Both heads' ``label_smoothing`` option.
+_LABEL_SMOOTHING = Field(
+    0.0,
+    ge=0.0,
+    lt=1.0,
+    description="Label smoothing of the training cross-entropy (0: none). In eval mode the loss is the plain "
+    "cross-entropy, so evaluation losses and perplexities stay comparable across settings.",
+)
+
 
 class LMHeadConfig(ComponentConfig):
     """Options of ``head:lm``: a language-model head over one input's tokens (text, or image tokens)."""
@@ -28,13 +37,7 @@ class LMHeadConfig(ComponentConfig):
     )
     bias: bool = Field(False, description="Add a learned bias per vocabulary entry to the logits.")
     weight: float = Field(1.0, ge=0.0, description="This head's weight in the model's total loss.")
-    label_smoothing: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Label smoothing of the training cross-entropy (0: none). In eval mode the loss is the plain "
-        "cross-entropy, so evaluation losses and perplexities stay comparable across settings.",
-    )
+    label_smoothing: float = _LABEL_SMOOTHING
 
 
 class ClassificationHeadConfig(ComponentConfig):
@@ -56,13 +59,7 @@ class ClassificationHeadConfig(ComponentConfig):
         description="Per-class weights of the cross-entropy, one per class (for imbalanced data); default: equal.",
     )
     weight: float = Field(1.0, ge=0.0, description="This head's weight in the model's total loss.")
-    label_smoothing: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Label smoothing of the training cross-entropy (0: none). In eval mode the loss is the plain "
-        "cross-entropy, so evaluation losses and perplexities stay comparable across settings.",
-    )
+    label_smoothing: float = _LABEL_SMOOTHING
 
     @model_validator(mode="after")
     def _check_class_weights(self) -> "ClassificationHeadConfig":
