@@ -114,12 +114,12 @@ def _pick_head(model: nn.Module, head: str | None) -> tuple[str, str]:
 
 
 def _mode_for(model: nn.Module, head: str, kind: str) -> str | None:
-    from .objectives import _DEFAULT_MODE
+    from .objectives import task_attention, task_head
 
     spec = getattr(model, "spec", None)
     for t in spec.tasks.values() if spec is not None else []:
-        if t.head == head or (t.head is None and len(model.heads) == 1):
-            return t.attention or _DEFAULT_MODE[t.objective]
+        if task_head(t, list(model.heads)) == head:
+            return task_attention(t)
     return None
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .errors import MMCoreError
+from .objectives import task_attention, task_head
 from .types import Batch, Tokens
 
 __all__ = [
@@ -125,13 +126,10 @@ def trained_attention(model: Any, head: str) -> str | None:
     bidirectionally), ``"causal"`` when ``lm`` tasks do; a task's ``attention`` overrides its
     objective's default. None (the backbone's configured attention) when the model has no
     spec, no task trains the head, or its tasks disagree: pass ``mode=`` then."""
-    spec = getattr(model, "spec", None)
-    tasks = getattr(spec, "tasks", None) or {}
-    only = next(iter(model.heads)) if len(model.heads) == 1 else None
+    tasks = getattr(getattr(model, "spec", None), "tasks", None) or {}
+    heads = list(model.heads)
     modes = {
-        t.attention or ("prefix" if t.objective == "prefix_lm" else "causal")
-        for t in tasks.values()
-        if t.objective in ("lm", "prefix_lm") and (t.head or only) == head
+        task_attention(t) for t in tasks.values() if t.objective in ("lm", "prefix_lm") and task_head(t, heads) == head
     }
     return modes.pop() if len(modes) == 1 else None
 
@@ -393,8 +391,12 @@ def generate_stream(
     cfg = config or GenerationConfig()
     if cfg.num_beams > 1:
         raise MMCoreError("streaming works with greedy and sampling decoding, not beam search")
-    model.eval()
-    dec = _Decoder(model, text_input, head, mode)
+    yield from _stream(_Decoder(model, text_input, head, mode), batch, cfg)
+
+
+@torch.no_grad()
+def _stream(dec: _Decoder, batch: Batch, cfg: GenerationConfig) -> Iterator[Tensor]:
+    dec.model.eval()
     x, mask, prefix_len, context = dec.prompt(batch)
     count = dec.count(batch).to(x.device)
     dec.check_room(count, cfg.max_new_tokens)
@@ -433,11 +435,8 @@ def generate_stream(
 
 
 @torch.no_grad()
-def _beam_search(
-    model: Any, batch: Batch, cfg: GenerationConfig, text_input: str | None, head: str | None, mode: str | None
-) -> list[list[int]]:
-    model.eval()
-    dec = _Decoder(model, text_input, head, mode)
+def _beam_search(dec: _Decoder, batch: Batch, cfg: GenerationConfig) -> list[list[int]]:
+    dec.model.eval()
     x, mask, prefix_len, context = dec.prompt(batch)
     count = dec.count(batch).to(x.device)
     dec.check_room(count, cfg.max_new_tokens)
@@ -523,16 +522,14 @@ def generate(
     """New token ids for every prompt of ``batch``: ``num_return_sequences`` consecutive
     lists per prompt, each cut before its eos / stop token / stop string."""
     cfg = config or GenerationConfig()
-    if cfg.stop_strings:
-        dec = _Decoder(model, text_input, head, mode)
-        if getattr(dec.proc, "modality", "text") != "text":
-            raise MMCoreError(f"stop_strings apply to text; the generated input {dec.text!r} is not text")
-    if cfg.num_beams > 1:
-        rows = _beam_search(model, batch, cfg, text_input, head, mode)
-    else:
-        steps = list(generate_stream(model, batch, cfg, text_input=text_input, head=head, mode=mode))
-        rows = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(batch.size * cfg.num_return_sequences)]
     dec = _Decoder(model, text_input, head, mode)
+    if cfg.stop_strings and getattr(dec.proc, "modality", "text") != "text":
+        raise MMCoreError(f"stop_strings apply to text; the generated input {dec.text!r} is not text")
+    if cfg.num_beams > 1:
+        rows = _beam_search(dec, batch, cfg)
+    else:
+        steps = list(_stream(dec, batch, cfg))
+        rows = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(batch.size * cfg.num_return_sequences)]
     eos = cfg.eos_id if cfg.eos_id is not None else getattr(dec.proc, "eos_id", None)
     enders = ({eos} if eos is not None else set()) | set(cfg.stop_tokens)
     out = []

@@ -21,6 +21,7 @@ hidden-state error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,7 +32,15 @@ from .config import TaskConfig
 from .errors import MMCoreError
 from .types import Batch
 
-__all__ = ["Objective", "Distillation", "make_objective", "mask_tokens", "IGNORE_INDEX"]
+__all__ = [
+    "Objective",
+    "Distillation",
+    "make_objective",
+    "task_head",
+    "task_attention",
+    "mask_tokens",
+    "IGNORE_INDEX",
+]
 
 IGNORE_INDEX = -100
 
@@ -148,14 +157,25 @@ def mask_tokens(
     return corrupted, labels
 
 
+def task_head(task: TaskConfig, heads: Sequence[str]) -> str | None:
+    """The head a task trains: its ``head``, else the model's only head (None when there are several)."""
+    return task.head or (heads[0] if len(heads) == 1 else None)
+
+
+def task_attention(task: TaskConfig) -> str | None:
+    """The attention mode a task trains with: its ``attention``, else its objective's default
+    (None for classification: the backbone's configured mode)."""
+    return task.attention or _DEFAULT_MODE[task.objective]
+
+
 def make_objective(task: TaskConfig, model: nn.Module, task_name: str = "") -> Objective:
     """Bind a task's objective to the model's head and text processor."""
     m = _unwrap(model)
     heads = list(m.heads)
-    head = task.head or (heads[0] if len(heads) == 1 else None)
+    head = task_head(task, heads)
     if head is None or head not in m.heads:
         raise MMCoreError(f"tasks.{task_name}: head {task.head!r} not in the model; heads: {heads}")
-    mode = task.attention or _DEFAULT_MODE[task.objective]
+    mode = task_attention(task)
     obj = Objective(
         kind=task.objective, head=head, mode=mode, text_input=task.text_input, mlm_probability=task.mlm_probability
     )
