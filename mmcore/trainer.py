@@ -81,6 +81,10 @@ class _Task:
     it: Any = None
     excluded: dict[int, str] = field(default_factory=dict)  # records that killed a worker process
 
+    def data(self) -> Any:
+        """The training records less the excluded ones."""
+        return ExcludingDataset(self.train, self.excluded) if self.excluded else self.train
+
 
 @dataclass
 class TrainResult:
@@ -275,8 +279,9 @@ class Trainer:
         while True:
             if task.it is None:
                 procs = getattr(task.train, "processors", self.model.processors)  # training copies
-                data = ExcludingDataset(task.train, task.excluded) if task.excluded else task.train
-                task.loader = make_loader(data, procs, task.plan, start=task.consumed, num_workers=self.cfg.num_workers)
+                task.loader = make_loader(
+                    task.data(), procs, task.plan, start=task.consumed, num_workers=self.cfg.num_workers
+                )
                 task.it = iter(task.loader)
             try:
                 batch, bad = next(task.it)
@@ -294,7 +299,7 @@ class Trainer:
         """Replay the batches in flight in a fresh process to find the record that kills it;
         stop naming it, or exclude it and rebuild the loader (``on_bad_record``)."""
         task.it = task.loader = None
-        data = ExcludingDataset(task.train, task.excluded) if task.excluded else task.train
+        data = task.data()
         candidates = [i for k in (task.consumed, task.consumed + 1) for i in task.plan.indices(k)]
         candidates = [i for i in dict.fromkeys(candidates) if i not in task.excluded]
         culprit = find_fatal_record(data, candidates)
