@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import InputError, MMCoreError
+from .files import regular_file_problem
 from .interfaces import Processor
 from .types import Batch
 
@@ -39,7 +42,13 @@ __all__ = [
     "make_loader",
     "ExcludingDataset",
     "find_fatal_record",
+    "MAX_RECORD_BYTES",
 ]
+
+#: Longest manifest line (one record, in bytes, newline included) read by default; a longer
+#: one is a bad record without being read. Large media belong in files named by ``path``.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+_BLOCK = 1 << 20
 
 
 class DataError(MMCoreError):
@@ -60,27 +69,52 @@ class BadRecord:
 
 
 def _line_offsets(path: Path) -> tuple[list[int], list[int], list[int]]:
-    """Byte offset, 1-based line number and byte size of every non-blank line (records parse lazily)."""
+    """Byte offset, 1-based line number and byte size of every non-blank line (records parse lazily).
+
+    Reads in blocks, so a line of any length costs no more memory than a block."""
     offsets, numbers, sizes = [], [], []
-    pos = 0
+    pos, start, n, blank = 0, 0, 1, True  # blank: the current line holds only whitespace so far
     with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                offsets.append(pos)
-                numbers.append(n)
-                sizes.append(len(line))
-            pos += len(line)
+        while block := f.read(_BLOCK):
+            i = 0
+            while True:
+                j = block.find(b"\n", i)
+                part = block[i:] if j < 0 else block[i:j]
+                blank = blank and not part.strip()
+                if j < 0:
+                    break
+                if not blank:
+                    offsets.append(start)
+                    numbers.append(n)
+                    sizes.append(pos + j + 1 - start)
+                start, n, blank, i = pos + j + 1, n + 1, True, j + 1
+            pos += len(block)
+    if not blank:
+        offsets.append(start)
+        numbers.append(n)
+        sizes.append(pos - start)
     return offsets, numbers, sizes
 
 
 class ManifestDataset(Dataset):
     """Records of a JSONL manifest, processed by the model's processors.
 
+    File references. In a field whose modality is not ``text``, every file reference is
+    resolved by :meth:`resolve_value` before any processor sees the value, whatever shape
+    the value has: a string, a string in a list, or the ``path`` of a dict (``{"path":
+    "a.wav"}``), at any depth. Each resolves against the manifest's folder and must stay in
+    it (no ``..``, absolute path or symlink leading out; ``allow_outside=True`` lifts only
+    this rule) and name a regular file (not a folder, FIFO, device or socket; no NUL byte).
+    ``bytes`` in a dict is the file's *content*, written as base64 text (RFC 4648, standard
+    alphabet, padded, as ``base64.b64encode(data).decode()`` writes it); it is decoded here
+    and the processor receives bytes, so ``bytes`` can never name a file. Dict keys and
+    non-string values (numbers, ``null``) pass through unchanged. Processors therefore
+    receive only resolved, checked paths or in-memory bytes.
+
+    A line longer than ``max_record_bytes`` is a bad record, refused before it is read.
+
     Args:
-        path: the manifest. File paths in records (a string, or the ``path`` of a dict
-            value such as ``{"path": "a.wav"}``) resolve against its folder and may not
-            leave it, by ``..``, an absolute path or a symlink (``allow_outside=True``
-            lifts that).
+        path: the manifest.
         processors: input name -> Processor (``model.processors``).
         modalities: input name -> modality; inputs whose modality is not ``text`` take a
             file path (or an inline value their processor accepts).
@@ -88,6 +122,8 @@ class ManifestDataset(Dataset):
             record["target"]}`` when a record has a ``target`` (conditional generation).
         targets: record fields that become integer targets (``label``).
         labels: optional class names per target field; string labels map to their index.
+        allow_outside: let file references leave the manifest's folder (the other rules stay).
+        max_record_bytes: longest line read (default :data:`MAX_RECORD_BYTES`).
     """
 
     def __init__(
@@ -100,6 +136,7 @@ class ManifestDataset(Dataset):
         targets: Sequence[str] = ("label",),
         labels: Mapping[str, Sequence[str]] | None = None,
         allow_outside: bool = False,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ):
         self.path = Path(path)
         if not self.path.is_file():
@@ -111,6 +148,7 @@ class ManifestDataset(Dataset):
         self.targets = tuple(targets)
         self.labels = {k: list(v) for k, v in (labels or {}).items()}
         self.allow_outside = allow_outside
+        self.max_record_bytes = int(max_record_bytes)
         self.offsets, self.lines, self.sizes = _line_offsets(self.path)
         if not self.offsets:
             raise DataError(f"{self.path}: the manifest has no records")
@@ -130,10 +168,17 @@ class ManifestDataset(Dataset):
         return f"{self.path}:{self.lines[i]}"
 
     def _read(self, i: int) -> tuple[int, dict[str, Any]]:
+        line = self.lines[i]
+        if self.sizes[i] > self.max_record_bytes:  # refused unread: parsing it would take ~10x its size
+            raise _Bad(
+                f"{self.path}:{line}",
+                None,
+                f"the line is {self.sizes[i]:,} bytes, more than max_record_bytes = {self.max_record_bytes:,}; "
+                "put large media in files and name them with a path",
+            )
         with open(self.path, "rb") as f:
             f.seek(self.offsets[i])
-            raw = f.readline()
-        line = self.lines[i]
+            raw = f.readline(self.max_record_bytes + 1)
         try:
             record = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -145,13 +190,41 @@ class ManifestDataset(Dataset):
         return line, record
 
     def resolve_path(self, value: str, where: str, field_name: str) -> str:
+        """One file reference -> the absolute path of a regular file inside the manifest's folder."""
+        if "\x00" in value:
+            raise _Bad(where, field_name, f"path {value!r} holds a NUL byte, which no file name can")
         p = Path(value)
         full = (p if p.is_absolute() else self.root / p).resolve()
         if not self.allow_outside and self.root not in full.parents and full != self.root:
             raise _Bad(where, field_name, f"path {value!r} leaves the manifest's folder {self.root}")
-        if not full.is_file():
-            raise _Bad(where, field_name, f"file not found: {full}")
+        problem = regular_file_problem(full)
+        if problem is not None:
+            raise _Bad(where, field_name, f"path {value!r}: {full} {problem}")
         return str(full)
+
+    def resolve_value(self, value: Any, where: str, field_name: str) -> Any:
+        """A non-text field's value with every file reference resolved and checked (see the class).
+
+        Strings (at the top, in lists, under ``path``) become absolute paths of regular files
+        in the manifest's folder; ``bytes`` (base64 text) becomes bytes; anything else is kept.
+        """
+        if isinstance(value, str):
+            return self.resolve_path(value, where, field_name)
+        if isinstance(value, list):
+            return [self.resolve_value(v, where, field_name) for v in value]
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, Any] = {}
+        for key, v in value.items():
+            if v is None:
+                out[key] = None
+            elif key == "bytes":
+                out[key] = _base64(v, where, field_name)
+            elif key == "path" and not isinstance(v, str):  # {"path": ...}: the same rule as a bare path
+                raise _Bad(where, field_name, f"'path' must be a string, got {type(v).__name__}")
+            else:
+                out[key] = self.resolve_value(v, where, field_name)
+        return out
 
     def __getitem__(self, i: int) -> dict[str, Any] | BadRecord:
         try:
@@ -167,12 +240,8 @@ class ManifestDataset(Dataset):
                 if value is None:
                     inputs[name] = None
                     continue
-                if self.modalities.get(name) != "text" and isinstance(value, str):
-                    value = self.resolve_path(value, where, name)
-                elif self.modalities.get(name) != "text" and isinstance(value, dict) and "path" in value:
-                    if not isinstance(value["path"], str):  # {"path": ...}: the same rule as a bare path
-                        raise _Bad(where, name, f"'path' must be a string, got {type(value['path']).__name__}")
-                    value = {**value, "path": self.resolve_path(value["path"], where, name)}
+                if self.modalities.get(name) != "text":
+                    value = self.resolve_value(value, where, name)
                 at = f"{where} field {name!r}"
                 try:
                     inputs[name] = proc(value, where=at)
@@ -189,7 +258,7 @@ class ManifestDataset(Dataset):
         except _Bad as bad:
             return BadRecord(bad.where, bad.field, bad.reason)
         except (OSError, ValueError) as exc:  # a processor's unexpected failure on this record
-            return BadRecord(f"{self.path}:record {i + 1}", None, f"{type(exc).__name__}: {exc}")
+            return BadRecord(self.where(i), None, f"{type(exc).__name__}: {exc}")
 
     def _target(self, value: Any, key: str, where: str) -> int:
         names = self.labels.get(key)
@@ -204,6 +273,25 @@ class ManifestDataset(Dataset):
             top = f"below {len(names)} ({len(names)} classes)" if names else "of at most 2**63 - 1"
             raise _Bad(where, key, f"must be a class index, 0 or more and {top}; got {value}")
         return value
+
+
+def _base64(value: Any, where: str, field_name: str) -> bytes:
+    """A manifest's ``bytes``: base64 text of a file's content -> the content."""
+    if not isinstance(value, str):
+        raise _Bad(
+            where,
+            field_name,
+            f"'bytes' must be the file's content as base64 text, got {type(value).__name__}; name a file with 'path'",
+        )
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _Bad(
+            where,
+            field_name,
+            f"'bytes' is not base64 text ({exc}); it holds a file's content, encoded as base64 (a file is named "
+            "with 'path')",
+        ) from None
 
 
 class _Bad(Exception):

@@ -4,7 +4,11 @@ Accepted values (see :func:`decode`): a path to an audio file (anything libsndfi
 reads, by content: WAV, FLAC, OGG, MP3, AIFF...), the file's bytes, a numpy array, a
 torch tensor or a list of samples (at the processor's ``sample_rate``), or a dict
 ``{"array": ..., "sample_rate": N}`` (``"sampling_rate"`` also works, as Hugging Face
-datasets write it), ``{"path": ...}`` or ``{"bytes": ...}``.
+datasets write it), ``{"path": ...}`` or ``{"bytes": ...}``. ``bytes`` is always the file's content (``bytes``,
+``bytearray`` or ``memoryview``), never a path: a string there is an error. (A manifest
+writes ``bytes`` as base64 text; :class:`mmcore.data.ManifestDataset` decodes it, and
+resolves and checks every path, before this module sees the value.) Only regular files are
+opened: a folder, a FIFO or a device (``/dev/zero``) is refused without being read.
 
 Files are checked before they are decoded: the header's frame count and rate give the
 duration, so a file that declares hours is rejected without reading its samples, and a
@@ -27,6 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from mmcore import InputError
+from mmcore.files import open_regular, regular_file_problem
 
 __all__ = ["Decoded", "decode", "CLIP_LEVEL", "SILENCE_LEVEL"]
 
@@ -120,9 +125,18 @@ def _from_mapping(value: Mapping[Any, Any], sample_rate: int, max_seconds: float
             )
         return _from_array(value["array"], int(rate), "array", max_seconds, where)
     if value.get("bytes") is not None:
-        return decode(value["bytes"], sample_rate=sample_rate, max_seconds=max_seconds, where=where)
+        data = value["bytes"]
+        if not isinstance(data, (bytes, bytearray, memoryview)):  # never a path: 'path' names files
+            raise InputError(
+                f"{_at(where)}an audio dict's 'bytes' must hold the file's content (bytes), got "
+                f"{type(data).__name__}; name a file with 'path'"
+            )
+        return decode(data, sample_rate=sample_rate, max_seconds=max_seconds, where=where)
     if value.get("path") is not None:
-        return decode(value["path"], sample_rate=sample_rate, max_seconds=max_seconds, where=where)
+        path = value["path"]
+        if not isinstance(path, (str, os.PathLike)):
+            raise InputError(f"{_at(where)}an audio dict's 'path' must be a file path, got {type(path).__name__}")
+        return _from_path(os.fspath(path), max_seconds, where)
     raise InputError(
         f"{_at(where)}an audio dict needs 'array' (with 'sample_rate'), 'bytes' or 'path'; got keys "
         f"{sorted(map(str, value))}"
@@ -134,12 +148,13 @@ def _from_mapping(value: Mapping[Any, Any], sample_rate: int, max_seconds: float
 
 def _from_path(path: str, max_seconds: float, where: str) -> Decoded:
     label = f"file {path!r}"
-    if not os.path.exists(path):
+    problem = regular_file_problem(path)
+    if problem == "no such file":
         raise InputError(f"{_at(where)}audio {label} does not exist")
-    if os.path.isdir(path):
-        raise InputError(f"{_at(where)}audio {label} is a directory, not an audio file")
+    if problem is not None and problem.startswith(("is ", "holds ")):  # a folder, FIFO, device: never read
+        raise InputError(f"{_at(where)}audio {label} {problem}")
     try:
-        fh = open(path, "rb")
+        fh = open_regular(path)
     except OSError as exc:
         raise InputError(f"{_at(where)}cannot open audio {label}: {exc.strerror or exc}") from exc
     with fh:

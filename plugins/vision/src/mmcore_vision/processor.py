@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
@@ -33,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from mmcore.errors import InputError, ModelDirError
+from mmcore.files import open_regular, regular_file_problem
 from mmcore.interfaces import Processor
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, ImageOptions
@@ -57,6 +57,10 @@ _SIGNATURES = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
+#: The raster formats decoded (Pillow format names), passed to ``Image.open(formats=...)``:
+#: every other format Pillow knows is refused unread, among them EPS/PostScript and PDF
+#: (whose plugins start the external Ghostscript interpreter) and the rarer raster formats.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 _EXTENSIONS = {
     ".png": "PNG",
     ".jpg": "JPEG",
@@ -110,9 +114,13 @@ class ImageProcessor(Processor):
 
     ``__call__(value, *, where="")`` accepts
 
-    * a path (``str`` or ``os.PathLike``) to any file Pillow reads (PNG, JPEG, GIF, BMP,
-      TIFF, WebP...; the format is read from the content, not the extension),
+    * a path (``str`` or ``os.PathLike``) to a regular file in one of :data:`FORMATS` (PNG,
+      JPEG, GIF, BMP, TIFF, WebP; the format is read from the content, not the extension;
+      any other format, EPS/PostScript and PDF included, is refused before it is parsed,
+      so no external interpreter ever starts; a folder, FIFO or device is refused unread),
     * ``bytes`` of such a file,
+    * a dict ``{"bytes": ...}`` or ``{"path": ...}`` (as Hugging Face datasets write images;
+      ``bytes`` is the content, never a path),
     * a ``PIL.Image.Image``,
     * a numpy array, HxW or HxWxC (C = 1, 2 gray+alpha, 3 or 4 RGBA), uint8 (0-255),
       uint16 (0-65535), bool, or float in [0, 1],
@@ -217,14 +225,31 @@ class ImageProcessor(Processor):
             if not data:
                 raise InputError(f"{_at(where)}empty bytes: an image field holds no data")
             return self._decode(io.BytesIO(data), where, f"<{len(data)} bytes>", data[:16])
+        if isinstance(value, Mapping):
+            return self._from_mapping(value, where)
         if isinstance(value, np.ndarray):
             return self._from_array(value, where)
         if isinstance(value, torch.Tensor):
             return self._from_tensor(value, where)
         raise InputError(
-            f"{_at(where)}an image must be a file path (str), bytes, a PIL image, a numpy array (HxW or HxWxC) "
-            f"or a torch tensor (CxHxW); got {type(value).__name__}"
+            f"{_at(where)}an image must be a file path (str), bytes, a PIL image, a numpy array (HxW or HxWxC), "
+            f"a torch tensor (CxHxW) or a dict {{'bytes': ...}} / {{'path': ...}}; got {type(value).__name__}"
         )
+
+    def _from_mapping(self, value: Mapping[Any, Any], where: str) -> Tensor:
+        data, path = value.get("bytes"), value.get("path")
+        if data is not None:
+            if not isinstance(data, (bytes, bytearray, memoryview)):  # never a path: 'path' names files
+                raise InputError(
+                    f"{_at(where)}an image dict's 'bytes' must hold the file's content (bytes), got "
+                    f"{type(data).__name__}; name a file with 'path'"
+                )
+            return self.to_tensor(data, where=where)
+        if path is not None:
+            if not isinstance(path, (str, os.PathLike)):
+                raise InputError(f"{_at(where)}an image dict's 'path' must be a file path, got {type(path).__name__}")
+            return self._from_file(path, where)
+        raise InputError(f"{_at(where)}an image dict needs 'bytes' or 'path'; got keys {sorted(map(str, value))}")
 
     # --- files -------------------------------------------------------------------------
 
@@ -232,18 +257,15 @@ class ImageProcessor(Processor):
         name = os.fsdecode(os.fspath(path))
         if "://" in name[:16]:
             raise InputError(f"{_at(where)}{name}: URLs are not fetched; download the image and give its path")
+        problem = regular_file_problem(name)
+        if problem is not None and problem.startswith(("no such file", "holds ")):
+            raise InputError(f"{_at(where)}{name}: {problem}") from None
+        if problem is not None and problem.startswith("is "):  # a folder, FIFO or device: never read
+            raise InputError(f"{_at(where)}{name}: {problem}, not an image file") from None
         try:
-            st = os.stat(name)
-        except FileNotFoundError:
-            raise InputError(f"{_at(where)}{name}: no such file") from None
-        except OSError as exc:
-            raise InputError(f"{_at(where)}{name}: cannot read: {exc.strerror or exc}") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(f"{_at(where)}{name}: is a directory, not an image file")
-        if st.st_size == 0:
-            raise InputError(f"{_at(where)}{name}: empty file (0 bytes), not an image")
-        try:
-            with open(name, "rb") as f:
+            with open_regular(name) as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    raise InputError(f"{_at(where)}{name}: empty file (0 bytes), not an image")
                 prefix = f.read(16)
                 f.seek(0)
                 return self._decode(f, where, name, prefix)
@@ -257,7 +279,7 @@ class ImageProcessor(Processor):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(fp)
+                img = Image.open(fp, formats=FORMATS)  # EPS and PDF would start Ghostscript
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise InputError(f"{at}: refused before decoding by Pillow's decompression-bomb guard: {exc}") from None
         except UnidentifiedImageError:
@@ -271,15 +293,19 @@ class ImageProcessor(Processor):
     @staticmethod
     def _not_an_image(label: str, sniffed: str | None) -> str:
         ext = os.path.splitext(label)[1].lower() if not label.startswith("<") else ""
+        accepted = ", ".join(FORMATS)
         if sniffed:
             return f"corrupt {sniffed} file: it starts like a {sniffed} but its header cannot be parsed"
         if ext in _EXTENSIONS:
             return (
                 f"not an image: the content is not {_EXTENSIONS[ext]} (despite the {ext!r} extension) "
-                "nor any other format Pillow reads"
+                f"nor any other accepted format ({accepted})"
             )
         what = f" (extension {ext!r})" if ext else ""
-        return f"not an image file{what}: Pillow cannot identify its format (PNG, JPEG, GIF, BMP, TIFF, WebP...)"
+        return (
+            f"not an image file{what} in an accepted format ({accepted}); other formats, EPS, PostScript and PDF "
+            "among them, are refused unread"
+        )
 
     def _check_size(self, size: tuple[int, int], where: str, label: str) -> None:
         w, h = size
