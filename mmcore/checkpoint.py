@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from .errors import ModelDirError, SpecError, WeightsError
-from .spec import Spec, parse_spec_text
+from .spec import Spec, parse_spec_text, read_spec_file
 
 __all__ = ["save", "load", "FORMAT", "atomic_write_bytes", "atomic_write_text", "check_state_dict"]
 
@@ -238,9 +238,9 @@ def _verify(directory: Path, manifest: dict[str, Any]) -> None:
 
 def _spec_for(directory: Path, manifest: dict[str, Any], registry: Any) -> Spec:
     try:
-        text = (directory / SPEC).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{directory / SPEC}: cannot read: {exc}") from exc
+        text = read_spec_file(directory / SPEC)  # bounded, regular file only
+    except SpecError as exc:
+        raise ModelDirError(str(exc.issues[0])) from exc
     try:
         return parse_spec_text(text, file=str(directory / SPEC), registry=registry)
     except SpecError as exc:

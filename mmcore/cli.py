@@ -11,12 +11,11 @@ import dataclasses
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import MMCoreError
+from .errors import MMCoreError, SpecError
 
 __all__ = ["main", "catalog_path", "read_catalog"]
 
@@ -35,9 +34,11 @@ def read_catalog(path: Path | None = None) -> dict[str, dict[str, Any]]:
     path = path or catalog_path()
     if path is None or not path.is_file():
         return {}
+    from .spec import parse_toml, read_spec_file
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = parse_toml(read_spec_file(path), file=str(path))
+    except SpecError as exc:
         raise MMCoreError(f"{path}: unreadable catalog: {exc}") from exc
     plugins = data.get("plugins", {})
     if not isinstance(plugins, dict):

@@ -46,14 +46,21 @@ class SpecIssue:
 
 
 class SpecError(MMCoreError, ValueError):
-    """A spec failed validation. ``issues`` holds every problem found, not just the first."""
+    """A spec failed validation. ``issues`` holds every problem found, not just the first;
+    the message shows the first :attr:`SHOWN` and counts the rest, so it stays short
+    whatever the spec holds."""
+
+    SHOWN = 50
 
     def __init__(self, issues: list[SpecIssue], file: str | None = None):
         self.issues = list(issues)
         self.file = file
         n = len(self.issues)
         head = f"{file or 'spec'}: {n} problem{'s' if n != 1 else ''}"
-        super().__init__(head + "\n" + "\n".join(f"  - {i}" for i in self.issues))
+        lines = [f"  - {i}" for i in self.issues[: self.SHOWN]]
+        if n > self.SHOWN:
+            lines.append(f"  ... and {n - self.SHOWN} more problem{'s' if n - self.SHOWN != 1 else ''}")
+        super().__init__(head + "\n" + "\n".join(lines))
 
 
 class PluginError(MMCoreError):
