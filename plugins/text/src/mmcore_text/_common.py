@@ -11,7 +11,23 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["TokenizerBase", "cut"]
+__all__ = ["TokenizerBase", "cut", "precut"]
+
+
+def precut(text: str, budget: int, side: str, max_token_chars: int) -> str:
+    """``text`` cut, before it is encoded, to the characters that can matter for keeping
+    ``budget`` tokens from its start (``side="right"``) or end (``"left"``).
+
+    A token covers at most ``max_token_chars`` characters, so ``budget + 1`` tokens need at
+    most ``(budget + 1) * max_token_chars`` of them; twice that is kept, so a word cut at
+    the edge (which a BPE tokenizer may split differently) lies beyond the tokens kept. The
+    cost of encoding a record is then bounded by ``max_length``, not by the text's length;
+    the kept tokens, and whether the text was too long, are those of the whole text.
+    """
+    keep = 2 * (max(budget, 0) + 1) * max(max_token_chars, 1)
+    if len(text) <= keep:
+        return text
+    return text[-keep:] if side == "left" else text[:keep]
 
 
 def cut(ids: list[int], budget: int, side: str, starts_inside_char: Any) -> tuple[list[int], int]:
@@ -42,6 +58,8 @@ class TokenizerBase:
     """
 
     pad_id: int
+    #: The most characters of text one token covers (bounds the text encoded for ``max_length`` tokens).
+    max_token_chars: int = 1
 
     def encode(self, text: str) -> list[int]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -83,6 +101,8 @@ class TokenizerBase:
             raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
         if padding == "max_length" and max_length is None:
             raise ValueError("padding='max_length' needs max_length")
+        if max_length is not None:  # encode only what can be kept: memory bounded by max_length
+            texts = [precut(t, max_length, "right", self.max_token_chars) for t in texts]
         rows = self._encode_many(list(texts))
         if max_length is not None:
             rows = [cut(r, max_length, "right", self.starts_inside_char)[0] for r in rows]

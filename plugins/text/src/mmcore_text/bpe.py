@@ -182,6 +182,8 @@ class BPETokenizer(TokenizerBase):
         self._special = {t.content: i for i, t in sorted(tok.get_added_tokens_decoder().items()) if t.special}
         vocab = tok.get_vocab(with_added_tokens=True)
         self._vocab_size = max(vocab.values()) + 1 if vocab else 0
+        # byte-level symbols are one character a byte, and a byte is at most one character of text
+        self.max_token_chars = max(map(len, vocab), default=1)
         if self._vocab_size > 2 * len(vocab):  # the embedding table gets a row per id up to the largest
             raise InputError(
                 f"{self.source}: token ids reach {self._vocab_size - 1} for {len(vocab)} tokens; ids must run from 0 "

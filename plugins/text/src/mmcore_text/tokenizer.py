@@ -32,7 +32,7 @@ from torch import Tensor
 from mmcore.errors import InputError, ModelDirError
 from mmcore.interfaces import Processor
 
-from ._common import TokenizerBase, cut
+from ._common import TokenizerBase, cut, precut
 from .config import BPETextConfig, ByteTextConfig, TextOptions
 
 __all__ = [
@@ -246,9 +246,9 @@ class TokenTextProcessor(Processor):
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         if isinstance(value, str):
-            content = self._ids(value, where, "text")
             head = [self.bos_id] if self.add_bos else []
             tail = [self.eos_id] if self.add_eos else []
+            content = self._ids(value, where, "text", self.max_length - len(head) - len(tail))
             kept, _ = self._truncate(content, len(head) + len(tail), where)
             return {"ids": torch.tensor(head + kept + tail, dtype=torch.long)}
         if isinstance(value, Mapping):
@@ -269,10 +269,11 @@ class TokenTextProcessor(Processor):
         for key, v in (("prompt", prompt), ("target", target)):
             if not isinstance(v, str) and not (key == "target" and v is None):
                 raise InputError(f"{_at(where)}{self.name} expects {key!r} to be a str, got {type(v).__name__}")
-        p = self._ids(prompt, where, "prompt")
-        t = self._ids(target, where, "target") if target is not None else []
         head = [self.bos_id] if self.add_bos else []
         tail = [self.eos_id] if self.add_eos and target is not None else []
+        budget = self.max_length - len(head) - 1 - len(tail)
+        p = self._ids(prompt, where, "prompt", budget)
+        t = self._ids(target, where, "target", budget) if target is not None else []
         kept, start = self._truncate(p + t, len(head) + 1 + len(tail), where)
         # kept = (p + t)[start:start + len(kept)]; split it back at the prompt's end.
         n_prompt = min(max(len(p) - start, 0), len(kept))
@@ -283,7 +284,12 @@ class TokenTextProcessor(Processor):
             "prompt_len": torch.tensor(prompt_len, dtype=torch.long),
         }
 
-    def _ids(self, text: str, where: str, what: str) -> list[int]:
+    def _ids(self, text: str, where: str, what: str, budget: int) -> list[int]:
+        """Token ids of ``text``, of which at most ``budget`` will be kept (see :func:`precut`:
+        only the text that can matter is encoded, so a huge field costs no more than a short one)."""
+        chars = getattr(self.tokenizer, "max_token_chars", None)
+        if chars is not None:
+            text = precut(text, budget, "left" if self.truncation == "left" else "right", chars)
         try:
             return self.tokenizer.encode(text)
         except UnicodeEncodeError as exc:
@@ -296,7 +302,7 @@ class TokenTextProcessor(Processor):
         budget = self.max_length - n_special
         if len(content) > budget and self.truncation == "error":
             raise InputError(
-                f"{_at(where)}text is {len(content) + n_special} tokens long (special tokens included), more than "
+                f"{_at(where)}text is at least {len(content) + n_special} tokens long (special tokens included), more than "
                 f"max_length = {self.max_length}; shorten it, raise max_length or set truncation = 'right' or 'left'"
             )
         return cut(content, budget, self.truncation, self.tokenizer.starts_inside_char)
