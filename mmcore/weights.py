@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import WeightsSource
+from .files import open_regular, regular_file_problem
 
 __all__ = [
     "LoadReport",
@@ -71,8 +72,8 @@ def read_header(path: str | Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]
     Raises ``ValueError`` (message names the file) for a file that is not safetensors.
     """
     p = Path(path)
-    size = p.stat().st_size
-    with open(p, "rb") as f:
+    with open_regular(p) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) != 8:
             raise ValueError(f"{p}: not a safetensors file (shorter than its 8-byte header length)")
@@ -228,8 +229,11 @@ def plan_weights(
             "loaded); convert it with safetensors.torch.save_file in a trusted environment"
         )
         return plan
-    if not path.is_file():
-        plan.problems.append(f"{path}: no such file")
+    problem = regular_file_problem(path)  # a folder or /dev/zero is named as such, and never read
+    if problem is not None:
+        plan.problems.append(
+            f"{path}: {problem}" + ("; a safetensors file is expected" if problem.startswith("is ") else "")
+        )
         return plan
     try:
         header, _ = read_header(path)

@@ -7,6 +7,10 @@
 * ``MMCORE_FUZZ_REPORT=path.json`` writes, at exit, the cases tried per surface and how
   they ended (``accepted``: valid input that worked; ``rejected``: an mmcore error naming
   where the problem is). A case that ends any other way fails its test.
+* Memory: hostile inputs that once exhausted memory run under a cap on the address space
+  (``RLIMIT_AS``), so a regression fails its test (``MemoryError``, or a killed
+  subprocess) instead of taking the machine: :func:`memory_cap` in this process (for the
+  fuzzers), :func:`run_capped` in a fresh interpreter (for the regression cases).
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import resource
+import subprocess
+import sys
+import textwrap
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -49,3 +59,60 @@ def _write_report() -> None:
 
 
 atexit.register(_write_report)
+
+
+# --- memory caps ------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def address_space() -> int:
+    """This process's current virtual size in bytes (``VmSize``)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+@contextmanager
+def memory_cap(extra: int) -> Iterator[None]:
+    """Limit this process's address space to what it uses now plus ``extra`` bytes, for the
+    duration of the block; an allocation beyond it raises ``MemoryError`` (the test fails,
+    the machine is spared). The limit is raised back afterwards (only the soft limit moves)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = address_space() + extra
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+_PRELUDE = """
+import resource, sys
+def _vm():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+def cap_memory(extra):
+    resource.setrlimit(resource.RLIMIT_AS, (_vm() + extra, resource.getrlimit(resource.RLIMIT_AS)[1]))
+"""
+
+
+def run_capped(code: str, *, timeout: float = 120, env: dict[str, str] | None = None) -> str:
+    """Run ``code`` in a fresh Python; it calls ``cap_memory(extra_bytes)`` once its imports are
+    done, then works on the hostile input. Returns its stdout; a non-zero exit (a
+    ``MemoryError``, a failed assertion, a kill) or a timeout fails the calling test with
+    the child's output."""
+    full = _PRELUDE + textwrap.dedent(code)
+    child_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", full], capture_output=True, text=True, timeout=timeout, env=child_env
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the capped child ran past {timeout} s; output: {exc.stdout!r} {exc.stderr!r}") from None
+    assert proc.returncode == 0, f"capped child exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc.stdout

@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mmcore.errors import SpecError, SpecIssue, WeightsError
+from mmcore.files import regular_file_problem
 from mmcore.interfaces import Encoder
 from mmcore.types import Tokens
 
@@ -289,8 +290,9 @@ class TimmEncoder(Encoder):
                 f"{p}: only .safetensors weights are accepted (.pth/.bin/.pt files are pickles, which can run code "
                 "when loaded); convert it with safetensors.torch.save_file"
             )
-        if not p.is_file():
-            raise WeightsError(f"{p}: no such file (weights for timm model {self.model_name!r})")
+        problem = regular_file_problem(p)  # a folder or /dev/zero is named as such, and never read
+        if problem is not None:
+            raise WeightsError(f"{p}: {problem} (weights for timm model {self.model_name!r})")
         from safetensors.torch import load_file
 
         try:
