@@ -2,8 +2,11 @@
 
 * Manifests: lines of bad JSON, non-objects, missing and mistyped fields, paths that leave
   the manifest's folder (relative, absolute, through a symlink, in an audio ``{"path"}``
-  dict), missing files. Every record becomes a sample or a :class:`mmcore.data.BadRecord`
-  naming the manifest file and line; nothing raises.
+  dict), missing files, FIFOs and devices. Every record becomes a sample or a
+  :class:`mmcore.data.BadRecord` naming the manifest file and line; nothing raises.
+* Record values of every shape (strings, lists, ``path`` and ``bytes`` nested at any
+  depth, ``bytes`` holding a path or base64): an audit hook records every file opened,
+  and none outside the manifest's folder may be.
 * Media, through the vision and audio plugins' processors: valid PNG/JPEG/GIF/BMP/WAV/FLAC
   files cut short, with bytes flipped or inserted, empty, under the wrong extension,
   declaring enormous sizes or durations in their headers; arrays with NaN/Inf, odd shapes,
@@ -13,10 +16,12 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -357,15 +362,21 @@ def _media_dir(root: Path) -> dict[str, str]:
     (root / "outside.png").write_bytes(image_bytes("PNG", 12, 10, "RGB", 2))
     (root / "outside.wav").write_bytes(audio_bytes("WAV", 16000, 1, 4000, 2, "PCM_16"))
     (root / "data" / "link.png").symlink_to(root / "outside.png")
+    os.mkfifo(root / "data" / "fifo")  # opening one for reading waits for a writer: forever
+    os.mkfifo(root / "outside_fifo")
     return {
         "ok_image": "a.png",
         "ok_audio": "a.wav",
         "escape_rel": "../outside.png",
         "escape_abs": str(root / "outside.png"),
+        "escape_abs_audio": str(root / "outside.wav"),
         "escape_link": "link.png",
         "escape_audio": "../outside.wav",
         "missing": "nope.png",
         "dir": ".",
+        "fifo": "fifo",
+        "outside_fifo": str(root / "outside_fifo"),
+        "device": "/dev/zero",
     }
 
 
@@ -497,3 +508,75 @@ def test_manifest_regressions(model, tmp_path):
     assert "must be a class index" in ds[0].reason  # 2**63 made the collator overflow
     assert "must be a class index" in ds[1].reason
     assert "nested too deeply" in ds[2].reason  # was a RecursionError escaping the data loader
+
+
+# --- record values of every shape ------------------------------------------------------------
+
+_OPENED: list[str] | None = None  # files opened while a case runs (None: not watching)
+
+
+def _watch(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED is not None and isinstance(args[0], (str, bytes)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_watch)  # cannot be removed; it records only while a case runs
+
+
+def reference_values(paths: dict[str, str], contents: list[str]) -> st.SearchStrategy[Any]:
+    """A non-text field's value in any shape: a path (inside, escaping, absolute, a symlink
+    out, a FIFO, a device, a NUL byte), base64 content or junk under ``bytes``, a path under
+    ``bytes``, ``path`` and ``bytes`` together, nested in lists and dicts at any depth."""
+    outside = [p for p in paths.values() if os.path.isabs(p)]  # what a bypass would read, most often
+    path = st.sampled_from([*sorted(paths.values()), *outside, *outside, "/etc/passwd", "a\x00.wav", ""])
+    in_bytes = st.one_of(path, st.sampled_from([*contents, "", "!!", "AAAA"]), st.integers())
+    leaf = st.one_of(path, st.none(), st.integers(-2, 70000), st.floats(allow_nan=True), st.booleans())
+
+    def nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+        return st.one_of(
+            st.lists(inner, max_size=3),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "path": st.one_of(path, inner),
+                    "bytes": st.one_of(in_bytes, inner),
+                    "array": inner,
+                    "sample_rate": st.integers(1, 48000),
+                    "x": inner,
+                },
+            ),
+        )
+
+    nested = st.recursive(leaf, nest, max_leaves=8)
+    return st.one_of(  # the shapes that once reached a file outside, then anything nested
+        path,
+        st.fixed_dictionaries({"bytes": in_bytes}),
+        st.fixed_dictionaries({"path": path, "bytes": in_bytes}),
+        st.fixed_dictionaries({"bytes": st.fixed_dictionaries({"path": path})}),
+        st.fixed_dictionaries({"array": nested, "sample_rate": st.integers(1, 48000)}),
+        st.lists(path, min_size=1, max_size=3),
+        nested,
+    )
+
+
+@fuzz(60)
+@given(data=st.data())
+def test_record_values_of_every_shape_open_nothing_outside_the_folder(model, tmp_path_factory, data):
+    global _OPENED
+    root = tmp_path_factory.mktemp("refs")
+    paths = _media_dir(root)
+    contents = [base64.b64encode((root / "data" / n).read_bytes()).decode() for n in ("a.png", "a.wav")]
+    values = reference_values(paths, contents)
+    recs = data.draw(
+        st.lists(st.fixed_dictionaries({}, optional={"image": values, "audio": values}), min_size=1, max_size=6),
+        label="records",
+    )
+    lines = [json.dumps(r) for r in recs]
+    _OPENED = []
+    try:
+        _manifest_case(model, root, lines)
+    finally:
+        opened, _OPENED = _OPENED, None
+    inside = str((root / "data").resolve()) + os.sep
+    named = [os.path.realpath(p) for p in opened if p.startswith((str(root), "/etc", "/dev"))]
+    assert all(p.startswith(inside) for p in named), (named, lines)
