@@ -6,6 +6,10 @@ range, a key deleted, renamed or added, a component swapped for another or for a
 path) and of the TOML text itself (spans deleted, junk inserted, lines swapped or cut).
 A spec that validates must also survive its round trip: ``to_toml()`` parses back to the
 same resolved spec.
+
+Deep structures (dotted keys and table headers of up to 100,000 parts, inline tables and
+arrays nested thousands deep, quoted parts) are put into the example specs and parsed under
+a cap on this process's memory, so one that exhausts memory fails the test.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES
-from fuzzing import fuzz, record
+from fuzzing import MiB, fuzz, memory_cap, record
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -252,3 +256,46 @@ def test_names_and_strings_tomls_cannot_write_bare_survive_the_round_trip():
     }
     spec = check_outcome(lambda: parse_spec(data, file="f.toml"), "f.toml", "spec (regressions)")
     assert set(spec.heads) == {"\u00b9", "h\u00e9ad", "a b"} and spec.name == data["name"]
+
+
+# --- deep structures ------------------------------------------------------------------------
+
+_DEPTHS = st.one_of(st.integers(1, 40), st.sampled_from([15, 16, 17, 31, 32, 33, 64, 1000, 30_000, 100_000]))
+_PART = st.sampled_from(["x", "a_b", "'lit.eral'", '"q.uo\\"te"', "0", "-"])
+
+
+@st.composite
+def deep_toml(draw: Any) -> str:
+    """One deep construct: a dotted key, a table header, nested inline tables or arrays."""
+    n = draw(_DEPTHS, label="depth")
+    part = draw(_PART, label="part")
+    form = draw(st.sampled_from(["key", "header", "array-of-tables", "inline", "array", "mixed"]), label="form")
+    if form == "key":
+        return ".".join([part] * n) + " = 1\n"
+    if form in ("header", "array-of-tables"):
+        b = "[[" if form == "array-of-tables" else "["
+        return f"{b}{'.'.join([part] * n)}{b.replace('[', ']')}\nk = 1\n"
+    if form == "inline":
+        return "k = " + f"{{{part} = " * n + "1" + "}" * n + "\n"
+    if form == "array":
+        return "k = " + "[" * n + "1" + "]" * n + "\n"
+    return f"k.{part} = " + "[{a.b = " * n + "1" + "}]" * n + "\n"
+
+
+@pytest.mark.parametrize("path", SPECS[:3], ids=[p.stem for p in SPECS[:3]])
+@fuzz(12)
+@given(data=st.data())
+def test_deep_keys_and_nesting_are_refused_within_bounded_memory(path: Path, data: Any) -> None:
+    text = path.read_text(encoding="utf-8")
+    deep = data.draw(deep_toml(), label="deep")
+    where = data.draw(st.sampled_from(["start", "end", "section"]), label="where")
+    if where == "start":
+        text = deep + text
+    elif where == "end":
+        text = text + "\n" + deep
+    else:  # inside the first component section, whose keys are options
+        head = text.index("[encoders.")
+        line_end = text.index("\n", head) + 1
+        text = text[:line_end] + deep + text[line_end:]
+    with memory_cap(256 * MiB):  # 100,000 parts once needed more than 24 GB
+        check_outcome(lambda: parse_spec_text(text, file=str(path)), str(path), "spec (deep keys and nesting)")
