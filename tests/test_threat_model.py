@@ -405,3 +405,52 @@ def test_spec_files_that_are_not_regular_files_are_refused(tmp_path):
     for path, says in ((tmp_path / "spec.toml", "is a FIFO"), (Path("/dev/zero"), "is a character device")):
         with pytest.raises(SpecError, match=says):
             mmcore.load_spec(path)
+
+
+# --- the source and the docs ---------------------------------------------------------------
+
+
+def test_tomllib_runs_in_one_place_only():
+    """Every spec, spec.toml and catalog goes through mmcore.spec.parse_toml and its bounds."""
+    import ast
+
+    calls = []
+    for path in [*ROOT.glob("mmcore/**/*.py"), *ROOT.glob("plugins/*/src/**/*.py")]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                for sub in ast.walk(node):
+                    f = sub.func if isinstance(sub, ast.Call) else None
+                    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "tomllib":
+                        if f.attr in ("load", "loads"):
+                            calls.append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert calls == ["mmcore/spec.py:parse_toml"], calls
+
+
+def test_security_doc_states_the_code_bounds():
+    """docs/security.md's Bounds table gives each bound's default as the code sets it."""
+    from mmcore_audio.config import AudioProcessorConfig
+    from mmcore_audio.decode import MAX_SAMPLE_RATE
+    from mmcore_vision.config import ImageOptions
+    from mmcore_vision.processor import FORMATS
+
+    from mmcore import spec, weights
+
+    doc = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[3].strip(): line.split("|")[2].strip() for line in doc.splitlines() if line.count("|") == 5}
+    expected = {
+        "`mmcore.spec.MAX_SPEC_BYTES`": f"{spec.MAX_SPEC_BYTES:,}",
+        "`mmcore.spec.MAX_KEY_PARTS`": f"{spec.MAX_KEY_PARTS:,}",
+        "`mmcore.spec.MAX_TOML_DEPTH`": f"{spec.MAX_TOML_DEPTH:,}",
+        "`mmcore.SpecError.SHOWN`": f"{SpecError.SHOWN:,}",
+        "`mmcore.data.MAX_RECORD_BYTES`; `ManifestDataset(max_record_bytes=...)`": f"{MAX_RECORD_BYTES:,}",
+        "the vision encoders' `max_pixels` option": f"{ImageOptions.model_fields['max_pixels'].default:,}",
+        "`mmcore_vision.processor.FORMATS`": ", ".join(FORMATS),
+        "the audio encoder's `max_seconds` option": f"{AudioProcessorConfig.model_fields['max_seconds'].default:g}",
+        "`mmcore_audio.decode.MAX_SAMPLE_RATE`": f"{MAX_SAMPLE_RATE:,}",
+        "`mmcore.weights` (`_MAX_HEADER`)": f"{weights._MAX_HEADER:,}",
+    }
+    for where, value in expected.items():
+        assert rows.get(where) == value, (where, rows.get(where), value)
+    assert "64 megapixels" not in doc.replace("as 64 megapixels", "")  # the old, wrong figure
+    assert f"(default {ImageOptions.model_fields['max_pixels'].default:,})" in doc
