@@ -106,11 +106,12 @@ class Processor:
         import os
 
         from .errors import ModelDirError
+        from .files import open_regular
 
         path = os.path.join(directory, filename)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            with open_regular(path) as f:  # a FIFO or a device in a model directory is refused, not read
+                data = json.loads(f.read().decode("utf-8"))
         except FileNotFoundError as exc:
             raise ModelDirError(f"{path}: missing; {what} needs it") from exc
         except (OSError, ValueError, RecursionError) as exc:

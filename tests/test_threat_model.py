@@ -209,6 +209,16 @@ def test_deep_dotted_keys_are_refused_before_parsing():
     assert issues[4][0][0] == "a"
 
 
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """A tiny saved text model, copied by the tests that tamper with it."""
+    spec = {"spec_version": 1, "backbone": {"width": 16, "depth": 1, "heads": 2, "context_length": 16}}
+    spec["encoders"] = {"text": {"component": "text.bytes", "max_length": 16}}
+    d = tmp_path_factory.mktemp("saved") / "model"
+    mmcore.save(mmcore.build(spec), d)
+    return d
+
+
 _CHILD_LOAD = """
 import os
 import mmcore
@@ -225,12 +235,10 @@ else:
 """
 
 
-def test_a_model_directory_with_a_deep_spec_toml_is_refused(tmp_path):
+def test_a_model_directory_with_a_deep_spec_toml_is_refused(saved, tmp_path):
     """Issue 21.2: a resealed 122 KB ``spec.toml`` made ``mmcore.load`` die with MemoryError."""
-    spec = {"spec_version": 1, "backbone": {"width": 16, "depth": 1, "heads": 2, "context_length": 16}}
-    spec["encoders"] = {"text": {"component": "text.bytes", "max_length": 16}}
     d = tmp_path / "model"
-    mmcore.save(mmcore.build(spec), d)
+    shutil.copytree(saved, d)
     (d / "spec.toml").write_text(".".join(["x"] * 61_000) + " = 1\n" + (d / "spec.toml").read_text())
     _reseal(d)
     out = run_capped(_CHILD_LOAD, timeout=120, env={"CASE": str(d)})
@@ -241,6 +249,21 @@ def test_a_model_directory_with_a_deep_spec_toml_is_refused(tmp_path):
     _reseal(big)
     with pytest.raises(mmcore.ModelDirError, match="larger than 262,144 bytes"):
         mmcore.load(big)
+
+
+def test_a_fifo_in_a_model_directory_is_refused_not_read(saved, tmp_path):
+    """A crafted directory that lists no checksum for a processor file, which is a FIFO:
+    reading it would wait for a writer forever."""
+    d = tmp_path / "model"
+    shutil.copytree(saved, d)
+    name = "processors/text/tokenizer_config.json"
+    (d / name).unlink()
+    os.mkfifo(d / name)
+    manifest = json.loads((d / "manifest.json").read_text())
+    del manifest["sha256"][name]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    out = run_capped(_CHILD_LOAD, timeout=60, env={"CASE": str(d)})
+    assert out.startswith("ModelDirError") and "is a FIFO (named pipe), not a regular file" in out, out
 
 
 # --- 3. long manifest lines -----------------------------------------------------------
