@@ -530,7 +530,8 @@ def reference_values(paths: dict[str, str], contents: list[str]) -> st.SearchStr
     ``bytes``, ``path`` and ``bytes`` together, nested in lists and dicts at any depth."""
     outside = [p for p in paths.values() if os.path.isabs(p)]  # what a bypass would read, most often
     path = st.sampled_from([*sorted(paths.values()), *outside, *outside, "/etc/passwd", "a\x00.wav", ""])
-    in_bytes = st.one_of(path, st.sampled_from([*contents, "", "!!", "AAAA"]), st.integers())
+    outside_path = st.sampled_from([*outside, "/etc/passwd"])
+    in_bytes = st.one_of(outside_path, path, st.sampled_from([*contents, "", "!!", "AAAA"]), st.integers())
     leaf = st.one_of(path, st.none(), st.integers(-2, 70000), st.floats(allow_nan=True), st.booleans())
 
     def nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -553,7 +554,8 @@ def reference_values(paths: dict[str, str], contents: list[str]) -> st.SearchStr
         path,
         st.fixed_dictionaries({"bytes": in_bytes}),
         st.fixed_dictionaries({"path": path, "bytes": in_bytes}),
-        st.fixed_dictionaries({"bytes": st.fixed_dictionaries({"path": path})}),
+        st.fixed_dictionaries({"bytes": st.fixed_dictionaries({"path": st.one_of(outside_path, path)})}),
+        st.fixed_dictionaries({"bytes": outside_path}),
         st.fixed_dictionaries({"array": nested, "sample_rate": st.integers(1, 48000)}),
         st.lists(path, min_size=1, max_size=3),
         nested,
