@@ -556,6 +556,7 @@ def reference_values(paths: dict[str, str], contents: list[str]) -> st.SearchStr
         st.fixed_dictionaries({"path": path, "bytes": in_bytes}),
         st.fixed_dictionaries({"bytes": st.fixed_dictionaries({"path": st.one_of(outside_path, path)})}),
         st.fixed_dictionaries({"bytes": outside_path}),
+        st.fixed_dictionaries({"path": st.one_of(outside_path, path)}),
         st.fixed_dictionaries({"array": nested, "sample_rate": st.integers(1, 48000)}),
         st.lists(path, min_size=1, max_size=3),
         nested,
