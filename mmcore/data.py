@@ -43,6 +43,7 @@ __all__ = [
     "ExcludingDataset",
     "find_fatal_record",
     "MAX_RECORD_BYTES",
+    "resolve_record",
 ]
 
 #: Longest manifest line (one record, in bytes, newline included) read by default; a longer
@@ -101,8 +102,8 @@ class ManifestDataset(Dataset):
 
     File references. In a field whose modality is not ``text``, every file reference is
     resolved by :meth:`resolve_value` before any processor sees the value, whatever shape
-    the value has: a string, a string in a list, or the ``path`` of a dict (``{"path":
-    "a.wav"}``), at any depth. Each resolves against the manifest's folder and must stay in
+    the value has: every string in it is one, at the top, in a list or under a dict's key
+    (``{"path": "a.wav"}``), at any depth. Each resolves against the manifest's folder and must stay in
     it (no ``..``, absolute path or symlink leading out; ``allow_outside=True`` lifts only
     this rule) and name a regular file (not a folder, FIFO, device or socket; no NUL byte).
     ``bytes`` in a dict is the file's *content*, written as base64 text (RFC 4648, standard
@@ -191,40 +192,11 @@ class ManifestDataset(Dataset):
 
     def resolve_path(self, value: str, where: str, field_name: str) -> str:
         """One file reference -> the absolute path of a regular file inside the manifest's folder."""
-        if "\x00" in value:
-            raise _Bad(where, field_name, f"path {value!r} holds a NUL byte, which no file name can")
-        p = Path(value)
-        full = (p if p.is_absolute() else self.root / p).resolve()
-        if not self.allow_outside and self.root not in full.parents and full != self.root:
-            raise _Bad(where, field_name, f"path {value!r} leaves the manifest's folder {self.root}")
-        problem = regular_file_problem(full)
-        if problem is not None:
-            raise _Bad(where, field_name, f"path {value!r}: {full} {problem}")
-        return str(full)
+        return _resolve_path(value, self.root, self.allow_outside, where, field_name)
 
     def resolve_value(self, value: Any, where: str, field_name: str) -> Any:
-        """A non-text field's value with every file reference resolved and checked (see the class).
-
-        Strings (at the top, in lists, under ``path``) become absolute paths of regular files
-        in the manifest's folder; ``bytes`` (base64 text) becomes bytes; anything else is kept.
-        """
-        if isinstance(value, str):
-            return self.resolve_path(value, where, field_name)
-        if isinstance(value, list):
-            return [self.resolve_value(v, where, field_name) for v in value]
-        if not isinstance(value, dict):
-            return value
-        out: dict[str, Any] = {}
-        for key, v in value.items():
-            if v is None:
-                out[key] = None
-            elif key == "bytes":
-                out[key] = _base64(v, where, field_name)
-            elif key == "path" and not isinstance(v, str):  # {"path": ...}: the same rule as a bare path
-                raise _Bad(where, field_name, f"'path' must be a string, got {type(v).__name__}")
-            else:
-                out[key] = self.resolve_value(v, where, field_name)
-        return out
+        """A non-text field's value with every file reference resolved and checked (see the class)."""
+        return _resolve_value(value, self.root, self.allow_outside, where, field_name)
 
     def __getitem__(self, i: int) -> dict[str, Any] | BadRecord:
         try:
@@ -273,6 +245,68 @@ class ManifestDataset(Dataset):
             top = f"below {len(names)} ({len(names)} classes)" if names else "of at most 2**63 - 1"
             raise _Bad(where, key, f"must be a class index, 0 or more and {top}; got {value}")
         return value
+
+
+def resolve_record(
+    record: Mapping[str, Any],
+    modalities: Mapping[str, str],
+    base: str | Path | None = None,
+    *,
+    where: str = "the record",
+    allow_outside: bool = False,
+) -> dict[str, Any]:
+    """``record`` with every file reference of its non-text fields resolved against ``base``
+    by the rules of :class:`ManifestDataset` (the one implementation both use).
+
+    ``base``: the folder of the file the record came from (None: a record typed on the
+    command line, resolved against the current directory, which it may leave). Raises
+    :class:`~mmcore.errors.InputError` naming ``where``, the field and the reason.
+    """
+    root = Path(base).resolve() if base is not None else Path.cwd()
+    outside = allow_outside or base is None
+    out = dict(record)
+    for name, value in record.items():
+        if name in modalities and modalities[name] != "text" and value is not None:
+            try:
+                out[name] = _resolve_value(value, root, outside, where, name)
+            except _Bad as bad:
+                raise InputError(f"{where} field {name!r}: {bad.reason}") from None
+    return out
+
+
+def _resolve_path(value: str, root: Path, allow_outside: bool, where: str, field_name: str) -> str:
+    if "\x00" in value:
+        raise _Bad(where, field_name, f"path {value!r} holds a NUL byte, which no file name can")
+    p = Path(value)
+    full = (p if p.is_absolute() else root / p).resolve()
+    if not allow_outside and root not in full.parents and full != root:
+        raise _Bad(where, field_name, f"path {value!r} leaves the manifest's folder {root}")
+    problem = regular_file_problem(full)
+    if problem is not None:
+        raise _Bad(where, field_name, f"path {value!r}: {full} {problem}")
+    return str(full)
+
+
+def _resolve_value(value: Any, root: Path, allow_outside: bool, where: str, field_name: str) -> Any:
+    """Strings (at the top, in lists, under any key of a dict) become absolute paths of regular
+    files (in ``root`` unless ``allow_outside``); ``bytes`` (base64 text) becomes bytes."""
+    if isinstance(value, str):
+        return _resolve_path(value, root, allow_outside, where, field_name)
+    if isinstance(value, list):
+        return [_resolve_value(v, root, allow_outside, where, field_name) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if v is None:
+            out[key] = None
+        elif key == "bytes":
+            out[key] = _base64(v, where, field_name)
+        elif key == "path" and not isinstance(v, str):  # {"path": ...}: the same rule as a bare path
+            raise _Bad(where, field_name, f"'path' must be a string, got {type(v).__name__}")
+        else:
+            out[key] = _resolve_value(v, root, allow_outside, where, field_name)
+    return out
 
 
 def _base64(value: Any, where: str, field_name: str) -> bytes:

@@ -503,16 +503,13 @@ def explain_dir(
 ) -> Explanation:
     """``mmcore explain``: load a model directory, explain ``record``, write the files to ``out``."""
     from .checkpoint import load
+    from .data import resolve_record
 
     model = load(model_dir)
     base = record.get("__base__")
     rec = {k: v for k, v in record.items() if k != "__base__"}
-    if base is not None:
-        for k, v in list(rec.items()):
-            enc = model.encoders[k] if k in model.encoders else None
-            if enc is not None and getattr(enc, "modality", "") != "text" and isinstance(v, str):
-                if not Path(v).is_absolute():
-                    rec[k] = str(Path(base) / v)
+    modalities = {k: getattr(e, "modality", "") for k, e in model.encoders.items()}
+    rec = resolve_record(rec, modalities, base)  # the manifest rules: one implementation
     if isinstance(target, str) and target.lstrip("-").isdigit():
         target = int(target)
     report = explain(model, rec, target=target, head=head, layers=layers)

@@ -388,17 +388,8 @@ def export_dir(
 
 
 def _resolve(model: nn.Module, record: dict[str, Any], base: str | None) -> dict[str, Any]:
-    """Relative file paths of non-text inputs resolve against the record file's folder."""
-    if base is None:
-        return record
-    out = dict(record)
-    for k, v in record.items():
-        enc = model.encoders[k] if k in model.encoders else None
-        if (
-            enc is not None
-            and getattr(enc, "modality", "") != "text"
-            and isinstance(v, str)
-            and not Path(v).is_absolute()
-        ):
-            out[k] = str(Path(base) / v)
-    return out
+    """File references of non-text inputs resolved against the record file's folder (the manifest rules)."""
+    from .data import resolve_record
+
+    modalities = {k: getattr(e, "modality", "") for k, e in model.encoders.items()}
+    return resolve_record(record, modalities, base)

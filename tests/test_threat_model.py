@@ -477,3 +477,27 @@ def test_security_doc_states_the_code_bounds():
         assert rows.get(where) == value, (where, rows.get(where), value)
     assert "64 megapixels" not in doc.replace("as 64 megapixels", "")  # the old, wrong figure
     assert f"(default {ImageOptions.model_fields['max_pixels'].default:,})" in doc
+
+
+def test_records_given_to_explain_and_export_follow_the_same_rules(media):
+    """``mmcore explain/export --record FILE:LINE`` resolve a record's files by the manifest rules."""
+    from mmcore.data import resolve_record
+
+    mods = {"audio": "audio", "image": "image", "text": "text"}
+    base = media["data"]
+    ok = resolve_record({"image": "ok.png", "text": "../not/a/path"}, mods, base)
+    assert ok == {"image": str(base / "ok.png"), "text": "../not/a/path"}
+    content = (base / "ok.wav").read_bytes()
+    assert resolve_record({"audio": {"bytes": _b64(content)}}, mods, base) == {"audio": {"bytes": content}}
+    for value, says in (
+        ({"image": "../outside.png"}, "leaves the manifest's folder"),
+        ({"audio": {"bytes": str(media["wav"])}}, "'bytes' is not base64"),
+        ({"audio": "fifo"}, "is a FIFO"),
+    ):
+        with pytest.raises(InputError, match=says) as info:
+            resolve_record(value, mods, base, where="m.jsonl:3")
+        assert str(info.value).startswith(f"m.jsonl:3 field {next(iter(value))!r}: ")
+    # typed on the command line (no file): resolved against the current folder, which it may leave
+    assert resolve_record({"image": str(media["png"])}, mods) == {"image": str(media["png"])}
+    with pytest.raises(InputError, match="is a FIFO"):
+        resolve_record({"audio": str(media["fifo"])}, mods)
