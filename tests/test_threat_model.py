@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -132,13 +133,17 @@ def test_file_references_of_every_shape_stay_in_the_manifest_folder(media):
 
 
 def test_allow_outside_lifts_only_the_folder_rule(media):
-    manifest = media["data"] / "m.jsonl"
-    recs = [{"audio": "/dev/zero"}, {"audio": str(media["fifo"])}, {"audio": {"path": str(media["wav"])}}]
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    samples, _ = _process(manifest, allow_outside=True)
-    assert "is a character device, not a regular file" in samples[0][2]
-    assert "is a FIFO (named pipe), not a regular file" in samples[1][2]
-    assert samples[2][2] is None
+    """Resolution alone (no processor runs, so nothing can hang here): devices and FIFOs stay refused."""
+    from mmcore.data import resolve_record
+
+    mods = {"audio": "audio"}
+    for value, says in (("/dev/zero", "is a character device"), (str(media["fifo"]), "is a FIFO (named pipe)")):
+        with pytest.raises(InputError, match=re.escape(says + ", not a regular file")):
+            resolve_record({"audio": value}, mods, media["data"], allow_outside=True)
+    wav = {"audio": {"path": str(media["wav"])}}
+    assert resolve_record(wav, mods, media["data"], allow_outside=True) == wav
+    with pytest.raises(InputError, match="leaves the manifest's folder"):
+        resolve_record(wav, mods, media["data"])
 
 
 def test_processors_refuse_bytes_that_are_not_bytes(media):
@@ -220,50 +225,47 @@ def saved(tmp_path_factory) -> Path:
 
 
 _CHILD_LOAD = """
-import os
+import json, os
 import mmcore
 import mmcore.checkpoint
 from mmcore.plugins import get_registry
 get_registry()  # imports the plugins (and torch) before the cap
 cap_memory(512 * 1024 * 1024)
-try:
-    mmcore.load(os.environ["CASE"])
-except mmcore.MMCoreError as exc:
-    print(type(exc).__name__, str(exc)[:300])
-else:
-    raise SystemExit("loaded a hostile model directory")
+for d in json.loads(os.environ["CASE"]):
+    try:
+        mmcore.load(d)
+    except mmcore.MMCoreError as exc:
+        print(type(exc).__name__, str(exc)[:300].replace(chr(10), " "))
+    else:
+        raise SystemExit("loaded a hostile model directory")
 """
 
 
-def test_a_model_directory_with_a_deep_spec_toml_is_refused(saved, tmp_path):
-    """Issue 21.2: a resealed 122 KB ``spec.toml`` made ``mmcore.load`` die with MemoryError."""
-    d = tmp_path / "model"
-    shutil.copytree(saved, d)
-    (d / "spec.toml").write_text(".".join(["x"] * 61_000) + " = 1\n" + (d / "spec.toml").read_text())
-    _reseal(d)
-    out = run_capped(_CHILD_LOAD, timeout=120, env={"CASE": str(d)})
-    assert out.startswith("SpecError") and "spec.toml" in out and "line 1" in out and "MAX_KEY_PARTS" in out, out
+def test_hostile_model_directories_are_refused(saved, tmp_path):
+    """Issue 21.2: a resealed 122 KB ``spec.toml`` made ``mmcore.load`` die with MemoryError; a
+    processor file that is a FIFO (its checksum left out of a crafted manifest) hung it."""
+    deep = tmp_path / "deep"
+    shutil.copytree(saved, deep)
+    (deep / "spec.toml").write_text(".".join(["x"] * 61_000) + " = 1\n" + (deep / "spec.toml").read_text())
+    _reseal(deep)
+    fifo = tmp_path / "fifo"
+    shutil.copytree(saved, fifo)
+    name = "processors/text/tokenizer_config.json"
+    (fifo / name).unlink()
+    os.mkfifo(fifo / name)
+    manifest = json.loads((fifo / "manifest.json").read_text())
+    del manifest["sha256"][name]
+    (fifo / "manifest.json").write_text(json.dumps(manifest))
+    out = run_capped(_CHILD_LOAD, timeout=90, env={"CASE": json.dumps([str(deep), str(fifo)])}).splitlines()
+    assert out[0].startswith("SpecError") and "spec.toml" in out[0], out
+    assert "line 1" in out[0] and "MAX_KEY_PARTS" in out[0], out
+    assert out[1].startswith("ModelDirError") and "is a FIFO (named pipe), not a regular file" in out[1], out
     big = tmp_path / "big"
-    shutil.copytree(d, big)
+    shutil.copytree(saved, big)
     (big / "spec.toml").write_text("# " + "x" * (mmcore.spec.MAX_SPEC_BYTES + 10) + "\n")
     _reseal(big)
     with pytest.raises(mmcore.ModelDirError, match="larger than 262,144 bytes"):
         mmcore.load(big)
-
-
-def test_a_fifo_in_a_model_directory_is_refused_not_read(saved, tmp_path):
-    """A crafted directory that lists no checksum for a processor file, which is a FIFO:
-    reading it would wait for a writer forever."""
-    d = tmp_path / "model"
-    shutil.copytree(saved, d)
-    name = "processors/text/tokenizer_config.json"
-    (d / name).unlink()
-    os.mkfifo(d / name)
-    manifest = json.loads((d / "manifest.json").read_text())
-    del manifest["sha256"][name]
-    (d / "manifest.json").write_text(json.dumps(manifest))
-    out = run_capped(_CHILD_LOAD, timeout=60, env={"CASE": str(d)})
-    assert out.startswith("ModelDirError") and "is a FIFO (named pipe), not a regular file" in out, out
 
 
 # --- 3. long manifest lines -----------------------------------------------------------
