@@ -503,3 +503,16 @@ def test_records_given_to_explain_and_export_follow_the_same_rules(media):
     assert resolve_record({"image": str(media["png"])}, mods) == {"image": str(media["png"])}
     with pytest.raises(InputError, match="is a FIFO"):
         resolve_record({"audio": str(media["fifo"])}, mods)
+
+
+def test_a_processor_failure_is_located_at_its_line(tmp_path):
+    """A processor's unexpected ValueError or OSError was reported at ``record <index>`` (record 1 for line 3)."""
+
+    class Failing:
+        def __call__(self, value, *, where=""):
+            raise ValueError("embedded null byte")
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('\n\n{"x": 1}\n')
+    bad = ManifestDataset(manifest, {"x": Failing()}, {"x": "other"})[0]
+    assert isinstance(bad, BadRecord) and bad.where == f"{manifest}:3", bad
