@@ -308,18 +308,31 @@ def test_long_lines_are_bad_records_and_long_texts_are_cut_before_encoding(tmp_p
     assert raised[1] == [f"{manifest}:3", 64] and raised[2] == [f"{manifest}:4", 63]  # 2-byte characters
 
 
-def test_text_cut_before_encoding_gives_the_same_tokens():
-    """The cut changes no result: every truncation side, prompt/target pairs and BPE."""
+def test_text_cut_before_encoding_gives_the_same_tokens(tmp_path):
+    """The cut changes no result: every truncation side, prompt/target pairs, bytes and BPE
+    (trained here on Python's own docstrings, so it has multi-character tokens)."""
+    import builtins
     import random
 
     import mmcore_text.tokenizer as tokenizer_module
     from mmcore_text import TextProcessor
+    from mmcore_text.bpe import train_bpe
+    from mmcore_text.config import BPETextConfig
+    from mmcore_text.tokenizer import BPETextProcessor
 
+    corpus = tmp_path / "c.txt"
+    docs = [getattr(builtins, n).__doc__ or "" for n in dir(builtins)]
+    corpus.write_text("\n".join([*docs, "ab é€ ab ab abab é€é€"]) * 3, encoding="utf-8")
+    tok = train_bpe([corpus], 400, tmp_path / "tok")
     rng = random.Random(0)
-    alphabet = "ab é€𝄞\n"
+    pieces = ["a", "b", " ", "é", "€", "𝄞", "\n", "the ", "return ", "ab"]
     procs = [TextProcessor({"max_length": 12, "truncation": t}) for t in ("right", "left", "error")]
+    procs += [
+        BPETextProcessor(BPETextConfig(tokenizer=str(tok), max_length=12, truncation=t)) for t in ("right", "left")
+    ]
+    assert procs[-1].tokenizer.max_token_chars > 1
     for _ in range(200):
-        s, t = ("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(2))
+        s, t = ("".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(2))
         for proc in procs:
             got = [_outcome(proc, v) for v in (s, {"prompt": s, "target": t}, {"prompt": s})]
             orig = tokenizer_module.precut
