@@ -308,6 +308,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    """A sharded (FSDP) checkpoint -> an ordinary model directory (mmcore.sharded)."""
+    from .sharded import consolidate
+
+    out = consolidate(args.checkpoint, args.out)
+    print(f"model in {out}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """torch.export (and ONNX) of a model directory's forward pass (mmcore.export)."""
     from .export import export_dir
@@ -515,6 +524,13 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         "--parts", default="backbone,encoders,projectors", help="comma-separated parts whose linear layers to quantize"
     )
     qz.set_defaults(func=cmd_quantize)
+
+    cs = sub.add_parser("consolidate", help="turn a sharded checkpoint of an FSDP run into an ordinary model directory")
+    cs.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="<out>/checkpoints/step-N of a training.distributed = 'fsdp' run"
+    )
+    cs.add_argument("--out", required=True, help="model directory to write")
+    cs.set_defaults(func=cmd_consolidate)
 
     ex = sub.add_parser("export", help="torch.export (and ONNX) of a model directory's forward pass")
     ex.add_argument("model_dir", metavar="MODEL_DIR")

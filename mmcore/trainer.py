@@ -18,7 +18,8 @@ Design notes:
   checkpoint reproduces an uninterrupted run bit for bit on CPU.
 * **Checkpoints are model directories** (``checkpoints/step-N/``, written by
   :func:`mmcore.save`) plus ``trainer_state.json`` and ``optimizer.safetensors``; the
-  pointer ``checkpoints/latest`` is replaced atomically after a checkpoint is complete.
+  pointer ``checkpoints/latest`` is replaced atomically after a checkpoint is complete. Under
+  FSDP2 every process writes its shards instead (:mod:`mmcore.sharded`).
 """
 
 from __future__ import annotations
@@ -438,6 +439,8 @@ class Trainer:
         """Write a resumable checkpoint (rank 0); returns its folder."""
         if self.out is None:
             return None
+        if self._sharded():
+            return self._save_sharded_checkpoint()
         state = self._model_state()
         if self.rank != 0:
             self._last_checkpoint = self.step  # every rank decides alike whether to write the final one
@@ -454,10 +457,50 @@ class Trainer:
             cause = exc.__cause__ if isinstance(exc, ModelDirError) and exc.__cause__ is not None else exc
             raise MMCoreError(f"{root / name}: cannot write the checkpoint: {cause}") from exc
         self._last_checkpoint = self.step
+        self._prune_checkpoints(root)
+        return d
+
+    def _prune_checkpoints(self, root: Path) -> None:
         keep = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
         for old in keep[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _sharded(self) -> bool:
+        """Checkpoints are written sharded by every process (FSDP2 under torchrun): mmcore.sharded."""
+        return self.world > 1 and self.cfg.distributed == "fsdp"
+
+    def _save_sharded_checkpoint(self) -> Path:
+        from .sharded import remove_stale, save_sharded
+
+        root = self.out / CHECKPOINTS
+        name = f"step-{self.step:08d}"
+        d = root / name
+        if self.rank == 0:
+            remove_stale(d)  # shards a killed run left for this step
+        dist.barrier()
+        save_sharded(d, self.model, self.optimizer, self.rank, self._objective_state())
+        self._last_checkpoint = self.step
+        if self.rank == 0:
+            atomic_write_text(d / STATE, json.dumps(self._trainer_state(format="sharded"), indent=2))
+            atomic_write_text(root / LATEST, name + "\n")
+            self._prune_checkpoints(root)
         return d
+
+    def _objective_state(self) -> dict[str, torch.Tensor]:
+        """An objective's own weights (a distillation's projection), by ``objective.<task>.<name>``."""
+        return {
+            f"objective.{n}.{k}": v.detach().cpu()
+            for n, t in self.tasks.items()
+            for k, v in t.objective.state_dict().items()
+        }
+
+    def _trainer_state(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tasks": {n: {"consumed": t.consumed, "bad": t.bad} for n, t in self.tasks.items()},
+            "world": self.world,
+            **extra,
+        }
 
     def _write_checkpoint(self, root: Path, name: str, state: dict[str, torch.Tensor]) -> Path:
         from safetensors.torch import save_file
@@ -467,20 +510,13 @@ class Trainer:
         d = save(_StateView(self.model, state), root / name)
         tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
-        for n, t in self.tasks.items():  # an objective's own weights (a distillation's projection)
-            tensors.update({f"objective.{n}.{k}": v.detach().cpu() for k, v in t.objective.state_dict().items()})
+        tensors.update(self._objective_state())
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
         tmp = d / f".{OPTIM}.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, d / OPTIM)
-        trainer_state = {
-            "step": self.step,
-            "tasks": {n: {"consumed": t.consumed, "bad": t.bad} for n, t in self.tasks.items()},
-            "optimizer": meta,
-            "world": self.world,
-        }
-        atomic_write_text(d / STATE, json.dumps(trainer_state, indent=2))
+        atomic_write_text(d / STATE, json.dumps(self._trainer_state(optimizer=meta), indent=2))
         atomic_write_text(root / LATEST, name + "\n")
         return d
 
@@ -493,22 +529,30 @@ class Trainer:
 
     def load_checkpoint(self, d: Path) -> None:
         from .checkpoint import load
+        from .sharded import is_sharded, load_sharded
 
-        saved = load(d)
-        self.model.load_state_dict(saved.state_dict())
         state = json.loads((d / STATE).read_text())
         if state.get("world", 1) != self.world:
             raise MMCoreError(f"{d}: saved by {state.get('world')} processes, resuming with {self.world}")
-        tensors, _ = read_safetensors(d / OPTIM)
-        torch.set_rng_state(tensors.pop("rng.torch"))
-        cuda_rng = tensors.pop("rng.cuda", None)
-        if cuda_rng is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(cuda_rng)
+        if is_sharded(d) != self._sharded():
+            kind = "sharded (FSDP)" if is_sharded(d) else "unsharded"
+            raise MMCoreError(f"{d}: a {kind} checkpoint; resume with the training.distributed it was written with")
+        if is_sharded(d):
+            tensors = load_sharded(d, self.model, self.optimizer, self.rank, self._objective_state())
+        else:
+            saved = load(d)
+            self.model.load_state_dict(saved.state_dict())
+            tensors, _ = read_safetensors(d / OPTIM)
+            torch.set_rng_state(tensors.pop("rng.torch"))
+            cuda_rng = tensors.pop("rng.cuda", None)
+            if cuda_rng is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(cuda_rng)
         for n, t in self.tasks.items():
             prefix = f"objective.{n}."
             own = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
             t.objective.load_state_dict(own)
-        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        if not is_sharded(d):
+            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
         self.step = int(state["step"])
         self._last_checkpoint = self.step
         for n, t in state["tasks"].items():

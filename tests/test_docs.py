@@ -97,3 +97,44 @@ def test_examples_doc_shows_current_summaries(manager):
     assert (ROOT / "docs" / "examples.md").read_text() == examples_doc(ROOT), (
         "docs/examples.md is stale: run `python -m mmcore.docgen`"
     )
+
+
+def _pct(x: float, digits: int) -> str:
+    return f"{100 * x:.{digits}f} %"
+
+
+def test_figures_in_the_docs_are_quoted_from_committed_results_files():
+    """Every learning figure of the demo and of the int8 comparison that README.md, docs/tasks.md
+    and bench/README.md quote is read from the results file a committed script wrote."""
+    import json
+
+    demo = json.loads((ROOT / "bench" / "results_demo.json").read_text())
+    match = demo["tasks"]["match"]
+    quant = json.loads((ROOT / "bench" / "results_quantize_demo.json").read_text())["results"]
+    qmatch = quant["eval runs/demo match"]
+    lm = json.loads((ROOT / "bench" / "results_quantize.json").read_text())["metric_change"]["results"]
+    lm = lm["eval runs/stdlib_lm"]
+    quotes = {
+        "README.md": [
+            f"captions ({_pct(demo['caption_exact_match'], 0)} exact), transcriptions "
+            f"({_pct(demo['transcribe_exact_match'], 0)})",
+            f"({_pct(demo['match_accuracy'], 0)}, chance 50 %)",
+        ],
+        "docs/tasks.md": [
+            f"(359 unseen images) | {_pct(demo['caption_exact_match'], 1)} |",
+            f"(120 unseen tones) | {_pct(demo['transcribe_exact_match'], 0)} |",
+            f"(359 unseen pairs)** | **{_pct(match['accuracy'], 1)}** (macro-F1 {match['macro_f1']:.3f})",
+        ],
+        "bench/README.md": [
+            f"| {qmatch['float_bytes'] / 1e6:.2f} MB | {qmatch['int8_bytes'] / 1e6:.2f} MB (2.8x) | accuracy "
+            f"{_pct(qmatch['float']['accuracy'], 2)} | {_pct(qmatch['int8']['accuracy'], 2)}",
+            f"perplexity {lm['float']['metrics']['perplexity']:.3f} | {lm['int8']['metrics']['perplexity']:.3f}",
+        ],
+    }
+    assert match["accuracy"] == demo["match_accuracy"]
+    # the int8 comparison evaluated the very model the demo figures describe
+    assert abs(qmatch["float"]["accuracy"] - match["accuracy"]) < 1e-6
+    for doc, wanted in quotes.items():
+        text = " ".join((ROOT / doc).read_text().split())  # line breaks do not matter
+        for q in wanted:
+            assert q in text, f"{doc} does not quote {q!r} (bench/results_*.json)"

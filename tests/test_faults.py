@@ -30,7 +30,8 @@ import mmcore
 from mmcore.checkpoint import read_safetensors
 from mmcore.errors import MMCoreError, PluginError
 
-#: Runs a spec's training in a child process; KILL_AT=n SIGKILLs it at file-system operation n.
+#: Runs a spec's training in a child process; KILL_AT=n SIGKILLs it at file-system operation n,
+#: KILL_AT_STEP=n just before it trains step n.
 CHILD = r"""
 import os, shutil, signal, sys
 kill_at, active, n = int(os.environ.get("KILL_AT", "0")), [False], [0]
@@ -62,7 +63,15 @@ for mod, name in ((os, "replace"), (os, "rename"), (os, "fsync"), (shutil, "rmtr
     wrap(mod, name)
 wrap(safetensors.torch, "save_file", torn=True)
 import mmcore
-from mmcore.trainer import train
+from mmcore.trainer import Trainer, train
+kill_step = int(os.environ.get("KILL_AT_STEP", "0"))  # SIGKILL just before training this step
+if kill_step:
+    real_step = Trainer.train_step
+    def train_step(self):
+        if self.step + 1 == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_step(self)
+    Trainer.train_step = train_step
 active[0] = True
 train(mmcore.load_spec(sys.argv[1]), out_dir=sys.argv[2])
 active[0] = False
@@ -74,6 +83,7 @@ if os.environ.get("COUNT_FILE"):
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
     env.pop("KILL_AT", None)
+    env.pop("KILL_AT_STEP", None)
     env.update(extra)
     return env
 
@@ -97,14 +107,22 @@ def _spec(tmp: Path, steps: int = 6) -> Path:
     return spec
 
 
-def _run(spec: Path, out: Path, *, kill_at: int = 0, count: Path | None = None, timeout: float = 300) -> int:
-    env = _env(KILL_AT=str(kill_at), **({"COUNT_FILE": str(count)} if count else {}))
+def _run(
+    spec: Path, out: Path, *, kill_at: int = 0, count: Path | None = None, timeout: float = 300, kill_step: int = 0
+) -> int:
+    return _run_logged(spec, out, kill_at=kill_at, count=count, timeout=timeout, kill_step=kill_step).returncode
+
+
+def _run_logged(
+    spec: Path, out: Path, *, kill_at: int = 0, count: Path | None = None, timeout: float = 300, kill_step: int = 0
+) -> subprocess.CompletedProcess:
+    env = _env(KILL_AT=str(kill_at), KILL_AT_STEP=str(kill_step), **({"COUNT_FILE": str(count)} if count else {}))
     res = subprocess.run(
         [sys.executable, "-c", CHILD, str(spec), str(out)], env=env, capture_output=True, text=True, timeout=timeout
     )
-    if kill_at == 0:
+    if kill_at == 0 and kill_step == 0:
         assert res.returncode == 0, res.stderr[-3000:]
-    return res.returncode
+    return res
 
 
 def _check_latest(out: Path, metrics: bool = True) -> str | None:
@@ -185,6 +203,27 @@ def _kill_and_resume(tmp: Path, op_kills: int, timed_kills: int, seed: int) -> l
 def test_sigkill_during_training_and_checkpoint_writing_then_resume_matches(tmp_path):
     log = _kill_and_resume(tmp_path, op_kills=1, timed_kills=1, seed=1)
     assert len(log) == 2
+
+
+def test_sigkill_between_checkpoints_resumes_every_piece_of_state(tmp_path):
+    """SIGKILL after the checkpoint of step 4 and before the end (step 8), with dropout and two
+    tasks: the rerun resumes from step 4 and ends with the uninterrupted run's weights, bit for
+    bit, which needs the weights, the optimizer, the torch RNG (dropout) and every task's
+    position in its data restored."""
+    spec = _spec(tmp_path, steps=8)
+    assert "dropout = 0.1" in spec.read_text() and spec.read_text().count("[tasks.") == 2
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    _run(spec, ref)
+    killed = _run_logged(spec, out, kill_step=6)  # checkpoints at steps 2 and 4; killed before step 6
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert _check_latest(out) == "step-00000004"
+    assert "step      5/8" in killed.stderr and "step      6/8" not in killed.stderr  # it trained past the checkpoint
+    resumed = _run_logged(spec, out)
+    assert f"resuming from {out / 'checkpoints' / 'step-00000004'} at step 4" in resumed.stderr
+    assert "step      4/8" not in resumed.stderr and "step      5/8" in resumed.stderr
+    _same_weights(ref, out)
+    tasks = {json.loads(x).get("task") for x in (out / "metrics.jsonl").read_text().splitlines()}
+    assert {"lm", "cls"} <= tasks  # both tasks trained
 
 
 @pytest.mark.slow

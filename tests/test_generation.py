@@ -1,4 +1,7 @@
-"""Generation: the KV cache changes nothing, beam search with one beam is greedy, options work."""
+"""Generation: the KV cache changes nothing, beam search equals an exhaustive search, options work.
+
+The model has random weights scaled so that greedy output depends on the prompt and the
+position (:func:`vary`); tests assert that their reference output varies (:func:`varied`)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,26 @@ import mmcore
 from mmcore.generation import GenerationConfig, generate, generate_stream, to_left_padding
 
 PROMPTS = [{"text": {"prompt": "Hello"}}, {"text": {"prompt": "A much longer prompt here"}}, {"text": {"prompt": ""}}]
+
+
+def vary(m: mmcore.MultimodalGPT, std: float = 0.5, embed_norm: float = 2.0) -> mmcore.MultimodalGPT:
+    """Random weights large enough that greedy output depends on the prompt and the position
+    (the initialisation's small weights emit one token everywhere); token embeddings share one
+    norm so that no token wins by its length alone. Norm layers keep their initial values."""
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if ".ln" not in name and "norm" not in name:
+                p.normal_(0.0, std)
+        emb = m.encoders["text"].token_embedding.weight
+        emb.copy_(emb / emb.norm(dim=1, keepdim=True) * embed_norm)
+    return m.eval()
+
+
+def varied(rows: list[list[int]], at_least: int = 5) -> list[list[int]]:
+    """``rows``, after checking that the reference output is not trivial (a test comparing two
+    constant sequences cannot see a decode step attending to padding or off by one position)."""
+    assert len({t for r in rows for t in r}) >= at_least, f"the reference output hardly varies: {rows}"
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +49,7 @@ def model():
         },
         registry=pm.registry,
     )
-    return m.eval()
+    return vary(m)
 
 
 def batch_of(model, records):
@@ -44,22 +67,22 @@ def test_to_left_padding():
 def test_greedy_with_cache_equals_without(model):
     b = batch_of(model, PROMPTS)
     cfg = GenerationConfig(max_new_tokens=12, eos_id=-1)
-    assert generate(model, b, cfg) == generate(
+    assert varied(generate(model, b, cfg)) == generate(
         model, b, GenerationConfig(max_new_tokens=12, eos_id=-1, use_cache=False)
     )
 
 
 def test_batched_left_padding_equals_one_prompt_at_a_time(model):
     cfg = GenerationConfig(max_new_tokens=10, eos_id=-1)
-    together = generate(model, batch_of(model, PROMPTS), cfg)
+    together = varied(generate(model, batch_of(model, PROMPTS), cfg))
     alone = [generate(model, batch_of(model, [p]), cfg)[0] for p in PROMPTS]
     assert together == alone
 
 
 def test_beam_search_with_one_beam_is_greedy(model):
     b = batch_of(model, PROMPTS)
-    greedy = generate(model, b, GenerationConfig(max_new_tokens=10))
-    beam = generate(model, b, GenerationConfig(max_new_tokens=10, num_beams=1))
+    greedy = varied(generate(model, b, GenerationConfig(max_new_tokens=10, eos_id=-1)))
+    beam = generate(model, b, GenerationConfig(max_new_tokens=10, eos_id=-1, num_beams=1))
     assert beam == greedy
 
 
@@ -68,6 +91,90 @@ def test_beam_search_returns_ranked_distinct_sequences(model):
     out = generate(model, b, GenerationConfig(max_new_tokens=6, num_beams=4, num_return_sequences=3, eos_id=-1))
     assert len(out) == 6
     assert len({tuple(x) for x in out[:3]}) == 3
+
+
+# --- beam search against an exhaustive search ----------------------------------------------------
+
+#: a tiny vocabulary for beam search: two bytes and eos (the processor's ``output_ids``)
+TINY = (ord("a"), ord("b"))
+DEPTH = 4  # max_new_tokens: 16 unfinished and 15 finished hypotheses per prompt
+
+
+def exhaustive(model, prompt: str, allowed: list[int], eos: int, depth: int, length_penalty: float):
+    """Every hypothesis of at most ``depth`` tokens over ``allowed`` with its beam score
+    (summed log-probability, renormalised over ``allowed``, divided by length ** penalty;
+    a finished hypothesis counts its eos), best first. Scored by full forward passes of the
+    model, independently of generation's cache and bookkeeping."""
+    import itertools
+
+    base = batch_of(model, [{"text": {"prompt": prompt}}])
+    ids = base.inputs["text"]["ids"]  # (1, P), no padding
+    P = ids.shape[1]
+    seqs = list(itertools.product(allowed, repeat=depth))
+    full = torch.cat([ids.expand(len(seqs), P), torch.tensor(seqs)], 1)
+    inputs = {"ids": full, "mask": torch.ones_like(full, dtype=torch.bool)}
+    inputs["prompt_len"] = base.inputs["text"]["prompt_len"].expand(len(seqs))
+    with torch.no_grad():
+        logits = model(mmcore.Batch({"text": inputs}), compute_loss=False).outputs["lm"].logits
+    logp = logits[:, P - 1 : P - 1 + depth][..., allowed].log_softmax(-1)  # (N, depth, |allowed|)
+    col = {t: i for i, t in enumerate(allowed)}
+    scored: dict[tuple[int, ...], float] = {}
+    for n, seq in enumerate(seqs):
+        total = 0.0
+        for t, tok in enumerate(seq):
+            total += float(logp[n, t, col[tok]])
+            if tok == eos:
+                scored.setdefault(seq[:t], total / (t + 1) ** length_penalty)
+                break
+        else:
+            scored[seq] = total / depth**length_penalty
+    return sorted(scored.items(), key=lambda kv: kv[1], reverse=True)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0])
+def test_beam_search_finds_the_exhaustive_ranking(model, monkeypatch, use_cache, length_penalty):
+    """With as many beams as candidates, beam search is an exhaustive search: its hypotheses
+    are the best ones in order, scored with the length penalty."""
+    proc = model.processors["text"]
+    eos = proc.eos_id
+    allowed = [*TINY, eos]
+    monkeypatch.setattr(proc, "output_ids", allowed, raising=False)
+    prompts = ["Hello", "A much longer prompt here"]
+    beams = 2 ** (DEPTH - 1) * len(allowed)  # every live hypothesis of the last step, times each token
+    n = 10
+    cfg = GenerationConfig(
+        max_new_tokens=DEPTH,
+        num_beams=beams,
+        num_return_sequences=n,
+        length_penalty=length_penalty,
+        use_cache=use_cache,
+    )
+    got = generate(model, batch_of(model, [{"text": {"prompt": p}} for p in prompts]), cfg)
+    for i, prompt in enumerate(prompts):
+        ranking = exhaustive(model, prompt, allowed, eos, DEPTH, length_penalty)
+        scores = [s for _, s in ranking]
+        assert min(a - b for a, b in zip(scores[:n], scores[1 : n + 1], strict=True)) > 1e-5  # no near-ties
+        # the reference is not trivial: finished and unfinished hypotheses, both tokens, among the best
+        top = [list(h) for h, _ in ranking[:n]]
+        assert {len(h) for h in top} > {DEPTH} and {t for h in top for t in h} == set(TINY)
+        assert got[i * n : (i + 1) * n] == top, (prompt, length_penalty)
+    # the length penalty changes the winner on these prompts
+    rankings = {lp: [exhaustive(model, p, allowed, eos, DEPTH, lp)[0][0] for p in prompts] for lp in (0.0, 2.0)}
+    assert rankings[0.0] != rankings[2.0]
+
+
+def test_beam_search_with_few_beams_keeps_the_best_prefixes(model, monkeypatch):
+    """Two beams: the result is a hypothesis of the exhaustive list, at least as good as greedy."""
+    proc = model.processors["text"]
+    allowed = [*TINY, proc.eos_id]
+    monkeypatch.setattr(proc, "output_ids", allowed, raising=False)
+    b = batch_of(model, [{"text": {"prompt": "Hello"}}])
+    ranking = dict(exhaustive(model, "Hello", allowed, proc.eos_id, DEPTH, 1.0))
+    greedy = generate(model, b, GenerationConfig(max_new_tokens=DEPTH))[0]
+    for use_cache in (True, False):
+        two = generate(model, b, GenerationConfig(max_new_tokens=DEPTH, num_beams=2, use_cache=use_cache))[0]
+        assert ranking[tuple(two)] >= ranking[tuple(greedy)] - 1e-6
 
 
 def test_sampling_is_seeded_and_returns_several_sequences(model):
@@ -90,7 +197,7 @@ def test_sampling_is_seeded_and_returns_several_sequences(model):
 
 def test_stop_tokens_min_tokens_and_repetition_penalty(model):
     b = batch_of(model, PROMPTS[:1])
-    free = generate(model, b, GenerationConfig(max_new_tokens=10, eos_id=-1))[0]
+    free = varied(generate(model, b, GenerationConfig(max_new_tokens=10, eos_id=-1)))[0]
     stop = free[3]
     cut = generate(model, b, GenerationConfig(max_new_tokens=10, eos_id=-1, stop_tokens=(stop,)))[0]
     assert cut == free[: free.index(stop)]
@@ -112,7 +219,7 @@ def test_stop_strings_cut_the_text(model):
 def test_streaming_yields_the_same_tokens(model):
     b = batch_of(model, PROMPTS)
     cfg = GenerationConfig(max_new_tokens=8, eos_id=-1)
-    streamed = torch.stack(list(generate_stream(model, b, cfg)), 1).tolist()
+    streamed = varied(torch.stack(list(generate_stream(model, b, cfg)), 1).tolist())
     assert streamed == generate(model, b, cfg)
 
 

@@ -1,6 +1,8 @@
 """Parity of the backbone with Hugging Face GPT-2, and the checkpoint conversion (mmcore/gpt2.py).
 
-Everything is local: a tiny randomly initialised GPT2LMHeadModel is saved to a temp dir.
+Everything is local: tiny randomly initialised GPT2LMHeadModels are saved to temp dirs. Decoding
+parity runs `mmcore.generate` on a model composed from one (see `composed`) whose greedy output
+varies with the prompt and the position.
 """
 
 from __future__ import annotations
@@ -99,22 +101,62 @@ def test_logits_match_transformers(hf_dir):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-def test_greedy_generation_matches_transformers(hf_dir):
-    path, hf = hf_dir
-    backbone, _ = load_gpt2_dir(path)
-    idx = prompt(2, 5)
-    with torch.no_grad():
-        expected = hf.generate(
-            idx, attention_mask=torch.ones_like(idx), do_sample=False, max_new_tokens=20, pad_token_id=0
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory):
+    """(mmcore model, transformers model): a random GPT-2 over the byte vocabulary (264 ids),
+    initialised with weights large enough that its greedy output varies with the prompt and
+    the position, and the mmcore model a spec composes from its file (backbone in GPT-2
+    layout, the text encoder's embedding from ``transformer.wte``, the LM head tied to it)."""
+    import mmcore
+
+    root = tmp_path_factory.mktemp("composed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=264, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3
         )
-        cache = backbone.new_cache(2, 25)
-        out, step = idx, idx
-        for _ in range(20):
-            hidden = backbone(step, cache=cache)  # (B, L, D)
-            step = (hidden[:, -1] @ backbone.wte.weight.T).argmax(-1, keepdim=True)  # (B, 1)
-            out = torch.cat([out, step], 1)
-    assert out.shape == expected.shape == (2, 25)
-    assert torch.equal(out, expected)
+        config.bos_token_id = config.eos_token_id = None
+        hf = transformers.GPT2LMHeadModel(config).eval()
+        hf.save_pretrained(root / "gpt2", safe_serialization=True)
+    spec = root / "spec.toml"
+    spec.write_text(
+        'spec_version = 1\n[backbone]\nwidth = 32\ndepth = 2\nheads = 4\ncontext_length = 64\nmlp = "gelu_tanh"\n'
+        'weights_from = "gpt2/model.safetensors"\n'
+        '[encoders.text]\ncomponent = "text.bytes"\nmax_length = 32\n'
+        'weights_from = {path = "gpt2/model.safetensors", prefix = {"transformer.wte." = "token_embedding."}}\n'
+        '[heads.lm]\ncomponent = "lm"\n'
+    )
+    return mmcore.build(spec).eval(), hf
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_generate_on_a_left_padded_batch_matches_transformers(composed, use_cache):
+    """``mmcore.generate`` on prompts of different lengths (left-padded inside generation), and
+    on one prompt alone (no padding), gives transformers' greedy ``generate`` tokens on the same
+    left-padded batch."""
+    import mmcore
+    from mmcore.generation import to_left_padding
+
+    model, hf = composed
+    pad = model.processors["text"].pad_id
+    for prompts in (["Hello", "A much longer prompt", "", "xyz"], ["A much longer prompt"]):
+        batch = model.preprocess([{"text": {"prompt": p}} for p in prompts], targets=())
+        cfg = mmcore.GenerationConfig(max_new_tokens=16, eos_id=-1, use_cache=use_cache)
+        ours = mmcore.generate(model, batch, cfg)
+        ids, mask = to_left_padding(batch.inputs["text"]["ids"], batch.inputs["text"]["mask"])
+        assert len(prompts) == 1 or not mask[:, 0].all()  # the batch is padded
+        with torch.no_grad():
+            theirs = hf.generate(
+                ids.masked_fill(~mask, pad),
+                attention_mask=mask.long(),
+                do_sample=False,
+                max_new_tokens=16,
+                pad_token_id=pad,
+            )[:, ids.shape[1] :].tolist()
+        assert len({t for row in theirs for t in row}) >= 8, theirs  # the reference varies
+        assert len({tuple(row) for row in theirs}) == len(prompts)
+        assert ours == theirs, prompts
 
 
 def test_gpt2model_layout_and_old_buffers_are_accepted(hf_dir, tmp_path):

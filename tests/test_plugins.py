@@ -208,3 +208,72 @@ def test_plugins_add_cli_commands_and_errors_name_the_plugin(plugin_module):
         assert "'clasher'" in str(failure.error) and "mmcore_add_commands" in str(failure.error)
     finally:
         plugins.reset_manager(old)
+
+
+def test_strict_plugins_through_the_environment_variable(monkeypatch, fake_ep, fake_dist):
+    def boom():
+        raise ImportError("No module named 'missing_dependency'")
+
+    eps = [fake_ep("broken", "broken_mod", fake_dist("mmcore-broken", "0.1"), boom)]
+    monkeypatch.setenv(plugins.ENV_STRICT, "1")
+    with pytest.raises(PluginLoadError, match="mmcore-broken 0.1.*missing_dependency"):
+        plugins.PluginManager(autoload=False, entry_points=eps)
+    monkeypatch.setenv(plugins.ENV_STRICT, "0")
+    assert len(plugins.PluginManager(autoload=False, entry_points=eps).failures) == 1
+
+
+# --- real installed distributions: one broken, one colliding ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def private_site(tmp_path_factory):
+    """tests/fixtures/private/* pip-installed into a private folder (used through PYTHONPATH)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    site = tmp_path_factory.mktemp("site")
+    dists = sorted(str(p.parent) for p in (ROOT / "tests" / "fixtures" / "private").glob("*/pyproject.toml"))
+    assert len(dists) == 2
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target"]
+    subprocess.run([*pip, str(site), *dists], check=True, capture_output=True, timeout=300)
+    return site
+
+
+def test_installed_broken_plugin_is_reported_and_strict_mode_refuses_it(private_site):
+    env = {"PYTHONPATH": str(private_site), plugins.ENV_BLOCK: "fixture_collide"}
+    code = """
+from mmcore import plugins
+pm = plugins.PluginManager()
+assert "head:fixture.mean" in pm.registry and "encoder:text.bytes" in pm.registry  # the others work
+(failure,) = pm.failures
+print(failure.entry_point, "|", failure.distribution, "|", failure.error)
+"""
+    out = run_python(code, env=env)
+    assert "fixture_broken = mmcore_fixture_broken.plugin | mmcore-fixture-broken 0.0.1 |" in out
+    assert "mmcore_fixture_missing_dependency" in out
+    strict = """
+from mmcore import plugins
+from mmcore.errors import PluginLoadError
+try:
+    plugins.PluginManager()
+except PluginLoadError as exc:
+    print("refused:", exc)
+"""
+    out = run_python(strict, env={**env, plugins.ENV_STRICT: "1"})
+    assert out.startswith("refused:") and "mmcore-fixture-broken 0.0.1" in out
+
+
+def test_installed_name_collision_names_both_distributions(private_site):
+    code = """
+from mmcore import plugins
+from mmcore.errors import DuplicateComponentError
+try:
+    plugins.PluginManager().registry
+except DuplicateComponentError as exc:
+    print("collision:", exc)
+"""
+    out = run_python(code, env={"PYTHONPATH": str(private_site), plugins.ENV_BLOCK: "fixture_broken"})
+    assert out.startswith("collision:") and "head:fixture.mean" in out
+    assert "mmcore-fixture-plugin 0.0.1" in out and "mmcore-fixture-collide 0.0.2" in out

@@ -201,4 +201,6 @@ def test_recipe_end_to_end(tmp_path):
     res = recipe.main(["--evaluate", str(out), "--samples", "10", "--json", str(tmp_path / "m.json")])
     assert json.loads((tmp_path / "m.json").read_text())["accuracy"] == res["accuracy"]
     assert res["classifier_real_heldout_accuracy"] > 0.95
-    assert res["accuracy"] > 0.6, res  # chance is 0.1
+    # docs/tasks.md: 95 % (10 per digit, seed 0), less a 10-point margin: 100 samples (a binomial
+    # standard deviation of about 2 points), and 91-96 % across phrasings and seeds there
+    assert res["accuracy"] >= 0.85, res  # chance is 0.1

@@ -288,8 +288,39 @@ def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     assert last["step"] == last_k["step"] == 40 and last["loss"] == last_k["loss"]
 
 
+#: Trains a spec like ``mmcore train`` (under torchrun or alone) and writes, per process, the
+#: text of every record each training step consumed: ``consumed-rank<R>.json``.
+RECORDING_TRAIN = r"""
+import json, sys
+from pathlib import Path
+import mmcore
+from mmcore.trainer import Trainer, train
+
+seen = {}
+real = Trainer._next_batch
+
+def recording(self, task):
+    batch = real(self, task)
+    proc = self.model.processors["text"]
+    rows = [proc.decode([t for t, m in zip(ids, mask) if m]) for ids, mask in
+            zip(batch.inputs["text"]["ids"].tolist(), batch.inputs["text"]["mask"].tolist())]
+    seen.setdefault(self.step, []).extend(rows)
+    return batch
+
+Trainer._next_batch = recording
+out = Path(sys.argv[2])
+model, result = train(mmcore.load_spec(sys.argv[1]), out_dir=out)
+import torch.distributed as dist
+rank = dist.get_rank() if dist.is_initialized() else 0
+(out / f"consumed-rank{rank}.json").write_text(json.dumps(seen))
+"""
+
+
 def test_torchrun_two_processes_match_one_process(tmp_path):
-    data = write_manifest(tmp_path / "d.jsonl", [{"text": "abc " * (1 + i % 5)} for i in range(32)])
+    """Two processes under torchrun: each consumes its own half of every global batch (together
+    exactly the one-process batch), the trainer state records two processes, and the losses
+    and final weights are those of one process."""
+    data = write_manifest(tmp_path / "d.jsonl", [{"text": f"record {i} " + "abc " * (1 + i % 5)} for i in range(32)])
     spec = tmp_path / "s.toml"
     spec.write_text(
         'spec_version = 1\nname = "ddp"\n[backbone]\nwidth = 32\ndepth = 2\nheads = 4\ncontext_length = 64\n'
@@ -297,30 +328,30 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         '[training]\nsteps = 4\nbatch_size = 8\nlog_every = 1\nprogress = false\ndevice = "cpu"\n'
         f'[tasks.lm]\nobjective = "lm"\ntrain = "{data}"\n'
     )
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(_train_cmd(spec, one), check=True, env=_env(), capture_output=True, timeout=300)
+    script = tmp_path / "recording_train.py"
+    script.write_text(RECORDING_TRAIN)
+    one, two = tmp_path / "one", tmp_path / "two"  # separate output folders
+    subprocess.run([sys.executable, str(script), str(spec), str(one)], check=True, env=_env(), capture_output=True)
     res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            "-m",
-            "mmcore",
-            "train",
-            str(spec),
-            "--out",
-            str(two),
-        ],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+        + [str(script), str(spec), str(two)],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
+
+    state = json.loads((two / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert state["world"] == 2 and state["step"] == 4
+    assert json.loads((one / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())["world"] == 1
+    whole = json.loads((one / "consumed-rank0.json").read_text())
+    halves = [json.loads((two / f"consumed-rank{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(whole) == sorted(halves[0]) == sorted(halves[1]) == ["0", "1", "2", "3"]
+    for step, records in whole.items():
+        a, b = halves[0][step], halves[1][step]
+        assert len(records) == 8 and len(a) == len(b) == 4 and len(set(records)) == 8
+        assert not set(a) & set(b) and sorted(a + b) == sorted(records), step
 
     def losses(d: Path) -> list[float]:
         return [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]

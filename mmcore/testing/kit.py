@@ -171,7 +171,7 @@ def check_component(
     file into a fresh build gives identical outputs), ``meta`` (built on the meta device,
     loaded with ``assign=True``: identical outputs), ``names`` (two builds have the same
     parameter names, shapes and dtypes), ``dtype`` (float64 and bfloat16), ``device``
-    (CUDA, when available), ``compile`` (``torch.compile`` with the eager backend captures a
+    (on CUDA when available, else on the ``meta`` device: no tensor made on a fixed device), ``compile`` (``torch.compile`` with the eager backend captures a
     graph and gives the same outputs), ``bad_input`` (a clear error, not a result).
     Encoders first run the Processor checks (:func:`check_processor`).
     """
@@ -389,9 +389,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-def _where(exc: BaseException) -> str:
+def _where(exc: BaseException, outside: tuple[str, ...] = ("mmcore/testing",)) -> str:
+    """The innermost frame of ``exc``'s traceback in none of the ``outside`` paths."""
     frames = traceback.extract_tb(exc.__traceback__)
-    inner = [f for f in frames if "mmcore/testing" not in f.filename.replace(os.sep, "/")] or frames
+    inner = [f for f in frames if not any(o in f.filename.replace(os.sep, "/") for o in outside)] or frames
     f = inner[-1] if inner else None
     return f"{f.filename}:{f.lineno} in {f.name}" if f else "?"
 
@@ -682,7 +683,8 @@ class _Checks:
 
     def check_device(self) -> None:
         if not torch.cuda.is_available():
-            raise _Skip("no CUDA device here")
+            self._check_meta_device()
+            return
         every = self.h.everything()
         ref = self._eval_rows(self.m, every)
         m = self.copy()
@@ -703,6 +705,35 @@ class _Checks:
                     f"on CUDA sample {i}'s outputs are far from the CPU's",
                     2e-3 * (1 + float(want.abs().max())),
                 )
+
+    def _check_meta_device(self) -> None:
+        """Without CUDA: parameters and inputs on the ``meta`` device, where a tensor that
+        ``forward`` makes on a fixed device (``device="cpu"``, or no device at all) meets
+        them and raises. A forward that needs values (``.item()``, boolean indexing) cannot
+        run on ``meta``: the check is then skipped, saying why."""
+        every = self.h.everything()
+        m = self.copy()
+        self.h.move(m, device="meta")
+        m.eval()
+        batch = _to(self.h.make(every), "meta")
+        try:
+            with torch.no_grad():
+                out = self.h.run(m, batch)
+        except Exception as exc:
+            text = str(exc)
+            if "expected device" in text or "same device" in text or "at least two devices" in text:
+                raise _Fail(
+                    f"with its parameters and inputs on another device (meta), forward mixes devices: "
+                    f"{type(exc).__name__}: {_first_line(exc)} (at {_where(exc, ('mmcore/testing', '/torch/'))}); make new tensors on the inputs' or "
+                    "parameters' device (device=x.device, torch.zeros_like, x.new_zeros), never a fixed one"
+                ) from None
+            raise _Skip(
+                f"no CUDA device here, and forward cannot run on the meta device ({type(exc).__name__}: "
+                f"{_first_line(exc)})"
+            ) from None
+        for t in self.h.primary(out):
+            if t.device.type != "meta":
+                raise _Fail(f"with its parameters and inputs on the meta device, an output is on {t.device}")
 
     def check_compile(self) -> None:
         import torch._dynamo
