@@ -121,16 +121,13 @@ def cmd_spec_validate(args: argparse.Namespace) -> int:
 
 
 def _validate_build(f: str, spec: Any) -> bool:
-    """Build ``spec`` on the meta device (no memory, no initialisation) and run every
-    compatibility check, the ``weights_from`` files' headers included; print the problems."""
+    """:func:`mmcore.model.validate_build`: ``build``'s own steps on the meta device (no memory,
+    no initialisation), the ``weights_from`` files' headers included; print the problems."""
     from .errors import SpecError
-    from .model import build, check_compatibility
+    from .model import validate_build
 
     try:
-        model = build(spec, device="meta")
-        issues = check_compatibility(model, spec, weights=True)
-        if issues:
-            raise SpecError(issues, file=spec.file)
+        validate_build(spec)
     except MMCoreError as exc:
         print(f"{f}: does not build:\n{exc}" if not isinstance(exc, SpecError) else str(exc), file=sys.stderr)
         return False
