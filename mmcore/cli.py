@@ -315,6 +315,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         onnx=args.onnx,
         dynamic_batch=not args.static,
+        dynamic_length=not args.static_length,
     )
     print(json.dumps(report, indent=2))
     return 0
@@ -512,12 +513,26 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     )
     qz.set_defaults(func=cmd_quantize)
 
-    ex = sub.add_parser("export", help="torch.export (and ONNX) of a model directory's forward pass")
+    ex = sub.add_parser(
+        "export",
+        help="torch.export (and ONNX) of a model directory's forward pass",
+        description="Export a model directory's forward pass (collated tensors -> each head's logits) with "
+        "torch.export, check it against eager mode, and write export.json (inputs, outputs, dynamic dimensions, "
+        "largest differences from eager mode) and, with --onnx, model.onnx. The torch.export program itself is "
+        "not written (its archive may unpickle on load). The batch size is dynamic (unless --static), and so is the "
+        "length of every text input, up to its processor's max_length (unless --static-length); other dimensions "
+        "(image size, audio frames) are the example record's.",
+    )
     ex.add_argument("model_dir", metavar="MODEL_DIR")
-    ex.add_argument("--out", required=True, help="folder to write model.pt2 (and model.onnx) to")
+    ex.add_argument("--out", required=True, help="folder to write export.json (and model.onnx) to")
     ex.add_argument("--record", help="example record (JSON, a JSON file or MANIFEST:LINE); default: one made up")
     ex.add_argument("--batch-size", type=int, default=2, help="batch size of the example input")
     ex.add_argument("--static", action="store_true", help="fixed batch size (default: dynamic batch dimension)")
+    ex.add_argument(
+        "--static-length",
+        action="store_true",
+        help="text lengths fixed to the example record's (default: dynamic, up to each processor's max_length)",
+    )
     ex.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx and onnxscript)")
     ex.set_defaults(func=cmd_export)
 
