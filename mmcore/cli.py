@@ -231,19 +231,19 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate text from a model directory; prompts may carry other inputs (--input image=cat.png)."""
     from .checkpoint import load
-    from .generation import GenerationConfig, generate, generate_stream
+    from .generation import GenerationConfig, generate, generate_stream, prompt_records
 
     model = load(args.model_dir, device=args.device)
     texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
     text_input = args.text_input or (texts[0] if len(texts) == 1 else None)
     if text_input is None:
         raise MMCoreError(f"say which input is the text with --text-input; inputs: {list(model.encoders)}")
-    record: dict[str, Any] = {text_input: {"prompt": args.prompt}}
+    others: dict[str, Any] = {}
     for item in args.input or []:
         name, sep, value = item.partition("=")
         if not sep or name not in model.encoders:
             raise MMCoreError(f"--input {item!r}: expected NAME=VALUE with NAME one of {list(model.encoders)}")
-        record[name] = value
+        others[name] = value
     try:
         cfg = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
@@ -262,7 +262,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise MMCoreError(f"generation options: {exc}") from exc
     if args.out:
-        return _write_generated_images(args, model, cfg, record, text_input)
+        return _write_generated_images(args, model, cfg, others, text_input)
+    # the prompt as the Python API builds it (mmcore.generation.prompt_records)
+    (record,) = prompt_records(model, [{**others, text_input: args.prompt}], text_input=text_input, separator=args.sep)
     batch = model.preprocess([record], targets=())
     proc = model.processors[text_input]
     if args.stream and cfg.num_beams == 1 and cfg.num_return_sequences == 1 and not cfg.stop_strings:
@@ -455,7 +457,18 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text (or, with --out, an image) from a model directory")
     g.add_argument("model_dir", metavar="MODEL_DIR")
-    g.add_argument("--prompt", default="", help="text prefix")
+    g.add_argument(
+        "--prompt",
+        default="",
+        help="text prefix, framed as the model was trained (mmcore.generation.prompt_records): '<bos> text <sep>' "
+        "for a prefix_lm model, '<bos> text' (a continuation) otherwise",
+    )
+    g.add_argument(
+        "--sep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end the prompt with <sep> (--sep) or not (--no-sep) whatever the model was trained with",
+    )
     g.add_argument(
         "--input",
         action="append",
