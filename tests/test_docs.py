@@ -206,3 +206,23 @@ def test_generation_prompt_snippet_runs_and_beams_come_best_first(monkeypatch):
         scores = [score(prompt, r) for r in rows]
         assert all(a >= b - 1e-5 for a, b in zip(scores, scores[1:], strict=False)), scores
     assert len(lengths) > 1  # the lengths differ, so the length normalisation matters
+
+
+def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
+    """docs/tasks.md's image + text table quotes examples/recipes/results/image_text_fusions.json
+    (written by examples/recipes/image_text_fusions.py), fusions and baselines alike."""
+    import json
+
+    results = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions.json").read_text())
+    text = (ROOT / "docs" / "tasks.md").read_text()
+    section = text.split("## Image + text: which fusion reads the picture", 1)[1].split("\n## ", 1)[0]
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f} %"
+
+    base = results["baselines"]
+    for figure in (base["chance"], base["most_frequent_caption"]["exact_match"], base["logistic_regression_on_pixels"]):
+        assert pct(figure) in section
+    for run in results["fusions"]:
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{run['fusion']}`"))
+        assert pct(run["exact_match"]) in row and pct(run["without_image"]) in row and str(run["steps"]) in row
