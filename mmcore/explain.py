@@ -463,7 +463,10 @@ def figure(report: Explanation) -> Any:
     ]
     for k, (gid, values, label, color) in enumerate(charts):
         ax = fig.add_subplot(grid[0, k * cols : (k + 1) * cols])
-        ax.bar(x, values, width=0.6, color=color, label=label, gid=gid)
+        missing = [i for i, v in enumerate(values) if not math.isfinite(v)]  # not occludable: said, not drawn
+        ax.bar(x, [0.0 if i in missing else v for i, v in enumerate(values)], width=0.6, color=color, gid=gid)
+        for i in missing:
+            ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x, names)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_title(label, fontsize=8)
