@@ -122,16 +122,13 @@ def cmd_spec_validate(args: argparse.Namespace) -> int:
 
 
 def _validate_build(f: str, spec: Any) -> bool:
-    """Build ``spec`` on the meta device (no memory, no initialisation) and run every
-    compatibility check, the ``weights_from`` files' headers included; print the problems."""
+    """:func:`mmcore.model.validate_build`: ``build``'s own steps on the meta device (no memory,
+    no initialisation), the ``weights_from`` files' headers included; print the problems."""
     from .errors import SpecError
-    from .model import build, check_compatibility
+    from .model import validate_build
 
     try:
-        model = build(spec, device="meta")
-        issues = check_compatibility(model, spec, weights=True)
-        if issues:
-            raise SpecError(issues, file=spec.file)
+        validate_build(spec)
     except MMCoreError as exc:
         print(f"{f}: does not build:\n{exc}" if not isinstance(exc, SpecError) else str(exc), file=sys.stderr)
         return False
@@ -235,19 +232,19 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate text from a model directory; prompts may carry other inputs (--input image=cat.png)."""
     from .checkpoint import load
-    from .generation import GenerationConfig, generate, generate_stream
+    from .generation import GenerationConfig, generate, generate_stream, prompt_records
 
     model = load(args.model_dir, device=args.device)
     texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
     text_input = args.text_input or (texts[0] if len(texts) == 1 else None)
     if text_input is None:
         raise MMCoreError(f"say which input is the text with --text-input; inputs: {list(model.encoders)}")
-    record: dict[str, Any] = {text_input: {"prompt": args.prompt}}
+    others: dict[str, Any] = {}
     for item in args.input or []:
         name, sep, value = item.partition("=")
         if not sep or name not in model.encoders:
             raise MMCoreError(f"--input {item!r}: expected NAME=VALUE with NAME one of {list(model.encoders)}")
-        record[name] = value
+        others[name] = value
     try:
         cfg = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
@@ -266,7 +263,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise MMCoreError(f"generation options: {exc}") from exc
     if args.out:
-        return _write_generated_images(args, model, cfg, record, text_input)
+        return _write_generated_images(args, model, cfg, others, text_input)
+    # the prompt as the Python API builds it (mmcore.generation.prompt_records)
+    (record,) = prompt_records(model, [{**others, text_input: args.prompt}], text_input=text_input, separator=args.sep)
     batch = model.preprocess([record], targets=())
     proc = model.processors[text_input]
     if args.stream and cfg.num_beams == 1 and cfg.num_return_sequences == 1 and not cfg.stop_strings:
@@ -328,6 +327,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         onnx=args.onnx,
         dynamic_batch=not args.static,
+        dynamic_length=not args.static_length,
     )
     print(json.dumps(report, indent=2))
     return 0
@@ -467,7 +467,18 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text (or, with --out, an image) from a model directory")
     g.add_argument("model_dir", metavar="MODEL_DIR")
-    g.add_argument("--prompt", default="", help="text prefix")
+    g.add_argument(
+        "--prompt",
+        default="",
+        help="text prefix, framed as the model was trained (mmcore.generation.prompt_records): '<bos> text <sep>' "
+        "for a prefix_lm model, '<bos> text' (a continuation) otherwise",
+    )
+    g.add_argument(
+        "--sep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end the prompt with <sep> (--sep) or not (--no-sep) whatever the model was trained with",
+    )
     g.add_argument(
         "--input",
         action="append",
@@ -532,12 +543,26 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     cs.add_argument("--out", required=True, help="model directory to write")
     cs.set_defaults(func=cmd_consolidate)
 
-    ex = sub.add_parser("export", help="torch.export (and ONNX) of a model directory's forward pass")
+    ex = sub.add_parser(
+        "export",
+        help="torch.export (and ONNX) of a model directory's forward pass",
+        description="Export a model directory's forward pass (collated tensors -> each head's logits) with "
+        "torch.export, check it against eager mode, and write export.json (inputs, outputs, dynamic dimensions, "
+        "largest differences from eager mode) and, with --onnx, model.onnx. The torch.export program itself is "
+        "not written (its archive may unpickle on load). The batch size is dynamic (unless --static), and so is the "
+        "length of every text input, up to its processor's max_length (unless --static-length); other dimensions "
+        "(image size, audio frames) are the example record's.",
+    )
     ex.add_argument("model_dir", metavar="MODEL_DIR")
-    ex.add_argument("--out", required=True, help="folder to write model.pt2 (and model.onnx) to")
+    ex.add_argument("--out", required=True, help="folder to write export.json (and model.onnx) to")
     ex.add_argument("--record", help="example record (JSON, a JSON file or MANIFEST:LINE); default: one made up")
     ex.add_argument("--batch-size", type=int, default=2, help="batch size of the example input")
     ex.add_argument("--static", action="store_true", help="fixed batch size (default: dynamic batch dimension)")
+    ex.add_argument(
+        "--static-length",
+        action="store_true",
+        help="text lengths fixed to the example record's (default: dynamic, up to each processor's max_length)",
+    )
     ex.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx and onnxscript)")
     ex.set_defaults(func=cmd_export)
 

@@ -360,9 +360,10 @@ def explain(
     for layer, amap in recorder.maps.items():
         a = amap[0][rows].mean(0) if bool(rows.any()) else amap[0].mean(0)  # (L,)
         per: dict[str, Any] = {}
+        in_seq = [p for p in present if p in seq.modalities]
         for m in present:
-            idx = seq.index.get(m) if m in seq.index else None
-            if m not in seq.modalities or (idx is None and len(present) > 1) or m not in seq.index:
+            idx = seq.index.get(m) if seq.index and m in seq.index else None
+            if m not in seq.modalities or (idx is None and len(in_seq) > 1):
                 per[m] = None  # not in the self-attended sequence (cross-attention memory)
                 continue
             pos = torch.arange(tokens[m].embeds.shape[1]) if idx is None else idx[0]
@@ -428,8 +429,15 @@ def _denormalise(proc: Any, pixels: Tensor) -> Tensor:
 # --- the figure -------------------------------------------------------------------------------------
 
 
-def plot(report: Explanation, path: str | Path) -> None:
-    """Draw the report: contributions per input, then per layer each input's attention."""
+def figure(report: Explanation) -> Any:
+    """The report as a matplotlib figure (what :func:`plot` saves).
+
+    Top row: one bar chart per method, each on its own axis (the log-probability drop when an
+    input is occluded, and gradient x input, whose scales differ by orders of magnitude: on a
+    shared axis the smaller one's bars would be invisible). Then, per recorded layer, one panel
+    per input in the self-attended sequence (an image's attention as a heat map over it, text
+    per token, audio per frame group); inputs outside it (cross-attention memory) are named in
+    the figure's title instead of getting an empty panel."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -437,24 +445,44 @@ def plot(report: Explanation, path: str | Path) -> None:
 
     names = list(report.modalities)
     layers = list(report.attention)
-    cols = max(1, len(names))
-    fig, axes = plt.subplots(1 + len(layers), cols, figsize=(4.2 * cols, 3.2 * (1 + len(layers))), squeeze=False)
-    for ax in axes[0][1:]:
-        ax.axis("off")
-    ax = axes[0][0]
-    occ = [(report.modalities[m]["occlusion"] or {}).get("delta", float("nan")) for m in names]
-    gxi = [report.modalities[m]["grad_x_input"] for m in names]
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], occ, width=0.4, label="occlusion: logprob drop")
-    ax.bar([i + 0.2 for i in x], gxi, width=0.4, label="gradient x input")
-    ax.set_xticks(list(x), names)
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=7)
+    shown = [m for m in names if any(report.attention[layer].get(m) is not None for layer in layers)]
+    layers = layers if shown else []
+    cols = max(2, len(shown))  # grid columns: each top chart spans half, each attention panel one
+    fig = plt.figure(figsize=(4.2 * cols, 3.2 * (1 + len(layers))))
+    grid = fig.add_gridspec(1 + len(layers), 2 * cols)
+    x = list(range(len(names)))
     what = report.target.get("label") or report.target.get("index", report.target.get("text", ""))
-    ax.set_title(f"{report.head}: target {str(what)[:30]!r}, logprob {report.logprob:.3g}", fontsize=8)
+    charts = [
+        (
+            "occlusion",
+            [(report.modalities[m]["occlusion"] or {}).get("delta", float("nan")) for m in names],
+            "logprob drop when removed",
+            "tab:blue",
+        ),
+        ("grad_x_input", [report.modalities[m]["grad_x_input"] for m in names], "gradient x input", "tab:orange"),
+    ]
+    for k, (gid, values, label, color) in enumerate(charts):
+        ax = fig.add_subplot(grid[0, k * cols : (k + 1) * cols])
+        missing = [i for i, v in enumerate(values) if not math.isfinite(v)]  # not occludable: said, not drawn
+        ax.bar(x, [0.0 if i in missing else v for i, v in enumerate(values)], width=0.6, color=color, gid=gid)
+        for i in missing:
+            ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, names)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(
+        f"{report.head}: target {str(what)[:30]!r}, logprob {report.logprob:.3g}"
+        + (
+            f" ({', '.join(m for m in names if m not in shown)}: not in the self-attended sequence)"
+            if report.attention and len(shown) < len(names)
+            else ""
+        ),
+        fontsize=9,
+    )
     for r, layer in enumerate(layers, start=1):
-        for c, m in enumerate(names):
-            ax = axes[r][c]
+        for c, m in enumerate(shown):
+            span = 2 * cols // len(shown)
+            ax = fig.add_subplot(grid[r, c * span : (c + 1) * span])
             entry = report.attention[layer].get(m)
             ax.set_title(f"{layer}: attention to {m}", fontsize=8)
             if entry is None:
@@ -483,6 +511,14 @@ def plot(report: Explanation, path: str | Path) -> None:
                 ax.plot(entry["weights"])
                 ax.set_xlabel("token (frame group)", fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot(report: Explanation, path: str | Path) -> None:
+    """Write :func:`figure` of the report to ``path`` (PNG, atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

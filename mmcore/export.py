@@ -15,17 +15,21 @@ arguments in a fixed order, ``ExportedModel.input_names`` (``"<input>.<key>"``, 
 per head in ``ExportedModel.output_names`` order.
 
 Shapes: the batch dimension is dynamic (any batch size at run time) unless
-``dynamic_batch=False``; every other dimension (text length, image size, audio frames) is
-fixed to the example batch's, so pad or truncate inputs to those lengths (the processors'
-``max_length``/``max_frames`` options make them fixed).
+``dynamic_batch=False``. The sequence length of every input whose processor has a
+``max_length`` (text) is dynamic too, from 1 up to that ``max_length`` (any text the processor
+produces fits), unless ``dynamic_length=False``. Every other dimension (image size, audio
+frames) is fixed to the example batch's: ``ExportedModel.run`` right-pads shorter inputs, so
+set those processors' limits (``max_frames``) to what you export with.
 
-Models with int8 layers (:mod:`mmcore.quantize`) export with their weights dequantized (the
-quantized CPU kernel is not traceable): same numbers as their non-kernel path.
+Models with int8 layers (:mod:`mmcore.quantize`) export the CPU kernel's computation in float
+operations (:func:`mmcore.quantize.dynamic_int8_linear`; the kernel itself is not traceable):
+the same numbers as the eager int8 model (tested to 1e-5 through the CLI).
 
-Files: ``mmcore export MODEL_DIR --out DIR --onnx`` writes ``model.onnx`` (protobuf: no pickle)
-and ``export.json`` (input and output names and shapes, the checks run and their largest
-differences from eager mode). The ``torch.export`` program is checked but not written: its
-archive format (``torch.export.save``) may unpickle on load, which model directories never do.
+Files: ``mmcore export MODEL_DIR --out DIR [--onnx]`` writes ``export.json`` (input and output
+names and shapes, which dimensions are dynamic, the checks run and their largest differences
+from eager mode) and, with ``--onnx``, ``model.onnx`` (protobuf: no pickle). The
+``torch.export`` program is checked but not written: its archive format
+(``torch.export.save``) may unpickle on load, which model directories never do.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class ExportedModel:
         heads: the head of each output.
         dynamic_batch: whether the batch dimension is dynamic.
         example_shapes: the example batch's shape of each argument.
+        dynamic_lengths: argument name -> the longest length its dimension 1 takes (the
+            processor's ``max_length``), for the arguments whose length is dynamic.
     """
 
     program: Any
@@ -94,6 +100,7 @@ class ExportedModel:
     heads: list[str]
     dynamic_batch: bool
     example_shapes: dict[str, list[int]] = field(default_factory=dict)
+    dynamic_lengths: dict[str, int] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -105,10 +112,15 @@ class ExportedModel:
 
     def arguments(self, batch: Batch) -> list[Tensor]:
         """The batch's tensors in the program's order, right-padded with zeros (False) to the
-        exported lengths (padding is masked out, as collation pads); errors name missing or too
-        long inputs."""
+        exported fixed lengths (padding is masked out, as collation pads); dynamic lengths are
+        passed as they are. Errors name missing or too long inputs."""
         args = []
         for (name, key), want in zip(self.layout, self.example_shapes.values(), strict=True):
+            longest = self.dynamic_lengths.get(f"{name}.{key}")
+            if longest is not None:
+                t = batch.inputs.get(name, {}).get(key)
+                if isinstance(t, Tensor) and t.dim() >= 2 and t.shape[1] <= longest:
+                    want = [want[0], t.shape[1], *want[2:]]
             t = batch.inputs.get(name, {}).get(key)
             if not isinstance(t, Tensor):
                 raise InputError(
@@ -121,8 +133,9 @@ class ExportedModel:
             if not ok:
                 raise InputError(
                     f"{name}.{key} has shape {shape}; the exported model takes {want} "
-                    f"({'any batch size; ' if self.dynamic_batch else ''}other dimensions at most these, fixed at "
-                    "export)"
+                    f"({'any batch size; ' if self.dynamic_batch else ''}"
+                    + (f"length 1 to {longest}; " if longest is not None else "")
+                    + "other dimensions at most these, fixed at export)"
                 )
             pad: list[int] = []
             for s, w in zip(reversed(shape[1:]), reversed(want[1:]), strict=True):
@@ -145,11 +158,36 @@ def _heads_and_mode(model: nn.Module, heads: Sequence[str] | None) -> list[str]:
     return names
 
 
-def _dynamic_shapes(tensors: Sequence[Tensor], dynamic_batch: bool) -> Any:
-    if not dynamic_batch:
+def _lengths(model: nn.Module, layout: Sequence[tuple[str, str]], tensors: Sequence[Tensor]) -> dict[str, int]:
+    """Argument name -> longest length, for the tensors whose dimension 1 is an input's sequence
+    (its processor has an integer ``max_length``; the tensors of that input with the example's
+    sequence length there, e.g. ``text.ids`` and ``text.mask``)."""
+    out: dict[str, int] = {}
+    seq: dict[str, int] = {}
+    for (name, key), t in zip(layout, tensors, strict=True):
+        limit = getattr(model.processors[name], "max_length", None) if name in model.processors else None
+        if not isinstance(limit, int) or isinstance(limit, bool) or t.dim() < 2:
+            continue
+        if seq.setdefault(name, int(t.shape[1])) == t.shape[1]:
+            out[f"{name}.{key}"] = max(limit, int(t.shape[1]))
+    return out
+
+
+def _dynamic_shapes(
+    layout: Sequence[tuple[str, str]], tensors: Sequence[Tensor], dynamic_batch: bool, lengths: Mapping[str, int]
+) -> Any:
+    if not dynamic_batch and not lengths:
         return None
     batch = torch.export.Dim("batch", min=1, max=4096)
-    return (tuple({0: batch} for _ in tensors),)  # forward(*tensors): one entry, the tuple
+    dims: dict[str, Any] = {}
+    shapes = []
+    for name, key in layout:
+        d: dict[int, Any] = {0: batch} if dynamic_batch else {}
+        longest = lengths.get(f"{name}.{key}")
+        if longest is not None:
+            d[1] = dims.setdefault(name, torch.export.Dim(f"{name}_length", min=1, max=longest))
+        shapes.append(d or None)
+    return (tuple(shapes),)  # forward(*tensors): one entry, the tuple
 
 
 def export(
@@ -159,6 +197,7 @@ def export(
     heads: Sequence[str] | None = None,
     mode: str | None = None,
     dynamic_batch: bool = True,
+    dynamic_length: bool = True,
     strict: bool = False,
 ) -> ExportedModel:
     """``torch.export`` the model's forward pass (collated tensors -> each head's logits).
@@ -166,11 +205,13 @@ def export(
     Args:
         model: a :class:`~mmcore.MultimodalGPT` (put in eval mode here).
         batch: an example batch (``model.preprocess(records)``): it fixes which inputs the
-            program takes and every dimension but the batch size.
+            program takes and every dimension but the batch size and the sequence lengths.
         heads: the heads to compute (default: all).
         mode: attention mode (default: the backbone's).
         dynamic_batch: accept any batch size (else only the example's). Use an example with at
             least two rows: a batch of one would be specialised to one.
+        dynamic_length: accept any sequence length up to the processor's ``max_length`` for the
+            inputs that have one (text; else the example's length is the longest accepted).
         strict: ``torch.export``'s strict mode (TorchDynamo tracing).
     """
     model.eval()
@@ -179,15 +220,23 @@ def export(
     if dynamic_batch and tensors and tensors[0].shape[0] < 2:
         raise MMCoreError("export with a dynamic batch needs an example batch of at least 2 records")
     fwd = _Forward(model, layout, names, mode)
+    from .quantize import release_packed
+
+    release_packed(model)  # an int8 model's packed kernel weights (after an eager call) cannot be traced
+    lengths = _lengths(model, layout, tensors) if dynamic_length else {}
     with torch.no_grad():
         try:
             program = torch.export.export(
-                fwd, tuple(tensors), dynamic_shapes=_dynamic_shapes(tensors, dynamic_batch), strict=strict
+                fwd,
+                tuple(tensors),
+                dynamic_shapes=_dynamic_shapes(layout, tensors, dynamic_batch, lengths),
+                strict=strict,
             )
         except Exception as exc:  # torch's export errors name the offending operation
-            raise MMCoreError(f"torch.export failed for this model: {type(exc).__name__}: {exc}") from exc
+            hint = " (export with dynamic_length=False, CLI --static-length, to fix the lengths)" if lengths else ""
+            raise MMCoreError(f"torch.export failed for this model{hint}: {type(exc).__name__}: {exc}") from exc
     shapes = {f"{n}.{k}": list(t.shape) for (n, k), t in zip(layout, tensors, strict=True)}
-    return ExportedModel(program, layout, names, dynamic_batch, shapes)
+    return ExportedModel(program, layout, names, dynamic_batch, shapes, lengths)
 
 
 def _stable_sort(
@@ -226,6 +275,7 @@ def export_onnx(
     heads: Sequence[str] | None = None,
     mode: str | None = None,
     dynamic_batch: bool = True,
+    dynamic_length: bool = True,
     opset: int | None = None,
 ) -> ExportedModel:
     """Write the forward pass as ONNX (``torch.onnx.export(..., dynamo=True)``) to ``path``.
@@ -240,7 +290,7 @@ def export_onnx(
         raise MMCoreError(
             f"ONNX export needs the onnx and onnxscript packages (pip install onnx onnxscript): {exc}"
         ) from exc
-    exported = export(model, batch, heads=heads, mode=mode, dynamic_batch=dynamic_batch)
+    exported = export(model, batch, heads=heads, mode=mode, dynamic_batch=dynamic_batch, dynamic_length=dynamic_length)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -337,9 +387,11 @@ def export_dir(
     batch_size: int = 2,
     onnx: bool = False,
     dynamic_batch: bool = True,
+    dynamic_length: bool = True,
 ) -> dict[str, Any]:
     """``mmcore export``: export a model directory, check the program (and the ONNX file) against
-    eager mode on the example batch and on a batch of another size, write ``export.json``."""
+    eager mode on the example batch, on a batch of another size and (dynamic lengths) on a batch
+    whose texts are longer than the example's, and write ``export.json``."""
     from .checkpoint import atomic_write_text, load
 
     model = load(model_dir).eval()
@@ -351,17 +403,25 @@ def export_dir(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    exported = export(model, batch, dynamic_batch=dynamic_batch)
+    exported = export(model, batch, dynamic_batch=dynamic_batch, dynamic_length=dynamic_length)
     report: dict[str, Any] = {
         "model_dir": str(model_dir),
         "inputs": exported.example_shapes,
         "outputs": exported.output_names,
         "dynamic_batch": dynamic_batch,
+        "dynamic_lengths": exported.dynamic_lengths,
         "torch_export_seconds": round(time.perf_counter() - t0, 2),
     }
     checks = [batch]
     if dynamic_batch:
         checks.append(example_batch(model, batch_size + 1, records))
+    if exported.dynamic_lengths:
+        longer = _longer_batch(model, batch_size, records, batch)
+        if longer is not None:
+            checks.append(longer)
+            report["longer_input_checked"] = {
+                n: list(longer.inputs[n.split(".")[0]][n.split(".")[1]].shape) for n in exported.dynamic_lengths
+            }
     with torch.no_grad():
         eager = [
             {h: o.logits for h, o in model(b, heads=exported.heads, compute_loss=False).outputs.items()} for b in checks
@@ -371,7 +431,7 @@ def export_dir(
         )
     if onnx:
         path = out / "model.onnx"
-        export_onnx(model, batch, path, dynamic_batch=dynamic_batch)
+        export_onnx(model, batch, path, dynamic_batch=dynamic_batch, dynamic_length=dynamic_length)
         report["onnx"] = path.name
         report["onnx_bytes"] = path.stat().st_size
         import onnx as onnx_pkg
@@ -385,6 +445,26 @@ def export_dir(
             report["onnxruntime_max_abs_diff"] = None  # onnxruntime not installed: the checker ran
     atomic_write_text(out / "export.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _longer_batch(
+    model: nn.Module, batch_size: int, records: Sequence[Mapping[str, Any]] | None, example: Batch
+) -> Batch | None:
+    """The example records with every text written twice (longer than the example, truncated at
+    the processor's ``max_length``), when that makes a longer batch; else None."""
+    recs = list(records) if records else example_records(model, batch_size)
+    texts = [k for k, p in model.processors.items() if getattr(p, "modality", "") == "text"]
+    longer = [{**r, **{k: f"{r[k]} {r[k]}" for k in texts if isinstance(r.get(k), str)}} for r in recs]
+    try:
+        batch = example_batch(model, batch_size, longer)
+    except InputError:  # truncation = "error": the example is as long as texts may be
+        return None
+    grew = any(
+        batch.inputs[k]["ids"].shape[1] > example.inputs[k]["ids"].shape[1]
+        for k in texts
+        if "ids" in batch.inputs.get(k, {}) and "ids" in example.inputs.get(k, {})
+    )
+    return batch if grew else None
 
 
 def _resolve(model: nn.Module, record: dict[str, Any], base: str | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ a model whose spec trains the LM head with ``prefix_lm`` (captioning, translatio
 speech-to-text) attends its whole prompt bidirectionally, as in training, and each new token
 causally; an ``lm``-trained model attends causally throughout. ``mode=`` overrides it.
 
+    batch = model.preprocess(prompt_records(model, ["Return the"]), targets=())  # as `mmcore generate` frames it
     out = mmcore.generate(model, batch, mmcore.GenerationConfig(max_new_tokens=20, num_return_sequences=5,
                                                                 do_sample=True, top_k=50, seed=0))
     texts = [model.processors["text"].decode(ids) for ids in out]
@@ -46,6 +47,8 @@ __all__ = [
     "generate",
     "generate_stream",
     "generate_for_records",
+    "prompt_records",
+    "prompt_separator",
     "trained_attention",
     "generate_images",
     "write_images",
@@ -63,7 +66,9 @@ class GenerationConfig:
         do_sample: sample (with temperature, top-k, top-p) instead of picking the most likely token.
         temperature, top_k, top_p: sampling filters (top_k 0 and top_p 1.0 disable them).
         num_beams: beam search with this many beams (1: greedy or sampling).
-        length_penalty: beam search ranks finished sequences by ``logprob / length ** length_penalty``.
+        length_penalty: beam search ranks sequences by ``logprob / length ** length_penalty``
+            (the sum of their tokens' log-probabilities, ``<eos>`` included when finished, over
+            that many tokens) and returns them best first (docs/tasks.md, "Generating from Python").
         num_return_sequences: sequences per prompt (at most ``num_beams`` with beam search).
         repetition_penalty: >1 discourages tokens already generated (CTRL: positive logits are
             divided by it, negative ones multiplied).
@@ -126,12 +131,92 @@ def trained_attention(model: Any, head: str) -> str | None:
     bidirectionally), ``"causal"`` when ``lm`` tasks do; a task's ``attention`` overrides its
     objective's default. None (the backbone's configured attention) when the model has no
     spec, no task trains the head, or its tasks disagree: pass ``mode=`` then."""
+    modes = {task_attention(t) for t in _lm_tasks(model, head)}
+    return modes.pop() if len(modes) == 1 else None
+
+
+def _lm_tasks(model: Any, head: str) -> list[Any]:
+    """The ``lm`` and ``prefix_lm`` tasks of the model's spec that train LM head ``head``."""
     tasks = getattr(getattr(model, "spec", None), "tasks", None) or {}
     heads = list(model.heads)
-    modes = {
-        task_attention(t) for t in tasks.values() if t.objective in ("lm", "prefix_lm") and task_head(t, heads) == head
-    }
-    return modes.pop() if len(modes) == 1 else None
+    return [t for t in tasks.values() if t.objective in ("lm", "prefix_lm") and task_head(t, heads) == head]
+
+
+def prompt_separator(model: Any, head: str) -> bool:
+    """Whether a generation prompt for LM head ``head`` ends with ``<sep>``, from what the
+    model's spec trains the head with: True when ``prefix_lm`` tasks train it (and no ``lm``
+    task), since their samples are ``<bos> prompt <sep> target <eos>``; False when ``lm`` tasks
+    do (their text never held a ``<sep>``: the prompt is plain text to continue), when the tasks
+    disagree, and when the model has no spec or no task trains the head."""
+    return {t.objective for t in _lm_tasks(model, head)} == {"prefix_lm"}
+
+
+def prompt_records(
+    model: Any,
+    prompts: Sequence[str | Mapping[str, Any]],
+    *,
+    text_input: str | None = None,
+    head: str | None = None,
+    separator: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Records for :meth:`MultimodalGPT.preprocess` that make generation prompts, the same way
+    ``mmcore generate --prompt`` makes them (it calls this).
+
+    ``prompts``: a string (the text prompt) or a record whose generated input (``text_input``,
+    default: the one :func:`generate` continues) holds the text prompt, next to any other
+    inputs (``{"text": "a photo of", "image": "cat.png"}``). The text becomes
+    ``{"prompt": text}`` (``<bos> text <sep>``) when :func:`prompt_separator` says the model was
+    trained with a separator (``prefix_lm``), else ``{"prompt": text, "sep": False}``
+    (``<bos> text``: a continuation, no ``<sep>``, no ``<eos>``). ``separator`` overrides the
+    choice. A plain string record (``{"text": "Return the"}``) is training data: it ends with
+    ``<eos>``, which tells the model the text is over.
+
+        batch = model.preprocess(prompt_records(model, ["Return the"]), targets=())
+        ids = mmcore.generate(model, batch, mmcore.GenerationConfig(max_new_tokens=40))
+    """
+    text_input, head = _generated_input(model, text_input, head)
+    sep = prompt_separator(model, head) if separator is None else separator
+    out = []
+    for i, p in enumerate(prompts):
+        rec = {text_input: p} if isinstance(p, str) else dict(p)
+        text = rec.get(text_input, "")
+        if not isinstance(text, str):
+            raise MMCoreError(
+                f"prompt {i}: input {text_input!r} must hold the prompt's text (a str), got {type(text).__name__}"
+            )
+        rec[text_input] = {"prompt": text} if sep else {"prompt": text, "sep": False}
+        out.append(rec)
+    return out
+
+
+def _generated_input(model: Any, text_input: str | None, head: str | None) -> tuple[str, str]:
+    """(the input generation continues, the LM head over it): the named ones, else the named
+    head's input, else the only text input, else (text-to-image, say) the only input an LM head
+    predicts; and that input's LM head."""
+    texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
+    if text_input is None:
+        predicted = sorted(
+            {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")} & set(model.encoders)
+        )
+        head_input = getattr(model.heads[head], "input", None) if head is not None and head in model.heads else None
+        if head_input in model.encoders:
+            text_input = head_input
+        elif len(texts) == 1 and (texts[0] in predicted or len(predicted) != 1):
+            text_input = texts[0]
+        elif len(predicted) == 1:
+            text_input = predicted[0]
+        else:
+            raise MMCoreError(f"say which text input to generate (text_input=...); inputs: {list(model.encoders)}")
+    if text_input not in model.encoders:
+        raise MMCoreError(f"no input {text_input!r}; inputs: {list(model.encoders)}")
+    if head is None:
+        head = next(
+            (n for n, h in model.heads.items() if getattr(h, "input", None) == text_input and hasattr(h, "project")),
+            None,
+        )
+    if head is None or head not in model.heads or not hasattr(model.heads[head], "project"):
+        raise MMCoreError(f"the model has no LM head over {text_input!r}; heads: {list(model.heads)}")
+    return text_input, head
 
 
 class _Decoder:
@@ -139,36 +224,8 @@ class _Decoder:
 
     def __init__(self, model: Any, text_input: str | None, head: str | None, mode: str | None):
         self.model = model
-        texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
-        if text_input is None:
-            # The named head's input; else the only text input; else (text-to-image, say) the
-            # only input an LM head predicts.
-            predicted = sorted(
-                {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")} & set(model.encoders)
-            )
-            head_input = getattr(model.heads[head], "input", None) if head is not None and head in model.heads else None
-            if head_input in model.encoders:
-                text_input = head_input
-            elif len(texts) == 1 and (texts[0] in predicted or len(predicted) != 1):
-                text_input = texts[0]
-            elif len(predicted) == 1:
-                text_input = predicted[0]
-            else:
-                raise MMCoreError(f"say which text input to generate (text_input=...); inputs: {list(model.encoders)}")
-        if text_input not in model.encoders:
-            raise MMCoreError(f"no input {text_input!r}; inputs: {list(model.encoders)}")
+        text_input, head = _generated_input(model, text_input, head)
         self.text = text_input
-        if head is None:
-            head = next(
-                (
-                    n
-                    for n, h in model.heads.items()
-                    if getattr(h, "input", None) == text_input and hasattr(h, "project")
-                ),
-                None,
-            )
-        if head is None or head not in model.heads or not hasattr(model.heads[head], "project"):
-            raise MMCoreError(f"the model has no LM head over {text_input!r}; heads: {list(model.heads)}")
         self.head = model.heads[head]
         if mode is None:
             mode = trained_attention(model, head)
@@ -578,9 +635,10 @@ def generate_for_records(
                 if k in model.encoders and k != text_input and isinstance(v, str) and base is not None:
                     v = str(Path(base) / v)
                 rec[k] = v
-            rec[text_input] = {"prompt": r.get(text_input) or ""}
+            rec[text_input] = r.get(text_input) or ""
             chunk.append(rec)
-        batch = model.preprocess(chunk, targets=())
+        # prompt/target records: every objective reads such a pair as <bos> prompt <sep> target
+        batch = model.preprocess(prompt_records(model, chunk, text_input=text_input, separator=True), targets=())
         ids = generate(model, batch, cfg, text_input=text_input)
         texts += [proc.decode(row) for row in ids]
     return texts

@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LoRALinear", "apply_lora", "lora_candidates", "match_targets", "merge_lora", "is_lora_param"]
+__all__ = [
+    "LoRALinear",
+    "adapted_layers",
+    "apply_lora",
+    "lora_candidates",
+    "match_targets",
+    "merge_lora",
+    "is_lora_param",
+    "unadapted_shapes",
+]
 
 
 class LoRALinear(nn.Module):
@@ -135,6 +144,33 @@ def lora_candidates(module: nn.Module, exclude: Sequence[str] = ()) -> list[str]
             continue
         if isinstance(m, nn.Linear) and not name.endswith(".base"):
             out.append(name)
+    return out
+
+
+def adapted_layers(module: nn.Module, exclude: Sequence[str] = ()) -> list[str]:
+    """Names (inside ``module``) of the layers already wrapped in :class:`LoRALinear`: with
+    :func:`lora_candidates`, the layers the targets were matched against."""
+    return [
+        n
+        for n, m in module.named_modules()
+        if isinstance(m, LoRALinear) and not any(n == e or n.startswith(e + ".") for e in exclude)
+    ]
+
+
+def unadapted_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape, with the keys the model had before :func:`apply_lora`
+    (``...qkv.base.weight`` -> ``...qkv.weight``; the adapters' own ``lora_A``/``lora_B`` left out),
+    which is how ``weights_from`` files name them."""
+    wrapped = set(adapted_layers(model))
+    out = {}
+    for key, v in model.state_dict(keep_vars=True).items():
+        owner, _, last = key.rpartition(".")
+        if owner in wrapped and last in ("lora_A", "lora_B"):
+            continue
+        layer, _, base = owner.rpartition(".")
+        if base == "base" and layer in wrapped:
+            key = f"{layer}.{last}"
+        out[key] = tuple(v.shape)
     return out
 
 

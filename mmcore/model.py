@@ -25,7 +25,16 @@ from .registry import Component, Registry, call_factory
 from .spec import ComponentSpec, Spec, load_spec, parse_spec
 from .types import Batch, FusedSequence, ModelOutput, Tokens
 
-__all__ = ["MultimodalGPT", "Summary", "SummaryRow", "apply_policy", "build", "build_component", "check_compatibility"]
+__all__ = [
+    "MultimodalGPT",
+    "Summary",
+    "SummaryRow",
+    "apply_policy",
+    "build",
+    "build_component",
+    "check_compatibility",
+    "validate_build",
+]
 
 
 class MultimodalGPT(nn.Module):
@@ -368,17 +377,11 @@ def build(
     Built on ``device`` (``"meta"`` skips initialisation and weight files, for loading).
     """
     reg = registry or _registry()
-    if isinstance(spec, (str, Path)):
-        spec = load_spec(spec, registry=reg)
-    elif not isinstance(spec, Spec):
-        spec = parse_spec(spec, registry=reg)
+    spec = _as_spec(spec, reg)
     ctx = torch.device(device) if device is not None else None
     meta = ctx is not None and ctx.type == "meta"
     with ctx if ctx is not None else contextlib.nullcontext():
-        model = _build(spec, reg)
-        issues, plans = _check(model, spec, read_weights=weights and not meta)
-        if issues:
-            raise SpecError(issues, file=spec.file)
+        model, plans = _compose(spec, reg, read_weights=weights and not meta)
         report = _load_sources(model, spec, plans)
         apply_policy(model, spec)
     model.load_report = report
@@ -389,6 +392,40 @@ def build(
     if registry is None:
         get_manager().call_model_built(model, spec)
     return model
+
+
+def validate_build(spec: Spec | str | Path | Mapping[str, Any], *, registry: Registry | None = None) -> MultimodalGPT:
+    """What ``mmcore spec validate --build`` runs: :func:`build`'s own steps on the meta device
+    (no memory, no initialisation), with the ``weights_from`` files' headers read but no tensor
+    loaded.
+
+    Steps 1, 2 and 4 of :func:`build` run exactly as there (the same code: the compatibility
+    checks see the components before the LoRA adapters are added, as the builder does), so a
+    spec passes here if and only if :func:`build` accepts it (the weights' contents aside).
+    Raises the :class:`SpecError` :func:`build` would; returns the meta model.
+    """
+    reg = registry or _registry()
+    spec = _as_spec(spec, reg)
+    with torch.device("meta"):
+        model, _ = _compose(spec, reg, read_weights=True)
+        apply_policy(model, spec)
+    return model
+
+
+def _as_spec(spec: Spec | str | Path | Mapping[str, Any], reg: Registry) -> Spec:
+    if isinstance(spec, (str, Path)):
+        return load_spec(spec, registry=reg)
+    return spec if isinstance(spec, Spec) else parse_spec(spec, registry=reg)
+
+
+def _compose(spec: Spec, reg: Registry, *, read_weights: bool) -> tuple[MultimodalGPT, dict[str, Any]]:
+    """Steps 1 and 2 of :func:`build`: the parts, then every compatibility problem as one
+    :class:`SpecError`; returns the model (no weights loaded, no policy applied) and the weights plans."""
+    model = _build(spec, reg)
+    issues, plans = _check(model, spec, read_weights=read_weights)
+    if issues:
+        raise SpecError(issues, file=spec.file)
+    return model, plans
 
 
 def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
@@ -531,9 +568,10 @@ def _check(model: MultimodalGPT, spec: Spec, *, read_weights: bool) -> tuple[lis
     _check_lora_targets(model, spec, add)
     plans: dict[str, Any] = {}
     if read_weights:
+        from .lora import unadapted_shapes
         from .weights import plan_weights
 
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+        shapes = unadapted_shapes(model)  # a built model's adapters aside: the names the files use
         for section, core in spec.core_options().items():
             if core.weights_from is None:
                 continue
@@ -645,13 +683,14 @@ def _policy_groups(model: MultimodalGPT, section: str) -> list[tuple[nn.Module, 
 
 
 def _check_lora_targets(model: MultimodalGPT, spec: Spec, add: Any) -> None:
-    from .lora import condense, lora_candidates, match_targets
+    from .lora import adapted_layers, condense, lora_candidates, match_targets
 
     for section, core in spec.core_options().items():
         if core.train != "lora" or core.lora is None:
             continue
         groups = _policy_groups(model, section)
-        names = [n for module, ex in groups for n in lora_candidates(module, ex)]
+        # the layers a built model has wrapped already count as matched, as they were when built
+        names = [n for module, ex in groups for n in lora_candidates(module, ex) + adapted_layers(module, ex)]
         _, unused = match_targets(names, core.lora.targets)
         if unused:
             add(

@@ -16,6 +16,57 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
+#: Every spec a test built with weights (``mmcore.build``, ``mmcore.train`` and whatever calls
+#: them in this process), and whether ``spec validate --build`` agreed with the builder on it.
+VALIDATED_SPECS: list[tuple[str, bool]] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Make every ``build`` of the test run also run what ``mmcore spec validate --build`` runs
+    (:func:`mmcore.model.validate_build`) on the same spec, and fail the build when the two
+    disagree: a spec the builder accepts must validate, and one it rejects with a SpecError must
+    be rejected. So the validator cannot drift from the builder on any spec the tests build or
+    train (LoRA, ``weights_from``, fusions, heads). Loading a model directory (``weights=False``
+    on the meta device) is left alone."""
+    import functools
+
+    from mmcore import model as model_module
+
+    build = model_module.build
+    if getattr(build, "_checks_validator", False):
+        return
+
+    @functools.wraps(build)
+    def build_and_validate(spec: Any, **kwargs: Any) -> Any:
+        from mmcore.errors import SpecError
+
+        device = kwargs.get("device")
+        if not kwargs.get("weights", True) or (device is not None and str(device) == "meta"):
+            return build(spec, **kwargs)
+        name = str(getattr(spec, "file", None) or spec)[:80]
+        registry = kwargs.get("registry")
+        try:
+            model = build(spec, **kwargs)
+        except SpecError as exc:
+            try:
+                model_module.validate_build(spec, registry=registry)
+            except SpecError:
+                VALIDATED_SPECS.append((name, True))
+                raise exc from None
+            VALIDATED_SPECS.append((name, False))
+            raise AssertionError(f"build rejects a spec that spec validate --build accepts:\n{exc}") from exc
+        try:
+            model_module.validate_build(model.spec, registry=registry)
+        except SpecError as exc:
+            VALIDATED_SPECS.append((name, False))
+            raise AssertionError(f"spec validate --build rejects a spec that build accepts:\n{exc}") from exc
+        VALIDATED_SPECS.append((name, True))
+        return model
+
+    build_and_validate._checks_validator = True  # type: ignore[attr-defined]
+    model_module.build = build_and_validate
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     import torch

@@ -138,3 +138,132 @@ def test_figures_in_the_docs_are_quoted_from_committed_results_files():
         text = " ".join((ROOT / doc).read_text().split())  # line breaks do not matter
         for q in wanted:
             assert q in text, f"{doc} does not quote {q!r} (bench/results_*.json)"
+
+
+def _toml_blocks(path: str) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", (ROOT / path).read_text(), flags=re.S)
+
+
+def test_training_lora_example_adapts_what_its_summary_says():
+    """docs/training.md: the LoRA example's targets, matched on a backbone as the builder matches
+    them, adapt exactly the layers its `trains:` summary lists (attention qkv and proj, not the
+    MLP's proj, which a bare "proj" also matches)."""
+    import tomllib
+
+    import mmcore
+
+    example = next(tomllib.loads(b) for b in _toml_blocks("docs/training.md") if 'train = "lora"' in b)
+    backbone = example["backbone"]
+    text = (ROOT / "docs" / "training.md").read_text()
+    summary = re.search(r"^  backbone: (.*)$", text, flags=re.M).group(1)
+    listed = {re.sub(r"\.lora_[AB] \(\d+\)$", "", part) for part in summary.split(", ")}
+    assert listed == {"blocks.*.attn.qkv", "blocks.*.attn.proj"}
+    model = mmcore.build(
+        {
+            "spec_version": 1,
+            "backbone": {
+                "width": 32,
+                "depth": 2,
+                "heads": 4,
+                "context_length": 32,
+                "mlp": backbone["mlp"],
+                "train": backbone["train"],
+                "lora": backbone["lora"],
+            },
+            "encoders": {"text": {"component": "text.bytes", "max_length": 16}},
+            "heads": {"lm": {"component": "lm"}},
+        }
+    )
+    adapted = {
+        re.sub(r"^blocks\.\d+\.", "blocks.*.", n)
+        for n, m in model.backbone.named_modules()
+        if isinstance(m, mmcore.LoRALinear)
+    }
+    assert adapted == listed
+
+
+def test_generation_prompt_snippet_runs_and_beams_come_best_first(monkeypatch):
+    """docs/tasks.md: the Python generation snippet runs as written (on a small lm-trained model),
+    builds the prompt `mmcore generate` builds, and beam search returns its sequences best first
+    by the documented rule, logprob / length ** length_penalty (<eos> counted when finished)."""
+    import torch
+
+    import mmcore
+    from mmcore.generation import GenerationConfig
+
+    text = (ROOT / "docs" / "tasks.md").read_text()
+    doc = text.split("<!-- docs-test: generation-prompt -->", 1)[1]
+    assert "`logprob / length ** length_penalty`" in doc and "**best first**" in doc
+    snippet = re.search(r"```python\n(.*?)```", doc, flags=re.S).group(1)
+    torch.manual_seed(0)
+    small = mmcore.build(
+        {
+            "spec_version": 1,
+            "backbone": {"width": 32, "depth": 2, "heads": 4, "context_length": 96},
+            "encoders": {"text": {"component": "text.bytes", "max_length": 48}},
+            "heads": {"lm": {"component": "lm"}},
+            "tasks": {"lm": {"objective": "lm", "train": "corpus.txt"}},
+        }
+    ).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.normal_(0.0, 0.3)
+    monkeypatch.setattr(mmcore, "load", lambda path: small)
+    scope: dict = {}
+    exec(compile(snippet, "docs/tasks.md", "exec"), scope)
+    out, cfg, proc = scope["out"], scope["cfg"], small.processors["text"]
+    assert len(out) == 4 and len(scope["texts"]) == 4
+    ids = scope["batch"].inputs["text"]["ids"]
+    assert ids[0, : len("Return the") + 1].tolist() == [proc.bos_id, *proc.encode("Return the")]
+    assert proc.sep_id not in ids.tolist()[0] and proc.eos_id not in ids.tolist()[0]
+
+    def score(prompt: str, gen: list[int]) -> float:
+        finished = len(gen) < cfg.max_new_tokens
+        seq = [proc.bos_id, *proc.encode(prompt)]
+        eos = proc.eos_id if cfg.eos_id is None else cfg.eos_id
+        full = seq + gen + ([eos] if finished else [])
+        inputs = {"ids": torch.tensor([full]), "mask": torch.ones(1, len(full), dtype=torch.bool)}
+        with torch.no_grad():
+            logits = small(mmcore.Batch({"text": inputs}), compute_loss=False).outputs["lm"].logits[0]
+        logp = logits.float().log_softmax(-1)
+        new = full[len(seq) :]
+        total = sum(float(logp[len(seq) - 1 + i, t]) for i, t in enumerate(new))
+        return total / len(new) ** cfg.length_penalty
+
+    for i, prompt in enumerate(["Return the", "Open a"]):
+        first, second = out[2 * i], out[2 * i + 1]
+        assert first != second
+        assert score(prompt, first) >= score(prompt, second) - 1e-5
+    # finished hypotheses of several lengths: an <eos> the model often picks, all four returned
+    prompts = ["Return the", "Open a", "the"]
+    batch = small.preprocess(scope["prompt_records"](small, prompts), targets=())
+    greedy = mmcore.generate(small, batch, GenerationConfig(max_new_tokens=3, eos_id=-1))
+    cfg = GenerationConfig(max_new_tokens=8, num_beams=4, num_return_sequences=4, eos_id=greedy[0][1])
+    out = mmcore.generate(small, batch, cfg)
+    lengths = set()
+    for i, prompt in enumerate(prompts):
+        rows = out[4 * i : 4 * i + 4]
+        lengths |= {len(r) for r in rows}
+        scores = [score(prompt, r) for r in rows]
+        assert all(a >= b - 1e-5 for a, b in zip(scores, scores[1:], strict=False)), scores
+    assert len(lengths) > 1  # the lengths differ, so the length normalisation matters
+
+
+def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
+    """docs/tasks.md's image + text table quotes examples/recipes/results/image_text_fusions.json
+    (written by examples/recipes/image_text_fusions.py), fusions and baselines alike."""
+    import json
+
+    results = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions.json").read_text())
+    text = (ROOT / "docs" / "tasks.md").read_text()
+    section = text.split("## Image + text: which fusion reads the picture", 1)[1].split("\n## ", 1)[0]
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f} %"
+
+    base = results["baselines"]
+    for figure in (base["chance"], base["most_frequent_caption"]["exact_match"], base["logistic_regression_on_pixels"]):
+        assert pct(figure) in section
+    for run in results["fusions"]:
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{run['fusion']}`"))
+        assert pct(run["exact_match"]) in row and pct(run["without_image"]) in row and str(run["steps"]) in row

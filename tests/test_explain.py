@@ -132,3 +132,43 @@ def test_cli_explain_reads_a_manifest_line(tmp_path, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert set(out["modalities"]) == {"image", "text"}
     assert (tmp_path / "o" / "explain.png").is_file() and (tmp_path / "o" / "explain.json").is_file()
+
+
+@pytest.mark.parametrize("fusion", ["early", "cross_attention"])
+def test_figure_shows_both_methods_on_their_own_scales_and_no_empty_panel(tmp_path, monkeypatch, fusion) -> None:
+    """explain.png: gradient-x-input bars stay visible beside occlusion drops 1000 times larger
+    (each method on its own axis), and every panel draws something. Checked on the figure's axes
+    and artists, captured as the report is saved."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    report = explain(av_model(fusion), record(), head="match", layers=[-1])
+    names = list(report.modalities)
+    for i, m in enumerate(names):  # the scales the issue saw: large drops, tiny gradient terms
+        report.modalities[m]["occlusion"] = {**(report.modalities[m]["occlusion"] or {}), "delta": 40.0 - 10 * i}
+        report.modalities[m]["grad_x_input"] = [0.02, -0.01, 0.005][i]
+    figures = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), save(fig, *a, **k))[1])
+    report.save(tmp_path)
+    (fig,) = figures
+
+    for ax in fig.axes:  # no empty panel: each has bars, an image or a line, and is shown
+        drawn = [p for p in ax.patches if isinstance(p, Rectangle)] + ax.images + ax.lines
+        assert ax.axison or ax.images, f"panel {ax.get_title()!r} is switched off"
+        assert drawn, f"panel {ax.get_title()!r} draws nothing"
+
+    def bars_of(values):
+        for ax in fig.axes:
+            heights = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
+            for j in range(len(heights) - len(values) + 1):
+                if np.allclose(heights[j : j + len(values)], values):
+                    return ax, values
+        raise AssertionError(f"no axis has bars {values}")
+
+    occ = [report.modalities[m]["occlusion"]["delta"] for m in names]
+    gxi = [report.modalities[m]["grad_x_input"] for m in names]
+    for values in (occ, gxi):
+        ax, v = bars_of(values)
+        low, high = ax.get_ylim()
+        assert max(abs(x) for x in v) >= 0.3 * (high - low), f"bars {v} are a sliver of the axis ({low}, {high})"

@@ -85,9 +85,21 @@ def test_torch_export_text_model_dynamic_batch() -> None:
     n = want.shape[1]
     mask = other.inputs["text"]["mask"]
     torch.testing.assert_close(got[:, :n][mask], want[mask], atol=ATOL, rtol=0)
-    too_long = model.preprocess([{"text": "y" * 30}, {"text": "z"}], targets=())
+    # a text longer than the example's (28 tokens): the length is dynamic up to max_length (32)
+    assert exported.dynamic_lengths == {"text.ids": 32, "text.mask": 32}
+    longer = model.preprocess([{"text": "y" * 40}, {"text": "z"}], targets=())
+    assert longer.inputs["text"]["ids"].shape[1] == 32 > batch.inputs["text"]["ids"].shape[1]
+    got, want = exported.run(longer)["lm"], eager(model, longer)["lm"]
+    mask = longer.inputs["text"]["mask"]
+    torch.testing.assert_close(got[mask], want[mask], atol=ATOL, rtol=0)
+    too_long = {"text": {k: torch.cat([v, v], 1) if v.dim() == 2 else v for k, v in longer.inputs["text"].items()}}
     with pytest.raises(InputError, match="text.ids has shape"):
-        exported.run(too_long)
+        exported.run(mmcore.Batch(too_long))
+    # with dynamic_length=False the example's length is the longest accepted
+    fixed = export(model, batch, dynamic_length=False)
+    assert fixed.dynamic_lengths == {}
+    with pytest.raises(InputError, match="text.ids has shape"):
+        fixed.run(longer)
 
 
 def test_torch_export_multimodal_model_matches_eager() -> None:
@@ -102,17 +114,19 @@ def test_torch_export_multimodal_model_matches_eager() -> None:
             torch.testing.assert_close(got[h], want[h], atol=ATOL, rtol=0)
 
 
-def test_torch_export_of_an_int8_model() -> None:
+def test_torch_export_of_an_int8_model_after_an_eager_forward() -> None:
+    """The int8 kernel's packed weights exist after an eager call; the export still traces, and
+    computes what the eager int8 model (the CPU kernel) computes."""
     from mmcore.quantize import quantize
 
     q = quantize(copy.deepcopy(text_model()))
     batch = example_batch(q, 2)
+    want = eager(q, batch)["lm"]  # packs the kernel weights
     exported = export(q, batch)
-    with torch.no_grad():
-        # the exported program computes with the dequantized weights
-        want = eager(q, batch)["lm"]
-    got = exported.run(batch)["lm"]
-    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    torch.testing.assert_close(exported.run(batch)["lm"], want, atol=ATOL, rtol=0)
+    other = q.preprocess([{"text": "y" * 40}, {"text": "short"}, {"text": "z"}], targets=())
+    got, want = exported.run(other)["lm"], eager(q, other)["lm"]
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
 def test_onnx_export_multimodal_runs_in_onnxruntime(tmp_path) -> None:
@@ -140,4 +154,31 @@ def test_cli_export(tmp_path, capsys) -> None:
     report = json.loads((tmp_path / "x" / "export.json").read_text())
     assert report["torch_export_max_abs_diff"] <= ATOL
     assert report["inputs"]["text.ids"][0] == 2 and report["dynamic_batch"] is True
+    assert report["dynamic_lengths"] == {"text.ids": 32, "text.mask": 32}
+    assert report["longer_input_checked"]["text.ids"] == [2, 32]
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["export.json"]
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_cli_export_of_an_int8_model_directory(tmp_path) -> None:
+    """mmcore quantize, then mmcore export, as docs/deploy.md shows: the program computes what
+    the eager int8 model computes (checked by export_dir on three batches, one with longer text)."""
+    from mmcore.cli import main
+
+    mmcore.save(text_model(), tmp_path / "m")
+    assert main(["quantize", str(tmp_path / "m"), "--out", str(tmp_path / "q")]) == 0
+    assert main(["export", str(tmp_path / "q"), "--out", str(tmp_path / "x")]) == 0
+    report = json.loads((tmp_path / "x" / "export.json").read_text())
+    assert report["torch_export_max_abs_diff"] <= ATOL
+    assert report["longer_input_checked"]["text.ids"][1] > report["inputs"]["text.ids"][1]
+
+
+def test_cli_export_help_says_what_is_written() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "mmcore", "export", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "model.pt2" not in out and "export.json" in out and "model.onnx" in out
+    assert "--static-length" in out and "max_length" in out

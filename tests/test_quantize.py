@@ -70,6 +70,27 @@ def test_int8_linear_matches_float_within_quantization_error() -> None:
     torch.testing.assert_close(fn(x[:, 0]), got[:, 0])
 
 
+@pytest.mark.parametrize("shift", [0.0, 5.0, -5.0])
+def test_float_emulation_of_the_int8_kernel_matches_it(shift) -> None:
+    """dynamic_int8_linear (what torch.export traces, and other devices run) computes what the
+    CPU kernel computes: activations quantized per call, not the dequantized weight's product."""
+    from mmcore.quantize import dynamic_int8_linear
+
+    for seed, (fan_in, fan_out, rows) in enumerate([(64, 48, 10), (257, 31, 3), (8, 300, 1)]):
+        torch.manual_seed(seed)
+        q = Int8Linear.from_linear(nn.Linear(fan_in, fan_out))
+        x = torch.randn(rows, fan_in) * 3 + shift
+        with torch.no_grad():
+            kernel = q(x)
+            got = dynamic_int8_linear(x, q.weight_int8, q.weight_scale, q.bias)
+            dense = torch.nn.functional.linear(x, q.dequantized_weight(), q.bias)
+        scale = kernel.abs().max()
+        assert (got - kernel).abs().max() <= 1e-6 * scale
+        assert (dense - kernel).abs().max() > 1e-4 * scale  # the dequantized product is not it
+    zeros = torch.zeros(2, 8)
+    assert torch.equal(dynamic_int8_linear(zeros, q.weight_int8[:, :8], q.weight_scale, q.bias), q.bias.expand(2, -1))
+
+
 def test_quantize_replaces_backbone_linears_and_keeps_outputs_close() -> None:
     model = text_model()
     q = quantize(copy.deepcopy(model))

@@ -329,3 +329,45 @@ def test_pairing_special_tokens_and_widths_are_checked_together(manager):
     assert "[encoders.text] the encoder and its processor read different modalities" in text and "'audio'" in text
     assert "[encoders.text] the processor produces token ids up to 299 but the encoder embeds only 264 ids" in text
     assert "[encoders.image.projector] the projector reads width 99, the encoder produces 24" in text
+
+
+def test_spec_validate_build_agrees_with_build_on_lora_backbones(sources):
+    """LoRA on the backbone, with and without weights_from: the CLI validator accepts what build
+    accepts (it once matched the targets and the files' keys against the adapted layers' names)."""
+    from test_cli import mmcore_cli
+
+    paths = []
+    for i, (targets, weights) in enumerate(
+        [('["qkv", "proj"]', True), ('["qkv", "proj"]', False), ('["attn.qkv"]', True), ('["attn.qkv"]', False)]
+    ):
+        text = spec_text(backbone_extra=f'train = "lora"\nlora = {{rank = 2, targets = {targets}}}')
+        if not weights:
+            text = text.replace('weights_from = "gpt2/model.safetensors"\n', "")
+        paths.append(write_spec(sources, text, f"lora_{i}.toml"))
+        model = mmcore.build(paths[-1])
+        assert any(isinstance(m, mmcore.LoRALinear) for m in model.backbone.modules())
+        assert mmcore.check_compatibility(model) == []  # a built (adapted) model checks clean as well
+    res = mmcore_cli("spec", "validate", "--build", *map(str, paths))
+    assert res.returncode == 0 and res.stdout.count(": ok (") == 4, res.stderr
+    # a target that matches nothing is still reported by both
+    bad = write_spec(sources, paths[0].read_text().replace('["qkv", "proj"]', '["c_attn"]'), "lora_bad.toml")
+    with pytest.raises(SpecError, match=r"\['c_attn'\] match no linear layer"):
+        mmcore.build(bad)
+    res = mmcore_cli("spec", "validate", "--build", str(bad))
+    assert res.returncode == 1 and "['c_attn'] match no linear layer" in res.stderr, res.stderr
+
+
+def test_every_build_in_the_tests_is_checked_against_the_validator():
+    """The conftest hook runs validate_build next to every build of the test run."""
+    from conftest import VALIDATED_SPECS
+
+    before = len(VALIDATED_SPECS)
+    mmcore.build(
+        {
+            "spec_version": 1,
+            "backbone": {"width": 16, "depth": 1, "heads": 2, "context_length": 32, "train": "lora"},
+            "encoders": {"text": {"component": "text.bytes", "max_length": 16}},
+            "heads": {"lm": {"component": "lm"}},
+        }
+    )
+    assert VALIDATED_SPECS[before:] == [(VALIDATED_SPECS[-1][0], True)]

@@ -152,6 +152,11 @@ def test_prompt_target():
     assert ids(gen) == [BOS, 97, 98, SEP] and int(gen["prompt_len"]) == 4
     nobos = proc(add_bos=False)({"prompt": "", "target": "q"})
     assert ids(nobos) == [SEP, ord("q"), EOS] and int(nobos["prompt_len"]) == 1
+    plain = p({"prompt": "ab", "sep": False})  # a continuation prompt (lm-trained models): no <sep>, no <eos>
+    assert ids(plain) == [BOS, 97, 98] and int(plain["prompt_len"]) == 3
+    assert ids(proc(max_length=4, truncation="left")({"prompt": "abcde", "sep": False})) == [BOS, *b"cde"]
+    with pytest.raises(InputError, match="'sep' is true or false"):
+        p({"prompt": "ab", "target": "x", "sep": False})
 
 
 def test_prompt_target_truncation():

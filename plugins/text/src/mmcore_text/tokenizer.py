@@ -157,7 +157,11 @@ class TokenTextProcessor(Processor):
       ``[<bos>] prompt <sep> target [<eos>]`` and ``prompt_len`` = the number of
       conditioning tokens (``<bos>``, the prompt and ``<sep>``): the target's first token
       is at position ``prompt_len``. Without ``"target"`` (or ``"target": None``) the
-      sample is a generation prompt: ``[<bos>] prompt <sep>``, no ``<eos>``.
+      sample is a generation prompt: ``[<bos>] prompt <sep>``, no ``<eos>``;
+    * ``{"prompt": str, "sep": False}``: a generation prompt for a model that continues plain
+      text (trained with the ``lm`` objective on strings): ``[<bos>] prompt``, no ``<sep>``, no
+      ``<eos>``, ``prompt_len`` its length. :func:`mmcore.generation.prompt_records` chooses
+      between the two forms from the model's tasks.
 
     Brackets are the ``add_bos``/``add_eos`` options. When a sample would exceed
     ``max_length``, ``truncation="right"`` drops tokens from the end (of the target first,
@@ -259,26 +263,33 @@ class TokenTextProcessor(Processor):
         )
 
     def _prompt_target(self, value: Mapping[Any, Any], where: str) -> dict[str, Tensor]:
-        unknown = [k for k in value if k not in ("prompt", "target")]
+        unknown = [k for k in value if k not in ("prompt", "target", "sep")]
         if unknown or "prompt" not in value:
             raise InputError(
-                f"{_at(where)}{self.name} expects a dict with keys 'prompt' (str) and 'target' (str), got keys "
-                f"{sorted(map(str, value))}"
+                f"{_at(where)}{self.name} expects a dict with keys 'prompt' (str) and 'target' (str) (or 'sep': "
+                f"false instead of a target), got keys {sorted(map(str, value))}"
             )
         prompt, target = value["prompt"], value.get("target")
+        sep = value.get("sep", True)
+        if not isinstance(sep, bool) or (not sep and target is not None):
+            raise InputError(
+                f"{_at(where)}{self.name}: 'sep' is true or false, and false only in a generation prompt (no "
+                f"'target'); got sep = {sep!r}" + (" with a target" if target is not None else "")
+            )
         for key, v in (("prompt", prompt), ("target", target)):
             if not isinstance(v, str) and not (key == "target" and v is None):
                 raise InputError(f"{_at(where)}{self.name} expects {key!r} to be a str, got {type(v).__name__}")
         head = [self.bos_id] if self.add_bos else []
         tail = [self.eos_id] if self.add_eos and target is not None else []
-        budget = self.max_length - len(head) - 1 - len(tail)
+        mid = [self.sep_id] if sep else []
+        budget = self.max_length - len(head) - len(mid) - len(tail)
         p = self._ids(prompt, where, "prompt", budget)
         t = self._ids(target, where, "target", budget) if target is not None else []
-        kept, start = self._truncate(p + t, len(head) + 1 + len(tail), where)
+        kept, start = self._truncate(p + t, len(head) + len(mid) + len(tail), where)
         # kept = (p + t)[start:start + len(kept)]; split it back at the prompt's end.
         n_prompt = min(max(len(p) - start, 0), len(kept))
-        ids = head + kept[:n_prompt] + [self.sep_id] + kept[n_prompt:] + tail
-        prompt_len = len(head) + n_prompt + 1
+        ids = head + kept[:n_prompt] + mid + kept[n_prompt:] + tail
+        prompt_len = len(head) + n_prompt + len(mid)
         return {
             "ids": torch.tensor(ids, dtype=torch.long),
             "prompt_len": torch.tensor(prompt_len, dtype=torch.long),
