@@ -104,6 +104,11 @@ class StageConfig(BaseModel):
     warmup_steps: int | None = Field(
         None, ge=0, description="Warmup steps of this stage (default: training.warmup_steps)."
     )
+    reset_optimizer: bool = Field(
+        False,
+        description="Start this stage with a fresh optimizer state (AdamW's moment estimates and step count), "
+        "as if a new run began from the current weights.",
+    )
 
 
 _TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}

@@ -42,6 +42,7 @@ class Stage:
     lr: float
     warmup_steps: int
     deadline: float | None  # seconds of the run by which this stage must end (None: no budget)
+    reset_optimizer: bool = False
 
 
 def plan_stages(cfg: TrainingConfig, task_names: Sequence[str]) -> list[Stage]:
@@ -79,6 +80,7 @@ def plan_stages(cfg: TrainingConfig, task_names: Sequence[str]) -> list[Stage]:
                 s.lr if s.lr is not None else cfg.lr,
                 s.warmup_steps if s.warmup_steps is not None else cfg.warmup_steps,
                 deadline,
+                s.reset_optimizer,
             )
         )
     return out

@@ -707,6 +707,8 @@ class Trainer:
         if self.monitor is not None:
             self.monitor.bad = 0
         st = self.current_stage()
+        if st.reset_optimizer:
+            self.optimizer.state.clear()  # AdamW starts its moments and step count afresh
         if self.rank == 0:
             print(
                 f"stage {index + 1}/{len(self.stages)} {st.name!r}: {st.steps} steps of {', '.join(st.tasks)} "

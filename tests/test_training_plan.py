@@ -78,7 +78,7 @@ def test_monitor_modes_min_delta_and_patience():
     assert (m.task, m.metric, m.mode) == ("m", "accuracy", "max")  # auto: higher is better for accuracy
     seen = [m.update({"m": {"accuracy": v}}, step) for step, v in enumerate([0.5, 0.54, 0.6, 0.58, 0.64])]
     assert seen == [True, False, True, False, False]  # 0.54 and 0.64 are within min_delta
-    assert m.best == 0.6 and m.best_step == 2 and m.exhausted
+    assert m.best == 0.6 and m.best_step == 2 and m.bad == 2 and m.exhausted  # counted since the best
     loss = Monitor.from_config(TrainingConfig(), ["first", "second"])
     assert (loss.task, loss.metric, loss.mode) == ("first", "loss", "min")
     assert [loss.update({"first": {"loss": v}}, 0) for v in (2.0, float("nan"), 1.0)] == [True, False, True]
@@ -91,32 +91,33 @@ def test_monitor_modes_min_delta_and_patience():
         TrainingConfig(monitor="accuracy")
 
 
+LOSSES = {2: 3.0, 4: 3.5, 6: 2.0, 8: 2.5, 10: 2.2, 12: 1.0, 14: 0.5}
+
+
 def test_best_model_and_early_stopping(tmp_path, manager):
-    # Scripted evaluations: the loss falls until step 4, then rises; patience 2 stops at step 8.
-    losses = {2: 3.0, 4: 2.0, 6: 2.5, 8: 2.2, 10: 1.0}
-    tr = _trainer(tmp_path, {"steps": 12, "eval_every": 2, "checkpoint_every": 2, "keep_checkpoints": 9, "patience": 2})
-    _scripted(tr, losses)
+    # Scripted evaluations: the best loss is at step 6; patience 2 then stops at step 10.
+    tr = _trainer(tmp_path, {"steps": 16, "eval_every": 2, "checkpoint_every": 2, "keep_checkpoints": 9, "patience": 2})
+    _scripted(tr, LOSSES)
     result = tr.fit()
     out = tmp_path / "out"
-    assert result.steps == 8 and result.stop_reason == "early_stopping"
-    assert result.best == {"monitor": "a.loss", "mode": "min", "best": 2.0, "best_step": 4, "bad": 2}
-    _same_weights(out / "best", out / "checkpoints" / "step-00000004")  # best/ holds the step-4 model
-    assert json.loads((out / "best" / "eval.json").read_text())["step"] == 4
-    _same_weights(out, out / "checkpoints" / "step-00000008")  # the final model is the last one
+    assert result.steps == 10 and result.stop_reason == "early_stopping"
+    assert result.best == {"monitor": "a.loss", "mode": "min", "best": 2.0, "best_step": 6, "bad": 2}
+    _same_weights(out / "best", out / "checkpoints" / "step-00000006")  # best/ holds the step-6 model
+    assert json.loads((out / "best" / "eval.json").read_text())["step"] == 6
+    _same_weights(out, out / "checkpoints" / "step-00000010")  # the final model is the last one
 
 
 def test_resume_restores_the_best_and_the_patience_exactly(tmp_path, manager):
-    losses = {2: 3.0, 4: 2.0, 6: 2.5, 8: 2.2, 10: 1.0}
-    cfg = {"steps": 12, "eval_every": 2, "checkpoint_every": 2, "keep_checkpoints": 9, "patience": 2, "ema": 0.9}
+    cfg = {"steps": 16, "eval_every": 2, "checkpoint_every": 2, "keep_checkpoints": 9, "patience": 2, "ema": 0.9}
     full = _trainer(tmp_path, cfg, "full")
-    _scripted(full, losses)
+    _scripted(full, LOSSES)
     a = full.fit()
-    _resume_from(tmp_path / "full", 6, tmp_path / "resumed")  # one evaluation without improvement so far
+    _resume_from(tmp_path / "full", 8, tmp_path / "resumed")  # one evaluation without improvement so far
     again = _trainer(tmp_path, cfg, "resumed")
-    _scripted(again, losses)
+    _scripted(again, LOSSES)
     b = again.fit()
-    assert (b.steps, b.stop_reason, b.best) == (a.steps, a.stop_reason, a.best) == (8, "early_stopping", a.best)
-    assert b.best["bad"] == 2 and b.best["best_step"] == 4
+    assert (b.steps, b.stop_reason, b.best) == (a.steps, a.stop_reason, a.best) == (10, "early_stopping", a.best)
+    assert b.best["bad"] == 2 and b.best["best_step"] == 6
     _same_weights(tmp_path / "full", tmp_path / "resumed")  # weights and their averages, bit for bit
 
 
@@ -194,6 +195,16 @@ def test_stages_run_in_order_with_their_tasks_and_schedules(tmp_path, manager):
     assert lrs[:2] == pytest.approx([5e-3, 1e-2])  # stage 1: its own lr and warmup
     assert lrs[4:7] == pytest.approx([1e-3, 2e-3, 3e-3])  # stage 2: training.lr's warmup from the start
     assert lrs[3] == pytest.approx(1e-2 - 0.9e-2 * 1 / 2)  # linear decay over stage 1's last 2 steps
+    qkv = tr.model.backbone.blocks[0].attn.qkv.weight
+    assert int(tr.optimizer.state[qkv]["step"]) == 10  # one optimizer throughout
+
+
+def test_a_stage_may_start_with_a_fresh_optimizer(tmp_path, manager):
+    stages = [STAGES[0], {**STAGES[1], "reset_optimizer": True}]
+    tr = _trainer(tmp_path, {"stages": stages}, None, tasks=("a", "b"))
+    tr.fit()
+    qkv = tr.model.backbone.blocks[0].attn.qkv.weight
+    assert int(tr.optimizer.state[qkv]["step"]) == 6  # AdamW's count restarted with stage 2
 
 
 def test_resume_mid_stage_matches_an_uninterrupted_run(tmp_path, manager):

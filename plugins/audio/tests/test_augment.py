@@ -44,12 +44,12 @@ def test_shift_moves_the_samples_within_the_range_and_keeps_the_length():
 def test_gain_scales_by_a_random_factor_within_the_range():
     x = burst()
     ratios = []
-    for seed in range(20):
+    for seed in range(40):
         y = dsp.augment_waveform(x, SR, gain_db=6.0, generator=torch.Generator().manual_seed(seed))
         r = float(y.abs().max() / x.abs().max())
         assert torch.allclose(y, x * r)  # a pure scaling
         ratios.append(20 * math.log10(r))
-    assert all(-6 <= g <= 6 for g in ratios) and min(ratios) < -2 and max(ratios) > 2
+    assert all(-6 <= g <= 6 for g in ratios) and min(ratios) < -5 and max(ratios) > 5  # the whole range
 
 
 def test_noise_has_the_drawn_signal_to_noise_ratio():
