@@ -22,13 +22,14 @@ This module imports the standard library and the core's config models only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .config import TrainingConfig
 from .errors import MMCoreError
 
-__all__ = ["Stage", "lr_at", "plan_stages", "progress", "time_fraction", "with_steps"]
+__all__ = ["RunPlan", "Stage", "lr_at", "plan_stages", "progress", "time_fraction", "with_steps"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +130,79 @@ def with_steps(cfg: TrainingConfig, steps: int) -> TrainingConfig:
         return cfg.model_copy(update={"steps": steps})
     stages = [*cfg.stages[:-1], cfg.stages[-1].model_copy(update={"steps": steps})]
     return cfg.model_copy(update={"stages": stages, "steps": sum(s.steps for s in stages)})
+
+
+class RunPlan:
+    """Where a run stands in its plan: the stage, where it began, the seconds used so far.
+
+    The trainer asks it for the learning rate of the next step (:meth:`lr`), whether and why
+    the current stage is over (:meth:`end_reason`), and keeps :meth:`state` in checkpoints.
+    ``clock`` is a seconds clock (``time.monotonic``; tests pass a fake one); ``sync`` maps the
+    elapsed seconds to the value every process agrees on (under torchrun: rank 0's).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        task_names: Sequence[str],
+        clock: Callable[[], float],
+        sync: Callable[[float], float] | None = None,
+    ):
+        self.cfg = cfg
+        self.stages = plan_stages(cfg, task_names)
+        self.clock, self.sync = clock, sync
+        self.index = 0
+        self.start: tuple[int, float] = (0, 0.0)  # (step, elapsed seconds) where the stage began
+        self.elapsed = 0.0  # seconds of training so far, resumed runs included
+        self._clock0 = (clock(), 0.0)
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.index]
+
+    @property
+    def last(self) -> bool:
+        return self.index == len(self.stages) - 1
+
+    def start_clock(self) -> None:
+        """Count seconds from now on top of those already used (call when training starts)."""
+        self._clock0 = (self.clock(), self.elapsed)
+
+    def tick(self) -> None:
+        """Bring :attr:`elapsed` up to date."""
+        start, before = self._clock0
+        self.elapsed = before + (self.clock() - start)
+        if self.sync is not None and self.cfg.max_time is not None:
+            self.elapsed = self.sync(self.elapsed)
+
+    def used_time(self) -> float | None:
+        """The fraction of its time the current stage has used (None: no budget)."""
+        return time_fraction(self.stage, self.elapsed, self.start[1])
+
+    def lr(self, step: int) -> float:
+        """The learning rate of global step ``step`` in the current stage."""
+        return lr_at(self.cfg, self.stage, step - self.start[0], self.used_time())
+
+    def end_reason(self, step: int) -> str | None:
+        """``"steps"`` or ``"max_time"`` when the current stage is over at ``step``, else None."""
+        if step - self.start[0] >= self.stage.steps:
+            return "steps"
+        used = self.used_time()
+        return "max_time" if used is not None and used >= 1.0 else None
+
+    def begin(self, index: int, step: int) -> Stage:
+        """Enter stage ``index`` at ``step``; returns it."""
+        self.index, self.start = index, (step, self.elapsed)
+        return self.stage
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps (JSON)."""
+        return {"stage": self.index, "stage_start": list(self.start), "elapsed": self.elapsed}
+
+    def load_state(self, state: Mapping[str, Any], where: str) -> None:
+        index = int(state.get("stage", 0))
+        if index >= len(self.stages):
+            raise MMCoreError(f"{where}: saved in stage {index + 1}, but training.stages has {len(self.stages)}")
+        start = state.get("stage_start", [0, 0.0])
+        self.index, self.start = index, (int(start[0]), float(start[1]))
+        self.elapsed = float(state.get("elapsed", 0.0))

@@ -55,7 +55,7 @@ from .data import (
 )
 from .errors import MMCoreError, ModelDirError
 from .objectives import Objective, make_objective
-from .schedule import Stage, lr_at, plan_stages, time_fraction
+from .schedule import RunPlan
 from .selection import Monitor
 from .types import Batch
 
@@ -171,11 +171,7 @@ class Trainer:
         for task in self.tasks.values():  # distillation: load and check the teacher now, not mid-run
             if hasattr(task.objective, "bind"):
                 task.objective.bind(self.model)
-        self.stages = plan_stages(self.cfg, list(self.tasks))
-        self.clock = clock
-        self.elapsed = 0.0  # seconds of training so far, resumed runs included
-        self.stage = 0  # index into self.stages, where the stage began (step, elapsed seconds)
-        self.stage_start: tuple[int, float] = (0, 0.0)
+        self.plan = RunPlan(self.cfg, list(self.tasks), clock, self._rank0_value if self.world > 1 else None)
         self.monitor = Monitor.from_config(self.cfg, [n for n, t in self.tasks.items() if t.eval is not None])
         self.wrapped = self._wrap(self.model)
         self.optimizer = self._make_optimizer()
@@ -285,16 +281,11 @@ class Trainer:
         """Trainable parameters the tasks' objectives hold outside the model (in task order)."""
         return [p for t in self.tasks.values() for p in t.objective.parameters()]
 
-    def current_stage(self) -> Stage:
-        return self.stages[self.stage]
-
-    def _used_time(self) -> float | None:
-        """The fraction of its time budget the current stage has used (None: no budget)."""
-        return time_fraction(self.current_stage(), self.elapsed, self.stage_start[1])
-
-    def lr_now(self) -> float:
-        """The learning rate of the next step: the current stage's schedule at its progress."""
-        return lr_at(self.cfg, self.current_stage(), self.step - self.stage_start[0], self._used_time())
+    def _rank0_value(self, x: float) -> float:
+        """Rank 0's value of ``x`` in every process (so that all stop at the same step)."""
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, 0)
+        return float(t[0])
 
     # --- data ----------------------------------------------------------------------------
 
@@ -352,7 +343,7 @@ class Trainer:
         task.bad += len(bad)
 
     def _pick_task(self, step: int) -> _Task:
-        names = list(self.current_stage().tasks)
+        names = list(self.plan.stage.tasks)
         if len(names) == 1:
             return self.tasks[names[0]]
         weights = [self.tasks[n].config.weight for n in names]
@@ -371,7 +362,7 @@ class Trainer:
         step = self.step
         task = self._pick_task(step)
         self.wrapped.train()
-        lr = self.lr_now()
+        lr = self.plan.lr(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -523,11 +514,7 @@ class Trainer:
 
     def _plan_state(self) -> dict[str, Any]:
         """The trainer state of the plan (stage, time used), model selection and weight average."""
-        out: dict[str, Any] = {
-            "stage": self.stage,
-            "stage_start": list(self.stage_start),
-            "elapsed": self.elapsed,
-        }
+        out: dict[str, Any] = self.plan.state()
         if self.monitor is not None:
             out["monitor"] = self.monitor.state()
         if self.ema is not None:
@@ -535,12 +522,7 @@ class Trainer:
         return out
 
     def _load_plan_state(self, state: dict[str, Any], d: Path) -> None:
-        self.stage = int(state.get("stage", 0))
-        if self.stage >= len(self.stages):
-            raise MMCoreError(f"{d}: saved in stage {self.stage + 1}, but training.stages has {len(self.stages)}")
-        start = state.get("stage_start", [0, 0.0])
-        self.stage_start = (int(start[0]), float(start[1]))
-        self.elapsed = float(state.get("elapsed", 0.0))
+        self.plan.load_state(state, str(d))
         if self.monitor is not None and "monitor" in state:
             self.monitor.load_state(state["monitor"], str(d))
         if self.ema is not None:
@@ -604,7 +586,7 @@ class Trainer:
             atomic_write_text(metrics_path, "".join(json.dumps(h) + "\n" for h in self.history))
         bar = self._progress()
         self._fit_start = (time.perf_counter(), self.step)
-        self._clock0 = (self.clock(), self.elapsed)
+        self.plan.start_clock()
         last: dict[str, Any] = {"loss": float("nan")}
         window_tokens, window_t = 0, time.perf_counter()
         eval_metrics: dict[str, dict[str, float]] = {}
@@ -613,13 +595,13 @@ class Trainer:
             self._begin_stage(0)
         reason = "steps"
         while True:
-            self._tick()
+            self.plan.tick()
             end = self._stage_end()
             if end is not None:
                 reason = end
-                if self.stage + 1 >= len(self.stages):
+                if self.plan.last:
                     break
-                self._begin_stage(self.stage + 1)
+                self._begin_stage(self.plan.index + 1)
                 continue
             last = self.train_step()
             window_tokens += last["tokens"]
@@ -675,43 +657,28 @@ class Trainer:
 
     # --- stages, time and model selection -------------------------------------------------------
 
-    def _tick(self) -> None:
-        """Bring ``self.elapsed`` up to date (rank 0's clock decides for every process)."""
-        start, before = self._clock0
-        self.elapsed = before + (self.clock() - start)
-        if self.world > 1 and self.cfg.max_time is not None:
-            t = torch.tensor([self.elapsed], dtype=torch.float64, device=self.device)
-            dist.broadcast(t, 0)
-            self.elapsed = float(t[0])
-
     def _stage_end(self) -> str | None:
         """Why the current stage is over (``steps``, ``max_time``, ``early_stopping``), or None."""
-        stage = self.current_stage()
-        if self.step - self.stage_start[0] >= stage.steps:
-            return "steps"
-        used = self._used_time()
-        if used is not None and used >= 1.0:
-            return "max_time"
-        if self.monitor is not None and self.monitor.exhausted:
+        end = self.plan.end_reason(self.step)
+        if end is None and self.monitor is not None and self.monitor.exhausted:
             return "early_stopping"
-        return None
+        return end
 
     def _finished(self) -> bool:
         """True when the run ends before another step (the final evaluation follows)."""
-        self._tick()
-        return self.stage == len(self.stages) - 1 and self._stage_end() is not None
+        self.plan.tick()
+        return self.plan.last and self._stage_end() is not None
 
     def _begin_stage(self, index: int) -> None:
         """Start stage ``index``: its schedule from its warmup, early stopping's count from 0."""
-        self.stage, self.stage_start = index, (self.step, self.elapsed)
+        st = self.plan.begin(index, self.step)
         if self.monitor is not None:
             self.monitor.bad = 0
-        st = self.current_stage()
         if st.reset_optimizer:
             self.optimizer.state.clear()  # AdamW starts its moments and step count afresh
         if self.rank == 0:
             print(
-                f"stage {index + 1}/{len(self.stages)} {st.name!r}: {st.steps} steps of {', '.join(st.tasks)} "
+                f"stage {index + 1}/{len(self.plan.stages)} {st.name!r}: {st.steps} steps of {', '.join(st.tasks)} "
                 f"at lr {st.lr:g} (warmup {st.warmup_steps})",
                 file=sys.stderr,
             )

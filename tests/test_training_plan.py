@@ -266,9 +266,9 @@ def test_max_time_stops_cleanly_with_the_schedule_over_the_budget(tmp_path, mana
     assert (out / "checkpoints" / "step-00000006").is_dir() and "a" in json.loads((out / "eval.json").read_text())
     lrs = [h["lr"] for h in _history(out) if "loss" in h]
     cfg = tr.cfg
-    expected = [lr_at(cfg, tr.stages[0], s, s / 5.5) for s in range(6)]
+    expected = [lr_at(cfg, tr.plan.stages[0], s, s / 5.5) for s in range(6)]
     assert lrs == pytest.approx(expected)
-    assert lrs[-1] < 0.25 * cfg.lr < lr_at(cfg, tr.stages[0], 5)  # decayed over the budget, not over 100 steps
+    assert lrs[-1] < 0.25 * cfg.lr < lr_at(cfg, tr.plan.stages[0], 5)  # decayed over the budget, not over 100 steps
 
 
 def test_max_time_shares_the_budget_among_stages(tmp_path, manager):
@@ -278,4 +278,4 @@ def test_max_time_shares_the_budget_among_stages(tmp_path, manager):
     steps = [h for h in _history(tmp_path / "out") if "loss" in h]
     assert result.steps == 8 and result.stop_reason == "max_time"
     assert {h["task"] for h in steps[:2]} == {"b"}  # stage 1 ends at its deadline, 8 * 10/40 = 2 s
-    assert steps[2]["lr"] == pytest.approx(lr_at(tr.cfg, tr.stages[1], 0, 0.0))  # stage 2's schedule from 0
+    assert steps[2]["lr"] == pytest.approx(lr_at(tr.cfg, tr.plan.stages[1], 0, 0.0))  # stage 2's schedule from 0
