@@ -172,9 +172,14 @@ STAGES = [
 ]
 
 
-def test_stages_validate_against_the_tasks():
+def test_stages_validate_against_the_tasks(tmp_path):
     with pytest.raises(SpecError, match="steps = 5 but the stages hold 10 steps"):
-        mmcore.parse_spec(_spec(Path("/tmp"), {"steps": 5, "stages": STAGES}, ("a", "b")))
+        mmcore.parse_spec(_spec(tmp_path, {"steps": 5, "stages": STAGES}, ("a", "b")))
+    with pytest.raises(SpecError) as exc:
+        mmcore.parse_spec(_spec(tmp_path, {"stages": STAGES, "monitor": "d.loss"}, ("a", "c")))
+    assert "[training.stages.0.tasks] no task named 'b' (tasks: a, c)" in str(exc.value)
+    assert "[training.monitor] no task named 'd' (tasks: a, c)" in str(exc.value)
+    mmcore.parse_spec(_spec(tmp_path, {"stages": STAGES, "monitor": "b.loss"}, ("a", "b")))  # all named
     cfg = TrainingConfig(stages=[{"tasks": ["a", "nope"], "steps": 3}])
     assert cfg.steps == 3
     with pytest.raises(MMCoreError, match=r"stages\[0\].tasks: no task named 'nope'; tasks: a, b"):
