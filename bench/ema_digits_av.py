@@ -3,7 +3,7 @@
 Trains examples/digits_av.toml (its two stages, 1,000 steps, seed 0) once with
 ``training.ema = DECAY``. The averages never feed back into training, so the run's trained
 weights are exactly those of a run without ``ema``: one run gives both arms, on the same
-trajectory. Each is evaluated on the held-out images, tones and pairs (the spec's eval sets;
+trajectory. Both are evaluated on the held-out images, tones and pairs (the spec's eval sets;
 exact-match generation as in examples/demo.py); the figures go to
 bench/results_ema_digits_av.json, one entry per decay and step count (others are kept).
 
@@ -50,7 +50,7 @@ def run(decay: float, steps: int | None, out: Path) -> dict:
     raw_eval = trainer.evaluate()
     data = ROOT / "examples" / "data" / "digits_av"
     arms = {}
-    for arm, metrics in (("raw", raw_eval), ("ema", result.eval)):
+    for arm, metrics in (("raw", raw_eval), ("averaged", result.eval)):
         arms[arm] = {
             **exact_match(mmcore.load(out / arm), data),
             "match_accuracy": metrics["match"]["accuracy"],
@@ -58,7 +58,7 @@ def run(decay: float, steps: int | None, out: Path) -> dict:
             **{f"{t}_loss": metrics[t]["loss"] for t in ("caption", "transcribe", "match")},
         }
     return {
-        "ema": decay,
+        "decay": decay,
         "steps": result.steps,
         "stages": [s.steps for s in training.stages],
         **arms,
@@ -84,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         from mmcore.checkpoint import atomic_write_text
 
         have = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
-        runs = [r for r in have["runs"] if (r["ema"], r["steps"]) != (entry["ema"], entry["steps"])] + [entry]
+        runs = [r for r in have["runs"] if (r["decay"], r["steps"]) != (entry["decay"], entry["steps"])] + [entry]
         have = {
-            "what": "examples/digits_av.toml, seed 0, held-out sets; per run: the raw and the averaged weights",
+            "what": "examples/digits_av.toml, seed 0, held-out sets; per run (training.ema = decay): the trained "
+            "weights (raw) and their moving average (averaged), from the same run",
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}; timings under shared load",
-            "runs": sorted(runs, key=lambda r: (r["steps"], r["ema"])),
+            "runs": sorted(runs, key=lambda r: (r["steps"], r["decay"])),
         }
         atomic_write_text(RESULTS, json.dumps(have, indent=2) + "\n")
     return 0
