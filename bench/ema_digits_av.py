@@ -42,7 +42,7 @@ def run(decay: float, steps: int | None, out: Path) -> dict:
     spec = dataclasses.replace(spec, training=training)
     model = mmcore.build(spec)
     t0 = time.perf_counter()
-    trainer = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out / "ema", resume=False)
+    trainer = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out / "averaged", resume=False)
     result = trainer.fit()
     seconds = time.perf_counter() - t0
     save(model, out / "raw")  # the trained weights themselves
