@@ -3,9 +3,10 @@
 1. Makes the data (examples/recipes/digits_av.py): scikit-learn's handwritten digits as
    images, each digit's telephone keypad tone (DTMF) as sound, the digit's name as text.
 2. Trains examples/digits_av.toml: a vision encoder, an audio encoder and a byte-level text
-   encoder around one GPT. Stage 1 (400 steps) teaches the encoders to caption a digit image
-   and to transcribe a digit tone; stage 2 (the spec's [training]) trains all three tasks
-   at once, adding: decide whether a tone and a picture show the same digit.
+   encoder around one GPT, in the spec's two [[training.stages]]: stage 1 (400 steps)
+   teaches the encoders to caption a digit image and to transcribe a digit tone; stage 2
+   (600 steps) trains all three tasks at once, adding: decide whether a tone and a picture
+   show the same digit. `mmcore train examples/digits_av.toml` trains the same way.
 3. Evaluates on held-out images and tones, prints example generations next to their
    references, and writes the model directory (with loss.png) to runs/demo.
 
@@ -26,8 +27,7 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="model directory to write")
-    p.add_argument("--steps", type=int, help="override training.steps (stage 2)")
-    p.add_argument("--stage1-steps", type=int, default=400, help="stage 1 steps (caption and transcribe)")
+    p.add_argument("--steps", type=int, help="override the steps of the last stage (all three tasks)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -41,40 +41,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import mmcore
-    from mmcore.generation import GenerationConfig, generate_for_records
 
     torch.manual_seed(0)
     spec = mmcore.load_spec(HERE / "digits_av.toml")
     if args.steps:
         import dataclasses
 
-        spec = dataclasses.replace(spec, training=spec.training.model_copy(update={"steps": args.steps}))
+        from mmcore.schedule import with_steps
+
+        spec = dataclasses.replace(spec, training=with_steps(spec.training, args.steps))
     model = mmcore.build(spec)
     print(f"[2/3] training {spec.name!r} ({stats['train']['images']} images, {stats['train']['clips']} tones)")
     print(model.summary())
-    if args.stage1_steps:
-        print(f"stage 1: {args.stage1_steps} steps of caption + transcribe")
-        stage1 = spec.training.model_copy(update={"steps": args.stage1_steps, "lr": 2e-3, "warmup_steps": 25})
-        mmcore.Trainer(model, {k: spec.tasks[k] for k in ("caption", "transcribe")}, stage1).fit()
-    print(f"stage 2: {spec.training.steps} steps of caption + transcribe + match")
+    for i, st in enumerate(spec.training.stages):
+        print(f"stage {i + 1}: {st.steps} steps of {' + '.join(st.tasks or spec.tasks)}")
     trainer = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=args.out, resume=False)
     result = trainer.fit()
 
     print("[3/3] held-out evaluation")
     report: dict = {"tasks": result.eval}
-    gen = GenerationConfig(max_new_tokens=8)
-    for task, field in (("caption", "image"), ("transcribe", "audio")):
-        rows = [json.loads(line) for line in (data / f"{task}_eval.jsonl").read_text().splitlines()]
-        preds = generate_for_records(model, [{field: r[field]} for r in rows], base=data, config=gen, batch_size=64)
-        refs = [r["target"] for r in rows]
-        acc = sum(p.strip() == r for p, r in zip(preds, refs, strict=True)) / len(refs)
-        report[f"{task}_exact_match"] = acc
-        print(
-            f"  {task}: {acc:.1%} of {len(refs)} held-out {'images' if field == 'image' else 'tones'} named exactly; examples:"
-        )
-        step = max(1, len(rows) // 5)
-        for p_, r_, row in list(zip(preds, refs, rows, strict=True))[::step][:5]:
-            print(f"    {row[field]:<18} generated {p_!r:<10} reference {r_!r}")
+    report.update(exact_match(model, data, show=5))
     match = result.eval["match"]
     print(
         f"  match (needs picture and tone together): accuracy {match['accuracy']:.1%} on "
@@ -85,6 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     (Path(args.out) / "demo_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"done in {report['seconds']:.0f}s; model, metrics.jsonl and loss.png in {args.out}")
     return 0
+
+
+def exact_match(model, data: Path, show: int = 0) -> dict[str, float]:
+    """Generate a name for every held-out image and tone; the fraction named exactly, per task."""
+    from mmcore.generation import GenerationConfig, generate_for_records
+
+    out = {}
+    gen = GenerationConfig(max_new_tokens=8)
+    for task, field in (("caption", "image"), ("transcribe", "audio")):
+        rows = [json.loads(line) for line in (data / f"{task}_eval.jsonl").read_text().splitlines()]
+        preds = generate_for_records(model, [{field: r[field]} for r in rows], base=data, config=gen, batch_size=64)
+        refs = [r["target"] for r in rows]
+        acc = sum(p.strip() == r for p, r in zip(preds, refs, strict=True)) / len(refs)
+        out[f"{task}_exact_match"] = acc
+        if show:
+            what = "images" if field == "image" else "tones"
+            print(f"  {task}: {acc:.1%} of {len(refs)} held-out {what} named exactly; examples:")
+            step = max(1, len(rows) // show)
+            for p_, r_, row in list(zip(preds, refs, rows, strict=True))[::step][:show]:
+                print(f"    {row[field]:<18} generated {p_!r:<10} reference {r_!r}")
+    return out
 
 
 if __name__ == "__main__":

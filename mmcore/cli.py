@@ -186,9 +186,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         tasks = dict(spec.tasks)
         tasks[names[0]] = tasks[names[0]].model_copy(update=upd)
         spec = dataclasses.replace(spec, tasks=tasks)
-    overrides = {k: v for k, v in (("steps", args.steps), ("device", args.device)) if v is not None}
-    if overrides:
-        spec = dataclasses.replace(spec, training=spec.training.model_copy(update=overrides))
+    if args.steps is not None:
+        from .schedule import with_steps
+
+        spec = dataclasses.replace(spec, training=with_steps(spec.training, args.steps))
+    if args.device is not None:
+        spec = dataclasses.replace(spec, training=spec.training.model_copy(update={"device": args.device}))
     out = Path(args.out) if args.out else Path("runs") / spec.name
     _, result = train(spec, out_dir=out)
     print(f"trained {result.steps} steps in {result.seconds:.1f}s; final loss {result.final_loss:.4f}; model in {out}")
@@ -444,7 +447,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     t.add_argument("--eval", help="held-out data for that task")
     t.add_argument("--task", help="which task --data/--eval are for")
     t.add_argument("--out", help="model directory to write (default: runs/<spec name>); resumes if it has a checkpoint")
-    t.add_argument("--steps", type=int, help="override training.steps")
+    t.add_argument("--steps", type=int, help="override training.steps (with stages: the last stage's steps)")
     t.add_argument("--device", help="override training.device")
     t.set_defaults(func=cmd_train)
 

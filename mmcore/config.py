@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ComponentConfig",
     "BackboneConfig",
     "TrainingConfig",
+    "StageConfig",
     "TaskConfig",
     "CoreOptions",
     "LoraConfig",
@@ -89,13 +90,55 @@ class BackboneConfig(BaseModel):
         return int(self.mlp_ratio * self.width)
 
 
+class StageConfig(BaseModel):
+    """``[[training.stages]]``: one stage of a training plan (its tasks, steps and schedule)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, description="A name for logs (default: stage-N for the N-th stage).")
+    tasks: list[str] | None = Field(
+        None, min_length=1, description="The tasks this stage trains, a subset of [tasks] (default: all of them)."
+    )
+    steps: int = Field(gt=0, description="Optimizer steps of this stage.")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate of this stage (default: training.lr).")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Warmup steps of this stage (default: training.warmup_steps)."
+    )
+    reset_optimizer: bool = Field(
+        False,
+        description="Start this stage with a fresh optimizer state (AdamW's moment estimates and step count), "
+        "as if a new run began from the current weights.",
+    )
+
+
+_TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from a number or a string such as ``"90"``, ``"90s"``, ``"10m"``, ``"1.5h"``.
+
+    Other values are returned unchanged, for the field's own validation to reject.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = _TIME_UNITS.get(text[-1:]) if text else None
+        number = text[:-1] if unit is not None else text
+        try:
+            return float(number) * (unit or 1.0)
+        except ValueError:
+            raise ValueError(f"a duration is seconds or a string like '90s', '10m', '1.5h'; got {value!r}") from None
+    return value
+
+
 class TrainingConfig(BaseModel):
     """``[training]``: how ``mmcore train`` optimises the model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- length and batches ---------------------------------------------------------
-    steps: int = Field(1000, gt=0, description="Optimizer steps to train for.")
+    steps: int = Field(
+        1000, gt=0, description="Optimizer steps to train for (with [[training.stages]]: their sum, set for you)."
+    )
     batch_size: int = Field(
         16, gt=0, description="Records per micro-batch, across all processes (divisible by the process count)."
     )
@@ -142,6 +185,75 @@ class TrainingConfig(BaseModel):
         description="Compile the training forward with torch.compile (inductor; needs a C/C++ compiler on CPU). "
         "The first steps pay the compile time; evaluation and generation stay eager.",
     )
+    # --- training plans and budgets -----------------------------------------------------
+    stages: list[StageConfig] = Field(
+        default_factory=list,
+        description="A training plan: [[training.stages]] run in order, each with its tasks, steps and optional "
+        "lr / warmup_steps; the schedule restarts in each stage. steps is then the sum of the stages' steps.",
+    )
+    max_time: float | str | None = Field(
+        None,
+        description="Wall-clock budget of the run, in seconds or as '90s', '10m', '1.5h'. The learning-rate "
+        "schedule runs over the budget (progress = max(step / steps, elapsed / max_time)); the run stops when "
+        "either is used up, then evaluates and saves. With stages, stage i must end by max_time times the "
+        "fraction of all steps that stages 1..i hold.",
+    )
+    # --- model selection ------------------------------------------------------------------
+    monitor: str | None = Field(
+        None,
+        description="The evaluation metric that picks the best model and drives early stopping, as "
+        "'TASK.METRIC' (e.g. 'match.accuracy'); default: the loss of the first task with an eval set.",
+    )
+    monitor_mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="Whether lower or higher is better; 'auto': min for loss and perplexity, else max."
+    )
+    patience: int = Field(
+        0,
+        ge=0,
+        description="Early stopping: end the stage (the run, without stages) after this many evaluations in a row "
+        "without improving the monitored metric by more than min_delta (0: never stop early).",
+    )
+    min_delta: float = Field(0.0, ge=0, description="Early stopping: the least change that counts as improving.")
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the trained weights with this decay (e.g. 0.999; "
+        "the decay ramps up as min(ema, (1 + n) / (10 + n)) over the first n updates). Evaluation, best/ and "
+        "the saved model then use the averaged weights; none: off.",
+    )
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v)
+
+    @field_validator("max_time")
+    @classmethod
+    def _positive_time(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, str) or not v > 0 or v == float("inf")):
+            raise ValueError(f"max_time must be a positive, finite number of seconds, got {v!r}")
+        return v
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor_form(cls, v: str | None) -> str | None:
+        if v is not None and (v.count(".") < 1 or not all(v.rsplit(".", 1))):
+            raise ValueError(f"monitor is 'TASK.METRIC', e.g. 'caption.loss' or 'match.accuracy'; got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> "TrainingConfig":
+        if not self.stages:
+            return self
+        total = sum(s.steps for s in self.stages)
+        if "steps" in self.model_fields_set and self.steps != total:
+            raise ValueError(
+                f"steps = {self.steps} but the stages hold {total} steps; leave steps out with [[training.stages]] "
+                "(it is their sum)"
+            )
+        object.__setattr__(self, "steps", total)
+        return self
 
 
 class TaskConfig(BaseModel):

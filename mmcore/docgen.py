@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import BackboneConfig, CoreOptions, LoraConfig, TaskConfig, TrainingConfig, WeightsSource
+from .config import BackboneConfig, CoreOptions, LoraConfig, StageConfig, TaskConfig, TrainingConfig, WeightsSource
 from .registry import Registry
 from .spec import _SpecFile
 
@@ -88,6 +88,8 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
     out += options_table(WeightsSource)
     out += ["", "## `[training]`", "", (TrainingConfig.__doc__ or "").strip().splitlines()[0], ""]
     out += options_table(TrainingConfig)
+    out += ["", "### `[[training.stages]]`", "", (StageConfig.__doc__ or "").strip().splitlines()[0], ""]
+    out += options_table(StageConfig)
     out += [
         "",
         "## `[tasks.<name>]`",

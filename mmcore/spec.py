@@ -440,6 +440,8 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
             }
             tasks[key] = task.model_copy(update=resolved)
 
+    if training is not None and isinstance(tasks_raw, Mapping):
+        _check_plan(training, list(tasks_raw), add)
     if issues or top is None or backbone is None or fusion is None or training is None or bb_core is None:
         raise SpecError(issues, file=file)
     return Spec(
@@ -455,6 +457,17 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
         file=file,
         backbone_core=bb_core,
     )
+
+
+def _check_plan(training: TrainingConfig, tasks: list[str], add: Any) -> None:
+    """The tasks that [[training.stages]] and training.monitor name must be tasks of the spec."""
+    valid = f"tasks: {', '.join(tasks) or '(none)'}"
+    for i, stage in enumerate(training.stages):
+        for name in stage.tasks or []:
+            if name not in tasks:
+                add(f"training.stages.{i}.tasks", f"no task named {name!r}", valid)
+    if training.monitor is not None and training.monitor.rsplit(".", 1)[0] not in tasks:
+        add("training.monitor", f"no task named {training.monitor.rsplit('.', 1)[0]!r}", valid)
 
 
 def _core_options(path: str, section: Mapping[str, Any], base: Path, add: Any) -> CoreOptions | None:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import random
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,8 @@ from .data import (
 )
 from .errors import MMCoreError, ModelDirError
 from .objectives import Objective, make_objective
+from .schedule import RunPlan
+from .selection import Monitor
 from .types import Batch
 
 __all__ = ["Trainer", "TrainResult", "train"]
@@ -65,6 +66,8 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE = "trainer_state.json"
 OPTIM = "optimizer.safetensors"
+EMA_FILE = "ema.safetensors"
+BEST = "best"
 METRICS = "metrics.jsonl"
 
 
@@ -97,6 +100,8 @@ class TrainResult:
     bad_records: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     out_dir: str | None = None
+    stop_reason: str = "steps"  # why the last stage ended: "steps", "max_time" or "early_stopping"
+    best: dict[str, Any] | None = None  # the monitored metric's best value and step (Monitor.state())
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -129,6 +134,13 @@ class Trainer:
         out_dir: where checkpoints, metrics, the plot and the final model go (None:
             nothing is written and there is no resume).
         resume: continue from ``out_dir/checkpoints/latest`` when it exists.
+        clock: the seconds clock ``training.max_time`` is measured with (default
+            ``time.monotonic``; tests pass a fake one).
+
+    The run follows ``training.stages`` (see :mod:`mmcore.schedule`), keeps the best model by
+    ``training.monitor`` in ``out_dir/best/`` and stops early after ``training.patience``
+    evaluations without improvement (see :mod:`mmcore.selection`); with ``training.ema`` it
+    evaluates and saves the moving average of the weights (see :mod:`mmcore.ema`).
     """
 
     def __init__(
@@ -139,6 +151,7 @@ class Trainer:
         *,
         out_dir: str | Path | None = None,
         resume: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.cfg = training if isinstance(training, TrainingConfig) else TrainingConfig.model_validate(training or {})
         if not tasks:
@@ -159,8 +172,17 @@ class Trainer:
         for task in self.tasks.values():  # distillation: load and check the teacher now, not mid-run
             if hasattr(task.objective, "bind"):
                 task.objective.bind(self.model)
+        self.plan = RunPlan(self.cfg, list(self.tasks), clock, self._rank0_value if self.world > 1 else None)
+        self.monitor = Monitor.from_config(self.cfg, [n for n, t in self.tasks.items() if t.eval is not None])
         self.wrapped = self._wrap(self.model)
         self.optimizer = self._make_optimizer()
+        self.ema = None
+        if self.cfg.ema is not None:
+            if self.world > 1 and self.cfg.distributed == "fsdp":
+                raise MMCoreError("training.ema does not work with distributed = 'fsdp' yet; use 'ddp' or drop ema")
+            from .ema import EMA
+
+            self.ema = EMA(self.model, self.cfg.ema)
         self.scaler = torch.amp.GradScaler(enabled=self.cfg.precision == "fp16" and self.device.type == "cuda")
 
     # --- set-up ------------------------------------------------------------------------
@@ -260,18 +282,11 @@ class Trainer:
         """Trainable parameters the tasks' objectives hold outside the model (in task order)."""
         return [p for t in self.tasks.values() for p in t.objective.parameters()]
 
-    def lr_at(self, step: int) -> float:
-        c = self.cfg
-        if c.warmup_steps and step < c.warmup_steps:
-            return c.lr * (step + 1) / c.warmup_steps
-        if c.schedule == "constant":
-            return c.lr
-        span = max(1, c.steps - c.warmup_steps)
-        t = min(1.0, (step - c.warmup_steps) / span)
-        floor = c.lr * c.min_lr_ratio
-        if c.schedule == "linear":
-            return c.lr - (c.lr - floor) * t
-        return floor + (c.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    def _rank0_value(self, x: float) -> float:
+        """Rank 0's value of ``x`` in every process (so that all stop at the same step)."""
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, 0)
+        return float(t[0])
 
     # --- data ----------------------------------------------------------------------------
 
@@ -329,7 +344,7 @@ class Trainer:
         task.bad += len(bad)
 
     def _pick_task(self, step: int) -> _Task:
-        names = list(self.tasks)
+        names = list(self.plan.stage.tasks)
         if len(names) == 1:
             return self.tasks[names[0]]
         weights = [self.tasks[n].config.weight for n in names]
@@ -348,8 +363,9 @@ class Trainer:
         step = self.step
         task = self._pick_task(step)
         self.wrapped.train()
+        lr = self.plan.lr(step)
         for g in self.optimizer.param_groups:
-            g["lr"] = self.lr_at(step)
+            g["lr"] = lr
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         total_count = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = 0
@@ -389,13 +405,15 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         self.step += 1
         loss = float(total_loss / total_count.clamp(min=1e-12)) / 1.0
         return {
             "step": self.step,
             "task": task.name,
             "loss": loss,
-            "lr": self.lr_at(step),
+            "lr": lr,
             "grad_norm": norm,
             "tokens": tokens * self.world,
         }
@@ -404,25 +422,31 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, max_batches: int | None = None) -> dict[str, dict[str, float]]:
-        """Loss (and perplexity or accuracy/macro-F1) of every task on its eval set."""
+        """Loss (and perplexity or accuracy/macro-F1) of every task on its eval set; with
+        ``training.ema``, of the averaged weights."""
         from .evaluate import evaluate_task
 
         self.model.eval()
         out = {}
-        for name, task in self.tasks.items():
-            if task.eval is None:
-                continue
-            out[name] = evaluate_task(
-                self.model,
-                task.objective,
-                task.eval,
-                self.model.processors,
-                batch_size=self.cfg.batch_size,
-                max_batches=max_batches,
-                device=self.device,
-                autocast=self._autocast,
-            )
+        with self._averaged():
+            for name, task in self.tasks.items():
+                if task.eval is None:
+                    continue
+                out[name] = evaluate_task(
+                    self.model,
+                    task.objective,
+                    task.eval,
+                    self.model.processors,
+                    batch_size=self.cfg.batch_size,
+                    max_batches=max_batches,
+                    device=self.device,
+                    autocast=self._autocast,
+                )
         return out
+
+    def _averaged(self) -> Any:
+        """A context with the weight averages in the model (``training.ema``), else nothing."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -499,6 +523,7 @@ class Trainer:
             "step": self.step,
             "tasks": {n: {"consumed": t.consumed, "bad": t.bad} for n, t in self.tasks.items()},
             "world": self.world,
+            **self._plan_state(),
             **extra,
         }
 
@@ -516,9 +541,30 @@ class Trainer:
         tmp = d / f".{OPTIM}.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, d / OPTIM)
+        if self.ema is not None:
+            save_file(self.ema.state_dict(), str(d / f".{EMA_FILE}.tmp"))
+            os.replace(d / f".{EMA_FILE}.tmp", d / EMA_FILE)
         atomic_write_text(d / STATE, json.dumps(self._trainer_state(optimizer=meta), indent=2))
         atomic_write_text(root / LATEST, name + "\n")
         return d
+
+    def _plan_state(self) -> dict[str, Any]:
+        """The trainer state of the plan (stage, time used), model selection and weight average."""
+        out: dict[str, Any] = self.plan.state()
+        if self.monitor is not None:
+            out["monitor"] = self.monitor.state()
+        if self.ema is not None:
+            out["ema_updates"] = self.ema.updates
+        return out
+
+    def _load_plan_state(self, state: dict[str, Any], d: Path) -> None:
+        self.plan.load_state(state, str(d))
+        if self.monitor is not None and "monitor" in state:
+            self.monitor.load_state(state["monitor"], str(d))
+        if self.ema is not None:
+            if not (d / EMA_FILE).is_file():
+                raise MMCoreError(f"{d}: training.ema is set but the checkpoint has no {EMA_FILE} (saved without ema)")
+            self.ema.load_state_dict(read_safetensors(d / EMA_FILE)[0], state.get("ema_updates", self.step), str(d))
 
     def _model_state(self) -> dict[str, torch.Tensor]:
         if self.world > 1 and self.cfg.distributed == "fsdp":
@@ -555,6 +601,7 @@ class Trainer:
             self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
         self.step = int(state["step"])
         self._last_checkpoint = self.step
+        self._load_plan_state(state, d)
         for n, t in state["tasks"].items():
             if n in self.tasks:
                 self.tasks[n].consumed, self.tasks[n].bad = int(t["consumed"]), int(t["bad"])
@@ -563,7 +610,10 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        """Train to ``training.steps`` (resuming if a checkpoint exists); returns the result."""
+        """Train through the stages (resuming if a checkpoint exists); returns the result.
+
+        Each stage ends after its steps, when its share of ``training.max_time`` is used up,
+        or by early stopping; the run ends with the last stage, then evaluates and saves."""
         t0 = time.perf_counter()
         if self.resume and (ck := self._checkpoint_dir()) is not None:
             self.load_checkpoint(ck)
@@ -580,10 +630,23 @@ class Trainer:
             atomic_write_text(metrics_path, "".join(json.dumps(h) + "\n" for h in self.history))
         bar = self._progress()
         self._fit_start = (time.perf_counter(), self.step)
+        self.plan.start_clock()
         last: dict[str, Any] = {"loss": float("nan")}
         window_tokens, window_t = 0, time.perf_counter()
         eval_metrics: dict[str, dict[str, float]] = {}
-        while self.step < self.cfg.steps:
+        evaluated = -1  # the step of the last evaluation in this call
+        if self.cfg.stages and self.step == 0:
+            self._begin_stage(0)
+        reason = "steps"
+        while True:
+            self.plan.tick()
+            end = self._stage_end()
+            if end is not None:
+                reason = end
+                if self.plan.last:
+                    break
+                self._begin_stage(self.plan.index + 1)
+                continue
             last = self.train_step()
             window_tokens += last["tokens"]
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
@@ -597,27 +660,34 @@ class Trainer:
                 if "tokens_per_s" in last:
                     post["tok/s"] = f"{last['tokens_per_s']:,.0f}"
                 bar.set_postfix(post)
-            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step < self.cfg.steps:
-                eval_metrics = self.evaluate(self.cfg.eval_batches)
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not self._finished():
+                eval_metrics, evaluated = self.evaluate(self.cfg.eval_batches), self.step
                 self._log({"step": self.step, "eval": eval_metrics}, metrics_path)
+                self._select(eval_metrics)
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
-        eval_metrics = self.evaluate(self.cfg.eval_batches)
-        if eval_metrics:
-            self._log({"step": self.step, "eval": eval_metrics}, metrics_path)
+        if reason == "max_time" and self.rank == 0:
+            print(f"training.max_time ({self.cfg.max_time:g} s) used up at step {self.step}", file=sys.stderr)
+        if evaluated != self.step:  # not just evaluated (early stopping follows an evaluation)
+            eval_metrics = self.evaluate(self.cfg.eval_batches)
+            if eval_metrics:
+                self._log({"step": self.step, "eval": eval_metrics}, metrics_path)
+                self._select(eval_metrics)
         if getattr(self, "_last_checkpoint", None) != self.step:  # not the one just written (or resumed from)
             self.save_checkpoint()
         if self.out is not None and self.rank == 0:
             from .checkpoint import save
             from .plot import plot_history
 
-            save(_StateView(self.model, self._model_state()), self.out)
+            with self._averaged():
+                save(_StateView(self.model, self._model_state()), self.out)
             atomic_write_text(self.out / "eval.json", json.dumps(eval_metrics, indent=2) + "\n")
             plot_history(self.history, self.out / "loss.png")
         elif self.out is not None:
-            self._model_state()  # FSDP gathers are collective: every rank takes part
+            with self._averaged():
+                self._model_state()  # FSDP gathers are collective: every rank takes part
         return TrainResult(
             steps=self.step,
             final_loss=float(last["loss"]),
@@ -625,7 +695,61 @@ class Trainer:
             bad_records={n: t.bad for n, t in self.tasks.items()},
             seconds=time.perf_counter() - t0,
             out_dir=str(self.out) if self.out is not None else None,
+            stop_reason=reason,
+            best=self.monitor.state() if self.monitor is not None else None,
         )
+
+    # --- stages, time and model selection -------------------------------------------------------
+
+    def _stage_end(self) -> str | None:
+        """Why the current stage is over (``steps``, ``max_time``, ``early_stopping``), or None."""
+        end = self.plan.end_reason(self.step)
+        if end is None and self.monitor is not None and self.monitor.exhausted:
+            return "early_stopping"
+        return end
+
+    def _finished(self) -> bool:
+        """True when the run ends before another step (the final evaluation follows)."""
+        self.plan.tick()
+        return self.plan.last and self._stage_end() is not None
+
+    def _begin_stage(self, index: int) -> None:
+        """Start stage ``index``: its schedule from its warmup, early stopping's count from 0."""
+        st = self.plan.begin(index, self.step)
+        if self.monitor is not None:
+            self.monitor.bad = 0
+        if st.reset_optimizer:
+            self.optimizer.state.clear()  # AdamW starts its moments and step count afresh
+        if self.rank == 0:
+            print(
+                f"stage {index + 1}/{len(self.plan.stages)} {st.name!r}: {st.steps} steps of {', '.join(st.tasks)} "
+                f"at lr {st.lr:g} (warmup {st.warmup_steps})",
+                file=sys.stderr,
+            )
+
+    def _select(self, metrics: dict[str, dict[str, float]]) -> None:
+        """Feed an evaluation to the monitor; write ``best/`` when it improved (with periodic evaluations)."""
+        if self.monitor is None or not metrics:
+            return
+        m = self.monitor
+        improved = m.update(metrics, self.step)
+        if self.rank == 0:
+            note = "new best" if improved else f"no improvement ({m.bad} of patience {m.patience or 'off'})"
+            print(f"step {self.step:>6}  {m.name} {m.value(metrics):.4g}: {note}", file=sys.stderr)
+        if improved and self.cfg.eval_every and self.out is not None:
+            self._save_best(metrics)
+
+    def _save_best(self, metrics: dict[str, dict[str, float]]) -> None:
+        """Write the evaluated model (the weight averages with ``training.ema``) to ``<out>/best/``."""
+        from .checkpoint import save
+
+        with self._averaged():
+            state = self._model_state()  # FSDP gathers are collective: every rank takes part
+            if self.rank == 0:
+                save(_StateView(self.model, state), self.out / BEST)
+        if self.rank == 0:
+            info = {"step": self.step, **(self.monitor.state() if self.monitor else {}), "eval": metrics}
+            atomic_write_text(self.out / BEST / "eval.json", json.dumps(info, indent=2) + "\n")
 
     def _progress(self) -> Any:
         if not self.cfg.progress or self.rank != 0 or not sys.stderr.isatty():

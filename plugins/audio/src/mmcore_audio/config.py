@@ -85,6 +85,20 @@ class AudioProcessorConfig(ComponentConfig):
     )
     whisper_scale: bool = Field(True, description="Map the log10-mel features x to (x + 4) / 4, as Whisper does.")
     # --- augmentation -----------------------------------------------------------------
+    shift_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Augmentation while training: move the audio by a random offset of up to this many seconds, "
+        "earlier or later (the clip keeps its length; zeros fill); 0: off.",
+    )
+    gain_db: float = Field(
+        0.0, ge=0, description="Augmentation while training: a random gain of up to +-gain_db decibels; 0: off."
+    )
+    noise_snr_db: tuple[float, float] | None = Field(
+        None,
+        description="Augmentation while training: add white noise at a signal-to-noise ratio drawn uniformly "
+        "from [low, high] decibels (e.g. [10, 30]); none: off.",
+    )
     spec_augment: bool = Field(
         False,
         description="SpecAugment (frequency and time masking, filled with the clip's mean feature) while the "
@@ -100,6 +114,12 @@ class AudioProcessorConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _check_features(self) -> "AudioProcessorConfig":
+        if self.noise_snr_db is not None:
+            low, high = self.noise_snr_db
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(
+                    f"noise_snr_db must be [low, high] with finite low <= high, got {list(self.noise_snr_db)}"
+                )
         nyquist = self.sample_rate / 2
         f_max = nyquist if self.f_max is None else self.f_max
         if f_max > nyquist:

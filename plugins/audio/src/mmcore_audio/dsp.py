@@ -1,4 +1,4 @@
-"""Signal processing in torch: band-limited resampling, log-mel features, SpecAugment.
+"""Signal processing in torch: band-limited resampling, log-mel features, augmentation.
 
 Everything here works on one mono signal, a 1-D tensor of ``N`` samples.
 
@@ -38,6 +38,7 @@ __all__ = [
     "mel_power",
     "log_mel",
     "spec_augment",
+    "augment_waveform",
 ]
 
 #: Zero crossings of the sinc on each side of the centre, counted at the lower rate.
@@ -315,4 +316,49 @@ def spec_augment(
         width = draw(widest)
         start = draw(t - width)
         out[:, start : start + width] = fill
+    return out
+
+
+def augment_waveform(
+    wave: Tensor,
+    sample_rate: int,
+    *,
+    shift_seconds: float = 0.0,
+    gain_db: float = 0.0,
+    noise_snr_db: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Random time shift, gain and additive white noise on one (N,) signal; returns a new tensor.
+
+    In this order, each only when its option is on:
+
+    * shift: the samples move by ``k ~ U{-K..K}`` with ``K = round(shift_seconds *
+      sample_rate)`` (later for k > 0); the clip keeps its length, zeros fill the gap;
+    * gain: multiplied by ``10 ** (g / 20)`` with ``g ~ U(-gain_db, gain_db)``;
+    * noise: plus Gaussian white noise whose power is the signal's mean power over
+      ``10 ** (snr / 10)``, ``snr ~ U(noise_snr_db)`` (a silent signal stays silent).
+
+    Draws from ``generator`` (default: torch's global generator, which DataLoader seeds per
+    worker and the trainer from ``training.seed``).
+    """
+    out = wave.clone()
+    n = out.shape[0]
+    k_max = int(round(shift_seconds * sample_rate))
+    if k_max > 0 and n:
+        k = int(torch.randint(-k_max, k_max + 1, (), generator=generator))
+        if k > 0:
+            out = torch.cat([out.new_zeros(min(k, n)), out[: max(n - k, 0)]])
+        elif k < 0:
+            out = torch.cat([out[min(-k, n) :], out.new_zeros(min(-k, n))])
+    if gain_db > 0:
+        g = float(torch.empty((), dtype=torch.float64).uniform_(-gain_db, gain_db, generator=generator))
+        out = out * 10 ** (g / 20)
+    if noise_snr_db is not None and n:
+        low, high = noise_snr_db
+        snr = (
+            float(torch.empty((), dtype=torch.float64).uniform_(low, high, generator=generator)) if high > low else low
+        )
+        power = float(out.square().mean())
+        noise = torch.randn(n, generator=generator, dtype=out.dtype)
+        out = out + noise * math.sqrt(power / 10 ** (snr / 10))
     return out

@@ -62,9 +62,15 @@ class AudioProcessor(Processor):
        naming ``where`` and the fraction, or ``InputError`` with ``reject_clipped``;
     4. resample to ``sample_rate`` (windowed-sinc, :func:`mmcore_audio.dsp.resample`);
     5. normalise (``peak``, ``rms`` or ``none``);
-    6. log-mel features in float64 (:func:`~mmcore_audio.dsp.mel_power`,
+    6. only while ``training`` is True: random time shift (``shift_seconds``), gain
+       (``gain_db``) and white noise (``noise_snr_db``), each when its option is on
+       (:func:`~mmcore_audio.dsp.augment_waveform`);
+    7. log-mel features in float64 (:func:`~mmcore_audio.dsp.mel_power`,
        :func:`~mmcore_audio.dsp.log_mel`): ``T = ceil(N / hop_length)`` frames for N samples;
-    7. SpecAugment, only when ``spec_augment`` is on and ``training`` is True.
+    8. SpecAugment, only when ``spec_augment`` is on and ``training`` is True.
+
+    Random draws come from torch's global generator, which the DataLoader seeds per worker
+    process and the trainer from ``training.seed``: augmentation is reproducible.
 
     ``collate(samples)`` -> ``{"features": (B, n_mels, T) float32, "frames": (B,) long,
     "mask": (B, T) bool}``: right-padded with zeros to the longest clip (T >= 1); ``None``
@@ -97,6 +103,10 @@ class AudioProcessor(Processor):
         clip = decode(value, sample_rate=c.sample_rate, max_seconds=c.max_seconds, where=where)
         self._check_levels(clip, where)
         wave = self.waveform(clip)
+        if self.training and (c.shift_seconds or c.gain_db or c.noise_snr_db is not None):
+            wave = dsp.augment_waveform(
+                wave, c.sample_rate, shift_seconds=c.shift_seconds, gain_db=c.gain_db, noise_snr_db=c.noise_snr_db
+            )
         mel = dsp.mel_power(
             wave,
             c.sample_rate,

@@ -1,0 +1,109 @@
+"""Waveform augmentation of the audio processor: time shift, gain, white noise (training only)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from mmcore_audio import dsp
+from mmcore_audio.config import AudioProcessorConfig
+from mmcore_audio.processor import AudioProcessor
+from pydantic import ValidationError
+
+SR = 8000
+
+
+def burst(n: int = SR // 2, start: int = 1600, length: int = 400) -> torch.Tensor:
+    """Silence with a 1 kHz burst at ``start``: where it lies shows a shift."""
+    x = torch.zeros(n, dtype=torch.float64)
+    t = torch.arange(length, dtype=torch.float64) / SR
+    x[start : start + length] = 0.5 * torch.cos(2 * math.pi * 1000 * t)  # non-zero first sample
+    return x
+
+
+def onset(x: torch.Tensor) -> int:
+    return int(torch.nonzero(x.abs() > 1e-12)[0])
+
+
+def test_shift_moves_the_samples_within_the_range_and_keeps_the_length():
+    x = burst()
+    seen = set()
+    for seed in range(40):
+        y = dsp.augment_waveform(x, SR, shift_seconds=0.05, generator=torch.Generator().manual_seed(seed))
+        k = onset(y) - onset(x)
+        assert y.shape == x.shape and abs(k) <= 400  # 0.05 s at 8 kHz
+        assert torch.equal(y[onset(y) : onset(y) + 400], x[1600:2000])  # the same samples, moved
+        seen.add(k)
+    assert len(seen) > 20 and min(seen) < 0 < max(seen)  # both ways, many offsets
+    y = dsp.augment_waveform(x, SR, shift_seconds=1.0, generator=torch.Generator().manual_seed(3))
+    assert y.shape == x.shape  # a shift longer than the clip still keeps the length
+
+
+def test_gain_scales_by_a_random_factor_within_the_range():
+    x = burst()
+    ratios = []
+    for seed in range(40):
+        y = dsp.augment_waveform(x, SR, gain_db=6.0, generator=torch.Generator().manual_seed(seed))
+        r = float(y.abs().max() / x.abs().max())
+        assert torch.allclose(y, x * r)  # a pure scaling
+        ratios.append(20 * math.log10(r))
+    assert all(-6 <= g <= 6 for g in ratios) and min(ratios) < -5 and max(ratios) > 5  # the whole range
+
+
+def test_noise_has_the_drawn_signal_to_noise_ratio():
+    x = burst(n=SR * 2, start=0, length=SR * 2)
+    for seed in range(5):
+        y = dsp.augment_waveform(x, SR, noise_snr_db=(10.0, 20.0), generator=torch.Generator().manual_seed(seed))
+        snr = 10 * math.log10(float(x.square().mean() / (y - x).square().mean()))
+        assert 9.8 <= snr <= 20.2
+    y = dsp.augment_waveform(x, SR, noise_snr_db=(30.0, 30.0), generator=torch.Generator().manual_seed(0))
+    assert 10 * math.log10(float(x.square().mean() / (y - x).square().mean())) == pytest.approx(30, abs=0.2)
+    silent = torch.zeros(100, dtype=torch.float64)
+    assert torch.equal(dsp.augment_waveform(silent, SR, noise_snr_db=(10.0, 20.0)), silent)
+
+
+def test_each_augmentation_is_off_by_default_and_separately():
+    x = burst()
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(dsp.augment_waveform(x, SR, generator=g), x)
+    only_gain = dsp.augment_waveform(x, SR, gain_db=6.0, generator=torch.Generator().manual_seed(1))
+    assert onset(only_gain) == onset(x)  # no shift without shift_seconds
+    assert torch.count_nonzero(only_gain) == torch.count_nonzero(x)  # no noise without noise_snr_db
+
+
+def test_processor_augments_only_while_training_and_reproducibly():
+    audio = burst().numpy().astype(np.float32)
+    opts = {"sample_rate": SR, "n_fft": 200, "hop_length": 80, "n_mels": 32, "max_seconds": 1.0}
+    clean = AudioProcessor(AudioProcessorConfig(**opts))(audio)["features"]
+    p = AudioProcessor(AudioProcessorConfig(**opts, shift_seconds=0.05, gain_db=6.0, noise_snr_db=(10, 30)))
+    assert torch.equal(p(audio)["features"], clean)  # evaluation: never augmented
+    p.training = True
+    torch.manual_seed(5)
+    a = p(audio)["features"]
+    torch.manual_seed(5)
+    b = p(audio)["features"]
+    torch.manual_seed(6)
+    c = p(audio)["features"]
+    assert a.shape == clean.shape and torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, clean)
+
+
+def test_gain_alone_shifts_the_log_mel_features_by_a_constant():
+    audio = burst().numpy().astype(np.float32)
+    opts = {"sample_rate": SR, "n_fft": 200, "hop_length": 80, "n_mels": 32, "max_seconds": 1.0}
+    opts.update(dynamic_range=0.0, whisper_scale=False)  # plain log10 mel: a gain adds 2 log10(g)
+    clean = AudioProcessor(AudioProcessorConfig(**opts))(audio)["features"]
+    p = AudioProcessor(AudioProcessorConfig(**opts, gain_db=6.0))
+    p.training = True
+    torch.manual_seed(2)
+    diff = p(audio)["features"] - clean
+    loud = clean > clean.max() - 3  # away from the 1e-10 floor
+    assert diff[loud].std() < 1e-3 and 0.01 < abs(float(diff[loud].mean())) <= 2 * 6 / 20 + 1e-3
+
+
+def test_noise_option_is_validated():
+    with pytest.raises(ValidationError, match="low <= high"):
+        AudioProcessorConfig(noise_snr_db=(30, 10))
+    with pytest.raises(ValidationError):
+        AudioProcessorConfig(gain_db=-1)
