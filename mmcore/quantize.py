@@ -82,17 +82,23 @@ def dynamic_int8_linear(x: Tensor, weight_int8: Tensor, weight_scale: Tensor, bi
     (traceable by ``torch.export``, and on any device): ``x`` (N, in) float32 -> (N, out).
 
     As the CPU kernel does: one affine quantization of the whole ``x`` to 7 bits (``reduce_range``):
-    the range ``[min(x, 0), max(x, 0)]`` over ``127`` steps (scale 0 -> 1), zero point
-    ``round(-min / scale)``, ``x_q = clamp(round(x / scale) + zero, 0, 127)``; then
+    the range ``[min(x, 0), max(x, 0)]`` over ``127`` steps (computed in double; 0 -> 0.1), zero
+    point ``round(-min / scale)`` (or ``round(127 - max / scale)``, whichever PyTorch's
+    ``ChooseQuantizationParams`` picks), ``x_q = clamp(round(x * (1 / scale)) + zero, 0, 127)``; then
     ``(x_q - zero) @ weight_int8.T`` (integers, exact in float32 for these sizes) times
     ``scale * weight_scale``, plus the bias. Agrees with the kernel to about 2e-7 of the
-    output's largest value (tests/test_quantize.py)."""
-    lo = x.amin().clamp(max=0.0)
-    hi = x.amax().clamp(min=0.0)
-    scale = (hi - lo) / 127.0
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    zero = torch.round(-lo / scale).clamp(0, 127)
-    xq = (torch.round(x / scale) + zero).clamp(0, 127) - zero
+    output's largest value (tests/test_quantize.py); a whole exported int8 model gives the eager
+    int8 model's logits exactly (tests/test_export.py)."""
+    lo = x.min().clamp(max=0.0).double()
+    hi = x.max().clamp(min=0.0).double()
+    scale = (hi - lo) / 127.0  # in double, as PyTorch's ChooseQuantizationParams, then stored as float
+    scale = torch.where((scale.float() == 0) | torch.isinf(1.0 / scale.float()), torch.full_like(scale, 0.1), scale)
+    # the zero point from whichever end of the range loses less precision, rounded to an integer
+    from_min, from_max = -lo / scale, 127.0 - hi / scale
+    better_min = -(lo / scale).abs() < 127.0 - (hi / scale).abs()
+    zero = torch.round(torch.where(better_min, from_min, from_max)).clamp(0, 127).to(x.dtype)
+    scale = scale.to(x.dtype)
+    xq = (torch.round(x * (1.0 / scale)) + zero).clamp(0, 127) - zero  # FBGEMM multiplies by the inverse
     y = F.linear(xq, weight_int8.to(x.dtype)) * (scale * weight_scale.to(x.dtype))
     return y if bias is None else y + bias.to(x.dtype)
 
