@@ -162,3 +162,44 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def baselines(out: str | Path) -> dict:
+    """Classical baselines on this data's split (examples/recipes/baselines.py).
+
+    caption: logistic regression and an RBF SVM on the training images' pixels (as the
+    PNGs store them); transcribe: logistic regression on each clip's log spectrum; match:
+    the image SVM and the tone classifier composed (same digit when the product of their
+    posteriors, summed over digits, exceeds 1/2).
+    """
+    import numpy as np
+    from baselines import (
+        image_classifiers,
+        load_pixels,
+        match_by_composition,
+        public,
+        read_jsonl,
+        tone_classifier,
+        tone_features,
+    )
+
+    out = Path(out)
+    words = {w: i for i, w in enumerate(WORDS)}
+    cap = {s: read_jsonl(out / f"caption_{s}.jsonl") for s in ("train", "eval")}
+    xs = {s: load_pixels([out / r["image"] for r in cap[s]]) for s in cap}
+    ys = {s: [words[r["target"]] for r in cap[s]] for s in cap}
+    img = image_classifiers(xs["train"], ys["train"], xs["eval"], ys["eval"])
+    tr = {s: read_jsonl(out / f"transcribe_{s}.jsonl") for s in ("train", "eval")}
+    fs = {s: tone_features([out / r["audio"] for r in tr[s]]) for s in tr}
+    tone = tone_classifier(
+        fs["train"], [words[r["target"]] for r in tr["train"]], fs["eval"], [words[r["target"]] for r in tr["eval"]]
+    )
+    match = read_jsonl(out / "match_eval.jsonl")
+    p_img = img["_models"]["svm"].predict_proba(load_pixels([out / r["image"] for r in match]))
+    p_tone = tone["_model"].predict_proba(tone_features([out / r["audio"] for r in match]))
+    comp = match_by_composition(np.asarray(p_img), np.asarray(p_tone), [r["label"] for r in match])
+    return {
+        "caption": public(img),
+        "transcribe": public(tone),
+        "match": {"rbf_svm_pixels_x_logistic_regression_spectrum": comp},
+    }
