@@ -67,6 +67,8 @@ SETTINGS: dict[str, dict[str, object]] = {
     "encoder_depth=0": {"encoders.image.depth": 0},
     "encoder_dim=96": {"encoders.image.dim": 96},
     "augment_shift": {"encoders.image.augment": ["shift"]},
+    "augment_shift_rotate": {"encoders.image.augment": ["shift", "rotate"]},
+    "augment_crop_flip": {"encoders.image.augment": True},
     # reading the conditioning
     "attention=causal": {"tasks.caption.attention": "causal"},
 }
@@ -135,6 +137,46 @@ def run_one(name: str, overrides: dict, steps: int, base_extra: dict, seed: int)
     }
 
 
+DOC = ROOT / "docs" / "tuning.md"
+BEGIN, END = (
+    "<!-- ablate_digits: begin (written by bench/ablate_digits.py --write-docs) -->",
+    "<!-- ablate_digits: end -->",
+)
+
+
+def table(results: list[dict]) -> str:
+    """Markdown tables of the results, one per tag (round), in the order they were run."""
+    out = []
+    for tag in dict.fromkeys(r.get("tag", "") for r in results):
+        rows = [r for r in results if r.get("tag", "") == tag]
+        base = rows[0].get("base") or {}
+        head = f"**{tag}**" + (
+            f" (base plus {', '.join(f'`{k} = {json.dumps(v)}`' for k, v in base.items())})" if base else ""
+        )
+        out += [
+            head,
+            "",
+            "| setting | overrides | steps | caption exact match | final train loss | train minutes (under load) |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in r["overrides"].items()) or "(base)"
+            out.append(
+                f"| {r['setting']} | {ov} | {r['steps']} | {100 * r['caption_exact_match']:.1f} % | "
+                f"{r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def write_docs(results: list[dict]) -> None:
+    from mmcore.checkpoint import atomic_write_text
+
+    text = DOC.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    atomic_write_text(DOC, text[:start] + "\n" + table(results) + text[end:])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=400)
@@ -143,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
     p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 2')")
     p.add_argument("--list", action="store_true")
+    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    if args.write_docs:
+        write_docs(json.loads(Path(args.out).read_text()))
+        return 0
     if args.list:
         for k, v in SETTINGS.items():
             print(f"{k:24} {v}")

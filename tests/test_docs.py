@@ -97,3 +97,17 @@ def test_examples_doc_shows_current_summaries(manager):
     assert (ROOT / "docs" / "examples.md").read_text() == examples_doc(ROOT), (
         "docs/examples.md is stale: run `python -m mmcore.docgen`"
     )
+
+
+def test_task_figures_quote_the_results_files():
+    """Every figure a recipe script wrote to examples/results/ is what docs/tasks.md shows."""
+    import json
+
+    page = (ROOT / "docs" / "tasks.md").read_text()
+    files = sorted((ROOT / "examples" / "results").glob("*.json"))
+    assert files, "no results files under examples/results"
+    for path in files:
+        figures = json.loads(path.read_text())["figures"]
+        assert len(figures) >= 2, f"{path.name}: a figure needs its baseline beside it"
+        missing = {k: v for k, v in figures.items() if f"| {v}" not in page and f"**{v}**" not in page}
+        assert not missing, f"docs/tasks.md does not quote {path.name}: {missing} (rerun the recipe, update the page)"

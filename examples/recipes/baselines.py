@@ -222,3 +222,28 @@ def masked_byte_accuracy(
 def public(d: dict) -> dict:
     """``d`` without the fitted models (keys starting with ``_``), for a JSON results file."""
     return {k: (public(v) if isinstance(v, dict) else v) for k, v in d.items() if not k.startswith("_")}
+
+
+# --- results files ------------------------------------------------------------------------
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def pct(x: float) -> str:
+    """A fraction as docs/tasks.md prints it: ``0.9637`` -> ``"96.4 %"``."""
+    return f"{100 * x:.1f} %"
+
+
+def write_results(name: str, results: dict, figures: dict[str, str]) -> Path:
+    """Write ``examples/results/<name>.json``: the raw ``results`` and the ``figures`` docs quote.
+
+    ``figures`` maps a row label to the exact text docs/tasks.md shows for it (tests/test_docs.py
+    checks that the page quotes each one).
+    """
+    from mmcore.checkpoint import atomic_write_text
+
+    path = RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"figures": figures, **results}, indent=2, default=float) + "\n")
+    print(f"results -> {path}")
+    return path
