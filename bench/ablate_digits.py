@@ -55,7 +55,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "init_std=0.04": {"backbone.init_std": 0.04},
     # image input
     "real_mean_std": {"encoders.image.mean": [0.31], "encoders.image.std": [0.39]},
-    "patch=2": {"encoders.image.patch_size": 2},
+    "patch=2": {"encoders.image.patch_size": 2, "backbone.context_length": 96},
     "stem=conv": {"encoders.image.stem": "conv"},
     "native_8x8_patch2": {
         "encoders.image.image_size": 8,
@@ -69,6 +69,8 @@ SETTINGS: dict[str, dict[str, object]] = {
     "augment_shift": {"encoders.image.augment": ["shift"]},
     "augment_shift_rotate": {"encoders.image.augment": ["shift", "rotate"]},
     "augment_crop_flip": {"encoders.image.augment": True},
+    # no [training] numbers at all: the derived defaults (steps 1000, batch 16, lr 0.2 / width)
+    "no_training_numbers": {"training": {}},
     # reading the conditioning
     "attention=causal": {"tasks.caption.attention": "causal"},
 }
@@ -87,6 +89,8 @@ def base_spec(steps: int, extra: dict[str, object]) -> dict:
     data["heads"] = {"lm": data["heads"]["lm"]}
     data["encoders"] = {k: v for k, v in data["encoders"].items() if k in ("image", "text")}
     data["training"] = {"steps": steps, "batch_size": 32, "lr": 2e-3, "warmup_steps": 25, "log_every": 10**6}
+    # round 1's base: the image encoder as the main job had it before this study (round 2: --base ...stem="conv")
+    data["encoders"]["image"]["stem"] = "patch"
     for k, v in extra.items():
         set_dotted(data, k, v)
     return data
@@ -129,7 +133,8 @@ def run_one(name: str, overrides: dict, steps: int, base_extra: dict, seed: int)
         "overrides": overrides,
         "base": base_extra,
         "seed": seed,
-        "steps": steps,
+        "steps": spec.training.steps,
+        "batch_size": spec.training.batch_size,
         "caption_exact_match": round(acc, 4),
         "final_loss": round(result.final_loss, 4),
         "train_seconds": round(train_s, 1),

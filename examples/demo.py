@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="model directory to write")
+    p.add_argument("--spec", default=str(HERE / "digits_av.toml"), help="the spec (default: examples/digits_av.toml)")
+    p.add_argument("--data", default=str(HERE / "data" / "digits_av"), help="where to write the data the spec reads")
     p.add_argument("--steps", type=int, help="override training.steps (stage 2)")
     p.add_argument("--stage1-steps", type=int, default=400, help="stage 1 steps (caption and transcribe)")
     p.add_argument(
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE / "recipes"))
     import digits_av
 
-    data = HERE / "data" / "digits_av"
+    data = Path(args.data)
     print(f"[1/3] data: digits (scikit-learn) + DTMF tones -> {data}")
     stats = digits_av.main(["--out", str(data)])
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmcore.generation import GenerationConfig, generate_for_records
 
     torch.manual_seed(0)
-    spec = mmcore.load_spec(HERE / "digits_av.toml")
+    spec = mmcore.load_spec(args.spec)
     if args.steps:
         import dataclasses
 

@@ -116,7 +116,11 @@ class TrainingConfig(BaseModel):
         "[1e-4, 3e-3] (2.1e-3 at width 96, 1.6e-3 at 128, 7.8e-4 at 256; docs/tuning.md); the run prints it.",
     )
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr (cosine/linear).")
-    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "linear",
+        description="Decay after warmup, to min_lr_ratio * lr. Default linear: at a fixed step budget it beat "
+        "cosine by about a point and constant by 15 on the main job (docs/tuning.md).",
+    )
     warmup_steps: int | None = Field(
         None,
         ge=0,

@@ -89,15 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({**stats, **base}))
     if not args.train:
         return 0
+    import torch
     from baselines import pct, write_results
 
     import mmcore
     from mmcore.generation import GenerationConfig, generate_for_records
-    from mmcore.trainer import train
 
     spec = mmcore.load_spec(HERE.parent / "digit_strings.toml")
     t0 = time.perf_counter()
-    model, result = train(spec, out_dir=args.train)
+    torch.manual_seed(spec.training.seed)
+    model = mmcore.build(spec)
+    result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=args.train, resume=False).fit()
     seconds = time.perf_counter() - t0
     model.eval()
     rows = [json.loads(line) for line in (out / "strings_eval.jsonl").read_text().splitlines()]

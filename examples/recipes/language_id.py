@@ -98,14 +98,16 @@ def train_and_report(spec_path: str, out_dir: str, stats: dict) -> None:
     """Train the spec, then write examples/results/language_id.json (mmcore next to the baselines)."""
     import time
 
+    import torch
     from baselines import pct, write_results
 
     import mmcore
-    from mmcore.trainer import train
 
     spec = mmcore.load_spec(spec_path)
     t0 = time.perf_counter()
-    _, result = train(spec, out_dir=out_dir)
+    torch.manual_seed(spec.training.seed)
+    model = mmcore.build(spec)
+    result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
     ev = result.eval["language"]
     nb = stats["classical"]["char_1_4gram_tfidf_naive_bayes"]
     lr = stats["classical"]["word_tfidf_logistic_regression"]

@@ -227,6 +227,22 @@ def main() -> None:
     )
     (out / "baselines.json").write_text(json.dumps(baselines, indent=2) + "\n")
     print(json.dumps(baselines, indent=2))
+    from baselines import pct, write_results
+
+    topics = baselines["topics_classical"]
+    write_results(
+        "stdlib_baselines",
+        {"baselines": baselines},
+        {
+            "lm unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
+            "lm byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
+            "mlm most frequent byte": pct(baselines["masked_bytes"]["most_frequent_byte"]),
+            "mlm cloze byte n-gram": pct(baselines["masked_bytes"]["cloze_2+2_byte_ngram"]),
+            "topics majority": pct(baselines["majority_accuracy"]),
+            "topics char n-gram naive Bayes": pct(topics["char_1_4gram_tfidf_naive_bayes"]["accuracy"]),
+            "topics word tf-idf logistic regression": pct(topics["word_tfidf_logistic_regression"]["accuracy"]),
+        },
+    )
     if args.train:
         train_and_report(args.train[0], args.train[1], baselines)
 
@@ -235,14 +251,16 @@ def train_and_report(objective: str, out_dir: str, baselines: dict) -> None:
     """Train examples/stdlib_{objective}.toml, write examples/results/stdlib_{objective}.json."""
     import time
 
+    import torch
     from baselines import pct, write_results
 
     import mmcore
-    from mmcore.trainer import train
 
     spec = mmcore.load_spec(Path(__file__).resolve().parent.parent / f"stdlib_{objective}.toml")
     t0 = time.perf_counter()
-    _, result = train(spec, out_dir=out_dir)
+    torch.manual_seed(spec.training.seed)
+    model = mmcore.build(spec)
+    result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
     (ev,) = result.eval.values()
     run = {"steps": spec.training.steps, "train_seconds": time.perf_counter() - t0, **ev}
     if objective == "lm":

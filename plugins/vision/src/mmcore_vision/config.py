@@ -215,9 +215,10 @@ class PatchEncoderConfig(ImageOptions):
     )
     patch_size: int = Field(4, ge=1, description="Side of a square patch; each patch becomes one token.")
     stem: Literal["patch", "conv"] = Field(
-        "patch",
-        description="How pixels become patch tokens: 'patch', one linear map per patch (ViT); 'conv', a 3x3 "
-        "convolution with GELU before it (a small convolutional stem, which sees across patch borders).",
+        "conv",
+        description="How pixels become patch tokens: 'conv', a 3x3 convolution with GELU before the patches (a "
+        "small convolutional stem that sees across patch borders: +3 points of held-out caption accuracy on the "
+        "digits at the same step budget, docs/tuning.md); 'patch', one linear map per patch (plain ViT).",
     )
     dim: int = Field(128, ge=1, description="Token width (the encoder's out_dim); divisible by heads.")
     depth: int = Field(2, ge=0, description="Number of pre-norm transformer blocks.")
