@@ -17,6 +17,7 @@ A setting is a name from ``SETTINGS``; each maps to dotted overrides of the spec
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -117,7 +118,7 @@ def run_one(name: str, overrides: dict, steps: int, base_extra: dict, seed: int)
     from mmcore.spec import parse_spec
 
     data = base_spec(steps, base_extra)
-    for k, v in overrides.items():
+    for k, v in copy.deepcopy(overrides).items():
         set_dotted(data, k, v)
     set_dotted(data, "training.seed", seed)
     torch.manual_seed(seed)

@@ -101,6 +101,12 @@ def dtmf_clip(digit: int, rng: random.Random) -> bytes:
     return buf.getvalue()
 
 
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``data`` unless the file already holds it (a rerun leaves files that readers may be using alone)."""
+    if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "digits_av"))
@@ -123,18 +129,17 @@ def main(argv: list[str] | None = None) -> dict:
         label = int(digits.target[i])
         px = [[min(255, int(v * 16)) for v in row for _ in (0, 1)] for row in digits.images[i] for _ in (0, 1)]
         name = f"img/{i:04d}.png"
-        (out / name).write_bytes(png_gray(px))
+        write_if_changed(out / name, png_gray(px))
         images["eval" if rank < n_eval else "train"].append((name, label))
     clips = {"train": [], "eval": []}
     for d in range(10):
         for k in range(args.clips_per_digit):
             name = f"wav/{d}_{k:03d}.wav"
-            (out / name).write_bytes(dtmf_clip(d, rng))
+            write_if_changed(out / name, dtmf_clip(d, rng))
             clips["eval" if k < args.clips_per_digit // 5 else "train"].append((name, d))
 
     def write(name: str, rows: list[dict]) -> None:
-        with open(out / name, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        write_if_changed(out / name, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
 
     stats = {}
     for split in ("train", "eval"):
