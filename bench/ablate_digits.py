@@ -162,13 +162,13 @@ def table(results: list[dict]) -> str:
         out += [
             head,
             "",
-            "| setting | overrides | steps | caption exact match | final train loss | train minutes (under load) |",
-            "|---|---|---:|---:|---:|---:|",
+            "| setting | overrides | seed | steps | caption exact match | final train loss | train minutes (under load) |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in r["overrides"].items()) or "(base)"
             out.append(
-                f"| {r['setting']} | {ov} | {r['steps']} | {100 * r['caption_exact_match']:.1f} % | "
+                f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} | {100 * r['caption_exact_match']:.1f} % | "
                 f"{r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
             )
         out.append("")
