@@ -111,3 +111,14 @@ def test_task_figures_quote_the_results_files():
         assert len(figures) >= 2, f"{path.name}: a figure needs its baseline beside it"
         missing = {k: v for k, v in figures.items() if f"| {v}" not in page and f"**{v}**" not in page}
         assert not missing, f"docs/tasks.md does not quote {path.name}: {missing} (rerun the recipe, update the page)"
+
+
+def test_readme_quotes_the_main_jobs_results():
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    figures = json.loads((ROOT / "examples" / "results" / "digits_av.json").read_text())["figures"]
+    for key in ("caption mmcore", "transcribe mmcore", "match mmcore", "caption svm", "match composed"):
+        assert f"{figures[key]}" in readme, (
+            f"README.md does not quote {key} = {figures[key]} (examples/results/digits_av.json)"
+        )
