@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     base = baseline(out)
     print(json.dumps({**stats, **base}))
     if not args.train:
+        from baselines import pct, write_results
+
+        write_results(
+            "digit_strings_baselines",
+            {"strings": stats, "baselines": base},
+            {"svm string": pct(base["rbf_svm_per_cell_string"]), "svm digit": pct(base["rbf_svm_per_cell_digit"])},
+        )
         return 0
     import torch
     from baselines import pct, write_results
