@@ -372,8 +372,9 @@ def explain(
             entry: dict[str, Any] = {"total": float(a[ids == seq.modalities.index(m)].sum())}
             enc = model.encoders[m]
             grid = getattr(enc, "grid", None)
-            if isinstance(grid, int) and grid * grid == w.numel():
-                entry["grid"] = w.view(grid, grid).tolist()
+            gh, gw = (grid, grid) if isinstance(grid, int) else tuple(grid) if grid else (0, 0)
+            if gh * gw == w.numel() and gh:
+                entry["grid"] = w.view(gh, gw).tolist()
             elif getattr(enc, "modality", "") == "text":
                 tok_ids = batch.inputs[m]["ids"][0][pos >= 0].tolist()
                 entry["tokens"] = _token_texts(model.processors.get(m), tok_ids)

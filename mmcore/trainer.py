@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import atomic_write_text, read_safetensors
-from .config import TaskConfig, TrainingConfig
+from .config import TaskConfig, TrainingConfig, resolve_training
 from .data import (
     BadRecord,
     DataError,
@@ -164,6 +164,10 @@ class Trainer:
             raise MMCoreError(f"training.batch_size {self.cfg.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(self.cfg.seed)
         self.model = model.to(self.device)
+        backbone = getattr(model, "backbone", None)
+        self.cfg, chosen = resolve_training(self.cfg, getattr(getattr(backbone, "config", None), "width", None))
+        if chosen and self.rank == 0:
+            print(f"training: not set in the spec, chosen: {'; '.join(chosen)}", file=sys.stderr)
         self.out = Path(out_dir) if out_dir is not None else None
         self.resume = resume
         self.step = 0

@@ -104,27 +104,19 @@ def _pct(x: float, digits: int) -> str:
 
 
 def test_figures_in_the_docs_are_quoted_from_committed_results_files():
-    """Every learning figure of the demo and of the int8 comparison that README.md, docs/tasks.md
-    and bench/README.md quote is read from the results file a committed script wrote."""
+    """The int8 comparison in bench/README.md are read from
+    the results files committed scripts wrote: examples/results/digits_av.json (`examples/demo.py
+    --results`) and bench/results_quantize*.json (`bench/quantize.py`), and the int8 comparison
+    evaluated the very model the demo figures describe. README.md: test_readme_quotes_the_main_jobs_results."""
     import json
 
-    demo = json.loads((ROOT / "bench" / "results_demo.json").read_text())
+    demo = json.loads((ROOT / "examples" / "results" / "digits_av.json").read_text())["mmcore"]
     match = demo["tasks"]["match"]
     quant = json.loads((ROOT / "bench" / "results_quantize_demo.json").read_text())["results"]
     qmatch = quant["eval runs/demo match"]
     lm = json.loads((ROOT / "bench" / "results_quantize.json").read_text())["metric_change"]["results"]
     lm = lm["eval runs/stdlib_lm"]
     quotes = {
-        "README.md": [
-            f"captions ({_pct(demo['caption_exact_match'], 0)} exact), transcriptions "
-            f"({_pct(demo['transcribe_exact_match'], 0)})",
-            f"({_pct(demo['match_accuracy'], 0)}, chance 50 %)",
-        ],
-        "docs/tasks.md": [
-            f"(359 unseen images) | {_pct(demo['caption_exact_match'], 1)} |",
-            f"(120 unseen tones) | {_pct(demo['transcribe_exact_match'], 0)} |",
-            f"(359 unseen pairs)** | **{_pct(match['accuracy'], 1)}** (macro-F1 {match['macro_f1']:.3f})",
-        ],
         "bench/README.md": [
             f"| {qmatch['float_bytes'] / 1e6:.2f} MB | {qmatch['int8_bytes'] / 1e6:.2f} MB (2.8x) | accuracy "
             f"{_pct(qmatch['float']['accuracy'], 2)} | {_pct(qmatch['int8']['accuracy'], 2)}",
@@ -137,7 +129,7 @@ def test_figures_in_the_docs_are_quoted_from_committed_results_files():
     for doc, wanted in quotes.items():
         text = " ".join((ROOT / doc).read_text().split())  # line breaks do not matter
         for q in wanted:
-            assert q in text, f"{doc} does not quote {q!r} (bench/results_*.json)"
+            assert q in text, f"{doc} does not quote {q!r} (examples/results/digits_av.json, bench/results_*.json)"
 
 
 def _toml_blocks(path: str) -> list[str]:
@@ -267,3 +259,28 @@ def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
     for run in results["fusions"]:
         row = next(line for line in section.splitlines() if line.startswith(f"| `{run['fusion']}`"))
         assert pct(run["exact_match"]) in row and pct(run["without_image"]) in row and str(run["steps"]) in row
+
+
+def test_task_figures_quote_the_results_files():
+    """Every figure a recipe script wrote to examples/results/ is what docs/tasks.md shows."""
+    import json
+
+    page = (ROOT / "docs" / "tasks.md").read_text()
+    files = sorted((ROOT / "examples" / "results").glob("*.json"))
+    assert files, "no results files under examples/results"
+    for path in files:
+        figures = json.loads(path.read_text())["figures"]
+        assert len(figures) >= 2, f"{path.name}: a figure needs its baseline beside it"
+        missing = {k: v for k, v in figures.items() if f"| {v}" not in page and f"**{v}**" not in page}
+        assert not missing, f"docs/tasks.md does not quote {path.name}: {missing} (rerun the recipe, update the page)"
+
+
+def test_readme_quotes_the_main_jobs_results():
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    figures = json.loads((ROOT / "examples" / "results" / "digits_av.json").read_text())["figures"]
+    for key in ("caption mmcore", "transcribe mmcore", "match mmcore", "caption svm", "match composed"):
+        assert f"{figures[key]}" in readme, (
+            f"README.md does not quote {key} = {figures[key]} (examples/results/digits_av.json)"
+        )

@@ -325,7 +325,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     spec.write_text(
         'spec_version = 1\nname = "ddp"\n[backbone]\nwidth = 32\ndepth = 2\nheads = 4\ncontext_length = 64\n'
         '[encoders.text]\ncomponent = "text.bytes"\nmax_length = 64\n[heads.lm]\ncomponent = "lm"\n'
-        '[training]\nsteps = 4\nbatch_size = 8\nlog_every = 1\nprogress = false\ndevice = "cpu"\n'
+        '[training]\nsteps = 4\nbatch_size = 8\nlr = 3e-4\nlog_every = 1\nprogress = false\ndevice = "cpu"\n'
         f'[tasks.lm]\nobjective = "lm"\ntrain = "{data}"\n'
     )
     script = tmp_path / "recording_train.py"

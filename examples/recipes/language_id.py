@@ -6,10 +6,16 @@ strings of five languages (de, fr, es, it, pt) with Python's gettext parser, kee
 of 20-300 characters, balances the classes, and writes a seeded 80/20 split:
 
 * ``langid_train.jsonl`` / ``langid_eval.jsonl``: ``{"text": "...", "label": "de"}``
-* ``baselines.json``: majority-class and chance accuracy of the eval split.
+* ``baselines.json``: majority-class and chance accuracy of the eval split, and the
+  classical baselines (examples/recipes/baselines.py): character 1-4-gram tf-idf + naive
+  Bayes, word tf-idf + logistic regression.
 
     python examples/recipes/language_id.py
     mmcore train examples/language_id.toml --out runs/language_id
+    python examples/recipes/language_id.py --train runs/language_id   # both, and the results file
+
+``--train DIR`` also trains the spec and writes ``examples/results/language_id.json``: mmcore's
+held-out accuracy next to the baselines'.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import gettext
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 LANGS = ["de", "fr", "es", "it", "pt"]
@@ -41,10 +48,13 @@ def strings(lang: str, root: Path) -> list[str]:
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--locale-dir", default="/usr/share/locale")
     p.add_argument("--per-language", type=int, default=1500)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "language_id"))
+    p.add_argument("--train", metavar="DIR", help="also train examples/language_id.toml into DIR and write the results")
+    p.add_argument("--spec", default=str(Path(__file__).resolve().parent.parent / "language_id.toml"))
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,8 +83,48 @@ def main() -> None:
         "majority_accuracy": majority,
         "chance_accuracy": 1 / len(LANGS),
     }
+    from baselines import text_classifiers
+
+    stats["classical"] = text_classifiers(
+        [r["text"] for r in rows["train"]], [r["label"] for r in rows["train"]], [r["text"] for r in rows["eval"]], ev
+    )
     (out / "baselines.json").write_text(json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
+    if args.train:
+        train_and_report(args.spec, args.train, stats)
+
+
+def train_and_report(spec_path: str, out_dir: str, stats: dict) -> None:
+    """Train the spec, then write examples/results/language_id.json (mmcore next to the baselines)."""
+    import time
+
+    import torch
+    from baselines import pct, write_results
+
+    import mmcore
+
+    spec = mmcore.load_spec(spec_path)
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.training.seed)
+    model = mmcore.build(spec)
+    result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
+    ev = result.eval["language"]
+    nb = stats["classical"]["char_1_4gram_tfidf_naive_bayes"]
+    lr = stats["classical"]["word_tfidf_logistic_regression"]
+    write_results(
+        "language_id",
+        {
+            "eval_strings": stats["eval"],
+            "mmcore": {"steps": spec.training.steps, "train_seconds": time.perf_counter() - t0, **ev},
+            "baselines": {"majority": stats["majority_accuracy"], **stats["classical"]},
+        },
+        {
+            "majority class": pct(stats["majority_accuracy"]),
+            "char 1-4-gram tf-idf + naive Bayes": pct(nb["accuracy"]),
+            "word tf-idf + logistic regression": pct(lr["accuracy"]),
+            "mmcore": pct(ev["accuracy"]),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,16 @@ Writes, under --out (default: examples/data/stdlib):
   numbers); a seeded random 20 % of the paragraphs are held out;
 * ``baselines.json`` -- the unigram perplexity of the eval corpus under the training
   corpus' byte frequencies (add-one smoothing, the byte tokenizer's framing) and the
-  majority-class accuracy of the topic eval set: the bars a trained model must clear.
+  majority-class accuracy of the topic eval set, and the classical baselines
+  (examples/recipes/baselines.py): an interpolated 5-gram byte language model's perplexity,
+  a cloze byte n-gram's masked-byte accuracy, tf-idf classifiers of the topics.
 
     python examples/recipes/stdlib_text.py
+    python examples/recipes/stdlib_text.py --train mlm runs/stdlib_mlm    # and the results file
+    python examples/recipes/stdlib_text.py --train lm runs/stdlib_lm
+
+``--train {lm,mlm} DIR`` also trains examples/stdlib_{lm,mlm}.toml into DIR and writes
+``examples/results/stdlib_{lm,mlm}.json``: mmcore's held-out figure next to the baselines'.
 """
 
 from __future__ import annotations
@@ -153,7 +160,11 @@ def held_out(name: str, fraction: float = 0.1) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "stdlib"))
+    p.add_argument("--train", nargs=2, metavar=("OBJECTIVE", "DIR"), help="lm or mlm, and the model directory")
     args = p.parse_args()
+    if args.train and args.train[0] not in ("lm", "mlm"):
+        p.error(f"--train takes lm or mlm, got {args.train[0]!r}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore")
@@ -204,8 +215,70 @@ def main() -> None:
         "chance_accuracy": 1 / len(TOPICS),
         "python": sys.version.split()[0],
     }
+    from baselines import ByteNgram, masked_byte_accuracy, text_classifiers
+
+    baselines["byte_5gram_eval_perplexity"] = ByteNgram(train, order=5).perplexity(evals)
+    baselines["masked_bytes"] = masked_byte_accuracy(train, evals)
+    baselines["topics_classical"] = text_classifiers(
+        [r["text"] for r in rows_train],
+        [r["label"] for r in rows_train],
+        [r["text"] for r in rows_eval],
+        [r["label"] for r in rows_eval],
+    )
     (out / "baselines.json").write_text(json.dumps(baselines, indent=2) + "\n")
     print(json.dumps(baselines, indent=2))
+    from baselines import pct, write_results
+
+    topics = baselines["topics_classical"]
+    write_results(
+        "stdlib_baselines",
+        {"baselines": baselines},
+        {
+            "lm unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
+            "lm byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
+            "mlm most frequent byte": pct(baselines["masked_bytes"]["most_frequent_byte"]),
+            "mlm cloze byte n-gram": pct(baselines["masked_bytes"]["cloze_2+2_byte_ngram"]),
+            "topics majority": pct(baselines["majority_accuracy"]),
+            "topics char n-gram naive Bayes": pct(topics["char_1_4gram_tfidf_naive_bayes"]["accuracy"]),
+            "topics word tf-idf logistic regression": pct(topics["word_tfidf_logistic_regression"]["accuracy"]),
+        },
+    )
+    if args.train:
+        train_and_report(args.train[0], args.train[1], baselines)
+
+
+def train_and_report(objective: str, out_dir: str, baselines: dict) -> None:
+    """Train examples/stdlib_{objective}.toml, write examples/results/stdlib_{objective}.json."""
+    import time
+
+    import torch
+    from baselines import pct, write_results
+
+    import mmcore
+
+    spec = mmcore.load_spec(Path(__file__).resolve().parent.parent / f"stdlib_{objective}.toml")
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.training.seed)
+    model = mmcore.build(spec)
+    result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
+    (ev,) = result.eval.values()
+    run = {"steps": spec.training.steps, "train_seconds": time.perf_counter() - t0, **ev}
+    if objective == "lm":
+        figures = {
+            "unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
+            "byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
+            "mmcore": f"{ev['perplexity']:.2f}",
+        }
+        base = {k: baselines[k] for k in ("unigram_eval_perplexity", "byte_5gram_eval_perplexity")}
+    else:
+        mb = baselines["masked_bytes"]
+        figures = {
+            "most frequent byte": pct(mb["most_frequent_byte"]),
+            "cloze byte n-gram": pct(mb["cloze_2+2_byte_ngram"]),
+            "mmcore": pct(ev["masked_accuracy"]),
+        }
+        base = mb
+    write_results(f"stdlib_{objective}", {"mmcore": run, "baselines": base}, figures)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RESERVED_MODEL_ARGS",
+    "augmentations",
+    "size_hw",
 ]
 
 #: ImageNet statistics (RGB), the default normalisation.
@@ -51,10 +53,37 @@ def _finite(name: str, values: Any) -> None:
         raise ValueError(f"{name} values must be finite numbers, got {list(values)}")
 
 
+#: The augmentations in the order the processor applies them.
+AUGMENTATIONS = ("crop", "shift", "rotate", "flip")
+
+
+def augmentations(augment: bool | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``augment`` as the ordered names it switches on (true: crop and flip)."""
+    if augment is True:
+        return ("crop", "flip")
+    if not augment:
+        return ()
+    unknown = [a for a in augment if a not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation {unknown[0]!r}: choose from {list(AUGMENTATIONS)}")
+    return tuple(a for a in AUGMENTATIONS if a in augment)
+
+
+def size_hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``image_size`` as (height, width)."""
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    return (int(image_size[0]), int(image_size[1]))
+
+
 class ImageOptions(ComponentConfig):
     """Image preprocessing options, shared by every vision encoder (flat in its spec section)."""
 
-    image_size: int = Field(32, ge=1, description="Side of the square image the encoder reads, in pixels.")
+    image_size: int | tuple[int, int] = Field(
+        32,
+        description="Size of the image the encoder reads, in pixels: one number for a square, or "
+        "[height, width] for another aspect ratio (a strip of characters, a page, a wide frame).",
+    )
     resize: Literal["crop", "squash", "pad"] = Field(
         "crop",
         description="How an image becomes image_size x image_size: 'crop' resizes the shorter side to "
@@ -62,9 +91,11 @@ class ImageOptions(ComponentConfig):
         "'pad' resizes the longer side to image_size and pads the rest with the mean colour (0 after "
         "normalisation).",
     )
-    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
+    interpolation: Literal["bilinear", "bicubic", "nearest", "area"] | None = Field(
         None,
-        description="Resampling filter (antialiased when downscaling). Default: 'bilinear' for vision.patch, "
+        description="Resampling filter (antialiased when downscaling); 'area' is the box filter: each output "
+        "pixel the mean of the input pixels it covers, so shrinking an upscaled scan gives back its pixels "
+        "exactly (when upscaling it repeats pixels, like 'nearest'). Default: 'bilinear' for vision.patch, "
         "the model's own (timm pretrained_cfg) for vision.timm.",
     )
     mean: tuple[float, ...] | None = Field(
@@ -80,10 +111,23 @@ class ImageOptions(ComponentConfig):
     channels: Literal[1, 3] = Field(
         3, description="3 for RGB, 1 for grayscale models; images are converted to this many channels."
     )
-    augment: bool = Field(
+    augment: bool | list[Literal["crop", "flip", "shift", "rotate"]] = Field(
         False,
-        description="Random resized crop and horizontal flip, applied only while the processor is in "
-        "training mode (training data); evaluation and inference stay deterministic.",
+        description="Random augmentations, applied only while the processor is in training mode (training "
+        "data); evaluation and inference stay deterministic. A list names each one to use: 'crop' (random "
+        "resized crop, augment_scale), 'flip' (horizontal, wrong for digits and text), 'shift' (random "
+        "translation, augment_shift), 'rotate' (small random rotation, augment_rotate). true means "
+        "['crop', 'flip'] (natural photos); false or [] none.",
+    )
+    augment_shift: float = Field(
+        0.125,
+        ge=0,
+        lt=1,
+        description="'shift': largest translation, as a fraction of the image's height (vertical) and width "
+        "(horizontal); edge pixels fill the uncovered border.",
+    )
+    augment_rotate: float = Field(
+        10.0, ge=0, le=180, description="'rotate': largest rotation in degrees, either way; edge pixels fill."
     )
     augment_scale: tuple[float, float] = Field(
         (0.08, 1.0),
@@ -95,6 +139,34 @@ class ImageOptions(ComponentConfig):
         description="Largest width x height accepted, checked from the file header before decoding "
         "(decompression-bomb guard). Pillow's own Image.MAX_IMAGE_PIXELS limit also applies.",
     )
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, list):
+            v = tuple(v)
+        if isinstance(v, tuple) and len(v) != 2:
+            raise ValueError(f"image_size must be one number or [height, width], got {list(v)}")
+        for s in v if isinstance(v, tuple) else (v,):
+            if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+                raise ValueError(f"image_size values must be whole numbers >= 1, got {s!r}")
+        if isinstance(v, tuple) and v[0] == v[1]:
+            return v[0]  # [s, s] is the square s
+        return v
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: bool | list[str]) -> bool | list[str]:
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError(f"augment names each augmentation once, got {v}")
+        return v
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The augmentations ``augment`` selects, in the order they are applied."""
+        return augmentations(self.augment)
 
     @field_validator("mean")
     @classmethod
@@ -136,8 +208,18 @@ class PatchEncoderConfig(ImageOptions):
     The image is cut into (image_size / patch_size)^2 patches, each a token of width ``dim``.
     """
 
-    image_size: int = Field(32, ge=1, description="Side of the square input image; divisible by patch_size.")
+    image_size: int | tuple[int, int] = Field(
+        32,
+        description="Side of the square input image, or [height, width]; each divisible by patch_size. "
+        "The patch grid and its position embedding follow the shape: (height / p) x (width / p) tokens.",
+    )
     patch_size: int = Field(4, ge=1, description="Side of a square patch; each patch becomes one token.")
+    stem: Literal["patch", "conv"] = Field(
+        "conv",
+        description="How pixels become patch tokens: 'conv', a 3x3 convolution with GELU before the patches (a "
+        "small convolutional stem that sees across patch borders: +3 points of held-out caption accuracy on the "
+        "digits at the same step budget, docs/tuning.md); 'patch', one linear map per patch (plain ViT).",
+    )
     dim: int = Field(128, ge=1, description="Token width (the encoder's out_dim); divisible by heads.")
     depth: int = Field(2, ge=0, description="Number of pre-norm transformer blocks.")
     heads: int = Field(4, ge=1, description="Attention heads per block.")
@@ -146,13 +228,14 @@ class PatchEncoderConfig(ImageOptions):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "PatchEncoderConfig":
-        if self.image_size % self.patch_size:
-            below = self.image_size - self.image_size % self.patch_size  # arithmetic: sizes may be huge
-            near = [s for s in (below, below + self.patch_size) if s >= self.patch_size]
-            raise ValueError(
-                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size}); "
-                f"e.g. image_size = {' or '.join(map(str, sorted(near)))}"
-            )
+        for side in dict.fromkeys(size_hw(self.image_size)):
+            if side % self.patch_size:
+                below = side - side % self.patch_size  # arithmetic: sizes may be huge
+                near = [s for s in (below, below + self.patch_size) if s >= self.patch_size]
+                raise ValueError(
+                    f"image_size ({side}) must be divisible by patch_size ({self.patch_size}); "
+                    f"e.g. image_size = {' or '.join(map(str, sorted(near)))}"
+                )
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         return self

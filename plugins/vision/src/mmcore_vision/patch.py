@@ -1,8 +1,9 @@
 """``encoder:vision.patch``: a small ViT-style image encoder, trained from scratch.
 
-Shapes (B = batch, C = channels, S = image_size, p = patch_size, N = (S / p)^2, D = dim)::
+Shapes (B = batch, C = channels, (H, W) = image_size, p = patch_size, N = (H / p) * (W / p),
+D = dim)::
 
-    pixels (B, C, S, S) --Conv2d(k=p, stride=p)--> (B, D, S/p, S/p)
+    pixels (B, C, H, W) --stem: Conv2d(k=p, stride=p)--> (B, D, H/p, W/p)
         --rearrange--> (B, N, D) + position embedding (1, N, D)
         --depth x [x + attn(norm(x)); x + mlp(norm(x))]--> final norm --> Tokens (B, N, D)
 """
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from mmcore.interfaces import Encoder
 from mmcore.types import Tokens
 
-from .config import PatchEncoderConfig
+from .config import PatchEncoderConfig, size_hw
 
 __all__ = ["PatchEncoder", "Block", "token_mask"]
 
@@ -89,14 +90,17 @@ class PatchEncoder(Encoder):
     ignored: ``out_dim`` is ``config.dim`` and the model adds a projector when they
     differ; ``processor``, when given, must produce this encoder's input size).
 
-    ``forward({"pixels": (B, C, S, S) float, "present": (B,) bool})`` ->
-    ``Tokens(embeds=(B, N, dim), mask=(B, N) bool)`` with N = (S / patch_size)^2 in
-    row-major patch order. ``mask`` is ``present`` repeated over the tokens (all True
+    ``forward({"pixels": (B, C, H, W) float, "present": (B,) bool})`` ->
+    ``Tokens(embeds=(B, N, dim), mask=(B, N) bool)`` with N = (H / patch_size) * (W /
+    patch_size) in row-major patch order ((H, W) = ``image_size``; the grid need not be
+    square, and the position embedding has one entry per grid cell). ``mask`` is ``present`` repeated over the tokens (all True
     when ``present`` is absent): a record without an image has an all-False row and
     zero embeddings. No loop over samples; deterministic in eval mode.
 
     Attributes:
-        patch_embed: ``Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)``.
+        patch_embed: ``Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)`` (with
+            ``stem = "conv"``: ``Conv2d(dim // 2, ...)`` after ``stem``, a 3x3 conv + GELU).
+        grid_shape: (rows, columns) of patches.
         pos_embed: (1, N, dim) learned position embedding (normal init, std 0.02).
         blocks: ``depth`` pre-norm :class:`Block` s (attention through
             ``torch.nn.functional.scaled_dot_product_attention``).
@@ -108,22 +112,30 @@ class PatchEncoder(Encoder):
     def __init__(self, config: PatchEncoderConfig | None = None, *, width: int | None = None, processor: Any = None):
         super().__init__()
         self.config = config = config if config is not None else PatchEncoderConfig()
+        height, width = size_hw(config.image_size)
         if processor is not None:
-            want = (config.channels, config.image_size, config.image_size)
+            want = (config.channels, height, width)
             got = tuple(getattr(processor, "output_shape", want))
             if got != want:
                 raise ValueError(
                     f"vision.patch: the processor produces images of shape {got}, the encoder reads {want}"
                 )
         self.image_size = config.image_size
+        self.size = (height, width)
         self.patch_size = config.patch_size
         self.channels = config.channels
-        self.grid = config.image_size // config.patch_size
-        self.num_tokens = self.grid * self.grid
+        self.grid_shape = (height // config.patch_size, width // config.patch_size)
+        self.grid = self.grid_shape[0] if self.grid_shape[0] == self.grid_shape[1] else self.grid_shape
+        self.num_tokens = self.grid_shape[0] * self.grid_shape[1]
         self.out_dim = config.dim
         self.patch_embed = nn.Conv2d(
             config.channels, config.dim, kernel_size=config.patch_size, stride=config.patch_size
         )
+        self.stem: nn.Module | None = None
+        if config.stem == "conv":  # a 3x3 convolution (and GELU) sees across patch borders first
+            hidden = max(8, config.dim // 2)
+            self.stem = nn.Sequential(nn.Conv2d(config.channels, hidden, 3, padding=1), nn.GELU())
+            self.patch_embed = nn.Conv2d(hidden, config.dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, config.dim))
         self.pos_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
@@ -144,9 +156,11 @@ class PatchEncoder(Encoder):
                 nn.init.zeros_(m.bias)
 
     def forward(self, inputs: dict[str, Tensor]) -> Tokens:
-        size = (self.image_size, self.image_size)
-        pixels = check_pixels(inputs.get("pixels"), self.channels, size, "vision.patch")
-        x = self.patch_embed(pixels.to(self.pos_embed.dtype))  # (B, D, S/p, S/p)
+        pixels = check_pixels(inputs.get("pixels"), self.channels, self.size, "vision.patch")
+        x = pixels.to(self.pos_embed.dtype)
+        if self.stem is not None:
+            x = self.stem(x)
+        x = self.patch_embed(x)  # (B, D, H/p, W/p), row-major below
         x = rearrange(x, "b d h w -> b (h w) d") + self.pos_embed  # (B, N, D)
         x = self.pos_drop(x)
         for block in self.blocks:
@@ -157,6 +171,7 @@ class PatchEncoder(Encoder):
 
     def extra_repr(self) -> str:
         return (
-            f"image_size={self.image_size}, patch_size={self.patch_size}, tokens={self.num_tokens}, "
+            f"image_size={self.image_size}, patch_size={self.patch_size}, grid={self.grid_shape[0]}x"
+            f"{self.grid_shape[1]}, tokens={self.num_tokens}, "
             f"out_dim={self.out_dim}"
         )

@@ -6,11 +6,12 @@ Pipeline of one sample::
       -> header checked (size <= max_pixels) BEFORE decoding, then decoded
       -> EXIF orientation applied, colour mode converted, alpha composited over white
       -> float (channels, H, W) in [0, 1]
-      -> training and augment: random resized crop + horizontal flip
-         otherwise: resize ('crop' | 'squash' | 'pad') to (S, S), deterministic
-      -> (x - mean) / std  ->  {"pixels": (C, S, S) float32}
+      -> training and 'crop' augmentation: random resized crop to (H, W)
+         otherwise: resize ('crop' | 'squash' | 'pad') to (H, W), deterministic
+      -> training only, each if ``augment`` names it: random shift, rotation, horizontal flip
+      -> (x - mean) / std  ->  {"pixels": (C, H, W) float32}
 
-A batch: ``collate`` -> ``{"pixels": (B, C, S, S) float32, "present": (B,) bool}``. A
+(H, W) is ``image_size`` (one number: a square). A batch: ``collate`` -> ``{"pixels": (B, C, H, W) float32, "present": (B,) bool}``. A
 record without an image (a ``None`` sample) gets zero pixels and ``present`` False; the
 encoder turns ``present`` into its token mask (its token count is fixed, so there is no
 per-token mask to pad), giving that record an all-False mask row.
@@ -35,7 +36,7 @@ from mmcore.errors import InputError, ModelDirError
 from mmcore.files import open_regular, regular_file_problem
 from mmcore.interfaces import Processor
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, ImageOptions
+from .config import IMAGENET_MEAN, IMAGENET_STD, ImageOptions, augmentations, size_hw
 
 __all__ = ["ImageProcessor", "PROCESSOR_FILE", "default_mean_std"]
 
@@ -146,7 +147,7 @@ class ImageProcessor(Processor):
         self,
         config: ImageOptions | Mapping[str, Any] | None = None,
         *,
-        image_size: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         interpolation: str | None = None,
@@ -158,7 +159,8 @@ class ImageProcessor(Processor):
             raise ValueError("ImageProcessor needs an image_size (the options leave it unset)")
         default_mean, default_std = default_mean_std(config.channels)
         self.training: bool = False
-        self.image_size: int = int(size)
+        self.height, self.width = size_hw(size)
+        self.image_size: int | list[int] = self.height if self.height == self.width else [self.height, self.width]
         self.channels: int = int(config.channels)
         self.mean: tuple[float, ...] = to_channels(
             config.mean if config.mean is not None else mean if mean is not None else default_mean, self.channels
@@ -168,14 +170,17 @@ class ImageProcessor(Processor):
         )
         self.resize: str = config.resize
         self.interpolation: str = config.interpolation or interpolation or "bilinear"
-        self.augment: bool = bool(config.augment)
+        self.augment: bool | list[str] = config.augment if isinstance(config.augment, bool) else list(config.augment)
+        self.augment_shift: float = float(config.augment_shift)
+        self.augment_rotate: float = float(config.augment_rotate)
         self.augment_scale: tuple[float, float] = (float(config.augment_scale[0]), float(config.augment_scale[1]))
         self.max_pixels: int = int(config.max_pixels)
         self._check()
 
     def _check(self) -> None:
-        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise ValueError(f"interpolation must be bilinear, bicubic or nearest, got {self.interpolation!r}")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest", "area"):
+            raise ValueError(f"interpolation must be bilinear, bicubic, nearest or area, got {self.interpolation!r}")
+        augmentations(self.augment)  # raises on a bad value
         if self.resize not in ("crop", "squash", "pad"):
             raise ValueError(f"resize must be crop, squash or pad, got {self.resize!r}")
         for name in ("mean", "std"):
@@ -197,19 +202,21 @@ class ImageProcessor(Processor):
             "interpolation": self.interpolation,
             "augment": self.augment,
             "augment_scale": list(self.augment_scale),
+            "augment_shift": self.augment_shift,
+            "augment_rotate": self.augment_rotate,
             "max_pixels": self.max_pixels,
         }
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
-        """(C, S, S): the shape of one sample's ``pixels``."""
-        return (self.channels, self.image_size, self.image_size)
+        """(C, H, W): the shape of one sample's ``pixels``."""
+        return (self.channels, self.height, self.width)
 
     # --- one sample ----------------------------------------------------------------------
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         x = self.to_tensor(value, where=where)  # (C, H, W) in [0, 1]
-        x = self._geometry(x)  # (C, S, S)
+        x = self._geometry(x)  # (C, H, W)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
         return {"pixels": ((x - mean) / std).contiguous()}
@@ -319,11 +326,11 @@ class ImageProcessor(Processor):
 
     def _draft_size(self, size: tuple[int, int]) -> tuple[int, int] | None:
         """The smallest size JPEG draft decoding may reduce to without losing resolution we need."""
-        if self.training and self.augment:
+        if self.training and "crop" in augmentations(self.augment):
             return None  # a random crop may take a small region: keep full resolution
         w, h = size
-        s = self.image_size
-        f = s / max(w, h) if self.resize == "pad" else s / min(w, h) if self.resize == "crop" else max(s / w, s / h)
+        fw, fh = self.width / w, self.height / h
+        f = min(fw, fh) if self.resize == "pad" else max(fw, fh)
         if f >= 0.5:
             return None
         return (math.ceil(w * f), math.ceil(h * f))
@@ -438,31 +445,62 @@ class ImageProcessor(Processor):
     # --- geometry -----------------------------------------------------------------------
 
     def _geometry(self, x: Tensor) -> Tensor:
-        s = self.image_size
-        if self.training and self.augment:
-            x = self._random_resized_crop(x)
-            if bool(torch.rand(()) < 0.5):
-                x = x.flip(-1)
-            return x
+        """(C, h, w) -> (C, H, W): a (random, in training) crop or the deterministic resize, then augmentations."""
+        augs = augmentations(self.augment) if self.training else ()
+        x = self._random_resized_crop(x) if "crop" in augs else self._fit(x)
+        if "shift" in augs and self.augment_shift > 0:
+            x = self._random_shift(x)
+        if "rotate" in augs and self.augment_rotate > 0:
+            x = self._random_rotate(x)
+        if "flip" in augs and bool(torch.rand(()) < 0.5):
+            x = x.flip(-1)
+        return x
+
+    def _fit(self, x: Tensor) -> Tensor:
+        """The deterministic resize of ``resize`` to (H, W)."""
+        sh, sw = self.height, self.width
         h, w = x.shape[-2:]
-        if self.resize == "crop":
-            m = min(h, w)
-            top, left = int(round((h - m) / 2.0)), int(round((w - m) / 2.0))
-            return self._resize(x[:, top : top + m, left : left + m], s, s)
         if self.resize == "squash":
-            return self._resize(x, s, s)
-        scale = s / max(h, w)  # pad
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        out = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1).repeat(1, s, s)
-        top, left = (s - nh) // 2, (s - nw) // 2
+            return self._resize(x, sh, sw)
+        if self.resize == "crop":  # scale to cover (H, W), cut the centre
+            scale = max(sh / h, sw / w)
+            ch, cw = min(h, max(1, round(sh / scale))), min(w, max(1, round(sw / scale)))
+            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+            return self._resize(x[:, top : top + ch, left : left + cw], sh, sw)
+        scale = min(sh / h, sw / w)  # pad: fit inside (H, W), fill with the mean colour
+        nh, nw = max(1, min(sh, round(h * scale))), max(1, min(sw, round(w * scale)))
+        out = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1).repeat(1, sh, sw)
+        top, left = (sh - nh) // 2, (sw - nw) // 2
         out[:, top : top + nh, left : left + nw] = self._resize(x, nh, nw)
         return out
 
+    def _random_shift(self, x: Tensor) -> Tensor:
+        """Translate by whole pixels, up to augment_shift of each side; edge pixels fill the border."""
+        h, w = x.shape[-2:]
+        mh, mw = int(self.augment_shift * h), int(self.augment_shift * w)
+        dy = int(torch.randint(-mh, mh + 1, ())) if mh else 0
+        dx = int(torch.randint(-mw, mw + 1, ())) if mw else 0
+        if not dx and not dy:
+            return x
+        padded = F.pad(x.unsqueeze(0), (mw, mw, mh, mh), mode="replicate")[0]
+        return padded[:, mh - dy : mh - dy + h, mw - dx : mw - dx + w].contiguous()
+
+    def _random_rotate(self, x: Tensor) -> Tensor:
+        """Rotate about the centre by up to augment_rotate degrees (bilinear; edge pixels fill)."""
+        angle = math.radians(float(torch.empty(()).uniform_(-self.augment_rotate, self.augment_rotate)))
+        h, w = x.shape[-2:]
+        c, s = math.cos(angle), math.sin(angle)
+        # affine_grid works in [-1, 1] coordinates per axis: correct for the aspect ratio.
+        theta = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]], dtype=x.dtype).unsqueeze(0)
+        grid = F.affine_grid(theta, [1, x.shape[0], h, w], align_corners=False)
+        return F.grid_sample(x.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
     def _random_resized_crop(self, x: Tensor) -> Tensor:
-        """torchvision's RandomResizedCrop: area fraction in augment_scale, aspect in [3/4, 4/3]."""
+        """torchvision's RandomResizedCrop: area fraction in augment_scale, aspect in [3/4, 4/3] of (H, W)'s."""
         h, w = x.shape[-2:]
         area = h * w
-        lo, hi = math.log(3 / 4), math.log(4 / 3)
+        aspect = self.width / self.height
+        lo, hi = math.log(3 / 4 * aspect), math.log(4 / 3 * aspect)
         for _ in range(10):
             target = area * float(torch.empty(()).uniform_(*self.augment_scale))
             ratio = math.exp(float(torch.empty(()).uniform_(lo, hi)))
@@ -473,27 +511,29 @@ class ImageProcessor(Processor):
                 break
         else:  # fall back to the largest centre crop with an allowed aspect ratio
             r = w / h
-            if r < 3 / 4:
-                cw, ch = w, round(w / (3 / 4))
-            elif r > 4 / 3:
-                ch, cw = h, round(h * (4 / 3))
+            if r < 3 / 4 * aspect:
+                cw, ch = w, round(w / (3 / 4 * aspect))
+            elif r > 4 / 3 * aspect:
+                ch, cw = h, round(h * (4 / 3 * aspect))
             else:
                 cw, ch = w, h
             top, left = (h - ch) // 2, (w - cw) // 2
-        return self._resize(x[:, top : top + ch, left : left + cw], self.image_size, self.image_size)
+        return self._resize(x[:, top : top + ch, left : left + cw], self.height, self.width)
 
     def _resize(self, x: Tensor, h: int, w: int) -> Tensor:
         if tuple(x.shape[-2:]) == (h, w):
             return x
         if self.interpolation == "nearest":
             return F.interpolate(x.unsqueeze(0), size=(h, w), mode="nearest-exact")[0]
+        if self.interpolation == "area":  # box filter: the mean of the covered input pixels
+            return F.interpolate(x.unsqueeze(0), size=(h, w), mode="area")[0]
         y = F.interpolate(x.unsqueeze(0), size=(h, w), mode=self.interpolation, align_corners=False, antialias=True)
         return y[0].clamp_(0.0, 1.0) if self.interpolation == "bicubic" else y[0]
 
     # --- a batch ------------------------------------------------------------------------
 
     def collate(self, samples: Sequence[Mapping[str, Tensor] | None]) -> dict[str, Tensor]:
-        """Stack samples: ``{"pixels": (B, C, S, S) float32, "present": (B,) bool}``.
+        """Stack samples: ``{"pixels": (B, C, H, W) float32, "present": (B,) bool}``.
 
         ``None`` samples (records without an image) get zero pixels and ``present`` False.
         """
@@ -531,7 +571,7 @@ class ImageProcessor(Processor):
         path = os.path.join(directory, PROCESSOR_FILE)
         data = self.read_json(str(directory), PROCESSOR_FILE, PROCESSOR_KIND, FORMAT_VERSION, "the image processor")
         for key in ("image_size", "channels"):
-            if data.get(key) != getattr(self, key):
+            if _plain(data.get(key)) != _plain(getattr(self, key)):
                 raise ModelDirError(
                     f"{path}: {key} is {data.get(key)!r} but the model's encoder takes {getattr(self, key)!r}"
                 )
@@ -541,8 +581,11 @@ class ImageProcessor(Processor):
             self.std = tuple(float(v) for v in data["std"])
             self.resize = str(data["resize"])
             self.interpolation = str(data["interpolation"])
-            self.augment = bool(data["augment"])
+            augment = data["augment"]
+            self.augment = augment if isinstance(augment, bool) else [str(a) for a in augment]
             self.augment_scale = (float(data["augment_scale"][0]), float(data["augment_scale"][1]))
+            self.augment_shift = float(data.get("augment_shift", 0.125))  # absent in format-1 files before them
+            self.augment_rotate = float(data.get("augment_rotate", 10.0))
             self.max_pixels = int(data["max_pixels"])
             self._check()
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -553,6 +596,11 @@ class ImageProcessor(Processor):
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"ImageProcessor({opts})"
+
+
+def _plain(v: Any) -> Any:
+    """A size as JSON gives it back: tuples as lists."""
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _apply_orientation(img: Image.Image) -> Image.Image:

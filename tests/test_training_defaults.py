@@ -1,0 +1,35 @@
+"""[training] values a spec leaves unset: derived from the model and the run, and printed."""
+
+from __future__ import annotations
+
+import pytest
+from test_training import CORPUS, spec_dict
+
+import mmcore
+from mmcore.config import TrainingConfig, derived_lr, resolve_training
+from mmcore.spec import parse_spec
+from mmcore.trainer import Trainer
+
+
+def test_unset_lr_and_warmup_are_derived_and_printed(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CORPUS)
+    data = spec_dict(tmp_path, {"lm": {"objective": "lm", "train": str(corpus)}}, {"steps": 40})
+    del data["training"]["lr"]
+    spec = parse_spec(data)
+    assert spec.training.lr is None and spec.training.warmup_steps is None
+    trainer = Trainer(mmcore.build(spec), spec.tasks, spec.training)
+    assert data["backbone"]["width"] == 32  # 0.2 / 32 is above the cap
+    assert trainer.cfg.lr == 3e-3 and trainer.cfg.warmup_steps == 2
+    err = capsys.readouterr().err
+    assert "lr 0.003 (0.2 / backbone width 32" in err and "warmup_steps 2 (5 % of 40 steps" in err
+    assert trainer.lr_at(0) == pytest.approx(3e-3 / 2) and trainer.lr_at(2) == pytest.approx(3e-3)
+
+
+def test_derived_lr_scales_with_width_and_explicit_values_win():
+    assert derived_lr(96) == pytest.approx(0.2 / 96) and derived_lr(256) == pytest.approx(0.2 / 256)
+    assert derived_lr(8192) == 1e-4 and derived_lr(16) == 3e-3 and derived_lr(None) == 1e-3
+    cfg, notes = resolve_training(TrainingConfig(lr=5e-4, warmup_steps=7, steps=1000), 96)
+    assert (cfg.lr, cfg.warmup_steps, notes) == (5e-4, 7, [])
+    cfg, notes = resolve_training(TrainingConfig(steps=10_000), 128)
+    assert cfg.lr == pytest.approx(0.2 / 128) and cfg.warmup_steps == 200 and len(notes) == 2
