@@ -164,6 +164,62 @@ def test_the_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub", "pkg.c", "pkg.a"]
 
 
+# The layers, lowest first (docs/architecture.md draws them). A module imports only modules of
+# its own layer or of a lower one. Every module of mmcore/ must be listed: a new file is placed
+# on purpose. Known upward imports would be listed in KNOWN_UPWARD with the reason; there are
+# none, and the list may only shrink.
+LAYERS: dict[str, set[str]] = {
+    # the contracts and the plumbing every layer may use; no model code
+    "contracts": {
+        "version", "errors", "config", "hookspecs", "registry", "plugins", "builtin", "catalog",
+        "tomlfile", "files", "types", "interfaces", "templates",
+    },
+    # the parts a model is made of
+    "parts": {"backbone", "fusion", "fusion_xattn", "resampler", "projectors", "lora"},
+    # a model from a spec, its weights and its directory; quantize is here because a model
+    # directory may hold an int8 model, which checkpoint.load rebuilds
+    "composition": {"spec", "model", "weights", "gpt2", "checkpoint", "sharded", "quantize", "provenance"},
+    # what is done with a model
+    "workflows": {
+        "data", "objectives", "trainer", "schedule", "selection", "ema", "generation", "evaluate",
+        "explain", "export", "plot",
+    },
+    # the entry points: the command line and its helpers, the conformance kit, the package facade
+    "cli": {
+        "cli", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.examples",
+        "testing.pytest_plugin", "",
+    },
+}  # fmt: skip
+KNOWN_UPWARD: set[tuple[str, str]] = set()
+
+
+def layer_of() -> dict[str, int]:
+    """mmcore module -> the index of its layer in :data:`LAYERS`."""
+    out = {}
+    for i, names in enumerate(LAYERS.values()):
+        for name in names:
+            out["mmcore" + (f".{name}" if name else "")] = i
+    return out
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted(set(core_graph()) - set(layer_of()))
+    assert not unplaced, f"place these modules in a layer of LAYERS (tests/test_layers.py): {unplaced}"
+    gone = sorted(set(layer_of()) - set(core_graph()))
+    assert not gone, f"LAYERS names modules that do not exist: {gone}"
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    graph, layer, names = core_graph(), layer_of(), list(LAYERS)
+    up = [
+        f"{file_of(a)} line {line}: {a} ({names[layer[a]]}) imports {b} ({names[layer[b]]})"
+        for a, edges in sorted(graph.items())
+        for b, line in sorted(edges.items())
+        if layer.get(b, -1) > layer.get(a, len(names)) and (a, b) not in KNOWN_UPWARD
+    ]
+    assert not up, "imports that go up a layer:\n" + "\n".join(up)
+
+
 if __name__ == "__main__":
     g = core_graph()
     seen = 0
