@@ -23,10 +23,10 @@ from .errors import (
     UnknownComponentError,
     WeightsError,
 )
+from .files import open_regular, regular_file_problem
 from .hookspecs import hookimpl
 from .registry import Component, Registry
-
-__version__ = "0.1.0"
+from .version import __version__
 
 # name -> module that defines it (imported lazily: these need torch)
 _LAZY = {
@@ -53,6 +53,7 @@ _LAZY = {
     "LoraConfig": "config",
     "WeightsSource": "config",
     "save": "checkpoint",
+    "check_state_dict": "checkpoint",
     "load": "checkpoint",
     "Trainer": "trainer",
     "TrainResult": "trainer",
@@ -109,6 +110,7 @@ __all__ = [
     "WeightsSource",
     "save",
     "load",
+    "check_state_dict",
     # training and generation
     "TrainingConfig",
     "TaskConfig",
@@ -118,6 +120,9 @@ __all__ = [
     "GenerationConfig",
     "generate",
     "generate_images",
+    # files a plugin reads (regular files only; see docs/security.md)
+    "open_regular",
+    "regular_file_problem",
     # errors
     "MMCoreError",
     "SpecError",
@@ -149,7 +154,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from . import plugins
     from .backbone import GPT, KVCache
-    from .checkpoint import load, save
+    from .checkpoint import check_state_dict, load, save
     from .config import CoreOptions, LoraConfig, TaskConfig, TrainingConfig, WeightsSource
     from .generation import GenerationConfig, generate, generate_images
     from .interfaces import Encoder, Fusion, Head, Processor, Projector

@@ -112,7 +112,7 @@ def save(model: Any, directory: str | Path, *, extra_metadata: dict[str, str] | 
     """
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .version import __version__
 
     if getattr(model, "spec", None) is None:
         raise ModelDirError(
@@ -349,8 +349,8 @@ def load(
     directory = Path(directory)
     manifest = _read_manifest(directory)
     if check_versions:
-        from . import __version__
         from .provenance import check
+        from .version import __version__
 
         check(manifest, str(directory), __version__)
     if verify:

@@ -9,41 +9,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .catalog import catalog_path, first_party, install_target, read_catalog
 from .errors import MMCoreError, SpecError
 
 __all__ = ["main", "catalog_path", "read_catalog"]
-
-
-def catalog_path() -> Path | None:
-    """registry.toml: ``MMCORE_CATALOG`` if set, else the one in the source checkout."""
-    env = os.environ.get("MMCORE_CATALOG")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent / "registry.toml"
-    return here if here.is_file() else None
-
-
-def read_catalog(path: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The first-party plugin catalog: name -> {distribution, path, components, description}."""
-    path = path or catalog_path()
-    if path is None or not path.is_file():
-        return {}
-    from .spec import parse_toml, read_spec_file
-
-    try:
-        data = parse_toml(read_spec_file(path), file=str(path))
-    except SpecError as exc:
-        raise MMCoreError(f"{path}: unreadable catalog: {exc}") from exc
-    plugins = data.get("plugins", {})
-    if not isinstance(plugins, dict):
-        raise MMCoreError(f"{path}: [plugins] must be a table of plugin entries")
-    return plugins
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -88,18 +62,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    {f}")
     missing = {k: v for k, v in catalog.items() if v.get("distribution") not in installed}
     if missing:
-        root = catalog_path().parent if catalog_path() else Path(".")
         print("\navailable in registry.toml, not installed:")
         for name, entry in missing.items():
-            local = root / entry["path"] if entry.get("path") else None
-            target = local if local is not None and local.is_dir() else entry.get("distribution", name)
+            target = install_target(entry, name)
             print(f"    {name:<10} {entry.get('distribution', '')}: {entry.get('description', '')}")
             print(f"               pip install {target}")
     return 0
 
 
 def cmd_spec_validate(args: argparse.Namespace) -> int:
-    from .errors import SpecError
     from .spec import load_spec
 
     status = 0
@@ -124,7 +95,6 @@ def cmd_spec_validate(args: argparse.Namespace) -> int:
 def _validate_build(f: str, spec: Any) -> bool:
     """:func:`mmcore.model.validate_build`: ``build``'s own steps on the meta device (no memory,
     no initialisation), the ``weights_from`` files' headers included; print the problems."""
-    from .errors import SpecError
     from .model import validate_build
 
     try:
@@ -153,7 +123,7 @@ def cmd_spec_docs(args: argparse.Namespace) -> int:
     from .docgen import spec_reference
     from .plugins import get_registry
 
-    dists = {"mmcore"} | {e.get("distribution") for e in read_catalog().values()}
+    dists = first_party()
     print(spec_reference(get_registry(), None if args.all else dists), end="")
     return 0
 
@@ -399,7 +369,7 @@ def _write_generated_images(
 
 def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     """The ``mmcore`` parser; installed plugins add their commands unless ``with_plugins`` is False."""
-    from . import __version__
+    from .version import __version__
 
     p = argparse.ArgumentParser(
         prog="mmcore",

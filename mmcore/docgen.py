@@ -177,11 +177,11 @@ def plugins_doc(text: str) -> str:
 
 
 def main() -> None:
-    from .cli import read_catalog
+    from .catalog import first_party
     from .plugins import get_registry
 
     root = Path(__file__).resolve().parent.parent
-    dists = {"mmcore"} | {e.get("distribution") for e in read_catalog().values()}
+    dists = first_party()
     (root / "docs" / "spec.md").write_text(spec_reference(get_registry(), dists))
     (root / "docs" / "examples.md").write_text(examples_doc(root))
     plugins = root / "docs" / "plugins.md"

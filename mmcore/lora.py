@@ -250,7 +250,5 @@ def merge_lora(model: nn.Module) -> Any:
         setattr(parent, child, m.merge())
     spec = getattr(model, "spec", None)
     if spec is not None:
-        from .model import spec_without_lora
-
-        model.spec = spec_without_lora(spec)
+        model.spec = spec.without_lora()
     return model

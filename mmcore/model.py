@@ -22,7 +22,7 @@ from .config import BackboneConfig
 from .errors import InputError, MMCoreError, PluginError, SpecError, SpecIssue
 from .interfaces import Encoder, Fusion, Head, Processor
 from .registry import Component, Registry, call_factory
-from .spec import ComponentSpec, Spec, load_spec, parse_spec
+from .spec import Spec, load_spec, parse_spec
 from .types import Batch, FusedSequence, ModelOutput, Tokens
 
 __all__ = [
@@ -751,27 +751,6 @@ def apply_policy(model: MultimodalGPT, spec: Spec) -> None:
                 )
         if section == "fusion" and core.train == "frozen":
             model.fusion.requires_grad_(False)  # a fusion may forward it to layers it holds
-
-
-def spec_without_lora(spec: Spec) -> Spec:
-    """The spec with every ``train = "lora"`` section turned into ``train = "full"`` (after merging)."""
-    from dataclasses import replace
-
-    def plain(core: Any) -> Any:
-        return core.model_copy(update={"train": "full", "lora": None}) if core.train == "lora" else core
-
-    def comp(cs: ComponentSpec | None) -> ComponentSpec | None:
-        if cs is None:
-            return None
-        return replace(cs, core=plain(cs.core), projector=comp(cs.projector))
-
-    return replace(
-        spec,
-        backbone_core=plain(spec.backbone_core),
-        encoders={k: comp(v) for k, v in spec.encoders.items()},
-        fusion=comp(spec.fusion),
-        heads={k: comp(v) for k, v in spec.heads.items()},
-    )
 
 
 def _call(comp: Component, options: Any, where: str, **context: Any) -> Any:

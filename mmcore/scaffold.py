@@ -56,7 +56,7 @@ def core_range(version: str | None = None) -> str:
     interface); ``1.4.2`` -> ``>=1.4,<2``.
     """
     if version is None:
-        from . import __version__ as version
+        from .version import __version__ as version
     m = re.match(r"(\d+)\.(\d+)", version)
     if m is None:
         raise ScaffoldError(f"cannot read a version number from mmcore's version {version!r}")
@@ -86,7 +86,7 @@ def plugin_files(name: str, kind: str) -> dict[str, str]:
     _check_name(name)
     if kind not in KINDS:
         raise ScaffoldError(f"unknown kind {kind!r}; new-plugin writes one of: {', '.join(KINDS)}")
-    from . import __version__
+    from .version import __version__
 
     package = f"mmcore_{name}"
     rng = core_range(__version__)

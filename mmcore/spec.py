@@ -35,19 +35,19 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from .catalog import catalog_hint
 from .config import BackboneConfig, CoreOptions, TaskConfig, TrainingConfig
 from .errors import SpecError, SpecIssue, UnknownComponentError
 from .registry import Component, Registry
+from .tomlfile import MAX_KEY_PARTS, MAX_SPEC_BYTES, MAX_TOML_DEPTH, parse_toml, read_spec_file
 
 __all__ = [
     "SPEC_VERSION",
@@ -69,16 +69,6 @@ SPEC_VERSION = 1
 #: ``freeze`` alias of ``train = "frozen"``. Every component section and the backbone take them.
 CORE_KEYS = ("train", "lora", "weights_from", "freeze")
 RESERVED = ("component", "projector", *CORE_KEYS)
-
-# Bounds checked on a spec's text before tomllib parses it (tomllib's memory grows with the
-# square of a dotted key's length: 100,000 parts took more than 24 GB).
-#: Largest spec (a file's bytes, or a string's characters) parsed.
-MAX_SPEC_BYTES = 256 * 1024
-#: Most parts in one dotted key (``a.b.c`` has 3), in a table header or before ``=``.
-MAX_KEY_PARTS = 16
-#: Deepest nesting of tables, keys, arrays and inline tables together: a value's depth is
-#: its table header's parts + its dotted key's parts + the arrays and inline tables around it.
-MAX_TOML_DEPTH = 32
 
 
 class _SpecFile(BaseModel):
@@ -196,6 +186,25 @@ class Spec:
         out.update({f"heads.{k}": v.core for k, v in self.heads.items()})
         return out
 
+    def without_lora(self) -> Spec:
+        """This spec with every ``train = "lora"`` section turned into ``train = "full"`` (after merging)."""
+
+        def plain(core: CoreOptions) -> CoreOptions:
+            return core.model_copy(update={"train": "full", "lora": None}) if core.train == "lora" else core
+
+        def comp(cs: ComponentSpec | None) -> ComponentSpec | None:
+            if cs is None:
+                return None
+            return replace(cs, core=plain(cs.core), projector=comp(cs.projector))
+
+        return replace(
+            self,
+            backbone_core=plain(self.backbone_core),
+            encoders={k: comp(v) for k, v in self.encoders.items()},
+            fusion=comp(self.fusion),
+            heads={k: comp(v) for k, v in self.heads.items()},
+        )
+
 
 # --- parsing -----------------------------------------------------------------------------
 
@@ -209,144 +218,9 @@ def load_spec(path: str | Path, registry: Registry | None = None) -> Spec:
     return parse_spec_text(read_spec_file(path), file=str(path), registry=registry)
 
 
-def read_spec_file(path: str | Path) -> str:
-    """The text of a spec file (``spec.toml`` of a model directory included), bounded: a regular
-    file of at most :data:`MAX_SPEC_BYTES`, UTF-8. Raises :class:`SpecError` naming the file."""
-    from .files import open_regular
-
-    def fail(message: str) -> SpecError:
-        return SpecError([SpecIssue("", message, str(path))], file=str(path))
-
-    try:
-        with open_regular(path) as f:
-            data = f.read(MAX_SPEC_BYTES + 1)
-    except OSError as exc:
-        raise fail(f"cannot read the spec: {exc.strerror or exc}") from exc
-    if len(data) > MAX_SPEC_BYTES:
-        raise fail(f"the spec is larger than {MAX_SPEC_BYTES:,} bytes (MAX_SPEC_BYTES); a spec describes a model")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise fail(f"not UTF-8 text: {exc}") from exc
-
-
 def parse_spec_text(text: str, *, file: str | None = None, registry: Registry | None = None) -> Spec:
     """Validate a spec given as TOML text (parsed by :func:`parse_toml`, with its bounds)."""
     return parse_spec(parse_toml(text, file=file), file=file, registry=registry)
-
-
-def parse_toml(text: str, *, file: str | None = None) -> dict[str, Any]:
-    """TOML text -> dict: the one place mmcore runs ``tomllib`` on a spec or a ``spec.toml``.
-
-    Before parsing, the text is checked against :data:`MAX_SPEC_BYTES`,
-    :data:`MAX_KEY_PARTS` and :data:`MAX_TOML_DEPTH` (in time and memory linear in its
-    size), so no input makes the parser exhaust memory or recursion. Raises
-    :class:`SpecError` naming the file, the line and the key.
-    """
-    if len(text) > MAX_SPEC_BYTES:
-        raise SpecError(
-            [SpecIssue("", f"the spec is longer than {MAX_SPEC_BYTES:,} characters (MAX_SPEC_BYTES)", file)], file=file
-        )
-    problem = _toml_bounds_problem(text)
-    if problem is not None:
-        section, message = problem
-        raise SpecError([SpecIssue(section, message, file)], file=file)
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError([SpecIssue("", f"invalid TOML: {exc}", file)], file=file) from exc
-    except RecursionError as exc:  # kept as a safety net: the bounds above stop nesting first
-        raise SpecError(
-            [SpecIssue("", "invalid TOML: arrays or inline tables nested too deeply", file)], file=file
-        ) from exc
-
-
-_TOML_TOKEN = re.compile(
-    r"""
-    (?P<mstr>\"\"\"(?:[^"\\]|\\.|"(?!""))*"{0,2}\"\"\"|'''(?:[^']|'(?!''))*'{0,2}''')
-    |(?P<str>"(?:[^"\\\n]|\\.)*"|'[^'\n]*')
-    |(?P<comment>\#[^\n]*)
-    |(?P<nl>\n)
-    |(?P<ws>[ \t\r]+)
-    |(?P<punct>[\[\]{},=.])
-    |(?P<word>[^\s\[\]{},=.\#"']+)
-    |(?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-
-
-def _toml_bounds_problem(text: str) -> tuple[str, str] | None:
-    """(section, message) for the first key or nesting beyond the bounds, else None.
-
-    A tokenizer, not a parser: it follows strings, comments, table headers, keys, arrays and
-    inline tables well enough to count key parts and depth in valid TOML, in one pass. On
-    invalid TOML it may count differently, which is harmless: tomllib rejects that text.
-    """
-    line, table_depth, cur = 1, 0, 0  # cur: the depth of what is being read
-    stack: list[tuple[str, int, int]] = []  # open '[' / '{' in values: (bracket, depth outside, depth inside)
-    key_mode, header, parts, names = True, 0, 0, []  # header: the '[' count of a table header being read
-    table: list[str] = []  # the first parts of the current table header, for messages
-    held: list[str] = []  # the key whose value is being read, for messages
-
-    def too_deep(what: str, key: list[str] | None = None) -> tuple[str, str]:
-        more = f"... ({parts} parts)" if key is None and parts > len(names) else ""
-        shown = ".".join([*table, *names] if key is None else key) + more
-        return shown, f"line {line}: {what}; TOML this deep is refused before it is parsed"
-
-    for m in _TOML_TOKEN.finditer(text):
-        kind, tok = m.lastgroup, m.group()
-        if kind in ("ws", "comment"):
-            continue
-        if kind == "nl" or kind == "mstr":
-            line += tok.count("\n")
-            if kind == "nl" and not stack:
-                key_mode, header, parts, names, cur = True, 0, 0, [], table_depth
-            if kind == "nl":
-                continue
-        if key_mode:
-            if kind in ("word", "str"):
-                parts += 1
-                if len(names) < 4:
-                    names.append(tok)
-                if parts > MAX_KEY_PARTS:
-                    return too_deep(f"a dotted key of more than {MAX_KEY_PARTS} parts (MAX_KEY_PARTS)")
-            elif tok == "[" and not stack and parts == 0:
-                header += 1
-                table = []
-            elif tok == "]" and header:
-                header -= 1
-                if header == 0:  # [a.b] or [[a.b]] read: the following keys sit at its depth
-                    if parts > MAX_TOML_DEPTH:
-                        return too_deep(f"a table nested more than {MAX_TOML_DEPTH} deep (MAX_TOML_DEPTH)")
-                    table_depth = cur = parts
-                    table, parts, names = names, 0, []
-            elif tok == "=":
-                cur = (stack[-1][2] if stack else table_depth) + parts
-                if cur > MAX_TOML_DEPTH:
-                    return too_deep(f"keys, tables and arrays nested more than {MAX_TOML_DEPTH} deep (MAX_TOML_DEPTH)")
-                held = [*table, *names][:8]
-                key_mode, parts, names = False, 0, []
-            elif tok == "}" and stack and stack[-1][0] == "{":  # {} or a trailing comma
-                cur = stack.pop()[1]
-                key_mode, parts, names = False, 0, []
-            continue
-        if tok in ("[", "{"):
-            inner = cur + 1
-            if inner > MAX_TOML_DEPTH:
-                return too_deep(
-                    f"arrays and inline tables nested more than {MAX_TOML_DEPTH} deep (MAX_TOML_DEPTH)", held
-                )
-            stack.append((tok, cur, inner))
-            cur = inner
-            key_mode = tok == "{"
-        elif tok in ("]", "}"):
-            if stack:
-                cur = stack.pop()[1]
-        elif tok == "," and stack:
-            cur = stack[-1][2]
-            key_mode = stack[-1][0] == "{"
-    return None
 
 
 def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Registry | None = None) -> Spec:
@@ -520,7 +394,7 @@ def _component(
     try:
         comp = registry.get(kind, name)
     except UnknownComponentError as exc:
-        add(f"{path}.component", str(exc), _catalog_hint(f"{kind}:{name}"))
+        add(f"{path}.component", str(exc), catalog_hint(f"{kind}:{name}"))
         return None
     reserved = RESERVED if kind == "encoder" else ("component", *CORE_KEYS)
     options = {k: v for k, v in section.items() if k not in reserved}
@@ -546,23 +420,6 @@ def _component(
     if core is None:
         return None
     return ComponentSpec(kind, name, cfg, projector, core)
-
-
-def _catalog_hint(key: str) -> str | None:
-    """'provided by mmcore-audio: pip install ...' when registry.toml lists the component."""
-    from .cli import catalog_path, read_catalog
-
-    try:
-        catalog = read_catalog()
-    except Exception:  # the catalog is a convenience; a broken one must not hide the real error
-        return None
-    for entry in catalog.values():
-        if key in entry.get("components", []):
-            path = catalog_path()
-            local = path.parent / entry["path"] if path is not None and entry.get("path") else None
-            target = local if local is not None and local.is_dir() else entry.get("distribution")
-            return f"provided by {entry.get('distribution')}, which is not installed: pip install {target}"
-    return None
 
 
 def _choices(registry: Registry, kind: str) -> str:

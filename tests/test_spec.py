@@ -116,3 +116,22 @@ def test_component_of_an_uninstalled_first_party_plugin_says_what_to_install(mon
     (issue,) = exc.value.issues
     assert issue.path == "encoders.audio.component"
     assert "provided by mmcore-audio" in issue.hint and "pip install" in issue.hint
+
+
+def test_without_lora_turns_every_lora_section_into_full_and_keeps_the_rest(manager):
+    text = MINIMAL.replace('component = "text.bytes"', 'component = "text.bytes"\ntrain = "lora"')
+    text += '[backbone]\nlora = {rank = 4}\n[fusion]\ncomponent = "early"\ntrain = "frozen"\n'
+    text += '[encoders.text.projector]\ncomponent = "linear"\ntrain = "lora"\n'
+    spec = parse_spec_text(text)
+    before = spec.core_options()
+    assert (
+        before["backbone"].train == before["encoders.text"].train == before["encoders.text.projector"].train == "lora"
+    )
+    plain = spec.without_lora()
+    after = plain.core_options()
+    assert {k: v.train for k, v in after.items()} == {
+        k: ("full" if v.train == "lora" else v.train) for k, v in before.items()
+    }
+    assert after["fusion"].train == "frozen" and all(v.lora is None for v in after.values())
+    assert spec.core_options() == before  # the spec itself is unchanged
+    assert parse_spec_text(plain.to_toml()) == plain

@@ -449,7 +449,7 @@ def test_spec_files_that_are_not_regular_files_are_refused(tmp_path):
 
 
 def test_tomllib_runs_in_one_place_only():
-    """Every spec, spec.toml and catalog goes through mmcore.spec.parse_toml and its bounds."""
+    """Every spec, spec.toml and catalog goes through mmcore.tomlfile.parse_toml and its bounds."""
     import ast
 
     calls = []
@@ -462,7 +462,7 @@ def test_tomllib_runs_in_one_place_only():
                     if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "tomllib":
                         if f.attr in ("load", "loads"):
                             calls.append(f"{path.relative_to(ROOT)}:{node.name}")
-    assert calls == ["mmcore/spec.py:parse_toml"], calls
+    assert calls == ["mmcore/tomlfile.py:parse_toml"], calls
 
 
 def test_security_doc_states_the_code_bounds():

@@ -30,8 +30,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from mmcore import InputError
-from mmcore.files import open_regular, regular_file_problem
+from mmcore import InputError, open_regular, regular_file_problem
 
 __all__ = ["Decoded", "decode", "CLIP_LEVEL", "SILENCE_LEVEL"]
 

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmcore.errors import InputError
-from mmcore.interfaces import Head
-from mmcore.types import Batch, FusedSequence, HeadOutput
+from mmcore import Batch, FusedSequence, Head, HeadOutput, InputError
 
 from .config import ClassificationHeadConfig
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mmcore.config import ComponentConfig
+from mmcore import ComponentConfig
 
 __all__ = ["LMHeadConfig", "ClassificationHeadConfig"]
 

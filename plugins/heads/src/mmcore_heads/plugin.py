@@ -6,8 +6,7 @@ The factories are lazy ``"module:callable"`` references, imported when a model i
 
 from __future__ import annotations
 
-from mmcore.hookspecs import hookimpl
-from mmcore.registry import Component
+from mmcore import Component, hookimpl
 
 from .config import ClassificationHeadConfig, LMHeadConfig
 

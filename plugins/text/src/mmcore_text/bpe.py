@@ -29,7 +29,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mmcore.errors import InputError
+from mmcore import InputError
 
 from ._common import TokenizerBase
 

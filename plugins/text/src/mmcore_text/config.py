@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from mmcore.config import ComponentConfig
+from mmcore import ComponentConfig
 
 __all__ = ["ByteTextConfig", "BPETextConfig", "TextOptions"]
 

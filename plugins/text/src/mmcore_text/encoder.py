@@ -7,8 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmcore.interfaces import Encoder
-from mmcore.types import Tokens
+from mmcore import Encoder, Tokens
 
 from .config import BPETextConfig, ByteTextConfig
 from .tokenizer import VOCAB_SIZE

@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mmcore.hookspecs import hookimpl
-from mmcore.registry import Component
+from mmcore import Component, hookimpl
 
 from .config import BPETextConfig, ByteTextConfig
 

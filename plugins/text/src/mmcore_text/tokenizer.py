@@ -29,8 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mmcore.errors import InputError, ModelDirError
-from mmcore.interfaces import Processor
+from mmcore import InputError, ModelDirError, Processor
 
 from ._common import TokenizerBase, cut, precut
 from .config import BPETextConfig, ByteTextConfig, TextOptions

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mmcore.config import ComponentConfig
+from mmcore import ComponentConfig
 
 __all__ = [
     "ImageOptions",

@@ -33,9 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmcore.errors import InputError, ModelDirError
-from mmcore.interfaces import Encoder, Processor
-from mmcore.types import Tokens
+from mmcore import Encoder, InputError, ModelDirError, Processor, Tokens
 
 from .image_tokens_config import PaletteTokensConfig
 

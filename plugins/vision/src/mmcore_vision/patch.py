@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from mmcore.interfaces import Encoder
-from mmcore.types import Tokens
+from mmcore import Encoder, Tokens
 
 from .config import PatchEncoderConfig, size_hw
 

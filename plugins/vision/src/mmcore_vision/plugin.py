@@ -8,8 +8,7 @@ factories are lazy ``"module:callable"`` references, imported when a model is bu
 
 from __future__ import annotations
 
-from mmcore.hookspecs import hookimpl
-from mmcore.registry import Component
+from mmcore import Component, hookimpl
 
 from .config import PatchEncoderConfig, TimmEncoderConfig
 from .image_tokens_config import PaletteTokensConfig

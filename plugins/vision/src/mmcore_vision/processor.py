@@ -32,9 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from mmcore.errors import InputError, ModelDirError
-from mmcore.files import open_regular, regular_file_problem
-from mmcore.interfaces import Processor
+from mmcore import InputError, ModelDirError, Processor, open_regular, regular_file_problem
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, ImageOptions, augmentations, size_hw
 

@@ -28,10 +28,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from mmcore.errors import SpecError, SpecIssue, WeightsError
-from mmcore.files import regular_file_problem
-from mmcore.interfaces import Encoder
-from mmcore.types import Tokens
+from mmcore import Encoder, SpecError, SpecIssue, Tokens, WeightsError, regular_file_problem
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, TimmEncoderConfig
 from .patch import check_pixels
@@ -308,7 +305,7 @@ class TimmEncoder(Encoder):
                 state = filter_fn(state, self.model)
             except Exception:
                 pass
-        from mmcore.checkpoint import check_state_dict
+        from mmcore import check_state_dict
 
         check_state_dict(self.model.state_dict(), state, source=f"{p} (weights for timm model {self.model_name!r})")
         self.model.load_state_dict(state, strict=True)
