@@ -97,3 +97,21 @@ def test_fsdp_with_lora_matches_one_process(tmp_path):
     assert any(".lora_A" in k for k in reference)
     _close(mmcore.load(two).state_dict(), reference)
     _close(mmcore.load(consolidate(two / "checkpoints" / "step-00000006", tmp_path / "c")).state_dict(), reference)
+
+
+@pytest.mark.slow
+def test_fsdp_resume_with_dropout_matches_an_uninterrupted_fsdp_run(tmp_path):
+    """With dropout, the resumed run equals an uninterrupted 2-process run only if every process's
+    random generator is restored from its rng-rank<R>.safetensors."""
+    spec = _spec(tmp_path)
+    text = spec.read_text().replace("context_length = 64\n", "context_length = 64\ndropout = 0.1\n", 1)
+    spec.write_text(text)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _torchrun(tmp_path, spec, whole, 29534).returncode == 0
+    first = _torchrun(tmp_path, spec, killed, 29535, KILL_AT_STEP="5")
+    assert first.returncode != 0 and "exitcode  : -9" in first.stderr, first.stderr[-3000:]
+    resumed = _torchrun(tmp_path, spec, killed, 29536)
+    assert resumed.returncode == 0 and "at step 4" in resumed.stderr, resumed.stderr[-3000:]
+    a, b = mmcore.load(whole).state_dict(), mmcore.load(killed).state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
