@@ -57,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         spec = dataclasses.replace(spec, training=with_steps(spec.training, args.steps))
     model = mmcore.build(spec)
     print(f"[2/3] training {spec.name!r} ({stats['train']['images']} images, {stats['train']['clips']} tones)")
-    print(model.summary())
-    for i, st in enumerate(spec.training.stages):
-        print(f"stage {i + 1}: {st.steps} steps of {' + '.join(st.tasks or spec.tasks)}")
     t_train = time.perf_counter()
     trainer = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=args.out, resume=False)
     result = trainer.fit()

@@ -118,7 +118,8 @@ def test_figures_in_the_docs_are_quoted_from_committed_results_files():
     lm = lm["eval runs/stdlib_lm"]
     quotes = {
         "bench/README.md": [
-            f"| {qmatch['float_bytes'] / 1e6:.2f} MB | {qmatch['int8_bytes'] / 1e6:.2f} MB (2.8x) | accuracy "
+            f"| {qmatch['float_bytes'] / 1e6:.2f} MB | {qmatch['int8_bytes'] / 1e6:.2f} MB "
+            f"({qmatch['float_bytes'] / qmatch['int8_bytes']:.1f}x) | accuracy "
             f"{_pct(qmatch['float']['accuracy'], 2)} | {_pct(qmatch['int8']['accuracy'], 2)}",
             f"perplexity {lm['float']['metrics']['perplexity']:.3f} | {lm['int8']['metrics']['perplexity']:.3f}",
         ],
