@@ -23,7 +23,7 @@ def test_unset_lr_and_warmup_are_derived_and_printed(tmp_path, capsys):
     assert trainer.cfg.lr == 3e-3 and trainer.cfg.warmup_steps == 2
     err = capsys.readouterr().err
     assert "lr 0.003 (0.2 / backbone width 32" in err and "warmup_steps 2 (5 % of 40 steps" in err
-    assert trainer.lr_at(0) == pytest.approx(3e-3 / 2) and trainer.lr_at(2) == pytest.approx(3e-3)
+    assert trainer.plan.lr(0) == pytest.approx(3e-3 / 2) and trainer.plan.lr(2) == pytest.approx(3e-3)
 
 
 def test_derived_lr_scales_with_width_and_explicit_values_win():
