@@ -43,9 +43,9 @@ _LAZY = {
     "GPT": "backbone",
     "KVCache": "backbone",
     "MultimodalGPT": "model",
-    "build": "model",
-    "build_component": "model",
-    "check_compatibility": "model",
+    "build": "builder",
+    "build_component": "builder",
+    "check_compatibility": "compatibility",
     "LoadReport": "weights",
     "LoRALinear": "lora",
     "merge_lora": "lora",
@@ -154,12 +154,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from . import plugins
     from .backbone import GPT, KVCache
+    from .builder import build, build_component
     from .checkpoint import check_state_dict, load, save
+    from .compatibility import check_compatibility
     from .config import CoreOptions, LoraConfig, TaskConfig, TrainingConfig, WeightsSource
     from .generation import GenerationConfig, generate, generate_images
     from .interfaces import Encoder, Fusion, Head, Processor, Projector
     from .lora import LoRALinear, merge_lora
-    from .model import MultimodalGPT, build, build_component, check_compatibility
+    from .model import MultimodalGPT
     from .spec import ComponentSpec, Spec, load_spec, parse_spec
     from .trainer import Trainer, TrainResult, train
     from .types import Batch, FusedSequence, HeadOutput, ModelOutput, Tokens

@@ -344,7 +344,7 @@ def load(
     a plugin missing or of an incompatible version: says exactly what to ``pip install``)
     or :class:`WeightsError` (tampered or mismatched weights).
     """
-    from .model import build
+    from .builder import build
 
     directory = Path(directory)
     manifest = _read_manifest(directory)

@@ -93,9 +93,9 @@ def cmd_spec_validate(args: argparse.Namespace) -> int:
 
 
 def _validate_build(f: str, spec: Any) -> bool:
-    """:func:`mmcore.model.validate_build`: ``build``'s own steps on the meta device (no memory,
+    """:func:`mmcore.builder.validate_build`: ``build``'s own steps on the meta device (no memory,
     no initialisation), the ``weights_from`` files' headers included; print the problems."""
-    from .model import validate_build
+    from .builder import validate_build
 
     try:
         validate_build(spec)
@@ -129,7 +129,7 @@ def cmd_spec_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .model import build
+    from .builder import build
 
     model = build(args.file)
     if args.summary or not args.repr:

@@ -116,7 +116,7 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
 
 
 def examples_doc(root: Path) -> str:
-    from .model import build
+    from .builder import build
     from .spec import load_spec
 
     out = [

@@ -118,7 +118,7 @@ def consolidate(checkpoint: str | Path, out: str | Path, *, registry: Any = None
     import torch.distributed.checkpoint as dcp
 
     from .checkpoint import save
-    from .model import build
+    from .builder import build
     from .spec import load_spec
 
     checkpoint = Path(checkpoint)

@@ -876,7 +876,7 @@ def train(
     spec: Any, *, out_dir: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> tuple[nn.Module, TrainResult]:
     """Build the model a spec describes and train it on the spec's tasks."""
-    from .model import build
+    from .builder import build
     from .spec import Spec, load_spec
 
     s = spec if isinstance(spec, Spec) else load_spec(spec)

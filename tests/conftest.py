@@ -23,14 +23,14 @@ VALIDATED_SPECS: list[tuple[str, bool]] = []
 
 def pytest_configure(config: pytest.Config) -> None:
     """Make every ``build`` of the test run also run what ``mmcore spec validate --build`` runs
-    (:func:`mmcore.model.validate_build`) on the same spec, and fail the build when the two
+    (:func:`mmcore.builder.validate_build`) on the same spec, and fail the build when the two
     disagree: a spec the builder accepts must validate, and one it rejects with a SpecError must
     be rejected. So the validator cannot drift from the builder on any spec the tests build or
     train (LoRA, ``weights_from``, fusions, heads). Loading a model directory (``weights=False``
     on the meta device) is left alone."""
     import functools
 
-    from mmcore import model as model_module
+    from mmcore import builder as model_module
 
     build = model_module.build
     if getattr(build, "_checks_validator", False):
