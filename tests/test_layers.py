@@ -175,10 +175,10 @@ LAYERS: dict[str, set[str]] = {
         "tomlfile", "files", "types", "interfaces", "templates",
     },
     # the parts a model is made of
-    "parts": {"backbone", "fusion", "fusion_xattn", "resampler", "projectors", "lora"},
+    "parts": {"backbone", "blocks", "decode", "fusion", "fusion_xattn", "resampler", "projectors", "lora"},
     # a model from a spec, its weights and its directory; quantize is here because a model
     # directory may hold an int8 model, which checkpoint.load rebuilds
-    "composition": {"spec", "model", "weights", "gpt2", "checkpoint", "sharded", "quantize", "provenance"},
+    "composition": {"spec", "model", "builder", "compatibility", "weights", "gpt2", "checkpoint", "sharded", "quantize", "provenance"},
     # what is done with a model
     "workflows": {
         "data", "objectives", "trainer", "schedule", "selection", "ema", "generation", "evaluate",
@@ -186,7 +186,8 @@ LAYERS: dict[str, set[str]] = {
     },
     # the entry points: the command line and its helpers, the conformance kit, the package facade
     "cli": {
-        "cli", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.examples",
+        "cli", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.examples", "testing.common", "testing.checks",
+        "testing.harness", "testing.encoders", "testing.fusions", "testing.heads", "testing.processors",
         "testing.pytest_plugin", "",
     },
 }  # fmt: skip

@@ -97,7 +97,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "importlib.import_module(non-constant)",
     ): "lazy attribute access from the plugin's constant table of its own modules",
     (
-        "mmcore/testing/kit.py",
+        "mmcore/testing/processors.py",
         "_pickled_copy",
         "import pickle",
     ): "the conformance kit checks the Processor contract 'picklable (DataLoader workers)': it unpickles only "
