@@ -33,21 +33,18 @@ This module imports pydantic and the standard library only (no torch).
 from __future__ import annotations
 
 import difflib
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.json_schema import models_json_schema
 
 from .catalog import catalog_hint
 from .config import BackboneConfig, CoreOptions, TaskConfig, TrainingConfig
 from .errors import SpecError, SpecIssue, UnknownComponentError
 from .registry import Component, Registry
-from .tomlfile import MAX_KEY_PARTS, MAX_SPEC_BYTES, MAX_TOML_DEPTH, parse_toml, read_spec_file
+from .tomlfile import MAX_KEY_PARTS, MAX_SPEC_BYTES, MAX_TOML_DEPTH, parse_toml, read_spec_file, to_toml
 
 __all__ = [
     "SPEC_VERSION",
@@ -57,7 +54,6 @@ __all__ = [
     "parse_spec",
     "parse_spec_text",
     "parse_toml",
-    "spec_json_schema",
     "to_toml",
     "MAX_SPEC_BYTES",
     "MAX_KEY_PARTS",
@@ -454,132 +450,3 @@ def _pydantic_issues(
             if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
                 msg += f", got {err['input']!r}"
         add(path, msg, hint)
-
-
-# --- JSON Schema ---------------------------------------------------------------------------
-
-
-def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """JSON Schema of a spec, including the options of every installed component."""
-    if registry is None:
-        from .plugins import get_registry
-
-        registry = get_registry()
-    comps = list(registry)
-    models = [(BackboneConfig, "validation"), (TrainingConfig, "validation"), (TaskConfig, "validation")]
-    models += [(CoreOptions, "validation")]
-    models += [(c.config, "validation") for c in comps]
-    refs, top = models_json_schema(models, ref_template="#/$defs/{model}")
-    defs = top.get("$defs", {})
-
-    def inline(model: type[BaseModel]) -> dict[str, Any]:
-        ref = refs[(model, "validation")]["$ref"].split("/")[-1]
-        return json.loads(json.dumps(defs[ref]))
-
-    core_props = inline(CoreOptions).get("properties", {})
-    core_props["weights_from"] = {
-        "anyOf": [{"type": "string"}, core_props["weights_from"]],
-        "default": None,
-        "description": core_props["weights_from"].get("description", ""),
-    }
-    core_props["freeze"] = {"type": "boolean", "default": False, "description": 'Same as train = "frozen".'}
-
-    def variant(c: Component) -> dict[str, Any]:
-        s = inline(c.config)
-        props = s.setdefault("properties", {})
-        props["component"] = {"const": c.name, "description": c.description or c.name}
-        props.update(json.loads(json.dumps(core_props)))
-        if c.kind == "encoder":
-            props["projector"] = {
-                "anyOf": [{"enum": registry.names("projector")}, {"$ref": "#/$defs/__projector"}],
-                "default": "linear",
-                "description": "Projector used when the encoder's width differs from the backbone's.",
-            }
-        s["required"] = sorted(set(s.get("required", [])) | {"component"})
-        s["additionalProperties"] = False
-        s["title"] = f"{c.kind}:{c.name}"
-        return s
-
-    def one_of(kind: str) -> dict[str, Any]:
-        variants = [variant(c) for c in comps if c.kind == kind]
-        return {"anyOf": variants} if variants else {"not": {}}
-
-    defs["__projector"] = one_of("projector")
-    backbone_ref = refs[(BackboneConfig, "validation")]
-    backbone_def = defs[backbone_ref["$ref"].split("/")[-1]]
-    backbone_def.setdefault("properties", {}).update(json.loads(json.dumps(core_props)))
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "mmcore spec",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["spec_version", "encoders"],
-        "properties": {
-            "spec_version": {"const": SPEC_VERSION},
-            "name": {"type": "string", "default": "model"},
-            "description": {"type": "string", "default": ""},
-            "backbone": backbone_ref,
-            "encoders": {"type": "object", "minProperties": 1, "additionalProperties": one_of("encoder")},
-            "fusion": one_of("fusion"),
-            "heads": {"type": "object", "additionalProperties": one_of("head")},
-            "training": refs[(TrainingConfig, "validation")],
-            "tasks": {"type": "object", "additionalProperties": refs[(TaskConfig, "validation")]},
-        },
-        "$defs": defs,
-    }
-
-
-# --- TOML writing ---------------------------------------------------------------------------
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_str(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def _toml_key(k: str) -> str:
-    return k if k and all(ch in _BARE_KEY for ch in k) else _toml_str(k)
-
-
-_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_str(s: str) -> str:
-    """A TOML basic string: quotes, backslashes and control characters (DEL included) escaped."""
-    return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c) for c in s) + '"'
-
-
-def to_toml(data: Mapping[str, Any]) -> str:
-    """Write nested dicts as TOML: scalars first, then one ``[table]`` per nested dict."""
-    lines: list[str] = []
-
-    def emit(table: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
-        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping) and v is not None]
-        tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
-        if prefix and (scalars or not tables):
-            if lines:
-                lines.append("")
-            lines.append("[" + ".".join(_toml_key(p) for p in prefix) + "]")
-        for k, v in scalars:
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        for k, v in tables:
-            emit(v, prefix + (k,))
-
-    emit(data, ())
-    return "\n".join(lines) + "\n"

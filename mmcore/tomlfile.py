@@ -1,5 +1,5 @@
 """Bounded TOML: the one place mmcore runs ``tomllib`` (specs, a model directory's
-``spec.toml``, the plugin catalog ``registry.toml``).
+``spec.toml``, the plugin catalog ``registry.toml``), and the one TOML writer (:func:`to_toml`).
 
 A file is read only if it is a regular file of at most :data:`MAX_SPEC_BYTES` bytes of UTF-8;
 the text is checked against :data:`MAX_KEY_PARTS` and :data:`MAX_TOML_DEPTH` before it is
@@ -9,14 +9,16 @@ parsed. Errors are :class:`mmcore.SpecError` naming the file (and, for a bound, 
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecError, SpecIssue
 
-__all__ = ["MAX_KEY_PARTS", "MAX_SPEC_BYTES", "MAX_TOML_DEPTH", "parse_toml", "read_spec_file"]
+__all__ = ["MAX_KEY_PARTS", "MAX_SPEC_BYTES", "MAX_TOML_DEPTH", "parse_toml", "read_spec_file", "to_toml"]
 
 
 # Bounds checked on a spec's text before tomllib parses it (tomllib's memory grows with the
@@ -163,3 +165,59 @@ def _toml_bounds_problem(text: str) -> tuple[str, str] | None:
             cur = stack[-1][2]
             key_mode = stack[-1][0] == "{"
     return None
+
+
+# --- TOML writing ---------------------------------------------------------------------------
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k and all(ch in _BARE_KEY for ch in k) else _toml_str(k)
+
+
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters (DEL included) escaped."""
+    return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c) for c in s) + '"'
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Write nested dicts as TOML: scalars first, then one ``[table]`` per nested dict."""
+    lines: list[str] = []
+
+    def emit(table: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
+        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping) and v is not None]
+        tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
+        if prefix and (scalars or not tables):
+            if lines:
+                lines.append("")
+            lines.append("[" + ".".join(_toml_key(p) for p in prefix) + "]")
+        for k, v in scalars:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in tables:
+            emit(v, prefix + (k,))
+
+    emit(data, ())
+    return "\n".join(lines) + "\n"

@@ -10,7 +10,8 @@ import pytest
 from conftest import EXAMPLES
 
 from mmcore.errors import SpecError
-from mmcore.spec import load_spec, parse_spec, parse_spec_text, spec_json_schema
+from mmcore.schema import spec_json_schema
+from mmcore.spec import load_spec, parse_spec, parse_spec_text
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.toml"))
 
