@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .data import IndexPlan, make_loader
 from .errors import MMCoreError
+from .loader import IndexPlan, make_loader
 from .objectives import IGNORE_INDEX, Objective
 
 __all__ = ["evaluate_task", "evaluate_dir", "macro_f1", "text_metrics"]

@@ -15,8 +15,9 @@ import torch
 from conftest import ROOT
 
 import mmcore
-from mmcore.data import IndexPlan, ManifestDataset
+from mmcore.data import ManifestDataset
 from mmcore.evaluate import evaluate_dir
+from mmcore.loader import IndexPlan
 from mmcore.objectives import IGNORE_INDEX, mask_tokens
 from mmcore.trainer import Trainer
 
