@@ -117,8 +117,8 @@ def consolidate(checkpoint: str | Path, out: str | Path, *, registry: Any = None
     process group: every shard is read into the full tensors). Returns ``out``."""
     import torch.distributed.checkpoint as dcp
 
-    from .checkpoint import save
     from .builder import build
+    from .checkpoint import save
     from .spec import load_spec
 
     checkpoint = Path(checkpoint)
