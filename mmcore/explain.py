@@ -1,3 +1,6 @@
+# Just over 500 lines, on purpose: one explanation (occlusion, gradient x input, attention),
+# its figure and its model-directory entry point read best together; the head / attention-mode
+# decision (_mode_for) moves to the task config with issue 17, which shortens it.
 """Explanations of one prediction: what each input modality contributed.
 
     from mmcore.explain import explain

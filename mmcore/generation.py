@@ -1,3 +1,6 @@
+# Over 500 lines on purpose, for now: image generation (generate_images, write_images) moves
+# to the vision plugin and the head / attention-mode decision moves to the task config
+# (issue 17); both leave this file, which then holds the decoding loops only.
 """Text generation: greedy, sampling (temperature, top-k, top-p) and beam search, with the
 backbone's preallocated KV cache.
 

@@ -178,15 +178,15 @@ LAYERS: dict[str, set[str]] = {
     "parts": {"backbone", "blocks", "decode", "fusion", "fusion_xattn", "resampler", "projectors", "lora"},
     # a model from a spec, its weights and its directory; quantize is here because a model
     # directory may hold an int8 model, which checkpoint.load rebuilds
-    "composition": {"spec", "model", "builder", "compatibility", "weights", "gpt2", "checkpoint", "sharded", "quantize", "provenance"},
+    "composition": {"spec", "schema", "model", "builder", "compatibility", "weights", "gpt2", "checkpoint", "sharded", "quantize", "provenance"},
     # what is done with a model
     "workflows": {
-        "data", "objectives", "trainer", "schedule", "selection", "ema", "generation", "evaluate",
+        "data", "loader", "objectives", "trainer", "schedule", "selection", "ema", "generation", "evaluate",
         "explain", "export", "plot",
     },
     # the entry points: the command line and its helpers, the conformance kit, the package facade
     "cli": {
-        "cli", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.examples", "testing.common", "testing.checks",
+        "cli", "commands", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.examples", "testing.common", "testing.checks",
         "testing.harness", "testing.encoders", "testing.fusions", "testing.heads", "testing.processors",
         "testing.pytest_plugin", "",
     },
