@@ -1,13 +1,15 @@
 """The GPT backbone: a pre-norm decoder-only transformer.
 
-One readable file in the spirit of nanoGPT's ``model.py``. Classes appear in dependency
-order: :class:`KVCache`, :class:`RotaryEmbedding`, :class:`Attention`, :class:`MLP`,
-:class:`Block`, :class:`GPT`.
+In the spirit of nanoGPT's ``model.py``, in three files read in this order: the layers
+(:mod:`mmcore.blocks`: :class:`KVCache`, :class:`RotaryEmbedding`, :class:`Attention`,
+:class:`MLP`, :class:`Block`), this file (:class:`GPT`: embeddings, masks, the blocks), and the
+generation step (:mod:`mmcore.decode`).
 
 The generation step (one new token per row against a KV cache, no grad) takes a lean path,
-:meth:`GPT._decode_step`: the same arithmetic as the modules, as functional calls on their
-parameters from one loop (on CPU about half the time of the modules for a small model). The
-modules stay the reference (training, prompts, all else); tests hold the two equal.
+:func:`mmcore.decode.decode_step`: the same arithmetic as the modules, as functional calls on
+their parameters from one loop (on CPU about half the time of the modules for a small model).
+Its state per cache is its own. The modules stay the reference (training, prompts, all else);
+tests hold the two equal.
 
 Notation used in the shape comments::
 
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 from mmcore.config import BackboneConfig
 
 from .blocks import MLP, Attention, Block, KVCache, RotaryEmbedding, apply_rotary, make_norm
-from .decode import _StepPlan, decode_step, step_plan
+from .decode import _StepPlan, decode_step, step_plan, written
 
 # the layers live in mmcore/blocks.py, the decode step in mmcore/decode.py; their names stay importable here
 __all__ = ["KVCache", "RotaryEmbedding", "Attention", "MLP", "Block", "GPT", "apply_rotary", "make_norm"]
@@ -271,7 +273,7 @@ class GPT(nn.Module):
                     return self._decode_step(x, cache, context, plan)  # (B, 1, D)
             # Record which new slots are real before any layer reads the key mask.
             cache.key_mask[:, past : past + L] = True if mask is None else mask  # (B, L) slice
-            cache.checked = min(cache.checked, past)  # the decode step looks at these slots for padding
+            written(cache, past)  # the decode step looks at these slots for padding
         if mode == "prefix" and prefix_len is None:
             mode = "causal"  # no conditioning prefix: prefix-LM attention is plain causal attention
         if mode == "prefix":

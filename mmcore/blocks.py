@@ -6,7 +6,7 @@ The shape notation and the conventions are those of :mod:`mmcore.backbone`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mmcore.config import BackboneConfig
 
-__all__ = ["KVCache", "RotaryEmbedding", "Attention", "MLP", "Block", "apply_rotary", "make_norm"]
+__all__ = ["KVCache", "RotaryEmbedding", "Attention", "MLP", "Block", "apply_rotary", "make_norm", "split_heads"]
 
 
 # -----------------------------------------------------------------------------
@@ -31,20 +31,13 @@ class KVCache:
     advances ``length`` by ``L``. ``key_mask`` records which filled slots are real tokens, so
     a left-padded prompt keeps its padding masked out for every later token.
 
-    ``step_plan``, ``padded`` and ``checked`` are private to :class:`GPT`'s single-token
-    decode step: the parameters it reads (on CPU with transposed copies of the linear
-    weights), gathered on its first call with this cache (see :meth:`GPT._step_plan`), and
-    whether any filled slot is padding (then attention needs ``key_mask``); :meth:`reset`
-    clears them.
+    The single-token decode step keeps its own state for a cache (:mod:`mmcore.decode`).
     """
 
     k: Tensor  # (N, B, H, max_len, hd) keys, after rotary embedding when positions="rope"
     v: Tensor  # (N, B, H, max_len, hd) values
     key_mask: Tensor  # (B, max_len) bool, True = real token; slots >= length are False
     length: int = 0  # filled slots (a Python int, so shapes never depend on tensor data)
-    step_plan: Any = field(default=None, init=False, repr=False)  # (GPT, _StepPlan or None) once used
-    padded: bool = field(default=False, init=False, repr=False)  # some slot < checked is padding
-    checked: int = field(default=0, init=False, repr=False)  # slots [0, checked) were looked at for padding
 
     @property
     def batch_size(self) -> int:
@@ -76,8 +69,6 @@ class KVCache:
         """Forget everything (keeps the allocation)."""
         self.length = 0
         self.key_mask.fill_(False)
-        self.step_plan = None
-        self.padded, self.checked = False, 0
 
 
 # -----------------------------------------------------------------------------
@@ -133,6 +124,22 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, H, L, hd)
 
 
+def split_heads(
+    qkv: Tensor, heads: int, head_dim: int, rope: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A fused projection ``[q; k; v] (B, L, 3D)`` (GPT-2's ``c_attn`` layout) -> ``q, k, v``, each
+    ``(B, H, L, hd)``, with rotary embedding applied to ``q`` and ``k`` when ``rope`` (``cos, sin``
+    broadcasting to ``(B, 1, L, hd/2)``) is given."""
+    B, L, _ = qkv.shape
+    t = qkv.view(B, L, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
+    if rope is None:
+        q, k, v = t.unbind(0)
+        return q, k, v
+    cos, sin = rope
+    q, k = apply_rotary(t[:2], cos, sin).unbind(0)  # (B, H, L, hd) each
+    return q, k, t[2]
+
+
 # -----------------------------------------------------------------------------
 # Transformer block
 
@@ -160,6 +167,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.width, config.width, bias=config.bias)
         self.resid_drop = nn.Dropout(config.dropout)
 
+    def split(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``x (B, L, D)`` -> ``q, k, v``, each ``(B, H, L, hd)``, rotary applied to ``q`` and ``k``
+        (``rope``: ``cos, sin (B, 1, L, hd/2)`` or None). The one place attention's inputs are
+        made: :meth:`forward`, the decode step (through :func:`split_heads`) and
+        :mod:`mmcore.explain` use it."""
+        return split_heads(self.qkv(x), self.heads, self.head_dim, rope)
+
     def forward(
         self,
         x: Tensor,
@@ -177,14 +191,7 @@ class Attention(nn.Module):
         ``attn_mask`` and without cache). ``cache``/``layer``: where to store and read keys.
         """
         B, L, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # (B, L, D) each
-        q = q.view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        k = k.view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        v = v.view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        if rope is not None:
-            cos, sin = rope
-            q = apply_rotary(q, cos, sin)  # (B, H, L, hd)
-            k = apply_rotary(k, cos, sin)  # (B, H, L, hd)
+        q, k, v = self.split(x, rope)  # (B, H, L, hd) each
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, Lk, hd) each
         y = F.scaled_dot_product_attention(

@@ -5,10 +5,18 @@ One new token per row against a KV cache, no grad: the same arithmetic as the mo
 the time of the modules for a small model). :meth:`mmcore.backbone.GPT.forward` takes it when it
 applies (:func:`step_plan` says when); the modules stay the reference, and tests hold the two
 equal.
+
+The step's state for a cache (the plan of the tensors it reads, whether a filled slot is padding)
+is its own (:class:`DecodeState`, :func:`state_of`), kept beside the cache rather than on it:
+:class:`~mmcore.blocks.KVCache` holds only keys, values and the key mask. The general path
+tells it which slots it wrote (:func:`written`); a cache that was reset or rewound is noticed
+from its ``length``.
 """
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -16,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _nn_module
 
-from .blocks import MLP, Attention, Block, KVCache, RotaryEmbedding, apply_rotary
+from .blocks import MLP, Attention, Block, KVCache, RotaryEmbedding, split_heads
 
-__all__ = ["decode_step", "make_step_plan", "step_plan"]
+__all__ = ["DecodeState", "decode_step", "make_step_plan", "state_of", "step_plan", "written"]
 
 
 # -----------------------------------------------------------------------------
@@ -127,6 +135,55 @@ def _global_hooks() -> bool:
     return any(getattr(_nn_module, name, None) for name in _GLOBAL_HOOKS)
 
 
+# -----------------------------------------------------------------------------
+# The step's own state, per cache
+
+
+@dataclass(eq=False)
+class DecodeState:
+    """What the decode step keeps for one :class:`~mmcore.blocks.KVCache`.
+
+    ``owner`` and ``plan``: the backbone the plan was made for and the plan (None when that
+    backbone must take the general path). ``padded``: some slot below ``checked`` is padding
+    (then attention needs the key mask); slots ``[0, checked)`` were looked at.
+    """
+
+    owner: Any = None
+    plan: _StepPlan | None = None
+    padded: bool = False
+    checked: int = 0
+
+
+_STATES: weakref.WeakKeyDictionary[KVCache, DecodeState] = weakref.WeakKeyDictionary()
+
+
+def state_of(cache: KVCache) -> DecodeState:
+    """The decode step's state for ``cache`` (made on first use, dropped with the cache).
+
+    A cache whose ``length`` fell below the slots already looked at was rewound: back to 0
+    (:meth:`KVCache.reset`) everything is forgotten, plan included; elsewhere the padding is
+    looked at again from slot 0.
+    """
+    st = _STATES.get(cache)
+    if st is None:
+        st = _STATES[cache] = DecodeState()
+    elif cache.length < st.checked:
+        if cache.length == 0:
+            st.owner, st.plan = None, None
+        st.padded, st.checked = False, 0
+    return st
+
+
+def written(cache: KVCache, start: int) -> None:
+    """The general path wrote slots from ``start`` on: the step looks at them again."""
+    st = _STATES.get(cache)
+    if st is not None:
+        st = state_of(cache)
+        st.checked = min(st.checked, start)
+        if start == 0:
+            st.owner, st.plan, st.padded = None, None, False
+
+
 def step_plan(self: Any, cache: KVCache) -> _StepPlan | None:
     """The plan of :meth:`_decode_step` for this cache, or None when the general path must run.
 
@@ -143,10 +200,10 @@ def step_plan(self: Any, cache: KVCache) -> _StepPlan | None:
         return None
     if torch.compiler.is_compiling():  # a compiled forward fuses the general path itself
         return None
-    entry = cache.step_plan
-    if entry is None or entry[0] is not self or (entry[1] is not None and entry[1].stale()):
-        entry = cache.step_plan = (self, make_step_plan(self))
-    return entry[1]
+    st = state_of(cache)
+    if st.owner is not self or (st.plan is not None and st.plan.stale()):
+        st.owner, st.plan = self, make_step_plan(self)
+    return st.plan
 
 
 def make_step_plan(self: Any) -> _StepPlan | None:
@@ -210,15 +267,16 @@ def decode_step(self: Any, x: Tensor, cache: KVCache, context: Any, plan: _StepP
     past = cache.length
     Lk = past + 1
     key_mask = cache.key_mask  # (B, max_len)
-    if cache.checked < past:  # slots written by the general path since the last step (one sync)
-        cache.padded = cache.padded or not bool(key_mask[:, cache.checked : past].all())
+    st = state_of(cache)
+    if st.checked < past:  # slots written by the general path since the last step (one sync)
+        st.padded = st.padded or not bool(key_mask[:, st.checked : past].all())
     key_mask[:, past] = True  # the new slot holds a real token
-    cache.checked = Lk
+    st.checked = Lk
 
     # The new token's position: the number of real tokens before it (left padding skipped),
     # and the attention mask, built once for all layers (additive: SDPA would convert a bool
     # mask in every call).
-    if cache.padded:
+    if st.padded:
         pos = key_mask[:, :past].sum(-1)  # (B,)
         attn_bias = torch.where(key_mask[:, None, None, :Lk], 0.0, float("-inf")).to(x.dtype)  # (B, 1, 1, Lk)
     else:
@@ -227,9 +285,10 @@ def decode_step(self: Any, x: Tensor, cache: KVCache, context: Any, plan: _StepP
     if plan.wpe is not None:
         x = x + plan.wpe[pos]  # (B, D)
     if plan.rope is not None:
-        rows = B if cache.padded else 1
-        cos = plan.rope[0][pos].to(x.dtype).view(rows, 1, 1, 1, hd // 2)  # broadcasts over [q; k], heads
-        sin = plan.rope[1][pos].to(x.dtype).view(rows, 1, 1, 1, hd // 2)
+        rows = B if st.padded else 1
+        cos = plan.rope[0][pos].to(x.dtype).view(rows, 1, 1, hd // 2)  # broadcasts over [q; k], heads
+        sin = plan.rope[1][pos].to(x.dtype).view(rows, 1, 1, hd // 2)
+        rope = (cos, sin)
 
     # Per layer, views of the cache's new slot (B, H, 1, hd) and of all filled slots (B, H, Lk, hd).
     # (unbind: one op for all layers; writing into its views is fine without autograd.)
@@ -238,12 +297,8 @@ def decode_step(self: Any, x: Tensor, cache: KVCache, context: Any, plan: _StepP
     for i, p in enumerate(plan.layers):
         # --- attention: x + proj(sdpa(q, cached keys, cached values))
         h = _norm(x, p.ln_1_w, p.ln_1_b, eps, rms)  # (B, D)
-        qkv = _linear(h, p.qkv_wt, p.qkv_b).view(B, 3, H, 1, hd)  # [q; k; v], each (B, H, 1, hd)
-        if plan.rope is not None:
-            q, k = apply_rotary(qkv[:, :2], cos, sin).unbind(1)  # (B, H, 1, hd) each
-            v = qkv[:, 2]  # (B, H, 1, hd)
-        else:
-            q, k, v = qkv.unbind(1)  # (B, H, 1, hd) each
+        qkv = _linear(h, p.qkv_wt, p.qkv_b).view(B, 1, 3 * D)  # [q; k; v]
+        q, k, v = split_heads(qkv, H, hd, rope if plan.rope is not None else None)  # (B, H, 1, hd) each
         k_new[i].copy_(k)
         v_new[i].copy_(v)
         y = F.scaled_dot_product_attention(q, k_all[i], v_all[i], attn_mask=attn_bias)  # (B, H, 1, hd)

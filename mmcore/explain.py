@@ -183,17 +183,10 @@ class _AttentionRecorder:
 
     def _hook(self, layer: int) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            from .backbone import apply_rotary
-
             x = args[0] if args else kwargs["x"]
-            B, L, D = x.shape
+            L = x.shape[1]
             with torch.no_grad():
-                q, k, _ = module.qkv(x).split(D, dim=2)
-                q = q.view(B, L, module.heads, module.head_dim).transpose(1, 2)
-                k = k.view(B, L, module.heads, module.head_dim).transpose(1, 2)
-                rope = kwargs.get("rope")
-                if rope is not None:
-                    q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+                q, k, _ = module.split(x, kwargs.get("rope"))  # (B, H, L, hd) each, as the attention computes them
                 scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(module.head_dim)  # (B, H, L, L)
                 mask = kwargs.get("attn_mask")
                 if mask is None and kwargs.get("is_causal"):

@@ -18,6 +18,7 @@ from torch import nn
 import mmcore
 from mmcore.backbone import GPT, Block
 from mmcore.config import BackboneConfig
+from mmcore.decode import state_of
 from mmcore.generation import GenerationConfig, generate
 
 V = 50
@@ -100,8 +101,8 @@ def test_step_equals_general_path_for_every_option(norm, positions, mlp, bias, l
         fast, slow, fast_cache, slow_cache = run_both(model, idx, mask, steps)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
     assert_same_cache(fast_cache, slow_cache)
-    assert fast_cache.step_plan[1] is not None  # the step really ran
-    assert fast_cache.padded == (min(lengths) < 6)
+    assert state_of(fast_cache).plan is not None  # the step really ran
+    assert state_of(fast_cache).padded == (min(lengths) < 6)
 
     # ... and each row equals its sample alone, unpadded and uncached
     for i in range(3):
@@ -127,7 +128,7 @@ def test_padding_written_after_steps_is_seen(positions):
         outs[id(c)].append(model(idx[:, 3:4], mask=step_mask, cache=c))
         outs[id(c)].append(model(idx[:, 4:6], mask=chunk_mask, padding_side="left", cache=c))
         outs[id(c)] += [model(idx[:, t : t + 1], mask=step_mask, cache=c) for t in range(6, 9)]
-    assert cache.padded and cache.checked == 9
+    assert state_of(cache).padded and state_of(cache).checked == 9
     torch.testing.assert_close(torch.cat(outs[id(cache)], 1), torch.cat(outs[id(ref)], 1), atol=1e-5, rtol=0)
     assert_same_cache(cache, ref)
 
@@ -166,7 +167,7 @@ def test_grad_mode_uses_the_general_path(monkeypatch):
         fast = run_both(model, idx, mask, steps)[0]
     calls = CountBlockCalls(monkeypatch)
     grad, slow, grad_cache, _ = run_both(model, idx, mask, steps)
-    assert calls.n == 2 * 2 * (1 + 3) and grad_cache.step_plan is None
+    assert calls.n == 2 * 2 * (1 + 3) and state_of(grad_cache).owner is None
     assert grad.requires_grad
     torch.testing.assert_close(grad, fast, atol=1e-5, rtol=0)
     with torch.inference_mode():
@@ -242,7 +243,7 @@ def test_step_after_reorder_and_reset():
         nxt = torch.randint(0, V, (4, 1))
         torch.testing.assert_close(model(nxt, cache=cache), model(nxt, mask=ones, cache=ref), atol=1e-5, rtol=0)
         cache.reset()
-        assert cache.step_plan is None and not cache.padded and cache.checked == 0
+        assert state_of(cache).owner is None and not state_of(cache).padded and state_of(cache).checked == 0
         model(idx[index], cache=cache)
         full = model(torch.cat([idx[index], nxt], 1))
         torch.testing.assert_close(model(nxt, cache=cache)[:, 0], full[:, -1], atol=1e-5, rtol=0)
@@ -267,7 +268,7 @@ def test_padding_rewritten_after_a_rollback_is_seen():
     torch.testing.assert_close(
         model(idx[:, 5:6], cache=cache), model(idx[:, 5:6], mask=ones, cache=ref), atol=1e-5, rtol=0
     )
-    assert cache.padded
+    assert state_of(cache).padded
 
 
 @torch.no_grad()
@@ -325,7 +326,7 @@ def test_hooks_and_non_stock_modules_use_the_general_path(monkeypatch):
     with torch.no_grad():
         model(torch.randint(0, V, (1, 2)), cache=cache)
         model(torch.randint(0, V, (1, 1)), cache=cache)
-    assert calls.n == 4 and cache.step_plan[1] is None
+    assert calls.n == 4 and state_of(cache).plan is None
 
 
 @torch.no_grad()
@@ -337,7 +338,7 @@ def test_compiled_forward_steps_through_the_general_path():
     cache = model.new_cache(2, 6)
     compiled(idx[:, :5], cache=cache)
     step = compiled(idx[:, 5:6], cache=cache)
-    assert cache.step_plan is None
+    assert state_of(cache).owner is None
     torch.testing.assert_close(step[:, 0], model(idx)[:, 5], atol=1e-5, rtol=0)
 
 

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch import nn
 
 import mmcore
+from mmcore.decode import state_of
 from mmcore.errors import MMCoreError, WeightsError
 from mmcore.generation import GenerationConfig, generate
 from mmcore.quantize import Int8Linear, apply_quantization, quantize
@@ -128,9 +129,9 @@ def test_quantized_generation_uses_the_lean_step_and_matches_the_general_path() 
         bb(embeds=prompt, cache=c2)
         a = bb(embeds=step, cache=c1)
         b = bb(embeds=step, mask=torch.ones(1, 1, dtype=torch.bool), cache=c2)
-    plan = c1.step_plan[1]
+    plan = state_of(c1).plan
     assert plan is not None and not isinstance(plan.layers[0].qkv_wt, torch.Tensor)
-    assert c2.step_plan is None
+    assert state_of(c2).owner is None
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
