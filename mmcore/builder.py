@@ -21,7 +21,7 @@ from .compatibility import _check, _policy_groups
 from .errors import MMCoreError, PluginError, SpecError, SpecIssue
 from .interfaces import Encoder, Processor
 from .model import MultimodalGPT
-from .registry import Component, Registry, call_factory
+from .registry import Component, Registry
 from .spec import Spec, load_spec, parse_spec
 
 __all__ = ["apply_policy", "build", "build_component", "validate_build"]
@@ -36,7 +36,7 @@ def build_component(
     """Build one registered component from Python: ``build_component("encoder", "text.bytes", width=256)``."""
     reg = registry or _registry()
     comp = reg.get(kind, name)
-    return _call(comp, comp.config.model_validate(dict(options or {})), kind, **context)
+    return _call(comp, comp.options(options), kind, **context)
 
 
 def build(
@@ -130,9 +130,7 @@ def _build(spec: Spec, reg: Registry) -> MultimodalGPT:
             proc_factory = _guard(comp, f"encoders.{name}", comp.load_processor)
             proc = None
             if proc_factory is not None:
-                proc = _guard(
-                    comp, f"encoders.{name} (processor)", lambda f=proc_factory, o=cs.options: call_factory(f, o)
-                )
+                proc = _guard(comp, f"encoders.{name} (processor)", lambda c=comp, o=cs.options: c.build_processor(o))
                 if not (callable(proc) and callable(getattr(proc, "collate", None))):
                     raise PluginError(
                         f"encoders.{name}: the processor factory of {comp.key} from {comp.source} returned "
@@ -243,7 +241,7 @@ def apply_policy(model: MultimodalGPT, spec: Spec) -> None:
 
 
 def _call(comp: Component, options: Any, where: str, **context: Any) -> Any:
-    obj = _guard(comp, where, lambda: call_factory(comp.load_factory(), options, **context))
+    obj = _guard(comp, where, lambda: comp.build(options, **context))
     if not isinstance(obj, nn.Module):  # every component kind is a module (mmcore.interfaces)
         raise PluginError(
             f"{where}: the factory of {comp.key} from {comp.source} returned {type(obj).__name__}, not a torch.nn.Module"

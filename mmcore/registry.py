@@ -15,7 +15,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +86,21 @@ class Component:
     def load_processor(self) -> Callable[..., Any] | None:
         return None if self.processor is None else _resolve(self.processor, self)
 
-    def build(self, options: BaseModel | dict[str, Any] | None = None, **context: Any) -> Any:
-        """Validate ``options`` with the config model and call the factory."""
-        cfg = options if isinstance(options, self.config) else self.config.model_validate(options or {})
-        return call_factory(self.load_factory(), cfg, **context)
+    def options(self, options: BaseModel | Mapping[str, Any] | None = None) -> BaseModel:
+        """``options`` validated by the config model (an instance of it passes as it is)."""
+        return options if isinstance(options, self.config) else self.config.model_validate(dict(options or {}))
+
+    def build(self, options: BaseModel | Mapping[str, Any] | None = None, **context: Any) -> Any:
+        """Validate ``options`` with the config model and call the factory with the context
+        keywords it accepts (:func:`call_factory`). The one path that builds a component: the
+        builder (:mod:`mmcore.builder`), :func:`mmcore.build_component` and the conformance kit
+        call it."""
+        return call_factory(self.load_factory(), self.options(options), **context)
+
+    def build_processor(self, options: BaseModel | Mapping[str, Any] | None = None) -> Any:
+        """The processor the registration names, built with the component's options; None without one."""
+        factory = self.load_processor()
+        return None if factory is None else call_factory(factory, self.options(options))
 
 
 def _resolve(ref: str | Callable[..., Any], comp: Component) -> Callable[..., Any]:

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import call_factory
 from ..types import Tokens
 from .common import WIDTH, _Fail, _same, _Target
 from .examples import example_values
@@ -37,8 +36,7 @@ class _EncoderHarness(_Harness):
         self.n = len(vals)
 
     def make_processor(self) -> Any:
-        factory = self.comp.load_processor()
-        return None if factory is None else call_factory(factory, self.t.options)
+        return self.comp.build_processor(self.t.options)
 
     def build(self, seed: int, device: str | None = None) -> nn.Module:
         m = self._factory_call(seed, device, width=WIDTH, processor=self.processor)

@@ -10,8 +10,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import call_factory
-
 # --- harnesses: how each kind is built and fed ------------------------------------------------
 from .common import WIDTH, _Fail, _rng, _Skip, _Target
 
@@ -28,10 +26,9 @@ class _Harness:
         self.workdir = workdir
 
     def _factory_call(self, seed: int, device: str | None, **context: Any) -> nn.Module:
-        factory = self.comp.load_factory()
         torch.manual_seed(seed)
         with torch.device(device) if device else contextlib.nullcontext():
-            m = call_factory(factory, self.t.options, base_dir=self.workdir, **context)
+            m = self.comp.build(self.t.options, base_dir=self.workdir, **context)
         if not isinstance(m, nn.Module):
             raise _Fail(f"the factory returned {type(m).__name__}, not a torch.nn.Module")
         return m
