@@ -25,6 +25,14 @@ from .errors import (
 )
 from .files import open_regular, regular_file_problem
 from .hookspecs import hookimpl
+from .io import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_state_dict,
+    read_safetensors,
+    write_safetensors,
+)
 from .registry import Component, Registry
 from .version import __version__
 
@@ -53,7 +61,6 @@ _LAZY = {
     "LoraConfig": "config",
     "WeightsSource": "config",
     "save": "checkpoint",
-    "check_state_dict": "checkpoint",
     "load": "checkpoint",
     "Trainer": "trainer",
     "TrainResult": "trainer",
@@ -110,7 +117,6 @@ __all__ = [
     "WeightsSource",
     "save",
     "load",
-    "check_state_dict",
     # training and generation
     "TrainingConfig",
     "TaskConfig",
@@ -123,6 +129,13 @@ __all__ = [
     # files a plugin reads (regular files only; see docs/security.md)
     "open_regular",
     "regular_file_problem",
+    # files a plugin writes and weights it reads (atomic writes, safetensors; mmcore/io.py)
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_safetensors",
+    "read_safetensors",
+    "check_state_dict",
     # errors
     "MMCoreError",
     "SpecError",
@@ -155,7 +168,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from . import plugins
     from .backbone import GPT, KVCache
     from .builder import build, build_component
-    from .checkpoint import check_state_dict, load, save
+    from .checkpoint import load, save
     from .compatibility import check_compatibility
     from .config import CoreOptions, LoraConfig, TaskConfig, TrainingConfig, WeightsSource
     from .generation import GenerationConfig, generate, generate_images

@@ -35,9 +35,11 @@ from typing import Any
 import torch
 
 from .errors import ModelDirError, SpecError, WeightsError
+from .io import atomic_write_bytes, atomic_write_text, check_state_dict, read_safetensors
 from .spec import Spec, parse_spec_text, read_spec_file
 
-__all__ = ["save", "load", "FORMAT", "atomic_write_bytes", "atomic_write_text", "check_state_dict"]
+# atomic writes and the safetensors helpers live in mmcore/io.py; the names stay importable here
+__all__ = ["save", "load", "FORMAT", "atomic_write_bytes", "atomic_write_text", "check_state_dict", "read_safetensors"]
 
 FORMAT = "mmcore-model/1"
 WEIGHTS = "model.safetensors"
@@ -45,28 +47,6 @@ SPEC = "spec.toml"
 MANIFEST = "manifest.json"
 PROCESSORS = "processors"
 _MANAGED = {WEIGHTS, SPEC, MANIFEST, PROCESSORS}
-
-
-# --- atomic file writes ------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _sha256(path: Path) -> str:
@@ -265,65 +245,6 @@ def _missing_plugins(exc: SpecError, manifest: dict[str, Any]) -> list[tuple[str
                     pin = f"{parts[0]}=={parts[1]}" if len(parts) == 2 else parts[0]
                     out.append((key, pin))
     return out
-
-
-def check_state_dict(
-    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], *, source: str = "weights"
-) -> None:
-    """Raise :class:`WeightsError` listing every missing, unexpected and mis-shaped key."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = [
-        (k, tuple(expected[k].shape), tuple(found[k].shape))
-        for k in sorted(set(expected) & set(found))
-        if tuple(expected[k].shape) != tuple(found[k].shape)
-    ]
-    # A float stored as an integer (or the reverse) is never a valid weight; float widths may differ.
-    kinds = [
-        (k, expected[k].dtype, found[k].dtype)
-        for k in sorted(set(expected) & set(found))
-        if _dtype_kind(expected[k].dtype) != _dtype_kind(found[k].dtype)
-    ]
-    if missing or unexpected or mismatched or kinds:
-        lines = [f"{source} do not match the model:"]
-        if missing:
-            lines.append(
-                f"  missing ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
-            )
-        if unexpected:
-            lines.append(
-                f"  unexpected ({len(unexpected)}): "
-                + ", ".join(unexpected[:20])
-                + (" ..." if len(unexpected) > 20 else "")
-            )
-        for k, want, got in mismatched[:20]:
-            lines.append(f"  shape of {k}: model has {list(want)}, file has {list(got)}")
-        for k, want, got in kinds[:20]:
-            lines.append(f"  dtype of {k}: model has {want}, file has {got}")
-        err = WeightsError("\n".join(lines))
-        err.missing, err.unexpected, err.mismatched = missing, unexpected, mismatched  # type: ignore[attr-defined]
-        raise err
-
-
-def _dtype_kind(dtype: torch.dtype) -> str:
-    if dtype.is_floating_point:
-        return "float"
-    if dtype.is_complex:
-        return "complex"
-    return "bool" if dtype == torch.bool else "integer"
-
-
-def read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file (tensors, metadata); errors name the file."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # SafetensorError, OSError, header JSON errors
-        raise WeightsError(f"{path}: not a readable safetensors file: {type(exc).__name__}: {exc}") from exc
-    return tensors, meta
 
 
 def load(

@@ -225,7 +225,7 @@ def evaluate_dir(
         result["metrics"].update(text_metrics(hyps, refs))
         result["examples"] = [{"prediction": h, "reference": r} for h, r in zip(hyps[:5], refs[:5], strict=False)]
     if out is not None:
-        from .checkpoint import atomic_write_text
+        from .io import atomic_write_text
 
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result

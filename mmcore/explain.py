@@ -91,7 +91,7 @@ class Explanation:
 
     def save(self, directory: str | Path) -> dict[str, str]:
         """Write ``explain.json`` and ``explain.png`` into ``directory``; returns their paths."""
-        from .checkpoint import atomic_write_text
+        from .io import atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -515,11 +515,13 @@ def plot(report: Explanation, path: str | Path) -> None:
     """Write :func:`figure` of the report to ``path`` (PNG, atomically)."""
     import matplotlib.pyplot as plt
 
+    from .io import atomic_write
+
     fig = figure(report)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # --- a model directory ---------------------------------------------------------------------------------

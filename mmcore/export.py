@@ -293,9 +293,10 @@ def export_onnx(
     exported = export(model, batch, heads=heads, mode=mode, dynamic_batch=dynamic_batch, dynamic_length=dynamic_length)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         import warnings
+
+        from .io import atomic_write
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -309,12 +310,10 @@ def export_onnx(
                 opset_version=opset,
                 verbose=False,
             )
-        onnx_program.save(str(tmp))
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: onnx_program.save(str(tmp)))
     except MMCoreError:
         raise
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         raise MMCoreError(f"ONNX export failed for this model: {type(exc).__name__}: {exc}") from exc
     return exported
 
@@ -392,7 +391,8 @@ def export_dir(
     """``mmcore export``: export a model directory, check the program (and the ONNX file) against
     eager mode on the example batch, on a batch of another size and (dynamic lengths) on a batch
     whose texts are longer than the example's, and write ``export.json``."""
-    from .checkpoint import atomic_write_text, load
+    from .checkpoint import load
+    from .io import atomic_write_text
 
     model = load(model_dir).eval()
     records = None

@@ -760,9 +760,9 @@ def write_images(images: Sequence[Any], out: str | Path, *, scale: int = 1) -> l
     (several); the format follows the suffix (``.png``). ``scale`` > 1 enlarges each image
     that many times with nearest-neighbour sampling (pixels stay sharp). Each file is written
     to a temporary name and renamed into place. Returns the paths written."""
-    import os
-
     from PIL import Image
+
+    from .io import atomic_write
 
     out = Path(out)
     fmt = Image.registered_extensions().get(out.suffix.lower())
@@ -779,11 +779,8 @@ def write_images(images: Sequence[Any], out: str | Path, *, scale: int = 1) -> l
     for img, path in zip(images, paths, strict=True):
         if scale > 1:
             img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            img.save(tmp, format=fmt)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp, img=img: img.save(tmp, format=fmt))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise MMCoreError(f"{path}: cannot write the image: {exc}") from exc
     return paths

@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from mmcore.backbone import GPT
 from mmcore.config import BackboneConfig
+from mmcore.io import atomic_write_text, write_safetensors
 
 __all__ = [
     "WeightsMismatchError",
@@ -381,19 +380,6 @@ def load_gpt2_dir(path: str | os.PathLike[str], *, dtype: torch.dtype | None = N
     return model.eval(), lm_head
 
 
-def _atomic_write(target: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` for a temp file next to ``target``, then rename it over ``target``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_gpt2_dir(backbone: GPT, path: str | os.PathLike[str], lm_head_weight: Tensor | None = None) -> None:
     """Export ``backbone`` as a Hugging Face GPT-2 directory (``config.json`` + ``model.safetensors``).
 
@@ -424,11 +410,6 @@ def save_gpt2_dir(backbone: GPT, path: str | os.PathLike[str], lm_head_weight: T
 
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_safetensors(directory / "model.safetensors", state, {"format": "pt"})
 
-    def write_config(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(hf_config, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    _atomic_write(directory / "config.json", write_config)
+    atomic_write_text(directory / "config.json", json.dumps(hf_config, indent=2, sort_keys=True) + "\n")

@@ -28,7 +28,7 @@ def _series(history: Sequence[dict[str, Any]]) -> dict[str, list[tuple[int, floa
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Plot training and evaluation loss per task against the step; returns the file."""
-    from .checkpoint import atomic_write_bytes
+    from .io import atomic_write_bytes
 
     path = Path(path)
     series = _series(history)

@@ -21,7 +21,6 @@ each process assume the same world size.
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -30,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import SPEC, atomic_write_text
+from .checkpoint import SPEC
 from .errors import ModelDirError
+from .io import atomic_write_text, write_safetensors
 
 __all__ = ["SHARDED", "is_sharded", "save_sharded", "load_sharded", "consolidate"]
 
@@ -64,7 +64,6 @@ def save_sharded(
     own weights), saved once. ``directory`` must exist and be empty of older shards."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from safetensors.torch import save_file
 
     state = _states(model, optimizer)
     if extra:
@@ -73,10 +72,7 @@ def save_sharded(
     rng = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["rng.cuda"] = torch.cuda.get_rng_state()
-    target = _rng_file(directory, rank)
-    tmp = target.with_name(f".{target.name}.tmp")
-    save_file(rng, str(tmp))
-    os.replace(tmp, target)
+    write_safetensors(_rng_file(directory, rank), rng)
     if rank == 0:
         atomic_write_text(directory / SPEC, model.spec.to_toml())
         for name, proc in getattr(model, "processors", {}).items():
@@ -95,7 +91,7 @@ def load_sharded(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    from .checkpoint import read_safetensors
+    from .io import read_safetensors
 
     state = _states(model, optimizer)
     if extra:

@@ -44,10 +44,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import atomic_write_text, read_safetensors
 from .config import TaskConfig, TrainingConfig, resolve_training
 from .data import BadRecord, DataError, ManifestDataset, PackedTextDataset
 from .errors import MMCoreError, ModelDirError
+from .io import atomic_write_text, read_safetensors, write_safetensors
 from .loader import ExcludingDataset, IndexPlan, find_fatal_record, make_loader, record_where
 from .objectives import Objective, make_objective
 from .schedule import RunPlan
@@ -526,8 +526,6 @@ class Trainer:
         }
 
     def _write_checkpoint(self, root: Path, name: str, state: dict[str, torch.Tensor]) -> Path:
-        from safetensors.torch import save_file
-
         from .checkpoint import save
 
         d = save(_StateView(self.model, state), root / name)
@@ -536,12 +534,9 @@ class Trainer:
         tensors.update(self._objective_state())
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        tmp = d / f".{OPTIM}.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, d / OPTIM)
+        write_safetensors(d / OPTIM, tensors)
         if self.ema is not None:
-            save_file(self.ema.state_dict(), str(d / f".{EMA_FILE}.tmp"))
-            os.replace(d / f".{EMA_FILE}.tmp", d / EMA_FILE)
+            write_safetensors(d / EMA_FILE, self.ema.state_dict())
         atomic_write_text(d / STATE, json.dumps(self._trainer_state(optimizer=meta), indent=2))
         atomic_write_text(root / LATEST, name + "\n")
         return d

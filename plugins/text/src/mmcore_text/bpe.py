@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mmcore import InputError
+from mmcore import InputError, atomic_write_text
 
 from ._common import TokenizerBase
 
@@ -80,19 +79,6 @@ def _components(node: Any, kind: str) -> list[dict[str, Any]]:
         parts = node.get(kind) or []
         return [p for p in parts if isinstance(p, dict)]
     return [node]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class BPETokenizer(TokenizerBase):
@@ -339,7 +325,7 @@ class BPETokenizer(TokenizerBase):
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the tokenizer.json to ``path`` atomically (temporary file, then rename)."""
         path = Path(path)
-        _atomic_write_text(path, self.to_str())
+        atomic_write_text(path, self.to_str())
         return path
 
     def __repr__(self) -> str:
@@ -399,5 +385,5 @@ def train_bpe(
         raise InputError(f"training a BPE tokenizer on {names} failed: {exc}") from exc
     out.mkdir(parents=True, exist_ok=True)
     path = out / TOKENIZER_JSON
-    _atomic_write_text(path, tok.to_str(pretty=True))
+    atomic_write_text(path, tok.to_str(pretty=True))
     return path
