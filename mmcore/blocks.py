@@ -131,7 +131,10 @@ def split_heads(
     ``(B, H, L, hd)``, with rotary embedding applied to ``q`` and ``k`` when ``rope`` (``cos, sin``
     broadcasting to ``(B, 1, L, hd/2)``) is given."""
     B, L, _ = qkv.shape
-    t = qkv.view(B, L, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
+    if L == 1:  # a decode step: the same values, strided as SDPA's one-query kernels run fastest
+        t = qkv.view(B, 3, heads, 1, head_dim).transpose(0, 1)  # (3, B, H, 1, hd)
+    else:
+        t = qkv.view(B, L, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
     if rope is None:
         q, k, v = t.unbind(0)
         return q, k, v
