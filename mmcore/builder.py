@@ -24,7 +24,7 @@ from .model import MultimodalGPT
 from .registry import Component, Registry
 from .spec import Spec, load_spec, parse_spec
 
-__all__ = ["apply_policy", "build", "build_component", "validate_build"]
+__all__ = ["apply_policy", "assemble", "build", "build_component", "validate_build"]
 
 
 # --- the builder ---------------------------------------------------------------------------
@@ -63,7 +63,28 @@ def build(
        components are frozen and get adapters on their target layers.
 
     Built on ``device`` (``"meta"`` skips initialisation and weight files, for loading).
+
+    Then every plugin's ``mmcore_model_built`` hook is called once with the model and its spec,
+    whatever registry the model was built from.
     """
+    model = assemble(spec, registry=registry, device=device, dtype=dtype, weights=weights)
+    from .plugins import get_manager
+
+    get_manager().call_model_built(model, model.spec)
+    return model
+
+
+def assemble(
+    spec: Spec | str | Path | Mapping[str, Any],
+    *,
+    registry: Registry | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    weights: bool = True,
+) -> MultimodalGPT:
+    """:func:`build` without the ``mmcore_model_built`` hook: for the core's own builds that
+    no user sees as such (the meta-device skeleton :func:`mmcore.load` fills, which calls the
+    hook itself once the weights are in; the model a consolidation saves; the docs' summaries)."""
     reg = registry or _registry()
     spec = _as_spec(spec, reg)
     ctx = torch.device(device) if device is not None else None
@@ -75,10 +96,6 @@ def build(
     model.load_report = report
     if dtype is not None:
         model.to(dtype=dtype)
-    from .plugins import get_manager
-
-    if registry is None:
-        get_manager().call_model_built(model, spec)
     return model
 
 

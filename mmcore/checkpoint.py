@@ -30,13 +30,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import ModelDirError, SpecError, WeightsError
 from .io import atomic_write_bytes, atomic_write_text, check_state_dict, read_safetensors
 from .spec import Spec, parse_spec_text, read_spec_file
+
+if TYPE_CHECKING:
+    from .model import MultimodalGPT
 
 # atomic writes and the safetensors helpers live in mmcore/io.py; the names stay importable here
 __all__ = ["save", "load", "FORMAT", "atomic_write_bytes", "atomic_write_text", "check_state_dict", "read_safetensors"]
@@ -254,7 +257,7 @@ def load(
     verify: bool = True,
     registry: Any = None,
     check_versions: bool = True,
-) -> Any:
+) -> MultimodalGPT:
     """Rebuild the model saved in ``directory`` (:func:`save`'s output) with its weights.
 
     The model is built on the meta device and the weights are assigned, so nothing is
@@ -264,8 +267,11 @@ def load(
     (:func:`mmcore.provenance.check`). Raises :class:`ModelDirError` (incomplete directory,
     a plugin missing or of an incompatible version: says exactly what to ``pip install``)
     or :class:`WeightsError` (tampered or mismatched weights).
+
+    Every plugin's ``mmcore_model_built`` hook is called once, with the loaded model (weights in
+    place) and its spec.
     """
-    from .builder import build
+    from .builder import assemble
 
     directory = Path(directory)
     manifest = _read_manifest(directory)
@@ -286,7 +292,7 @@ def load(
         raise WeightsError(f"{directory / WEIGHTS}: corrupt alias table in metadata: {exc}") from exc
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise WeightsError(f"{directory / WEIGHTS}: corrupt alias table in metadata: expected names -> names")
-    model = build(spec, registry=registry, device="meta", weights=False)
+    model = assemble(spec, registry=registry, device="meta", weights=False)
     if meta.get("quantization"):  # int8 layers at the recorded names (mmcore.quantize)
         from .quantize import apply_quantization
 
@@ -313,6 +319,9 @@ def load(
         if pdir.is_dir():
             proc.load(str(pdir))
     model.spec = spec
+    from .plugins import get_manager
+
+    get_manager().call_model_built(model, spec)
     return model
 
 

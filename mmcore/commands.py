@@ -53,7 +53,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 for i in infos
             ],
             "failures": [
-                {"entry_point": f.entry_point, "distribution": f.distribution, "error": str(f.error)}
+                {"entry_point": f.entry_point, "distribution": f.distribution, "hook": f.hook, "error": str(f.error)}
                 for f in pm.failures
             ],
             "available": {k: v for k, v in catalog.items() if v.get("distribution") not in installed},
@@ -67,9 +67,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    {c.key:<28} {c.description}")
         if not i.components:
             print("    (no components)")
-    if pm.failures:
+    imports = [f for f in pm.failures if f.hook is None]
+    hooks = [f for f in pm.failures if f.hook is not None]
+    if imports:
         print("\nplugins that failed to load:")
-        for f in pm.failures:
+        for f in imports:
+            print(f"    {f}")
+    if hooks:
+        print("\nplugin hooks that failed or match no hook specification:")
+        for f in hooks:
             print(f"    {f}")
     missing = {k: v for k, v in catalog.items() if v.get("distribution") not in installed}
     if missing:

@@ -116,7 +116,7 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
 
 
 def examples_doc(root: Path) -> str:
-    from .builder import build
+    from .builder import assemble as build  # the docs' summaries: no mmcore_model_built hook
     from .spec import load_spec
 
     out = [

@@ -69,17 +69,22 @@ class PluginError(MMCoreError):
 
 @dataclass
 class PluginLoadError(PluginError):
-    """A plugin's entry point failed to import or register."""
+    """A plugin failed: its entry point did not import or register (``hook`` is None), or one of
+    its hooks failed or does not match the hook specifications (``hook`` names it; ``error``
+    is a :class:`PluginError` that names the plugin)."""
 
     entry_point: str
     distribution: str | None
     error: BaseException
     traceback: str = field(default="", repr=False)
+    hook: str | None = None
 
     def __post_init__(self) -> None:
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        if self.hook is not None:
+            return str(self.error)
         dist = self.distribution or "<unknown distribution>"
         return f"Error importing plugin {self.entry_point!r} from {dist}: {type(self.error).__name__}: {self.error}"
 

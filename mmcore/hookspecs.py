@@ -6,20 +6,32 @@ the entry-point group ``mmcore``; plugins can also be registered in code with
 :func:`mmcore.plugins.register`.
 
 Hooks are called with keyword arguments only, and an implementation may accept fewer
-arguments than the specification lists, so new arguments can be added to a hook
-without breaking existing plugins.
+arguments than the specification lists (any subset, none included), so new arguments can be
+added to a hook without breaking existing plugins.
+
+After loading, the plugin manager checks every plugin against these specifications
+(:meth:`mmcore.plugins.PluginManager.check_pending`, as pytest does with pluggy): a function
+marked as a hook whose name matches no specification (a misspelling such as
+``mmcore_register_component``), or a function named like a hook but not marked with
+:data:`hookimpl`, is reported by ``mmcore plugins``, and is an error under
+``MMCORE_STRICT_PLUGINS=1``.
 
 This module imports only pluggy: it is read while listing plugins and validating specs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import argparse
+from typing import TYPE_CHECKING, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .registry import Component
+
+__all__ = ["PROJECT", "BuiltSpec", "hookimpl", "hookspec"]
 
 PROJECT = "mmcore"
 
@@ -27,15 +39,24 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+class BuiltSpec(Protocol):
+    """What ``mmcore_model_built`` may read of the spec (a :class:`mmcore.Spec`)."""
+
+    name: str
+    file: str | None
+
+    def to_toml(self) -> str: ...
+
+
 # --- registration phase ------------------------------------------------------------
 
 
 @hookspec
-def mmcore_register_components() -> list["Component"]:
+def mmcore_register_components() -> list[Component]:
     """Return the components this plugin provides.
 
-    Called once per plugin when the registry is first needed (listing plugins,
-    validating a spec, building a model). Return a list of
+    Takes no arguments. Called once per plugin when the registry is first needed (listing
+    plugins, validating a spec, building a model). Return a list of
     :class:`mmcore.Component` records. Each names its kind (``encoder``, ``fusion``,
     ``head``, ``projector``), a dotted name unique across all installed plugins
     (``text.bytes``), its options model (a pydantic model, usually a subclass of
@@ -46,20 +67,24 @@ def mmcore_register_components() -> list["Component"]:
     ``mmcore plugins`` and ``mmcore spec validate`` stay fast.
 
     All results are collected (not firstresult). Two plugins returning the same
-    ``kind:name`` is an error that names both distributions.
+    ``kind:name`` is an error that names both distributions; an exception or a result that
+    is not a list of components is reported as this hook's failure, naming the plugin.
     """
 
 
 @hookspec
-def mmcore_add_commands(subparsers: Any) -> None:
+def mmcore_add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add subcommands to the ``mmcore`` command line.
 
     ``subparsers`` is the ``argparse`` sub-parser action of the ``mmcore`` parser: call
     ``subparsers.add_parser(name, help=...)``, add arguments, and
     ``set_defaults(func=callable)`` where ``callable(args) -> int`` is the exit status.
+    An implementation that takes no argument is called too.
+
     Import heavy libraries inside ``callable``, not here: this hook runs for every
-    ``mmcore`` invocation, ``--help`` included. A command name that is already taken is
-    an error naming the plugin. All implementations are called.
+    ``mmcore`` invocation, ``--help`` included. A command name that is already taken, or any
+    exception, is reported as this hook's failure naming the plugin (an error in strict
+    mode). All implementations are called.
     """
 
 
@@ -67,11 +92,17 @@ def mmcore_add_commands(subparsers: Any) -> None:
 
 
 @hookspec
-def mmcore_model_built(model: Any, spec: Any) -> None:
-    """Called after :func:`mmcore.build` composed a model from a spec.
+def mmcore_model_built(model: nn.Module, spec: BuiltSpec | None) -> None:
+    """Called once for every model a user gets from :func:`mmcore.build` or :func:`mmcore.load`.
 
-    ``model`` is the :class:`mmcore.MultimodalGPT`, ``spec`` the validated
-    :class:`mmcore.Spec` (``None`` when the model was composed from Python objects).
-    Use it to inspect or log the model. Raising here aborts the build with an error
-    naming the plugin. All implementations are called; return values are ignored.
+    ``model`` is the :class:`mmcore.MultimodalGPT`, complete: built, checked, its weights
+    loaded (for :func:`mmcore.load`, the saved weights assigned) and its training policies
+    applied. ``spec`` is the validated :class:`mmcore.Spec` it was built from (``None`` only
+    when code outside mmcore calls the hook for a model composed from Python objects).
+
+    Not called for the core's internal builds: the weightless meta-device skeleton that
+    :func:`mmcore.load` fills, ``mmcore spec validate --build``, or the model a
+    consolidation only saves. Called whatever registry the build used. Use it to inspect or
+    log the model. Raising here aborts the build with an error naming the plugin. All
+    implementations are called; return values are ignored.
     """

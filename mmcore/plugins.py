@@ -9,9 +9,11 @@ mmcore is extended only through pluggy hooks (:mod:`mmcore.hookspecs`). Plugins 
 * the core itself: :mod:`mmcore.builtin` registers the core's components through the
   same hook as every other plugin.
 
-A plugin that fails to import is reported (:attr:`PluginManager.failures`, and by
-``mmcore plugins``) and every other plugin keeps working. Strict mode
-(``strict=True`` or ``MMCORE_STRICT_PLUGINS=1``) turns such failures into errors.
+A plugin that fails to import, a hook that fails, and a hook that matches no specification
+(:meth:`PluginManager.check_pending`: a misspelled hook name, or a hook function not marked
+with ``@mmcore.hookimpl``) are reported (:attr:`PluginManager.failures`, and by
+``mmcore plugins``) and every other plugin keeps working. Strict mode (``strict=True`` or
+``MMCORE_STRICT_PLUGINS=1``) turns such failures into errors.
 ``MMCORE_BLOCK_PLUGINS=a,b`` skips the named entry points (like pytest's ``-p no:name``).
 
 The plugin manager is the only global state of mmcore (:func:`get_manager`).
@@ -20,7 +22,9 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
+import inspect
 import os
 import traceback
 from collections.abc import Iterable
@@ -142,10 +146,60 @@ class PluginManager:
             raise PluginError(f"cannot register plugin {name or plugin!r}: {exc}") from exc
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {name or plugin!r} has an invalid hook: {exc}") from exc
-        assert registered is not None  # pluggy returns None only for blocked names
+        if registered is None:  # pluggy returns None only for blocked names
+            raise PluginError(f"cannot register plugin {name or plugin!r}: the name is blocked")
         self._dist[registered] = distribution or (None, None)
         self._registry = None
+        pending = self.check_pending(registered)
+        if pending and self.strict:
+            self.unregister(registered)
+            raise pending[0].error
+        self.failures += pending
         return registered
+
+    def check_pending(self, plugin: str | None = None) -> list[PluginLoadError]:
+        """Hook functions of the registered plugins (or of ``plugin``) that pluggy would ignore.
+
+        As pluggy's ``check_pending`` (which pytest runs), but every problem at once, each
+        naming the plugin, its distribution and the hook specification it may have meant:
+
+        * a function marked ``@mmcore.hookimpl`` whose name matches no hook specification
+          (``mmcore_register_component``);
+        * a function named like a hook (``mmcore_...``) that is not marked ``@mmcore.hookimpl``,
+          so pluggy does not call it.
+
+        :meth:`register` runs it for every plugin it registers: the problems go to
+        :attr:`failures` (``mmcore plugins`` lists them), or raise in strict mode.
+        """
+        specs = sorted(n for n, c in vars(self.pm.hook).items() if not n.startswith("_") and c.has_spec())
+        problems: list[PluginLoadError] = []
+
+        def add(name: str, hook: str, what: str) -> None:
+            dist = _fmt_dist(*self._dist.get(name, (None, None)))
+            close = difflib.get_close_matches(hook, specs, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close and close[0] != hook else ""
+            msg = f"plugin {name!r} ({dist or 'registered in code'}): {hook} {what}{hint} (hooks: {', '.join(specs)})"
+            problems.append(PluginLoadError(entry_point=name, distribution=dist, error=PluginError(msg), hook=hook))
+
+        for hook, caller in sorted(vars(self.pm.hook).items()):
+            if hook.startswith("_") or caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if not impl.optionalhook and (plugin is None or impl.plugin_name == plugin):
+                    add(impl.plugin_name, hook, "is marked as a hook but matches no hook specification")
+        names = [plugin] if plugin is not None else [n for n, _ in self.pm.list_name_plugin()]
+        for name in names:
+            obj = self.pm.get_plugin(name)
+            marked = [f.function for c in vars(self.pm.hook).values() for f in _impls(c) if f.plugin is obj]
+            for attr in sorted(vars(obj) if hasattr(obj, "__dict__") else ()):
+                value = vars(obj)[attr]
+                if (
+                    attr.startswith(f"{hookspecs.PROJECT}_")
+                    and inspect.isfunction(value)
+                    and not any(value is f for f in marked)
+                ):
+                    add(name, attr, "is not marked with @mmcore.hookimpl, so it is never called")
+        return problems
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
@@ -189,6 +243,7 @@ class PluginManager:
                             entry_point=impl.plugin_name,
                             distribution=_fmt_dist(*self._dist.get(impl.plugin_name, (None, None))),
                             error=exc,
+                            hook="mmcore_register_components",
                         )
                     )
                     continue
@@ -216,8 +271,9 @@ class PluginManager:
     def call_add_commands(self, subparsers: Any) -> None:
         """Let every plugin add ``mmcore`` subcommands; a failure names the plugin and is reported."""
         for impl in reversed(self.pm.hook.mmcore_add_commands.get_hookimpls()):
+            kwargs = {"subparsers": subparsers} if "subparsers" in impl.argnames else {}
             try:
-                impl.function(subparsers=subparsers)
+                impl.function(**kwargs)
             except Exception as exc:
                 dist = _fmt_dist(*self._dist.get(impl.plugin_name, (None, None)))
                 err = PluginError(
@@ -226,12 +282,18 @@ class PluginManager:
                 )
                 if self.strict:
                     raise err from exc
-                self.failures.append(PluginLoadError(entry_point=impl.plugin_name, distribution=dist, error=err))
+                self.failures.append(
+                    PluginLoadError(
+                        entry_point=impl.plugin_name, distribution=dist, error=err, hook="mmcore_add_commands"
+                    )
+                )
 
     # --- build-time hooks ------------------------------------------------------------
 
     def call_model_built(self, model: Any, spec: Any) -> None:
-        """Call every ``mmcore_model_built`` implementation; errors name the plugin."""
+        """Call every ``mmcore_model_built`` implementation; errors name the plugin.
+
+        :func:`mmcore.build` and :func:`mmcore.load` call it once per model they return."""
         for impl in reversed(self.pm.hook.mmcore_model_built.get_hookimpls()):
             kwargs = {k: v for k, v in (("model", model), ("spec", spec)) if k in impl.argnames}
             try:
@@ -242,6 +304,10 @@ class PluginManager:
                     f"plugin {impl.plugin_name!r} ({dist or 'registered in code'}) raised in "
                     f"mmcore_model_built: {type(exc).__name__}: {exc}"
                 ) from exc
+
+
+def _impls(caller: Any) -> list[pluggy.HookImpl]:
+    return caller.get_hookimpls() if isinstance(caller, pluggy.HookCaller) else []
 
 
 def _fmt_dist(name: str | None, version: str | None) -> str | None:

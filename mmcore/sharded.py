@@ -113,7 +113,7 @@ def consolidate(checkpoint: str | Path, out: str | Path, *, registry: Any = None
     process group: every shard is read into the full tensors). Returns ``out``."""
     import torch.distributed.checkpoint as dcp
 
-    from .builder import build
+    from .builder import assemble
     from .checkpoint import save
     from .spec import load_spec
 
@@ -127,7 +127,7 @@ def consolidate(checkpoint: str | Path, out: str | Path, *, registry: Any = None
     if not spec_path.is_file():
         raise ModelDirError(f"{checkpoint}: {SPEC} is missing (the checkpoint is incomplete)")
     spec = load_spec(spec_path)
-    model = build(spec, registry=registry, weights=False)
+    model = assemble(spec, registry=registry, weights=False)
     state = model.state_dict()
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import ModuleType
 
 import pytest
 from conftest import run_python
@@ -277,3 +278,120 @@ except DuplicateComponentError as exc:
     out = run_python(code, env={"PYTHONPATH": str(private_site), plugins.ENV_BLOCK: "fixture_broken"})
     assert out.startswith("collision:") and "head:fixture.mean" in out
     assert "mmcore-fixture-plugin 0.0.1" in out and "mmcore-fixture-collide 0.0.2" in out
+
+
+# --- the surface checks itself (check_pending, fewer arguments, model_built once) -----------------
+
+
+def test_misspelled_or_unmarked_hook_is_reported_and_strict_mode_refuses_it(fake_ep, fake_dist, plugin_module):
+    typo = plugin_module("typo", mmcore_register_component=lambda: [_head("typo.head")])  # no final "s"
+    unmarked = ModuleType("unmarked")
+
+    def mmcore_register_components():  # named like the hook, never decorated: pluggy ignores it
+        return [_head("unmarked.head")]
+
+    unmarked.mmcore_register_components = mmcore_register_components
+    eps = [
+        fake_ep("typo", "typo", fake_dist("mmcore-typo", "0.3"), lambda: typo),
+        fake_ep("unmarked", "unmarked", fake_dist("mmcore-unmarked", "0.4"), lambda: unmarked),
+    ]
+    pm = plugins.PluginManager(autoload=False, entry_points=eps)
+    by_plugin = {f.entry_point: f for f in pm.failures}
+    assert set(by_plugin) == {"typo", "unmarked"}
+    typo_msg, unmarked_msg = str(by_plugin["typo"]), str(by_plugin["unmarked"])
+    assert by_plugin["typo"].hook == "mmcore_register_component"
+    assert "'typo' (mmcore-typo 0.3)" in typo_msg and "matches no hook specification" in typo_msg
+    assert "did you mean 'mmcore_register_components'?" in typo_msg
+    assert "'unmarked' (mmcore-unmarked 0.4)" in unmarked_msg and "not marked with @mmcore.hookimpl" in unmarked_msg
+    assert [str(f) for f in pm.check_pending()] == [str(f) for f in pm.failures]
+    # the plugins' good parts still count, the rest of the registry works
+    assert "fusion:early" in pm.registry and "head:typo.head" not in pm.registry
+
+    with pytest.raises(PluginLoadError, match="mmcore_register_component.*did you mean"):
+        plugins.PluginManager(autoload=False, strict=True, entry_points=eps[:1])
+    strict = plugins.PluginManager(autoload=False, strict=True)
+    with pytest.raises(PluginError, match="not marked with @mmcore.hookimpl"):
+        strict.register(unmarked, name="unmarked")
+    assert strict.pm.get_plugin("unmarked") is None  # refused, not half registered
+
+
+def test_the_installed_plugins_have_no_pending_hooks():
+    pm = plugins.PluginManager()
+    assert pm.check_pending() == []
+    assert not [f for f in pm.failures if f.hook is not None]
+
+
+def test_mmcore_plugins_reports_a_misspelled_hook(plugin_module, capsys):
+    from mmcore.cli import main
+
+    pm = plugins.PluginManager(autoload=False)
+    pm.register(plugin_module("typo", mmcore_model_bulit=lambda model: None), name="typo")
+    old = plugins.reset_manager(pm)
+    try:
+        assert main(["plugins"]) == 0
+        out = capsys.readouterr().out
+        assert "plugin hooks that failed or match no hook specification:" in out
+        assert "mmcore_model_bulit" in out and "did you mean 'mmcore_model_built'?" in out
+        assert main(["plugins", "--json"]) == 0
+        (failure,) = json.loads(capsys.readouterr().out)["failures"]
+        assert failure["hook"] == "mmcore_model_bulit" and failure["entry_point"] == "typo"
+    finally:
+        plugins.reset_manager(old)
+
+
+def test_every_hook_may_take_fewer_arguments(plugin_module):
+    from mmcore.cli import make_parser
+
+    calls = []
+    mod = plugin_module(
+        "quiet",
+        lambda: [],
+        mmcore_add_commands=lambda: calls.append("commands"),
+        mmcore_model_built=lambda: calls.append("built"),
+    )
+    pm = plugins.PluginManager(autoload=False)
+    pm.register(mod, name="quiet")
+    old = plugins.reset_manager(pm)
+    try:
+        make_parser()
+        pm.call_model_built(object(), None)
+    finally:
+        plugins.reset_manager(old)
+    assert calls == ["commands", "built"] and pm.failures == []
+
+
+def test_a_failing_hook_is_reported_as_that_hook_not_as_an_import(fake_ep, fake_dist, plugin_module):
+    def raises():
+        raise RuntimeError("kaput")
+
+    bad = plugin_module("bad", raises)
+    pm = plugins.PluginManager(
+        autoload=False, entry_points=[fake_ep("bad", "bad", fake_dist("mmcore-bad"), lambda: bad)]
+    )
+    _ = pm.registry
+    (failure,) = pm.failures
+    assert failure.hook == "mmcore_register_components"
+    assert not str(failure).startswith("Error importing") and "raised in mmcore_register_components" in str(failure)
+
+
+def test_model_built_fires_once_per_user_visible_build(manager, plugin_module, tmp_path):
+    seen = []
+
+    def mmcore_model_built(model, spec):
+        seen.append((next(model.parameters()).device.type, spec.name))
+
+    manager.register(plugin_module("watch", mmcore_model_built=mmcore_model_built), name="watch")
+    spec = {"name": "tiny", "spec_version": 1, "backbone": {"width": 32, "depth": 1, "heads": 2, "context_length": 16}}
+    text = {"component": "text.bytes", "max_length": 12}
+    spec |= {"encoders": {"text": text}, "heads": {"lm": {"component": "lm", "input": "text"}}}
+    model = mmcore.build(spec, registry=manager.registry)  # a registry given: still called
+    assert seen == [("cpu", "tiny")]
+    mmcore.save(model, tmp_path / "m")
+    seen.clear()
+    mmcore.load(tmp_path / "m")  # once, with the weights in place: not on the meta skeleton
+    assert seen == [("cpu", "tiny")]
+    seen.clear()
+    from mmcore.builder import validate_build
+
+    validate_build(spec, registry=manager.registry)  # spec validate --build: not a user's model
+    assert seen == []
