@@ -32,7 +32,7 @@ __all__ = ["apply_policy", "assemble", "build", "build_component", "validate_bui
 
 def build_component(
     kind: str, name: str, options: Mapping[str, Any] | None = None, *, registry: Registry | None = None, **context: Any
-) -> Any:
+) -> nn.Module:
     """Build one registered component from Python: ``build_component("encoder", "text.bytes", width=256)``."""
     reg = registry or _registry()
     comp = reg.get(kind, name)
@@ -257,7 +257,7 @@ def apply_policy(model: MultimodalGPT, spec: Spec) -> None:
             model.fusion.requires_grad_(False)  # a fusion may forward it to layers it holds
 
 
-def _call(comp: Component, options: Any, where: str, **context: Any) -> Any:
+def _call(comp: Component, options: Any, where: str, **context: Any) -> nn.Module:
     obj = _guard(comp, where, lambda: comp.build(options, **context))
     if not isinstance(obj, nn.Module):  # every component kind is a module (mmcore.interfaces)
         raise PluginError(

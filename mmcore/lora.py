@@ -20,7 +20,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,8 @@ __all__ = [
     "is_lora_param",
     "unadapted_shapes",
 ]
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class LoRALinear(nn.Module):
@@ -235,7 +237,7 @@ def apply_lora(
     return matched
 
 
-def merge_lora(model: nn.Module) -> Any:
+def merge_lora(model: M) -> M:
     """Fold every :class:`LoRALinear` of ``model`` into a plain ``nn.Linear``, in place; return ``model``.
 
     The merged model computes the same outputs (up to float rounding) and has the plain

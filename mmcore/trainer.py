@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -53,6 +53,10 @@ from .objectives import Objective, make_objective
 from .schedule import RunPlan
 from .selection import Monitor
 from .types import Batch
+
+if TYPE_CHECKING:
+    from .model import MultimodalGPT
+    from .spec import Spec
 
 __all__ = ["Trainer", "TrainResult", "train"]
 
@@ -862,8 +866,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def train(
-    spec: Any, *, out_dir: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> tuple[nn.Module, TrainResult]:
+    spec: Spec | str | Path, *, out_dir: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> tuple[MultimodalGPT, TrainResult]:
     """Build the model a spec describes and train it on the spec's tasks."""
     from .builder import build
     from .spec import Spec, load_spec

@@ -16,11 +16,12 @@ Public names:
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as _metadata
 from typing import Any
 
 from .config import AudioProcessorConfig, WhisperAudioConfig
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("mmcore-audio")  # written once, in pyproject.toml
 
 __all__ = [
     "AudioClippingWarning",

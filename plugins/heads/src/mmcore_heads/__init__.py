@@ -13,11 +13,12 @@ Public names:
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as _metadata
 from typing import Any
 
 from .config import ClassificationHeadConfig, LMHeadConfig
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("mmcore-heads")  # written once, in pyproject.toml
 
 __all__ = ["LMHeadConfig", "ClassificationHeadConfig", "LMHead", "ClassificationHead", "__version__"]
 

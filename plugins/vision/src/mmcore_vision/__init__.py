@@ -12,4 +12,6 @@ package (or its ``plugin`` entry point) imports neither torch, timm nor Pillow; 
 modules that need them are imported when a model is built.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+__version__ = _metadata.version("mmcore-vision")  # written once, in pyproject.toml
