@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -154,7 +154,7 @@ class GPT(nn.Module):
         """
         if max_len > self.config.context_length:
             raise ValueError(f"cache max_len ({max_len}) exceeds context_length ({self.config.context_length})")
-        param = self.ln_f.weight
+        param = cast(Tensor, self.ln_f.weight)
         device = param.device if device is None else device
         dtype = param.dtype if dtype is None else dtype
         shape = (self.config.depth, batch_size, self.config.heads, max_len, self.config.head_dim)
@@ -347,6 +347,7 @@ class GPT(nn.Module):
         Lk = past + L
         q_slot = torch.arange(past, Lk, device=device)  # (L,)
         k_slot = torch.arange(Lk, device=device)  # (Lk,)
+        key_real: Tensor | None
         if cache is not None:
             key_real = cache.key_mask[:, :Lk]  # (B, Lk); the new slots were written by forward
         else:

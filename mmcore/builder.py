@@ -257,7 +257,7 @@ def apply_policy(model: MultimodalGPT, spec: Spec) -> None:
             model.fusion.requires_grad_(False)  # a fusion may forward it to layers it holds
 
 
-def _call(comp: Component, options: Any, where: str, **context: Any) -> nn.Module:
+def _call(comp: Component, options: Any, where: str, **context: Any) -> Any:
     obj = _guard(comp, where, lambda: comp.build(options, **context))
     if not isinstance(obj, nn.Module):  # every component kind is a module (mmcore.interfaces)
         raise PluginError(

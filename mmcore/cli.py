@@ -71,7 +71,12 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     dd = ssub.add_parser("docs", help="Markdown reference of every option (docs/spec.md)")
     dd.add_argument("--all", action="store_true", help="include third-party components")
     dd.set_defaults(func=cmd_spec_docs)
-    spec.set_defaults(func=lambda a: (spec.print_help(), 2)[1])
+
+    def spec_help(args: argparse.Namespace) -> int:
+        spec.print_help()
+        return 2
+
+    spec.set_defaults(func=spec_help)
 
     b = sub.add_parser("build", help="compose the model a spec describes")
     b.add_argument("file", metavar="FILE")

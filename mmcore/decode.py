@@ -276,6 +276,7 @@ def decode_step(self: Any, x: Tensor, cache: KVCache, context: Any, plan: _StepP
     # The new token's position: the number of real tokens before it (left padding skipped),
     # and the attention mask, built once for all layers (additive: SDPA would convert a bool
     # mask in every call).
+    pos: Tensor | int
     if st.padded:
         pos = key_mask[:, :past].sum(-1)  # (B,)
         attn_bias = torch.where(key_mask[:, None, None, :Lk], 0.0, float("-inf")).to(x.dtype)  # (B, 1, 1, Lk)

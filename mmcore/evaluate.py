@@ -180,9 +180,10 @@ def evaluate_dir(
         if objective is not None:
             cfg = cfg.model_copy(update={"objective": objective})
     else:
-        cfg = TaskConfig(objective=objective, train=str(data))  # type: ignore[arg-type]
+        cfg = TaskConfig(objective=objective, train=str(data))  # type: ignore[arg-type,unused-ignore]
     obj = make_objective(cfg, model, task or "eval")
     path = Path(data)
+    ds: ManifestDataset | PackedTextDataset
     if path.suffix == ".jsonl":
         modalities = {k: getattr(e, "modality", "") for k, e in model.encoders.items()}
         ds = ManifestDataset(

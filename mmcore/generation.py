@@ -187,7 +187,7 @@ def prompt_records(
             raise MMCoreError(
                 f"prompt {i}: input {text_input!r} must hold the prompt's text (a str), got {type(text).__name__}"
             )
-        rec[text_input] = {"prompt": text} if sep else {"prompt": text, "sep": False}
+        rec[text_input] = {"prompt": text} if sep else {"prompt": text, "sep": False}  # type: ignore[assignment]
         out.append(rec)
     return out
 
@@ -198,7 +198,7 @@ def _generated_input(model: Any, text_input: str | None, head: str | None) -> tu
     predicts; and that input's LM head."""
     texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
     if text_input is None:
-        predicted = sorted(
+        predicted = sorted(  # type: ignore[type-var]
             {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")} & set(model.encoders)
         )
         head_input = getattr(model.heads[head], "input", None) if head is not None and head in model.heads else None
@@ -219,7 +219,7 @@ def _generated_input(model: Any, text_input: str | None, head: str | None) -> tu
         )
     if head is None or head not in model.heads or not hasattr(model.heads[head], "project"):
         raise MMCoreError(f"the model has no LM head over {text_input!r}; heads: {list(model.heads)}")
-    return text_input, head
+    return text_input, head  # type: ignore[return-value]
 
 
 class _Decoder:
@@ -779,8 +779,12 @@ def write_images(images: Sequence[Any], out: str | Path, *, scale: int = 1) -> l
     for img, path in zip(images, paths, strict=True):
         if scale > 1:
             img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+
+        def write(tmp: Path, img: Any = img) -> None:
+            img.save(tmp, format=fmt)
+
         try:
-            atomic_write(path, lambda tmp, img=img: img.save(tmp, format=fmt))
+            atomic_write(path, write)
         except OSError as exc:
             raise MMCoreError(f"{path}: cannot write the image: {exc}") from exc
     return paths

@@ -52,7 +52,7 @@ class BuiltSpec(Protocol):
 
 
 @hookspec
-def mmcore_register_components() -> list[Component]:
+def mmcore_register_components() -> list[Component]:  # type: ignore[empty-body]  # a specification
     """Return the components this plugin provides.
 
     Takes no arguments. Called once per plugin when the registry is first needed (listing

@@ -220,6 +220,6 @@ def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU when it has none)."""
     for t in module.parameters():
         return t.device
-    for t in module.buffers():
-        return t.device
+    for b in module.buffers():
+        return b.device
     return torch.device("cpu")

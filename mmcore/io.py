@@ -152,8 +152,8 @@ def check_state_dict(
             )
         for k, want, got in mismatched[:20]:
             lines.append(f"  shape of {k}: model has {list(want)}, file has {list(got)}")
-        for k, want, got in kinds[:20]:
-            lines.append(f"  dtype of {k}: model has {want}, file has {got}")
+        for k, dwant, dgot in kinds[:20]:
+            lines.append(f"  dtype of {k}: model has {dwant}, file has {dgot}")
         err = WeightsError("\n".join(lines))
         err.missing, err.unexpected, err.mismatched = missing, unexpected, mismatched  # type: ignore[attr-defined]
         raise err

@@ -360,7 +360,7 @@ class Distillation(Objective):
             hs, ht = self._hidden(out), self._hidden(t_out)
             if self.kind != "classification":
                 hs, ht = hs[:, :-1], ht[:, :-1]
-            err = (self.projection(hs.float()) - ht.float()).pow(2).mean(-1)  # (B,) or (B, N-1)
+            err = (self.projection(hs.float()) - ht.float()).pow(2).mean(-1)  # type: ignore[misc]  # bind() made it
             loss = loss + self.hidden_weight * (err * keep).sum()
         return loss, count, out
 

@@ -127,6 +127,10 @@ class Int8Linear(nn.Module):
     ``(out,)``, ``bias`` float32 ``(out,)`` or None.
     """
 
+    weight_int8: Tensor
+    weight_scale: Tensor
+    bias: Tensor | None
+
     def __init__(
         self,
         in_features: int,
@@ -269,7 +273,7 @@ def quantize(model: nn.Module, *, parts: Iterable[str] = _DEFAULT_PARTS, min_fea
     if not names:
         raise MMCoreError(f"quantize: no nn.Linear layer found in {list(parts)}")
     model.eval()
-    model.quantization = {"method": METHOD, "modules": names}
+    model.quantization = {"method": METHOD, "modules": names}  # type: ignore[assignment]  # mmcore's own attribute
     return model
 
 
@@ -296,7 +300,7 @@ def apply_quantization(model: nn.Module, record: Mapping[str, Any], *, where: st
         if type(mod) is not nn.Linear:
             raise WeightsError(f"{where}: quantized module {name!r} is a {type(mod).__name__}, expected nn.Linear")
         _set_module(model, name, Int8Linear(mod.in_features, mod.out_features, mod.bias is not None, device="meta"))
-    model.quantization = {"method": METHOD, "modules": list(record["modules"])}
+    model.quantization = {"method": METHOD, "modules": list(record["modules"])}  # type: ignore[assignment]
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:

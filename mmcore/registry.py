@@ -11,6 +11,7 @@ This module imports pydantic and the standard library only.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import fnmatch
 import importlib
@@ -149,7 +150,7 @@ class Registry:
         """Components whose ``kind:name`` matches the glob ``pattern`` (``"encoder:*"``)."""
         return [c for c in self if fnmatch.fnmatchcase(c.key, pattern)]
 
-    def names(self, kind: str) -> list[str]:
+    def names(self, kind: str) -> builtins.list[str]:  # (list: the method above)
         return [c.name for c in self if c.kind == kind]
 
     def get(self, kind: str, name: str) -> Component:

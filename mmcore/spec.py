@@ -188,10 +188,8 @@ class Spec:
         def plain(core: CoreOptions) -> CoreOptions:
             return core.model_copy(update={"train": "full", "lora": None}) if core.train == "lora" else core
 
-        def comp(cs: ComponentSpec | None) -> ComponentSpec | None:
-            if cs is None:
-                return None
-            return replace(cs, core=plain(cs.core), projector=comp(cs.projector))
+        def comp(cs: ComponentSpec) -> ComponentSpec:
+            return replace(cs, core=plain(cs.core), projector=None if cs.projector is None else comp(cs.projector))
 
         return replace(
             self,

@@ -103,7 +103,8 @@ def _toml_bounds_problem(text: str) -> tuple[str, str] | None:
     """
     line, table_depth, cur = 1, 0, 0  # cur: the depth of what is being read
     stack: list[tuple[str, int, int]] = []  # open '[' / '{' in values: (bracket, depth outside, depth inside)
-    key_mode, header, parts, names = True, 0, 0, []  # header: the '[' count of a table header being read
+    names: list[str] = []
+    key_mode, header, parts = True, 0, 0  # header: the '[' count of a table header being read
     table: list[str] = []  # the first parts of the current table header, for messages
     held: list[str] = []  # the key whose value is being read, for messages
 

@@ -209,7 +209,7 @@ class Trainer:
         m = self.model
         if fmt == "jsonl":
             modalities = {k: getattr(e, "modality", "") for k, e in m.encoders.items()}
-            procs = m.processors
+            procs: Any = m.processors
             if training:  # augmentation on: training copies of the processors (workers copy them again)
                 procs = {k: copy.copy(p) for k, p in procs.items()}
                 for p in procs.values():
@@ -233,7 +233,7 @@ class Trainer:
         """The module the training step runs: the model itself, or DDP/FSDP2 around it under
         torchrun, compiled with ``torch.compile`` when ``training.compile`` is set. Checkpoints,
         evaluation and the saved model always use ``self.model`` (no wrapper prefixes)."""
-        wrapped = self._distribute(model)
+        wrapped: Any = self._distribute(model)
         if self.cfg.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
@@ -263,7 +263,8 @@ class Trainer:
         ``lora`` component only its adapters (``lora_A``, ``lora_B``). Weight decay applies to
         matrices (adapters included), not to biases and norms.
         """
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for _, p in self.model.named_parameters():
             if p.requires_grad:
                 (decay if p.dim() >= 2 else no_decay).append(p)
@@ -563,7 +564,7 @@ class Trainer:
                 raise MMCoreError(f"{d}: training.ema is set but the checkpoint has no {EMA_FILE} (saved without ema)")
             self.ema.load_state_dict(read_safetensors(d / EMA_FILE)[0], state.get("ema_updates", self.step), str(d))
 
-    def _model_state(self) -> dict[str, torch.Tensor]:
+    def _model_state(self) -> dict[str, Any]:
         if self.world > 1 and self.cfg.distributed == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -761,14 +762,14 @@ class Trainer:
         """Also write scalars for TensorBoard when it is installed and there is an out_dir."""
         if self.out is None:
             return
-        writer = getattr(self, "_tb", None)
+        writer: Any = getattr(self, "_tb", None)
         if writer is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
                 self._tb = False
                 return
-            writer = self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            writer = self._tb = SummaryWriter(str(self.out / "tensorboard"))  # type: ignore[assignment]
         if writer is False:
             return
         step = entry["step"]

@@ -75,7 +75,7 @@ class _EncoderHarness(_Harness):
         if not isinstance(e, Tensor) or e.dim() != 3 or not e.is_floating_point():
             got = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
             raise _Fail(f"Tokens.embeds must be a floating (B, N, out_dim) tensor, got {got}")
-        want = (B, e.shape[1], module.out_dim)
+        want: tuple[Any, ...] = (B, e.shape[1], module.out_dim)
         if tuple(e.shape) != want:
             raise _Fail(
                 f"Tokens.embeds has shape {tuple(e.shape)} for a batch of {B}; expected (B, N, out_dim) = "

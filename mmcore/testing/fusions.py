@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +90,7 @@ class _FusionHarness(_Harness):
         return tokens, Batch(inputs)
 
     def component(self, module: nn.Module) -> nn.Module:
-        return module.component
+        return cast(nn.Module, module.component)
 
     def call(self, component: Any, batch: Any) -> Any:
         return component(batch[0], batch[1])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -38,10 +38,10 @@ class _HeadHarness(_Harness):
         return _Stack(head, encoders=nn.ModuleDict(encoders))
 
     def state_module(self, module: nn.Module) -> nn.Module:
-        return module.component
+        return cast(nn.Module, module.component)
 
     def component(self, module: nn.Module) -> nn.Module:
-        return module.component
+        return cast(nn.Module, module.component)
 
     def cases(self) -> list[list[Any]]:
         return [[0], [1, 0], [2, 0, 1], [0, 1, 2, 3]]

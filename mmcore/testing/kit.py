@@ -254,7 +254,7 @@ def _run(
         steps: list[tuple[str, Callable[[], None]]] = [("options", check_options), ("build", check_build)]
         if not _run_checks(steps, report, failures, skip):
             raise ConformanceError(label, failures, report)
-        h: _Harness = state["harness"]
+        h: Any = state["harness"]  # an _EncoderHarness when with_processor
         if with_processor:
             proc = getattr(h, "processor", None)
             checker = _ProcessorChecks(proc, h.values, comp.modality, h.make_processor, wd)

@@ -6,7 +6,7 @@ tokens of ``vision.palette``, whose head then predicts an image pixel by pixel."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +105,7 @@ class LMHead(Head):
     @property
     def tied_embedding(self) -> nn.Embedding | None:
         """The token embedding the output projection is tied to (None when untied)."""
-        return self._tied
+        return cast(nn.Embedding | None, self._tied)
 
     def project(self, h: Tensor) -> Tensor:
         """Hidden states (..., D) -> logits (..., V)."""

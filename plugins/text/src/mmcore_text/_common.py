@@ -57,7 +57,11 @@ class TokenizerBase:
     ``_encode_many`` with a faster batch encoder.
     """
 
-    pad_id: int
+    @property
+    def pad_id(self) -> int:
+        """The id padding is filled with (each tokenizer says which)."""
+        raise NotImplementedError
+
     #: The most characters of text one token covers (bounds the text encoded for ``max_length`` tokens).
     max_token_chars: int = 1
 

@@ -259,7 +259,7 @@ class TimmEncoderConfig(ImageOptions):
         "initialise from; relative paths are relative to the working directory. Only safetensors is "
         "accepted (never pickle). Classifier weights in the file are ignored.",
     )
-    image_size: int | None = Field(
+    image_size: int | None = Field(  # type: ignore[assignment]  # None: the timm model's own size
         None,
         ge=1,
         description="Side of the square input image. Default: model_args.img_size, else the model's "

@@ -346,6 +346,7 @@ class ImageTokenEmbedding(Encoder):
         self.out_dim = int(width)
         self.token_embedding = nn.Embedding(self.vocab_size, self.out_dim)
         nn.init.normal_(self.token_embedding.weight, mean=0.0, std=0.02)
+        self.position_embedding: nn.Parameter | None
         if self.config.position_embedding:
             self.position_embedding = nn.Parameter(torch.randn(self.max_tokens, self.out_dim) * 0.02)
         else:
