@@ -221,6 +221,36 @@ def test_no_module_imports_a_higher_layer() -> None:
     assert not up, "imports that go up a layer:\n" + "\n".join(up)
 
 
+def drawn_layers(path: Path = ROOT / "docs" / "architecture.md") -> dict[str, set[str]]:
+    """The layers drawn in docs/architecture.md (the first code block after "## Layers")."""
+    text = path.read_text(encoding="utf-8")
+    block = text.split("## Layers", 1)[1].split("```", 2)[1]
+    layers: dict[str, set[str]] = {}
+    current = None
+    for line in block.splitlines():
+        if not line.strip() or line.strip() == "|":
+            continue
+        if not line[0].isspace():
+            current, line = line.split(None, 1)[0], line.split(None, 1)[1]
+            layers[current] = set()
+        assert current is not None, f"docs/architecture.md: a module line before any layer: {line!r}"
+        for item in line.split(","):
+            name = item.split("(")[0].strip()  # "__init__ (the facade)" -> "__init__"
+            if name:
+                layers[current].add("" if name == "__init__" else name)
+    return dict(reversed(list(layers.items())))  # drawn top-down, LAYERS lists them bottom-up
+
+
+def test_the_drawing_in_the_docs_is_the_layers_table() -> None:
+    drawn = drawn_layers()
+    assert list(drawn) == list(LAYERS), f"layers drawn {list(drawn)}, LAYERS {list(LAYERS)}"
+    for name, modules in LAYERS.items():
+        assert drawn[name] == modules, (
+            f"docs/architecture.md draws layer {name!r} with {sorted(drawn[name] - modules)} extra and "
+            f"{sorted(modules - drawn[name])} missing"
+        )
+
+
 if __name__ == "__main__":
     g = core_graph()
     seen = 0
