@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -24,9 +24,10 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
 
         registry = get_registry()
     comps = list(registry)
-    models = [(BackboneConfig, "validation"), (TrainingConfig, "validation"), (TaskConfig, "validation")]
-    models += [(CoreOptions, "validation")]
-    models += [(c.config, "validation") for c in comps]
+    mode: Literal["validation"] = "validation"
+    models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]]
+    models = [(BackboneConfig, mode), (TrainingConfig, mode), (TaskConfig, mode), (CoreOptions, mode)]
+    models += [(c.config, mode) for c in comps]
     refs, top = models_json_schema(models, ref_template="#/$defs/{model}")
     defs = top.get("$defs", {})
 
