@@ -176,7 +176,7 @@ def table(results: list[dict]) -> str:
 
 
 def write_docs(results: list[dict]) -> None:
-    from mmcore.checkpoint import atomic_write_text
+    from mmcore import atomic_write_text
 
     text = DOC.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             r["tag"] = args.tag
             print(json.dumps(r), flush=True)
             results.append(r)
-            from mmcore.checkpoint import atomic_write_text  # noqa: PLC0415
+            from mmcore import atomic_write_text  # noqa: PLC0415
 
             atomic_write_text(out, json.dumps(results, indent=1) + "\n")
     return 0

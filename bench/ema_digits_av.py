@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for decay in args.ema:
         entry = run(decay, args.steps, Path(args.out) / f"ema-{decay:g}")
         print(json.dumps(entry))
-        from mmcore.checkpoint import atomic_write_text
+        from mmcore import atomic_write_text
 
         have = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
         runs = [r for r in have["runs"] if (r["decay"], r["steps"]) != (entry["decay"], entry["steps"])] + [entry]

@@ -22,7 +22,7 @@ def main() -> int:
     import torch
 
     import mmcore
-    from mmcore.checkpoint import atomic_write_text
+    from mmcore import atomic_write_text
     from mmcore.spec import parse_spec
 
     torch.set_num_threads(1)

@@ -240,7 +240,7 @@ def write_results(name: str, results: dict, figures: dict[str, str]) -> Path:
     ``figures`` maps a row label to the exact text docs/tasks.md shows for it (tests/test_docs.py
     checks that the page quotes each one).
     """
-    from mmcore.checkpoint import atomic_write_text
+    from mmcore import atomic_write_text
 
     path = RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

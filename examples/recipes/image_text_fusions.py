@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         digits_av.main(["--out", str(data)])
     train, test = rows(data / "caption_train.jsonl"), rows(data / "caption_eval.jsonl")
-    from mmcore.checkpoint import atomic_write_text
+    from mmcore import atomic_write_text
 
     report = {
         "spec": "examples/image_text.toml",
