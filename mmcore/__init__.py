@@ -26,6 +26,7 @@ from .errors import (
 from .files import open_regular, regular_file_problem
 from .hookspecs import hookimpl
 from .registry import Component, Registry
+from .types import IGNORE_INDEX, LM_LABELS, PROMPT_LEN, TargetField
 from .version import __version__
 
 # name -> module that defines it (imported lazily: these need torch)
@@ -40,6 +41,7 @@ _LAZY = {
     "Fusion": "interfaces",
     "Head": "interfaces",
     "Projector": "interfaces",
+    "Objective": "interfaces",
     "GPT": "backbone",
     "KVCache": "backbone",
     "MultimodalGPT": "model",
@@ -90,6 +92,11 @@ __all__ = [
     "Fusion",
     "Head",
     "Projector",
+    "Objective",
+    "TargetField",
+    "IGNORE_INDEX",
+    "LM_LABELS",
+    "PROMPT_LEN",
     "Batch",
     "Tokens",
     "FusedSequence",

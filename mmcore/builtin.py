@@ -2,7 +2,8 @@
 
 Only options models live here (pydantic, no torch); the modules they build are in
 :mod:`mmcore.fusion`, :mod:`mmcore.fusion_xattn`, :mod:`mmcore.resampler` and
-:mod:`mmcore.projectors` and are imported when built.
+:mod:`mmcore.projectors`, and the objectives in :mod:`mmcore.objectives`; they are imported
+when built.
 """
 
 from __future__ import annotations
@@ -96,9 +97,61 @@ class MLPProjectorConfig(ComponentConfig):
     bias: bool = Field(True, description="Use bias terms.")
 
 
+class NoOptions(ComponentConfig):
+    """The core objectives take no ``options``: they read the task's own keys (``label``,
+    ``labels``, ``mlm_probability``, ``text_input``)."""
+
+
+#: The core's objectives: (name, factory, heads they train, attention, reads text, special tokens, description)
+_OBJECTIVES = (
+    ("lm", "LMObjective", ("lm",), "causal", True, (), "Next-token prediction (causal attention); perplexity."),
+    (
+        "mlm",
+        "MLMObjective",
+        ("lm",),
+        "bidirectional",
+        True,
+        ("<mask>",),
+        "Masked-token prediction, 80/10/10 (bidirectional attention); perplexity and masked accuracy.",
+    ),
+    (
+        "prefix_lm",
+        "PrefixLMObjective",
+        ("lm",),
+        "prefix",
+        True,
+        ("<sep>",),
+        "A target given a conditioning prefix (captioning, speech-to-text, translation); perplexity.",
+    ),
+    (
+        "classification",
+        "ClassificationObjective",
+        ("classify",),
+        None,
+        False,
+        (),
+        "One integer label per record (task.label); cross-entropy; accuracy and macro-F1.",
+    ),
+)
+
+
 @hookimpl
 def mmcore_register_components() -> list[Component]:
     return [
+        *(
+            Component(
+                kind="objective",
+                name=name,
+                config=NoOptions,
+                factory=f"mmcore.objectives:{factory}",
+                heads=heads,
+                attention=attention,
+                text=text,
+                special_tokens=tokens,
+                description=description,
+            )
+            for name, factory, heads, attention, text, tokens, description in _OBJECTIVES
+        ),
         Component(
             kind="fusion",
             name="early",

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .errors import MMCoreError
-from .objectives import task_attention, task_head
+from .objectives import objective_component, task_attention, task_head
 from .types import Batch, Tokens
 
 __all__ = [
@@ -136,19 +136,26 @@ def trained_attention(model: Any, head: str) -> str | None:
 
 
 def _lm_tasks(model: Any, head: str) -> list[Any]:
-    """The ``lm`` and ``prefix_lm`` tasks of the model's spec that train LM head ``head``."""
+    """The tasks of the model's spec that train LM head ``head`` to generate: with an objective
+    that reads text under causal or prefix attention (``lm`` and ``prefix_lm`` among the core's;
+    not ``mlm``, whose bidirectional attention generation cannot use)."""
     tasks = getattr(getattr(model, "spec", None), "tasks", None) or {}
     heads = list(model.heads)
-    return [t for t in tasks.values() if t.objective in ("lm", "prefix_lm") and task_head(t, heads) == head]
+    return [t for t in tasks.values() if _generative(objective_component(t)) and task_head(t, heads) == head]
+
+
+def _generative(comp: Any) -> bool:
+    return comp.text and comp.attention in ("causal", "prefix")
 
 
 def prompt_separator(model: Any, head: str) -> bool:
     """Whether a generation prompt for LM head ``head`` ends with ``<sep>``, from what the
-    model's spec trains the head with: True when ``prefix_lm`` tasks train it (and no ``lm``
-    task), since their samples are ``<bos> prompt <sep> target <eos>``; False when ``lm`` tasks
+    model's spec trains the head with: True when every task training it has an objective whose
+    text needs ``<sep>`` (``prefix_lm``: its samples are ``<bos> prompt <sep> target <eos>``); False when ``lm`` tasks
     do (their text never held a ``<sep>``: the prompt is plain text to continue), when the tasks
     disagree, and when the model has no spec or no task trains the head."""
-    return {t.objective for t in _lm_tasks(model, head)} == {"prefix_lm"}
+    seps = {"<sep>" in objective_component(t).special_tokens for t in _lm_tasks(model, head)}
+    return seps == {True}
 
 
 def prompt_records(

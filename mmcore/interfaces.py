@@ -1,4 +1,4 @@
-"""The contracts a plugin implements: Processor, Encoder, Fusion, Head, Projector.
+"""The contracts a plugin implements: Processor, Encoder, Fusion, Head, Projector, Objective.
 
 Each base class's docstring *is* the contract; :mod:`mmcore.testing` checks it. Every
 component except the Processor is a plain ``torch.nn.Module``: you can hold it, inspect
@@ -14,6 +14,8 @@ How the builder calls a component's factory (``Component.factory``), by kind:
 * fusion:    ``factory(config, *, width, encoders, backbone, base_dir)`` -- ``encoders`` maps
   input names to built encoders; ``backbone`` is the :class:`~mmcore.BackboneConfig`.
 * head:      ``factory(config, *, width, encoders, backbone, base_dir)``.
+* objective: ``factory(config, *, task, head, model, where)`` -- see :class:`Objective`;
+  built when a task is trained or evaluated, not by :func:`mmcore.build`.
 
 A factory may accept only the keyword arguments it needs.
 
@@ -30,16 +32,16 @@ Where these docs say "input", they mean the name of an ``[encoders.<name>]`` sec
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .registry import call_factory
-from .types import Batch, FusedSequence, HeadOutput, Tokens
+from .types import Batch, FusedSequence, HeadOutput, ModelOutput, TargetField, Tokens
 
-__all__ = ["Processor", "Encoder", "Fusion", "Head", "Projector", "call_factory"]
+__all__ = ["Processor", "Encoder", "Fusion", "Head", "Projector", "Objective", "call_factory"]
 
 
 class Processor:
@@ -214,6 +216,116 @@ class Head(nn.Module):
             return None
         n = torch.tensor(float(output.logits.shape[0]), device=loss.device)
         return loss * n, n
+
+
+class Objective:
+    """What a task asks of the model: its targets, its loss and its metrics.
+
+    An objective is a component of kind ``objective``, registered through
+    ``mmcore_register_components`` like an encoder or a head; a ``[tasks.<name>]`` section
+    names it (``objective = "regression"``) and gives its options (``options = {...}``,
+    validated by the component's options model). The registration declares what the spec
+    checks before anything is built: the head components it trains (``Component.heads``), its
+    attention mode (``Component.attention``), whether it reads the task's text input
+    (``Component.text``) and the special tokens that input needs (``Component.special_tokens``).
+
+    Built by the component's factory as ``factory(config, *, task, head, model, where)``:
+    ``config`` its validated options, ``task`` the :class:`mmcore.TaskConfig`, ``head`` the
+    name of the head it trains (in ``model.heads``), ``model`` the
+    :class:`mmcore.MultimodalGPT` (read its heads and processors; keep no reference to it),
+    ``where`` the spec path for messages (``"tasks.fit"``). The trainer, ``mmcore eval`` and
+    the CLI use nothing but the methods below, for the first-party objectives (``lm``,
+    ``mlm``, ``prefix_lm``, ``classification``, registered by the core as a plugin) as for a
+    plugin's.
+
+    Contract:
+
+    * ``name``, ``head``: its registered name and the head it trains; ``attention``: the mode
+      the backbone runs in for it (None: the backbone's configured mode).
+    * ``targets() -> list[TargetField]``: the record fields it reads as targets and their JSON
+      types. The data layer validates each record against them (a bad value is a bad record
+      naming file, line and field) and collates them into ``batch.targets``
+      (see :class:`mmcore.TargetField`). Must be cheap and picklable.
+    * ``setup(model, targets)``: called once by the trainer before the first step of a fresh
+      run, with an iterable of every training record's parsed targets (dicts name -> value;
+      records without them are left out). Learn what the task needs from the training set
+      here (a regression head's target standardisation, kept in the head's buffers so it is
+      saved with the model). Default: nothing.
+    * ``prepare(batch, generator) -> Batch``: transform a batch before the forward pass
+      (masked LM corrupts the text here), drawing randomness from ``generator``. Default: the
+      batch unchanged.
+    * ``terms(model, batch) -> (total, count, output)``: run the model and return the loss as
+      a sum over its items (tokens, samples) and their number (or total weight), with the
+      task's loss ``== total / count``, plus the :class:`mmcore.ModelOutput`. The trainer
+      adds the totals and counts of every micro-batch and process before dividing, so the
+      step's loss is the exact mean over all items. ``model`` may be wrapped (DDP): run it,
+      and read its heads through :meth:`unwrap`. Default: the forward pass with
+      ``mode=self.attention, heads=[self.head]`` and the head's ``loss_terms``.
+    * ``metric_state(output, batch) -> dict[str, Tensor]``: this batch's contribution to the
+      metrics, as tensors that *add up*: the evaluator sums them over every batch of an
+      evaluation set and over processes (``all_reduce``), so a metric is never a mean of
+      batch means. Default: none.
+    * ``metrics(state) -> dict[str, float]``: the metrics from the summed state, which also
+      holds ``"loss_total"`` and ``"loss_count"`` (the summed :meth:`terms`). Default:
+      ``{"loss": loss_total / loss_count}``.
+    * ``distillation``: ``"token"`` (next-token logits (B, N, V) over an input's tokens),
+      ``"sample"`` (logits (B, C) per sample) or None (cannot be distilled); a task with a
+      ``teacher`` wraps the objective in the core's distillation, which reads it.
+    * ``parameters()``, ``state_dict()``, ``load_state_dict(state)``: trainable state the
+      objective holds outside the model (kept in the trainer's checkpoints). Default: none.
+    """
+
+    name: str = ""
+    head: str = ""
+    attention: str | None = None
+    distillation: ClassVar[str | None] = None
+    generates: ClassVar[bool] = False
+
+    def targets(self) -> list[TargetField]:
+        return []
+
+    def setup(self, model: nn.Module, targets: Iterable[Mapping[str, Any]]) -> None:
+        """Learn from the training set's targets before training (default: nothing)."""
+
+    def prepare(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        return batch
+
+    def terms(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, ModelOutput]:
+        out = model(batch, mode=self.attention, heads=[self.head], compute_loss=False)
+        terms = self.unwrap(model).heads[self.head].loss_terms(out.outputs[self.head], batch)
+        if terms is None:
+            from .errors import MMCoreError
+
+            raise MMCoreError(
+                f"{self.name} objective: head {self.head!r} found no targets in the batch "
+                f"(inputs {sorted(batch.inputs)}, targets {sorted(batch.targets)})"
+            )
+        total, count = terms
+        return total, count.to(total.dtype), out
+
+    def metric_state(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        return {}
+
+    def metrics(self, state: Mapping[str, Tensor]) -> dict[str, float]:
+        return {"loss": float(state["loss_total"]) / max(float(state["loss_count"]), 1e-12)}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            from .errors import MMCoreError
+
+            raise MMCoreError(f"{self.name} objective has no state; got {sorted(state)}")
+
+    @staticmethod
+    def unwrap(model: nn.Module) -> nn.Module:
+        """The model inside a DDP wrapper (``module``), else the model itself."""
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        return inner
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -592,10 +592,12 @@ def _check_special_tokens(model: MultimodalGPT, spec: Spec, add: Any) -> None:
             needs += [(inp, tok, section) for inp, toks in wanted.items() for tok in toks]
         else:
             needs += [(inp, tok, section) for inp in text_inputs for tok in wanted]
+    reg = _registry()
     for tname, task in spec.tasks.items():
-        tok = {"mlm": "<mask>", "prefix_lm": "<sep>"}.get(task.objective)
-        if tok is not None and task.text_input in model.processors:
-            needs.append((task.text_input, tok, f"tasks.{tname}"))
+        key = f"objective:{task.objective}"
+        toks = reg.get("objective", task.objective).special_tokens if key in reg else ()
+        if task.text_input in model.processors:  # the objective's registration names them
+            needs += [(task.text_input, tok, f"tasks.{tname}") for tok in toks]
     for inp, tok, who in needs:
         proc = model.processors.get(inp)
         if proc is None:
