@@ -135,6 +135,28 @@ _OBJECTIVES = (
 )
 
 
+#: What mmcore's conformance kit trains each core objective on (mmcore.testing.objective_kit):
+#: the first-party text encoder and heads, as a user's spec would name them.
+_TEXT = {"text": {"component": "text.bytes", "max_length": 32}}
+_LM_KIT = {
+    "spec": {"encoders": _TEXT, "heads": {"lm": {"component": "lm"}}},
+    "records": [{"text": t} for t in ("hello world", "a b c", "multimodal", "the cat sat", "ok")],
+}
+_CONFORMANCE = {
+    "lm": _LM_KIT,
+    "mlm": _LM_KIT,
+    "prefix_lm": {
+        "spec": _LM_KIT["spec"],
+        "records": [{"text": p, "target": t} for p, t in (("one", "1"), ("two", "2"), ("three", "3"), ("four", "4"))],
+    },
+    "classification": {
+        "spec": {"encoders": _TEXT, "heads": {"c": {"component": "classify", "num_classes": 3}}},
+        "records": [{"text": t, "label": y} for t, y in (("red", "r"), ("green", "g"), ("blue", "b"), ("rose", "r"))],
+        "task": {"labels": ["r", "g", "b"]},
+    },
+}
+
+
 @hookimpl
 def mmcore_register_components() -> list[Component]:
     return [
@@ -149,6 +171,7 @@ def mmcore_register_components() -> list[Component]:
                 text=text,
                 special_tokens=tokens,
                 description=description,
+                extra={"conformance": _CONFORMANCE[name]},
             )
             for name, factory, heads, attention, text, tokens, description in _OBJECTIVES
         ),

@@ -33,6 +33,11 @@ class FeaturesProcessor(Processor):
                 raise InputError(f"{where}: item {i} must be a finite number, got {v!r}")
         return {"x": torch.tensor([float(v) for v in value], dtype=torch.float32)}
 
+    def examples(self) -> list[list[float]]:
+        """A few raw values, for mmcore's conformance kit."""
+        k = self.features
+        return [[0.5 * i - 1.0 for i in range(k)], [1.0] * k, [float(-i) for i in range(k)]]
+
     def collate(self, samples: Sequence[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         x = torch.zeros(len(samples), self.features)
         present = torch.zeros(len(samples), dtype=torch.bool)

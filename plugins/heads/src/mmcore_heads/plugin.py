@@ -54,6 +54,16 @@ def mmcore_register_components() -> list[Component]:
             factory="mmcore_heads.regress:RegressionObjective",
             heads=("regress",),
             description="Numeric targets (a number or a list) for head:regress; MSE, MAE and R².",
+            # what mmcore's conformance kit trains it on: numbers in, a number out
+            extra={
+                "conformance": {
+                    "spec": {
+                        "encoders": {"x": {"component": "features", "features": 3}},
+                        "heads": {"y": {"component": "regress"}},
+                    },
+                    "records": [{"x": [i, 1.0 - i, 0.5], "y": 2.0 * i + 1} for i in range(6)],
+                }
+            },
         ),
         Component(
             kind="encoder",

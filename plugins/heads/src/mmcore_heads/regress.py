@@ -63,8 +63,12 @@ class RegressionHead(Head):
     def forward(self, hidden: Tensor, sequence: FusedSequence) -> HeadOutput:
         pooled = pool(hidden, sequence.mask, self.pooling)  # (B, D)
         z = self.regressor(self.dropout(pooled))  # (B, K), standardised
-        y = z.float() * self.target_std + self.target_mean
+        y = z * self.target_std.to(z.dtype) + self.target_mean.to(z.dtype)  # in the parameters' dtype
         return HeadOutput(logits=y, extra={"standardised": z, "pooled": pooled})
+
+    def example_targets(self, batch: Batch) -> dict[str, Tensor]:
+        """Targets for mmcore's conformance kit: (B, K) numbers."""
+        return {self.field: torch.linspace(-1.0, 2.0, batch.size * self.outputs).reshape(batch.size, self.outputs)}
 
     def targets_of(self, batch: Batch) -> Tensor | None:
         """(B, K) float targets of a batch, or None when it has none."""
