@@ -134,7 +134,7 @@ def test_an_external_task_plugin_trains_and_evaluates_through_the_cli(tmp_path):
     (tmp_path / "spec.toml").write_text(
         'spec_version = 1\nname = "signs"\n[backbone]\nwidth = 16\ndepth = 1\nheads = 2\ncontext_length = 8\n'
         '[encoders.v]\ncomponent = "tabfix.vector"\nsize = 3\n[heads.s]\ncomponent = "tabfix.score"\n'
-        '[training]\nsteps = 30\nbatch_size = 8\nlr = 0.01\nprogress = false\n'
+        "[training]\nsteps = 30\nbatch_size = 8\nlr = 0.01\nprogress = false\n"
         '[tasks.signs]\nobjective = "tabfix.hinge"\ntrain = "train.jsonl"\neval = "eval.jsonl"\noptions = {margin = 1.0}\n',
         encoding="utf-8",
     )
