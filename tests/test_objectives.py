@@ -158,3 +158,15 @@ def test_an_external_task_plugin_trains_and_evaluates_through_the_cli(tmp_path):
     # no core file names it
     core = [p for p in (ROOT / "mmcore").rglob("*.py") if "tabfix" in p.read_text(encoding="utf-8")]
     assert not core
+
+
+def test_the_task_plugin_walkthrough_quotes_the_installed_fixture():
+    """docs/plugins.md's task plugin code is the fixture the external-plugin test installs and runs."""
+    import re
+
+    page = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = page[page.index("### A task plugin: a head and its objective") : page.index("## 4. The conformance kit")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    src = ROOT / "tests" / "fixtures" / "external" / "mmcore-tabular-fixture" / "src" / "mmcore_tabular_fixture"
+    files = (src / "plugin.py").read_text(encoding="utf-8") + (src / "parts.py").read_text(encoding="utf-8")
+    assert len(blocks) == 2 and all(b in files for b in blocks)
