@@ -174,6 +174,8 @@ class Fusion(nn.Module):
     * ``inserts() -> dict[int, nn.Module]``: layers to run after backbone block *i*
       (cross-attention fusions), called as ``layer(x, context)`` with
       ``FusedSequence.context``. Default: none.
+    * ``max_sequence_length(counts)`` and ``embed_step(name, tokens)``: see the methods (the
+      core's three fusions implement both, as a plugin's fusion does).
     * A sample whose modality is missing (all-False mask row) is handled through masks.
     """
 
@@ -182,6 +184,18 @@ class Fusion(nn.Module):
 
     def inserts(self) -> dict[int, nn.Module]:
         return {}
+
+    def max_sequence_length(self, counts: Mapping[str, int | None]) -> int | None:
+        """The most positions of a fused sequence whose inputs have at most ``counts[name]``
+        tokens each (None: that input's count is unknown). The build checks it against the
+        backbone's ``context_length``. Default None: the fusion does not say (no check)."""
+        return None
+
+    def embed_step(self, name: str, tokens: Tokens) -> Tensor:
+        """Embeddings (B, n, D) of new tokens of input ``name`` appended during generation: what
+        :meth:`forward` adds to that input's tokens, so a token fed step by step through the KV
+        cache gets the embedding it would have had in the fused sequence. Default: unchanged."""
+        return tokens.embeds
 
 
 class Head(nn.Module):
