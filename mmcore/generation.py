@@ -203,9 +203,9 @@ def _generated_input(model: Any, text_input: str | None, head: str | None) -> tu
     texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
     if text_input is None:
         predicted = sorted(
-            {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")} & set(model.encoders)
+            {h.input for h in model.heads.values() if h.input is not None} & set(model.encoders)
         )
-        head_input = getattr(model.heads[head], "input", None) if head is not None and head in model.heads else None
+        head_input = model.heads[head].input if head is not None and head in model.heads else None
         if head_input in model.encoders:
             text_input = head_input
         elif len(texts) == 1 and (texts[0] in predicted or len(predicted) != 1):
@@ -218,10 +218,10 @@ def _generated_input(model: Any, text_input: str | None, head: str | None) -> tu
         raise MMCoreError(f"no input {text_input!r}; inputs: {list(model.encoders)}")
     if head is None:
         head = next(
-            (n for n, h in model.heads.items() if getattr(h, "input", None) == text_input and hasattr(h, "project")),
+            (n for n, h in model.heads.items() if h.input is not None and h.input == text_input),
             None,
         )
-    if head is None or head not in model.heads or not hasattr(model.heads[head], "project"):
+    if head is None or head not in model.heads or model.heads[head].input is None:
         raise MMCoreError(f"the model has no LM head over {text_input!r}; heads: {list(model.heads)}")
     return text_input, head
 
@@ -657,11 +657,11 @@ def generate_for_records(
 def image_inputs(model: Any) -> list[str]:
     """Inputs whose tokens an LM head of ``model`` predicts and whose processor decodes images
     (declares ``output_ids`` and modality ``image``, like ``vision.palette``)."""
-    predicted = {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")}
+    predicted = {h.input for h in model.heads.values() if h.input is not None}
     return [
         name
         for name, proc in model.processors.items()
-        if name in predicted and getattr(proc, "modality", "") == "image" and hasattr(proc, "output_ids")
+        if name in predicted and proc.modality == "image" and proc.output_ids is not None
     ]
 
 

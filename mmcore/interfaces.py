@@ -33,6 +33,7 @@ Where these docs say "input", they mean the name of an ``[encoders.<name>]`` sec
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -68,6 +69,28 @@ class Processor:
 
     modality: ClassVar[str] = ""
     training: bool = False
+
+    # --- capabilities the core reads (defaults: the processor has none of them) ----------
+    #: Token processors (text, image tokens): special token name -> id (``{"<mask>": 4}``).
+    special_tokens: Mapping[str, int] = MappingProxyType({})
+    #: Token processors: the ids of ``<bos>``, ``<eos>``, ``<pad>``, ``<mask>``, ``<sep>`` (None: none).
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    mask_id: int | None = None
+    sep_id: int | None = None
+    #: Token processors: how many ids it makes (the encoder's vocabulary must hold them).
+    vocab_size: int | None = None
+    #: The most tokens (text) or positions it makes for one value (None: unbounded or unknown).
+    max_length: int | None = None
+    #: Processors whose ids a head generates: the most ids one generated output needs.
+    max_tokens: int | None = None
+    #: Processors whose ids a head generates: the ids a generated output may hold (None: any).
+    output_ids: Sequence[int] | None = None
+
+    def decode(self, ids: Sequence[int] | Tensor) -> Any:
+        """Token processors: ids back to a value (text; an image for image tokens)."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode ids")
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         raise NotImplementedError
@@ -140,10 +163,19 @@ class Encoder(nn.Module):
     * No Python loop over samples or tokens; deterministic in eval mode.
     * A text encoder that owns a token vocabulary exposes ``token_embedding``
       (an ``nn.Embedding`` an LM head can tie to) and ``vocab_size``.
+    * Capabilities the core reads, with their defaults: ``vocab_size`` (None: no token
+      vocabulary), ``max_tokens`` (the most tokens for one sample; None: unknown, the
+      processor's ``max_length`` is used), ``num_tokens`` (a fixed token count, None if not
+      fixed), ``takes_offset`` (generation passes ``offset``, the position of the first new
+      token, with step-by-step inputs).
     """
 
     modality: ClassVar[str] = ""
     out_dim: int
+    vocab_size: int | None = None
+    max_tokens: int | None = None
+    num_tokens: int | None = None
+    takes_offset: bool = False
 
     def forward(self, inputs: dict[str, Tensor]) -> Tokens:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -214,9 +246,22 @@ class Head(nn.Module):
       accumulation and processes. The default derives it from ``loss`` with count = B;
       heads whose loss is a mean over a varying number of items override it.
     * ``weight`` (float, default 1.0): the head's share of the model's total loss.
+    * ``special_tokens_needed``: as for :class:`Fusion`.
+    * LM-style heads (next-token logits over an input's tokens; generation and explanations
+      use them) set ``input`` (the encoder input whose tokens they predict) and
+      ``vocab_size``, and implement ``project(h)``: hidden states (..., D) -> logits (..., V).
+      Other heads leave ``input`` None. Classifiers set ``num_classes``.
     """
 
     weight: float = 1.0
+    special_tokens_needed: Sequence[str] | Mapping[str, Sequence[str]] = ()
+    input: str | None = None
+    vocab_size: int | None = None
+    num_classes: int | None = None
+
+    def project(self, h: Tensor) -> Tensor:
+        """LM-style heads: hidden states (..., D) -> logits (..., V)."""
+        raise NotImplementedError(f"{type(self).__name__} is not an LM-style head (its input is None)")
 
     def forward(self, hidden: Tensor, sequence: FusedSequence) -> HeadOutput:  # pragma: no cover
         raise NotImplementedError

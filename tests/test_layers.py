@@ -186,7 +186,7 @@ LAYERS: dict[str, set[str]] = {
     },
     # the entry points: the command line and its helpers, the conformance kit, the package facade
     "cli": {
-        "cli", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.objective_kit", "testing.examples",
+        "cli", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.objective_kit", "testing.capability_kit", "testing.examples",
         "testing.pytest_plugin", "",
     },
 }  # fmt: skip

@@ -53,12 +53,20 @@ _LAZY = set(__all__) - {"check_component", "check_objective"}
 def check_component(component: Any, options: Any = None, *, registry: Any = None, **kwargs: Any) -> Any:
     """Run every check of the component's kind (:func:`mmcore.testing.kit.check_component`;
     objectives: :func:`mmcore.testing.objective_kit.check_objective`)."""
-    from . import kit, objective_kit
+    from . import capability_kit, kit, objective_kit
 
     comp = kit._resolve(component, None, registry)
     if comp.kind == "objective":
         return objective_kit.check_objective(comp, options, **kwargs)
-    return kit.check_component(comp, options, registry=registry, **kwargs)
+    report = kit.check_component(comp, options, registry=registry, **kwargs)
+    if comp.kind == "encoder":  # the capabilities its processor declares (capability_kit.py)
+        problems = [
+            p for p in capability_kit.check_processor_capabilities(comp, options) if p[0] not in kwargs.get("skip", ())
+        ]
+        if problems:
+            raise kit.ConformanceError(kit._label(comp), problems, report)
+        report.passed += [c for c in capability_kit.CAPABILITY_CHECKS if c not in kwargs.get("skip", ())]
+    return report
 
 
 def check_objective(component: Any, options: Any = None, **kwargs: Any) -> Any:
