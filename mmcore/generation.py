@@ -202,9 +202,7 @@ def _generated_input(model: Any, text_input: str | None, head: str | None) -> tu
     predicts; and that input's LM head."""
     texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
     if text_input is None:
-        predicted = sorted(
-            {h.input for h in model.heads.values() if h.input is not None} & set(model.encoders)
-        )
+        predicted = sorted({h.input for h in model.heads.values() if h.input is not None} & set(model.encoders))
         head_input = model.heads[head].input if head is not None and head in model.heads else None
         if head_input in model.encoders:
             text_input = head_input

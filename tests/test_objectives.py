@@ -170,3 +170,46 @@ def test_the_task_plugin_walkthrough_quotes_the_installed_fixture():
     src = ROOT / "tests" / "fixtures" / "external" / "mmcore-tabular-fixture" / "src" / "mmcore_tabular_fixture"
     files = (src / "plugin.py").read_text(encoding="utf-8") + (src / "parts.py").read_text(encoding="utf-8")
     assert len(blocks) == 2 and all(b in files for b in blocks)
+
+
+_SHARDED_EVAL = """
+import json, os, sys
+import torch, torch.distributed as dist
+import mmcore
+from mmcore.data import ManifestDataset
+from mmcore.evaluate import evaluate_task
+from mmcore.objectives import make_objective
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+spec = mmcore.parse_spec(json.loads(sys.argv[1]))
+torch.manual_seed(0)
+model = mmcore.build(spec).eval()
+obj = make_objective(spec.tasks["fit"], model, "fit")
+ds = ManifestDataset(spec.tasks["fit"].train, model.processors, {"x": "features"}, targets=obj.targets())
+obj.setup(model, ds.iter_targets())
+out = {"sharded": evaluate_task(model, obj, ds, model.processors, batch_size=2, rank=rank, world=world)}
+if rank == 0:
+    out["whole"] = evaluate_task(model, obj, ds, model.processors, batch_size=2)
+    print(json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_metric_states_are_summed_across_processes(tmp_path, manager):
+    """Two processes each score their share of the records; the summed metric states give the
+    metrics one process gets on all of them (R² is not a mean of per-process R²s)."""
+    write(tmp_path / "train.jsonl", rows(7, outputs=2))
+    (tmp_path / "eval.py").write_text(_SHARDED_EVAL, encoding="utf-8")
+    spec = regression_spec(tmp_path, outputs=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [*cmd, str(tmp_path / "eval.py"), json.dumps(spec)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["sharded"]["samples"] == got["whole"]["samples"] == 7
+    for k in ("loss", "mse", "mae", "r2"):
+        assert got["sharded"][k] == pytest.approx(got["whole"][k], rel=1e-5, abs=1e-7), k
