@@ -59,13 +59,15 @@ def check_component(component: Any, options: Any = None, *, registry: Any = None
     if comp.kind == "objective":
         return objective_kit.check_objective(comp, options, **kwargs)
     report = kit.check_component(comp, options, registry=registry, **kwargs)
-    if comp.kind == "encoder":  # the capabilities its processor declares (capability_kit.py)
-        problems = [
-            p for p in capability_kit.check_processor_capabilities(comp, options) if p[0] not in kwargs.get("skip", ())
-        ]
+    # the capabilities the component (an encoder's processor, a fusion) declares: capability_kit.py
+    checks = {"encoder": capability_kit.CAPABILITY_CHECKS, "fusion": capability_kit.FUSION_CAPABILITY_CHECKS}
+    run = {"encoder": capability_kit.check_processor_capabilities, "fusion": capability_kit.check_fusion_capabilities}
+    if comp.kind in run:
+        skip = kwargs.get("skip", ())
+        problems = [p for p in run[comp.kind](comp, options) if p[0] not in skip]
         if problems:
             raise kit.ConformanceError(kit._label(comp), problems, report)
-        report.passed += [c for c in capability_kit.CAPABILITY_CHECKS if c not in kwargs.get("skip", ())]
+        report.passed += [c for c in checks[comp.kind] if c not in skip]
     return report
 
 

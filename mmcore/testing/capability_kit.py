@@ -1,7 +1,13 @@
-"""Checks of the capabilities a component's processor declares (mmcore/interfaces.py).
+"""Checks of the capabilities a component declares (mmcore/interfaces.py).
 
-Run by :func:`mmcore.testing.check_component` after the checks of an encoder's kind, on the
-processor built with the same options: ``capabilities.tokens`` (every id it names -- the
+Run by :func:`mmcore.testing.check_component` after the checks of the component's kind.
+
+A fusion: ``capabilities.embed_step`` (with every parameter drawn at random, so that a
+zero-initialised embedding cannot hide a difference, a text input's tokens embedded one step
+at a time by ``embed_step`` are what ``forward`` puts at their positions of the fused
+sequence: what generation relies on).
+
+An encoder's processor, built with the same options: ``capabilities.tokens`` (every id it names -- the
 ``special_tokens`` values, ``bos_id``, ``eos_id``, ``pad_id``, ``mask_id``, ``sep_id``,
 ``output_ids`` -- is an integer below its ``vocab_size``, and each named special id is among
 ``special_tokens``), ``capabilities.length`` (no example value makes more than ``max_length``
@@ -16,9 +22,68 @@ from typing import Any
 from ..registry import Component
 from .examples import example_values
 
-__all__ = ["CAPABILITY_CHECKS", "check_processor_capabilities"]
+__all__ = ["CAPABILITY_CHECKS", "FUSION_CAPABILITY_CHECKS", "check_processor_capabilities", "check_fusion_capabilities"]
 
 CAPABILITY_CHECKS = ("capabilities.tokens", "capabilities.length", "capabilities.decode")
+FUSION_CAPABILITY_CHECKS = ("capabilities.embed_step",)
+
+
+def _options(comp: Component, options: Any) -> Any:
+    opts = options
+    if opts is None:
+        opts = (comp.extra.get("conformance") or {}).get("options") or {}
+    return opts if isinstance(opts, comp.config) else comp.config.model_validate(dict(opts))
+
+
+def check_fusion_capabilities(comp: Component, options: Any = None) -> list[tuple[str, str]]:
+    """``(check, problem)`` for a fusion whose ``embed_step`` disagrees with its ``forward``."""
+    import torch
+    from torch import nn
+
+    from mmcore.config import BackboneConfig
+    from mmcore.interfaces import Encoder
+    from mmcore.registry import call_factory
+    from mmcore.types import Batch, Tokens
+
+    width = 16
+
+    def stub(modality: str) -> Encoder:
+        enc = type(f"_{modality.capitalize()}Stub", (Encoder,), {"modality": modality, "forward": None})()
+        enc.out_dim = width
+        return enc
+
+    encoders: dict[str, nn.Module] = {m: stub(m) for m in ("image", "text")}
+    backbone = BackboneConfig(width=width, depth=2, heads=2, context_length=64)
+    fusion = call_factory(
+        comp.load_factory(), _options(comp, options), width=width, encoders=encoders, backbone=backbone
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in fusion.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    fusion.eval()
+    tokens = {
+        "image": Tokens(torch.randn(2, 5, width, generator=g), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()),
+        "text": Tokens(torch.randn(2, 4, width, generator=g), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]).bool()),
+    }
+    ids = torch.randint(0, 50, (2, 4), generator=g)
+    batch = Batch({"image": {"mask": tokens["image"].mask}, "text": {"ids": ids, "mask": tokens["text"].mask}})
+    with torch.no_grad():
+        seq = fusion(tokens, batch)
+        if "text" not in seq.index:
+            return []
+        placed = seq.gather(seq.embeds, "text")
+        stepped = fusion.embed_step("text", tokens["text"])
+    real = tokens["text"].mask
+    if stepped.shape != tokens["text"].embeds.shape or not torch.allclose(placed[real], stepped[real], atol=1e-4):
+        return [
+            (
+                "capabilities.embed_step",
+                "embed_step('text', tokens) differs from what forward puts at the text's positions; generation "
+                "embeds each new token with embed_step, so it must add what forward adds (a modality embedding...)",
+            )
+        ]
+    return []
 
 
 def check_processor_capabilities(comp: Component, options: Any = None) -> list[tuple[str, str]]:
@@ -29,11 +94,7 @@ def check_processor_capabilities(comp: Component, options: Any = None) -> list[t
     make = comp.load_processor()
     if make is None:
         return []
-    opts = options
-    if opts is None:
-        opts = (comp.extra.get("conformance") or {}).get("options") or {}
-    cfg = opts if isinstance(opts, comp.config) else comp.config.model_validate(dict(opts))
-    proc = make(cfg)
+    proc = make(_options(comp, options))
     problems: list[tuple[str, str]] = []
     if not isinstance(proc, Processor):
         return [("capabilities.tokens", f"{type(proc).__name__} is not an mmcore.Processor")]
