@@ -34,6 +34,7 @@ from .io import (
     write_safetensors,
 )
 from .registry import Component, Registry
+from .types import IGNORE_INDEX, LM_LABELS, PROMPT_LEN, TargetField
 from .version import __version__
 
 # name -> module that defines it (imported lazily: these need torch)
@@ -48,6 +49,7 @@ _LAZY = {
     "Fusion": "interfaces",
     "Head": "interfaces",
     "Projector": "interfaces",
+    "Objective": "interfaces",
     "GPT": "backbone",
     "KVCache": "backbone",
     "MultimodalGPT": "model",
@@ -97,6 +99,11 @@ __all__ = [
     "Fusion",
     "Head",
     "Projector",
+    "Objective",
+    "TargetField",
+    "IGNORE_INDEX",
+    "LM_LABELS",
+    "PROMPT_LEN",
     "Batch",
     "Tokens",
     "FusedSequence",

@@ -2,7 +2,8 @@
 
 Only options models live here (pydantic, no torch); the modules they build are in
 :mod:`mmcore.fusion`, :mod:`mmcore.fusion_xattn`, :mod:`mmcore.resampler` and
-:mod:`mmcore.projectors` and are imported when built.
+:mod:`mmcore.projectors`, and the objectives in :mod:`mmcore.objectives`; they are imported
+when built.
 """
 
 from __future__ import annotations
@@ -96,9 +97,84 @@ class MLPProjectorConfig(ComponentConfig):
     bias: bool = Field(True, description="Use bias terms.")
 
 
+class NoOptions(ComponentConfig):
+    """The core objectives take no ``options``: they read the task's own keys (``label``,
+    ``labels``, ``mlm_probability``, ``text_input``)."""
+
+
+#: The core's objectives: (name, factory, heads they train, attention, reads text, special tokens, description)
+_OBJECTIVES = (
+    ("lm", "LMObjective", ("lm",), "causal", True, (), "Next-token prediction (causal attention); perplexity."),
+    (
+        "mlm",
+        "MLMObjective",
+        ("lm",),
+        "bidirectional",
+        True,
+        ("<mask>",),
+        "Masked-token prediction, 80/10/10 (bidirectional attention); perplexity and masked accuracy.",
+    ),
+    (
+        "prefix_lm",
+        "PrefixLMObjective",
+        ("lm",),
+        "prefix",
+        True,
+        ("<sep>",),
+        "A target given a conditioning prefix (captioning, speech-to-text, translation); perplexity.",
+    ),
+    (
+        "classification",
+        "ClassificationObjective",
+        ("classify",),
+        None,
+        False,
+        (),
+        "One integer label per record (task.label); cross-entropy; accuracy and macro-F1.",
+    ),
+)
+
+
+#: What mmcore's conformance kit trains each core objective on (mmcore.testing.objective_kit):
+#: the first-party text encoder and heads, as a user's spec would name them.
+_TEXT = {"text": {"component": "text.bytes", "max_length": 32}}
+_LM_KIT = {
+    "spec": {"encoders": _TEXT, "heads": {"lm": {"component": "lm"}}},
+    "records": [{"text": t} for t in ("hello world", "a b c", "multimodal", "the cat sat", "ok")],
+}
+_CONFORMANCE = {
+    "lm": _LM_KIT,
+    "mlm": _LM_KIT,
+    "prefix_lm": {
+        "spec": _LM_KIT["spec"],
+        "records": [{"text": p, "target": t} for p, t in (("one", "1"), ("two", "2"), ("three", "3"), ("four", "4"))],
+    },
+    "classification": {
+        "spec": {"encoders": _TEXT, "heads": {"c": {"component": "classify", "num_classes": 3}}},
+        "records": [{"text": t, "label": y} for t, y in (("red", "r"), ("green", "g"), ("blue", "b"), ("rose", "r"))],
+        "task": {"labels": ["r", "g", "b"]},
+    },
+}
+
+
 @hookimpl
 def mmcore_register_components() -> list[Component]:
     return [
+        *(
+            Component(
+                kind="objective",
+                name=name,
+                config=NoOptions,
+                factory=f"mmcore.objectives:{factory}",
+                heads=heads,
+                attention=attention,
+                text=text,
+                special_tokens=tokens,
+                description=description,
+                extra={"conformance": _CONFORMANCE[name]},
+            )
+            for name, factory, heads, attention, text, tokens, description in _OBJECTIVES
+        ),
         Component(
             kind="fusion",
             name="early",

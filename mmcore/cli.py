@@ -98,7 +98,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     e.add_argument("model_dir", metavar="MODEL_DIR")
     e.add_argument("data", metavar="DATA")
     e.add_argument("--task", help="a task of the model's spec (default: its only task)")
-    e.add_argument("--objective", choices=["lm", "mlm", "prefix_lm", "classification"])
+    e.add_argument("--objective", help="a registered objective (mmcore plugins lists them) instead of the task's")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument(
         "--generate",

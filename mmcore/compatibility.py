@@ -112,10 +112,12 @@ def _check_special_tokens(model: MultimodalGPT, spec: Spec, add: Any) -> None:
             needs += [(inp, tok, section) for inp, toks in wanted.items() for tok in toks]
         else:
             needs += [(inp, tok, section) for inp in text_inputs for tok in wanted]
+    reg = _registry()
     for tname, task in spec.tasks.items():
-        tok = {"mlm": "<mask>", "prefix_lm": "<sep>"}.get(task.objective)
-        if tok is not None and task.text_input in model.processors:
-            needs.append((task.text_input, tok, f"tasks.{tname}"))
+        key = f"objective:{task.objective}"
+        toks = reg.get("objective", task.objective).special_tokens if key in reg else ()
+        if task.text_input in model.processors:  # the objective's registration names them
+            needs += [(task.text_input, tok, f"tasks.{tname}") for tok in toks]
     for inp, tok, who in needs:
         proc = model.processors.get(inp)
         if proc is None:
@@ -143,39 +145,12 @@ def _max_tokens(enc: nn.Module, proc: Any) -> int | None:
 
 def _check_context(model: MultimodalGPT, spec: Spec, add: Any) -> None:
     """The longest fused sequence the inputs can make must fit the backbone's context_length."""
-    from .fusion import EarlyFusion
-    from .fusion_xattn import CrossAttentionFusion
-    from .resampler import ResamplerFusion
-
     counts = {k: _max_tokens(e, model.processors.get(k)) for k, e in model.encoders.items()}
-    fusion = model.fusion
-    parts: list[str] = []
-    total = 0
-    if hasattr(fusion, "max_sequence_length"):
-        n = fusion.max_sequence_length(dict(counts))
-        if n is None:
-            return
-        total, parts = int(n), [f"{spec.fusion.component} fusion of {counts}"]
-    else:
-        extra: dict[str, int] = {}
-        if isinstance(fusion, CrossAttentionFusion):
-            use = {fusion.text_input: counts.get(fusion.text_input)}
-        elif isinstance(fusion, (EarlyFusion, ResamplerFusion)):
-            early = fusion.early if isinstance(fusion, ResamplerFusion) else fusion
-            use = dict(counts)
-            if isinstance(fusion, ResamplerFusion):
-                for m, r in fusion.resamplers.items():
-                    use[m] = int(r.num_latents)
-            extra = {m: 2 for m in early.bounded}
-        else:
-            return  # a fusion of a plugin that does not say how long its sequence is
-        for m, n in use.items():
-            if n is None:
-                continue
-            b = extra.get(m, 0)
-            total += n + b
-            src = "latents" if isinstance(fusion, ResamplerFusion) and m in fusion.resamplers else "tokens"
-            parts.append(f"{m}: {n} {src}" + (f" + {b} boundary" if b else ""))
+    n = model.fusion.max_sequence_length(dict(counts))  # the core's fusions answer as a plugin's does
+    if n is None:
+        return
+    known = ", ".join(f"{m}: {c} tokens" for m, c in counts.items() if c is not None)
+    total, parts = int(n), [f"{spec.fusion.component} fusion of {known}"]
     ctx = model.backbone.config.context_length
     if total > ctx:
         text = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
@@ -220,10 +195,14 @@ def _check_lora_targets(model: MultimodalGPT, spec: Spec, add: Any) -> None:
             )
 
 
-def _registry_or_none() -> Registry | None:
+def _registry() -> Registry:
     from .plugins import get_registry
 
+    return get_registry()
+
+
+def _registry_or_none() -> Registry | None:
     try:
-        return get_registry()
+        return _registry()
     except Exception:  # modality cross-check only; the build itself already used a registry
         return None

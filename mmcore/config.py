@@ -302,9 +302,15 @@ class TaskConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    objective: Literal["lm", "mlm", "prefix_lm", "classification"] = Field(
-        description="lm: next token (causal); mlm: masked tokens (bidirectional); prefix_lm: target given a "
-        "conditioning prefix (captioning, speech-to-text, translation); classification: a label."
+    objective: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="A registered objective (`mmcore plugins` lists them). The core's: lm: next token (causal); "
+        "mlm: masked tokens (bidirectional); prefix_lm: target given a conditioning prefix (captioning, "
+        "speech-to-text, translation); classification: a label. Plugins add others (mmcore-heads: regression).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The objective's own options, validated by its options model (e.g. regression: {field = 'y'}).",
     )
     train: str = Field(description="Training data: a JSONL manifest, or text files (one document a line).")
     eval: str | None = Field(None, description="Held-out data in the same format.")
@@ -357,8 +363,6 @@ class TaskConfig(BaseModel):
             ]
             if changed:
                 raise ValueError(f"{', '.join(changed)} only apply with a teacher (teacher = 'path/to/model_dir')")
-        elif self.objective == "mlm":
-            raise ValueError("distillation (teacher) works with lm, prefix_lm and classification objectives, not mlm")
         return self
 
 

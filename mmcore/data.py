@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from .errors import InputError, MMCoreError
 from .files import regular_file_problem
 from .interfaces import Processor
-from .types import Batch
+from .types import Batch, TargetField
 
 __all__ = [
     "BadRecord",
@@ -116,8 +116,9 @@ class ManifestDataset(Dataset):
             file path (or an inline value their processor accepts).
         text_input: the input that receives ``{"prompt": record[text_input], "target":
             record["target"]}`` when a record has a ``target`` (conditional generation).
-        targets: record fields that become integer targets (``label``).
-        labels: optional class names per target field; string labels map to their index.
+        targets: the record fields that become targets, as the task's objective declares them
+            (:meth:`mmcore.Objective.targets`); a plain field name is an integer class label.
+        labels: optional class names per plain-name target field; string labels map to their index.
         allow_outside: let file references leave the manifest's folder (the other rules stay).
         max_record_bytes: longest line read (default :data:`MAX_RECORD_BYTES`).
     """
@@ -129,7 +130,7 @@ class ManifestDataset(Dataset):
         modalities: Mapping[str, str],
         *,
         text_input: str | None = "text",
-        targets: Sequence[str] = ("label",),
+        targets: Sequence[TargetField | str] = ("label",),
         labels: Mapping[str, Sequence[str]] | None = None,
         allow_outside: bool = False,
         max_record_bytes: int = MAX_RECORD_BYTES,
@@ -141,8 +142,13 @@ class ManifestDataset(Dataset):
         self.processors = dict(processors)
         self.modalities = dict(modalities)
         self.text_input = text_input if text_input in self.processors else None
-        self.targets = tuple(targets)
-        self.labels = {k: list(v) for k, v in (labels or {}).items()}
+        names = {k: tuple(v) for k, v in (labels or {}).items()}
+        self.targets = tuple(
+            t
+            if isinstance(t, TargetField)
+            else TargetField(t, "integer", names=names.get(t), low=0, high=len(names[t]) if t in names else None)
+            for t in targets
+        )
         self.allow_outside = allow_outside
         self.max_record_bytes = int(max_record_bytes)
         self.offsets, self.lines, self.sizes = _line_offsets(self.path)
@@ -217,29 +223,33 @@ class ManifestDataset(Dataset):
                     raise _Bad(where, name, msg[len(at) :].lstrip(": ") if msg.startswith(at) else msg) from exc
             if all(v is None for v in inputs.values()):
                 raise _Bad(where, None, f"the record has none of the inputs {sorted(self.processors)}")
-            targets = {}
-            for key in self.targets:
-                if key in record:
-                    targets[key] = self._target(record[key], key, where)
-            return {"inputs": inputs, "targets": targets, "where": where}
+            return {"inputs": inputs, "targets": self._targets(record, where), "where": where}
         except _Bad as bad:
             return BadRecord(bad.where, bad.field, bad.reason)
         except (OSError, ValueError) as exc:  # a processor's unexpected failure on this record
             return BadRecord(self.where(i), None, f"{type(exc).__name__}: {exc}")
 
-    def _target(self, value: Any, key: str, where: str) -> int:
-        names = self.labels.get(key)
-        if isinstance(value, str) and names is not None:
-            if value not in names:
-                raise _Bad(where, key, f"unknown class {value!r}; classes: {names}")
-            return names.index(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            hint = f" or one of {names}" if names else " (give `labels = [...]` in the task to use names)"
-            raise _Bad(where, key, f"must be an integer{hint}, got {value!r}")
-        if not 0 <= value < (len(names) if names else 2**63):  # a class index (2**63 overflowed the batch)
-            top = f"below {len(names)} ({len(names)} classes)" if names else "of at most 2**63 - 1"
-            raise _Bad(where, key, f"must be a class index, 0 or more and {top}; got {value}")
-        return value
+    def _targets(self, record: Mapping[str, Any], where: str) -> dict[str, Any]:
+        out = {}
+        for t in self.targets:
+            if t.name in record:
+                try:
+                    out[t.name] = t.parse(record[t.name])
+                except ValueError as exc:
+                    raise _Bad(where, t.name, str(exc)) from None
+        return out
+
+    def iter_targets(self) -> Iterator[dict[str, Any]]:
+        """Every record's parsed targets, in file order, reading only the JSON (no processor
+        runs): what :meth:`mmcore.Objective.setup` learns from. Bad records are left out."""
+        for i in range(len(self)):
+            try:
+                line, record = self._read(i)
+                targets = self._targets(record, f"{self.path}:{line}")
+            except _Bad:
+                continue
+            if targets:
+                yield targets
 
 
 def resolve_record(
@@ -383,10 +393,14 @@ class PackedTextDataset(Dataset):
 
 
 class Collator:
-    """Samples -> (Batch, bad records). Runs in the worker processes; picklable."""
+    """Samples -> (Batch, bad records). Runs in the worker processes; picklable.
 
-    def __init__(self, processors: Mapping[str, Processor]):
+    ``targets``: how target fields collate (:meth:`TargetField.collate`); a field without a
+    declaration collates as integers (a (B,) long tensor)."""
+
+    def __init__(self, processors: Mapping[str, Processor], targets: Sequence[TargetField] = ()):
         self.processors = dict(processors)
+        self.targets = {t.name: t for t in targets}
 
     def __call__(self, samples: Sequence[dict[str, Any] | BadRecord]) -> tuple[Batch | None, list[BadRecord]]:
         bad = [s for s in samples if isinstance(s, BadRecord)]
@@ -398,9 +412,15 @@ class Collator:
             values = [s["inputs"].get(name) for s in good]
             if any(v is not None for v in values):
                 inputs[name] = proc.collate(values)
-        targets = {}
+        targets: dict[str, Any] = {}
+        strings: dict[str, list[str]] = {}
         keys = set().union(*(s["targets"].keys() for s in good))
         for key in sorted(keys):
             if all(key in s["targets"] for s in good):
-                targets[key] = torch.tensor([s["targets"][key] for s in good], dtype=torch.long)
-        return Batch(inputs, targets, {"where": [s["where"] for s in good]}), bad
+                spec = self.targets.get(key) or TargetField(key, "integer")
+                value = spec.collate([s["targets"][key] for s in good])
+                (strings if spec.type == "string" else targets)[key] = value
+        meta: dict[str, Any] = {"where": [s["where"] for s in good]}
+        if strings:
+            meta["targets"] = strings
+        return Batch(inputs, targets, meta), bad

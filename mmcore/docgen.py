@@ -99,7 +99,7 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
         "",
     ]
     out += options_table(TaskConfig)
-    for kind in ("encoder", "projector", "fusion", "head"):
+    for kind in ("encoder", "projector", "fusion", "head", "objective"):
         comps = [c for c in registry if c.kind == kind]
         if distributions is not None:
             comps = [c for c in comps if (c.distribution or "").split(" ")[0] in distributions]
@@ -109,6 +109,9 @@ def spec_reference(registry: Registry, distributions: set[str] | None = None) ->
         for c in comps:
             dist = (c.distribution or "").split(" ")[0]
             mod = f", modality `{c.modality}`" if c.modality else ""
+            if kind == "objective":  # what spec validate checks from the registration
+                mod += f", trains {', '.join(f'`head:{h}`' for h in c.heads) or 'any head'}"
+                mod += f", attention `{c.attention}`" if c.attention else ""
             out += [f"### `{c.name}` ({dist}{mod})", "", c.description, ""]
             out += options_table(c.config)
             out.append("")

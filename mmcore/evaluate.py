@@ -1,7 +1,9 @@
-"""Evaluation: perplexity, masked-token accuracy, accuracy and macro-F1, BLEU and chrF.
+"""Evaluation: a task objective's metrics over a data set, and BLEU and chrF of generations.
 
 ``evaluate_task`` runs one task's objective over a dataset in order and returns its
-metrics; ``evaluate_dir`` is ``mmcore eval MODEL_DIR DATA``: it loads a model directory,
+metrics, which the objective defines (:meth:`mmcore.Objective.metric_state` and
+:meth:`~mmcore.Objective.metrics`): the evaluator only sums their states over batches and
+processes. ``evaluate_dir`` is ``mmcore eval MODEL_DIR DATA``: it loads a model directory,
 evaluates the data with the task the spec names (or the one given), and writes JSON.
 """
 
@@ -17,23 +19,10 @@ from typing import Any
 import torch
 
 from .errors import MMCoreError
+from .interfaces import Objective
 from .loader import IndexPlan, make_loader
-from .objectives import IGNORE_INDEX, Objective
 
-__all__ = ["evaluate_task", "evaluate_dir", "macro_f1", "text_metrics"]
-
-
-def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
-    """Unweighted mean of per-class F1 over the classes present in gold or predictions."""
-    f1s = []
-    for c in range(num_classes):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp = int(((pred == c) & (gold != c)).sum())
-        fn = int(((pred != c) & (gold == c)).sum())
-        if tp + fp + fn == 0:
-            continue
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return sum(f1s) / len(f1s) if f1s else 0.0
+__all__ = ["evaluate_task", "evaluate_dir", "text_metrics", "add_state", "reduce_state"]
 
 
 def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
@@ -59,22 +48,28 @@ def evaluate_task(
     max_batches: int | None = None,
     device: torch.device | str = "cpu",
     autocast: Callable[[], Any] | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, float]:
-    """Metrics of ``objective`` over ``dataset`` (in order, every record once)."""
+    """Metrics of ``objective`` over ``dataset`` (in order, every record once).
+
+    The objective's metric states are summed over the batches, then over the processes of a
+    distributed run (:func:`reduce_state`), before :meth:`~mmcore.Objective.metrics` reads
+    them. With ``rank``/``world``, process ``rank`` evaluates records ``rank, rank + world,
+    ...`` only, so together they see each record once."""
     model.eval()
+    if world > 1:
+        dataset = _Strided(dataset, rank, world)
     n_batches = math.ceil(len(dataset) / batch_size)
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     plan = IndexPlan(len(dataset), batch_size, shuffle=False)
     # The last batch wraps into the next epoch: evaluate exactly len(dataset) records.
-    loader = make_loader(dataset, processors, plan, start=0, stop=n_batches)
-    total = count = 0.0
-    correct_tokens = 0
-    preds, golds = [], []
+    loader = make_loader(dataset, processors, plan, start=0, stop=n_batches, targets=objective.targets())
+    state: dict[str, torch.Tensor] = {}
     seen = 0
     limit = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
     gen = torch.Generator().manual_seed(1234)
-    head = model.heads[objective.head]
     bad = 0
     for batch, bad_records in loader:
         bad += len(bad_records)
@@ -89,33 +84,61 @@ def evaluate_task(
         batch = objective.prepare(batch.to(device), gen)
         with autocast() if autocast else nullcontext():
             t, c, out = objective.terms(model, batch)
-        total += float(t)
-        count += float(c)
-        logits = out.outputs[objective.head].logits
-        if objective.kind == "classification":
-            preds.append(logits.argmax(-1).cpu())
-            golds.append(batch.targets[getattr(head, "label", "label")].cpu())
-        elif objective.kind == "mlm":
-            labels = batch.targets["lm_labels"]
-            hit = (logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)
-            correct_tokens += int(hit.sum())
-    if count == 0:
+        add_state(state, {"loss_total": t.detach(), "loss_count": c.detach()})
+        add_state(state, objective.metric_state(out, batch))
+    add_state(state, {"bad_records": torch.tensor(float(bad))})
+    state = reduce_state(state, world, device)
+    if float(state.get("loss_count", 0.0)) == 0:
         raise MMCoreError("evaluation found nothing to score (no targets in the data)")
-    loss = total / count
-    metrics: dict[str, float] = {"loss": loss}
-    if objective.kind in ("lm", "prefix_lm", "mlm"):
-        metrics["perplexity"] = math.exp(min(loss, 50.0))
-        metrics["tokens"] = count
-    if objective.kind == "mlm":
-        metrics["masked_accuracy"] = correct_tokens / count
-    if objective.kind == "classification":
-        p, g = torch.cat(preds), torch.cat(golds)
-        metrics["accuracy"] = float((p == g).float().mean())
-        metrics["macro_f1"] = macro_f1(p, g, int(getattr(head, "num_classes", int(g.max()) + 1)))
-        metrics["samples"] = float(len(g))
-    if bad:
-        metrics["bad_records"] = float(bad)
+    metrics = objective.metrics(state)
+    if float(state["bad_records"]):
+        metrics["bad_records"] = float(state["bad_records"])
     return metrics
+
+
+def add_state(total: dict[str, torch.Tensor], part: Mapping[str, torch.Tensor]) -> None:
+    """``total += part`` key by key, in float64 on the CPU (a metric state adds up)."""
+    for k, v in part.items():
+        v = torch.as_tensor(v).detach().to("cpu", torch.float64)
+        if k in total:
+            if total[k].shape != v.shape:
+                raise MMCoreError(f"metric state {k!r}: shape {tuple(v.shape)} after {tuple(total[k].shape)}")
+            total[k] = total[k] + v
+        else:
+            total[k] = v.clone()
+
+
+def reduce_state(state: dict[str, torch.Tensor], world: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The sum of every process's state (``all_reduce``) when ``world > 1``; else ``state``.
+
+    Every process must hold the same keys with the same shapes (the same objective)."""
+    if world <= 1:
+        return state
+    import torch.distributed as dist
+
+    keys = sorted(state)
+    flat = torch.cat([state[k].reshape(-1) for k in keys]).to(device)
+    dist.all_reduce(flat)
+    out, i = {}, 0
+    for k in keys:
+        n = state[k].numel()
+        out[k] = flat[i : i + n].reshape(state[k].shape).cpu()
+        i += n
+    return out
+
+
+class _Strided:
+    """Records ``rank, rank + world, ...`` of a dataset (one process's share of an evaluation)."""
+
+    def __init__(self, dataset: Any, rank: int, world: int):
+        self.dataset, self.rank, self.world = dataset, rank, world
+        self.processors = getattr(dataset, "processors", None)
+
+    def __len__(self) -> int:
+        return max(0, (len(self.dataset) - self.rank + self.world - 1) // self.world)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self.rank + i * self.world]
 
 
 def _take(batch: Any, n: int) -> Any:
@@ -185,15 +208,8 @@ def evaluate_dir(
     path = Path(data)
     ds: ManifestDataset | PackedTextDataset
     if path.suffix == ".jsonl":
-        modalities = {k: getattr(e, "modality", "") for k, e in model.encoders.items()}
-        ds = ManifestDataset(
-            path,
-            model.processors,
-            modalities,
-            text_input=cfg.text_input,
-            targets=(cfg.label,),
-            labels={cfg.label: cfg.labels} if cfg.labels else None,
-        )
+        modalities = {k: e.modality for k, e in model.encoders.items()}
+        ds = ManifestDataset(path, model.processors, modalities, text_input=cfg.text_input, targets=obj.targets())
     else:
         ds = PackedTextDataset(
             [path],
@@ -201,9 +217,9 @@ def evaluate_dir(
             cfg.seq_len or model.config.context_length,
             input_name=cfg.text_input,
         )
-    result: dict[str, Any] = {"model": str(model_dir), "data": str(data), "objective": obj.kind}
+    result: dict[str, Any] = {"model": str(model_dir), "data": str(data), "objective": obj.name}
     result["metrics"] = evaluate_task(model, obj, ds, model.processors, batch_size=batch_size, device=model.device)
-    want_text = generate if generate is not None else obj.kind == "prefix_lm"
+    want_text = generate if generate is not None else obj.generates
     if want_text and isinstance(ds, ManifestDataset):
         from .generation import GenerationConfig, generate_for_records
 

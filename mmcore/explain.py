@@ -108,11 +108,11 @@ def _pick_head(model: nn.Module, head: str | None) -> tuple[str, str]:
         if head not in model.heads:
             raise MMCoreError(f"explain: no head {head!r}; heads: {list(model.heads)}")
     else:
-        cls = [n for n, h in model.heads.items() if not hasattr(h, "project")]
+        cls = [n for n, h in model.heads.items() if h.input is None]
         head = cls[0] if cls else next(iter(model.heads), None)
         if head is None:
             raise MMCoreError("explain: the model has no head")
-    kind = "lm" if hasattr(model.heads[head], "project") else "classification"
+    kind = "lm" if model.heads[head].input is not None else "classification"
     return head, kind
 
 
@@ -127,7 +127,7 @@ def _mode_for(model: nn.Module, head: str, kind: str) -> str | None:
 
 
 def _text_input(model: nn.Module, head: str) -> str | None:
-    name = getattr(model.heads[head], "input", None)
+    name = model.heads[head].input
     if name in model.encoders:
         return name
     texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]

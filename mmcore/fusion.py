@@ -149,6 +149,10 @@ class EarlyFusion(Fusion):
             embeds=x, mask=mask, modality_ids=ids, modalities=self.order, index=index, prefix_len=prefix_len
         )
 
+    def max_sequence_length(self, counts: Mapping[str, int | None]) -> int | None:
+        """Each input's tokens, plus its begin/end boundary tokens (inputs of unknown count left out)."""
+        return sum(n + (2 if m in self.bounded else 0) for m, n in counts.items() if n is not None and m in self.order)
+
     def embed_step(self, name: str, tokens: Tokens) -> Tensor:
         """Embeddings of new tokens of input ``name`` appended during generation: (B, n, D).
 

@@ -346,6 +346,10 @@ class CrossAttentionFusion(Fusion):
             context=memory,
         )
 
+    def max_sequence_length(self, counts: Mapping[str, int | None]) -> int | None:
+        """Only the text is in the sequence (the other inputs are cross-attention memory)."""
+        return counts.get(self.text_input)
+
     def embed_step(self, name: str, tokens: Tokens) -> Tensor:
         """New text tokens during generation (B, n, D): unchanged (the text is the sequence as is)."""
         if name != self.text_input:

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from .errors import MMCoreError
-from .objectives import task_attention, task_head
+from .objectives import objective_component, task_attention, task_head
 from .types import Batch, Tokens
 
 __all__ = [
@@ -139,19 +139,26 @@ def trained_attention(model: Any, head: str) -> str | None:
 
 
 def _lm_tasks(model: Any, head: str) -> list[Any]:
-    """The ``lm`` and ``prefix_lm`` tasks of the model's spec that train LM head ``head``."""
+    """The tasks of the model's spec that train LM head ``head`` to generate: with an objective
+    that reads text under causal or prefix attention (``lm`` and ``prefix_lm`` among the core's;
+    not ``mlm``, whose bidirectional attention generation cannot use)."""
     tasks = getattr(getattr(model, "spec", None), "tasks", None) or {}
     heads = list(model.heads)
-    return [t for t in tasks.values() if t.objective in ("lm", "prefix_lm") and task_head(t, heads) == head]
+    return [t for t in tasks.values() if _generative(objective_component(t)) and task_head(t, heads) == head]
+
+
+def _generative(comp: Any) -> bool:
+    return comp.text and comp.attention in ("causal", "prefix")
 
 
 def prompt_separator(model: Any, head: str) -> bool:
     """Whether a generation prompt for LM head ``head`` ends with ``<sep>``, from what the
-    model's spec trains the head with: True when ``prefix_lm`` tasks train it (and no ``lm``
-    task), since their samples are ``<bos> prompt <sep> target <eos>``; False when ``lm`` tasks
+    model's spec trains the head with: True when every task training it has an objective whose
+    text needs ``<sep>`` (``prefix_lm``: its samples are ``<bos> prompt <sep> target <eos>``); False when ``lm`` tasks
     do (their text never held a ``<sep>``: the prompt is plain text to continue), when the tasks
     disagree, and when the model has no spec or no task trains the head."""
-    return {t.objective for t in _lm_tasks(model, head)} == {"prefix_lm"}
+    seps = {"<sep>" in objective_component(t).special_tokens for t in _lm_tasks(model, head)}
+    return seps == {True}
 
 
 def prompt_records(
@@ -198,10 +205,8 @@ def _generated_input(model: Any, text_input: str | None, head: str | None) -> tu
     predicts; and that input's LM head."""
     texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
     if text_input is None:
-        predicted = sorted(  # type: ignore[type-var]
-            {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")} & set(model.encoders)
-        )
-        head_input = getattr(model.heads[head], "input", None) if head is not None and head in model.heads else None
+        predicted = sorted({h.input for h in model.heads.values() if h.input is not None} & set(model.encoders))
+        head_input = model.heads[head].input if head is not None and head in model.heads else None
         if head_input in model.encoders:
             text_input = head_input
         elif len(texts) == 1 and (texts[0] in predicted or len(predicted) != 1):
@@ -214,10 +219,10 @@ def _generated_input(model: Any, text_input: str | None, head: str | None) -> tu
         raise MMCoreError(f"no input {text_input!r}; inputs: {list(model.encoders)}")
     if head is None:
         head = next(
-            (n for n, h in model.heads.items() if getattr(h, "input", None) == text_input and hasattr(h, "project")),
+            (n for n, h in model.heads.items() if h.input is not None and h.input == text_input),
             None,
         )
-    if head is None or head not in model.heads or not hasattr(model.heads[head], "project"):
+    if head is None or head not in model.heads or model.heads[head].input is None:
         raise MMCoreError(f"the model has no LM head over {text_input!r}; heads: {list(model.heads)}")
     return text_input, head  # type: ignore[return-value]
 
@@ -653,11 +658,11 @@ def generate_for_records(
 def image_inputs(model: Any) -> list[str]:
     """Inputs whose tokens an LM head of ``model`` predicts and whose processor decodes images
     (declares ``output_ids`` and modality ``image``, like ``vision.palette``)."""
-    predicted = {getattr(h, "input", None) for h in model.heads.values() if hasattr(h, "project")}
+    predicted = {h.input for h in model.heads.values() if h.input is not None}
     return [
         name
         for name, proc in model.processors.items()
-        if name in predicted and getattr(proc, "modality", "") == "image" and hasattr(proc, "output_ids")
+        if name in predicted and proc.modality == "image" and proc.output_ids is not None
     ]
 
 

@@ -58,7 +58,7 @@ def mmcore_register_components() -> list[Component]:  # type: ignore[empty-body]
     Takes no arguments. Called once per plugin when the registry is first needed (listing
     plugins, validating a spec, building a model). Return a list of
     :class:`mmcore.Component` records. Each names its kind (``encoder``, ``fusion``,
-    ``head``, ``projector``), a dotted name unique across all installed plugins
+    ``head``, ``projector``, ``objective``), a dotted name unique across all installed plugins
     (``text.bytes``), its options model (a pydantic model, usually a subclass of
     :class:`mmcore.ComponentConfig`) and a *lazy* factory reference
     ``"package.module:callable"`` that is imported only when the component is built.

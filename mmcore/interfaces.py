@@ -1,4 +1,4 @@
-"""The contracts a plugin implements: Processor, Encoder, Fusion, Head, Projector.
+"""The contracts a plugin implements: Processor, Encoder, Fusion, Head, Projector, Objective.
 
 Each base class's docstring *is* the contract; :mod:`mmcore.testing` checks it. Every
 component except the Processor is a plain ``torch.nn.Module``: you can hold it, inspect
@@ -14,6 +14,8 @@ How the builder calls a component's factory (``Component.factory``), by kind:
 * fusion:    ``factory(config, *, width, encoders, backbone, base_dir)`` -- ``encoders`` maps
   input names to built encoders; ``backbone`` is the :class:`~mmcore.BackboneConfig`.
 * head:      ``factory(config, *, width, encoders, backbone, base_dir)``.
+* objective: ``factory(config, *, task, head, model, where)`` -- see :class:`Objective`;
+  built when a task is trained or evaluated, not by :func:`mmcore.build`.
 
 A factory may accept only the keyword arguments it needs.
 
@@ -30,16 +32,17 @@ Where these docs say "input", they mean the name of an ``[encoders.<name>]`` sec
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .registry import call_factory
-from .types import Batch, FusedSequence, HeadOutput, Tokens
+from .types import Batch, FusedSequence, HeadOutput, ModelOutput, TargetField, Tokens
 
-__all__ = ["Processor", "Encoder", "Fusion", "Head", "Projector", "call_factory"]
+__all__ = ["Processor", "Encoder", "Fusion", "Head", "Projector", "Objective", "call_factory"]
 
 
 class Processor:
@@ -66,6 +69,28 @@ class Processor:
 
     modality: ClassVar[str] = ""
     training: bool = False
+
+    # --- capabilities the core reads (defaults: the processor has none of them) ----------
+    #: Token processors (text, image tokens): special token name -> id (``{"<mask>": 4}``).
+    special_tokens: Mapping[str, int] = MappingProxyType({})
+    #: Token processors: the ids of ``<bos>``, ``<eos>``, ``<pad>``, ``<mask>``, ``<sep>`` (None: none).
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    mask_id: int | None = None
+    sep_id: int | None = None
+    #: Token processors: how many ids it makes (the encoder's vocabulary must hold them).
+    vocab_size: int | None = None
+    #: The most tokens (text) or positions it makes for one value (None: unbounded or unknown).
+    max_length: int | None = None
+    #: Processors whose ids a head generates: the most ids one generated output needs.
+    max_tokens: int | None = None
+    #: Processors whose ids a head generates: the ids a generated output may hold (None: any).
+    output_ids: Sequence[int] | None = None
+
+    def decode(self, ids: Sequence[int] | Tensor) -> Any:
+        """Token processors: ids back to a value (text; an image for image tokens)."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode ids")
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         raise NotImplementedError
@@ -138,10 +163,19 @@ class Encoder(nn.Module):
     * No Python loop over samples or tokens; deterministic in eval mode.
     * A text encoder that owns a token vocabulary exposes ``token_embedding``
       (an ``nn.Embedding`` an LM head can tie to) and ``vocab_size``.
+    * Capabilities the core reads, with their defaults: ``vocab_size`` (None: no token
+      vocabulary), ``max_tokens`` (the most tokens for one sample; None: unknown, the
+      processor's ``max_length`` is used), ``num_tokens`` (a fixed token count, None if not
+      fixed), ``takes_offset`` (generation passes ``offset``, the position of the first new
+      token, with step-by-step inputs).
     """
 
     modality: ClassVar[str] = ""
     out_dim: int
+    vocab_size: int | None = None
+    max_tokens: int | None = None
+    num_tokens: int | None = None
+    takes_offset: bool = False
 
     def forward(self, inputs: dict[str, Tensor]) -> Tokens:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -172,6 +206,8 @@ class Fusion(nn.Module):
     * ``inserts() -> dict[int, nn.Module]``: layers to run after backbone block *i*
       (cross-attention fusions), called as ``layer(x, context)`` with
       ``FusedSequence.context``. Default: none.
+    * ``max_sequence_length(counts)`` and ``embed_step(name, tokens)``: see the methods (the
+      core's three fusions implement both, as a plugin's fusion does).
     * A sample whose modality is missing (all-False mask row) is handled through masks.
     """
 
@@ -180,6 +216,18 @@ class Fusion(nn.Module):
 
     def inserts(self) -> dict[int, nn.Module]:
         return {}
+
+    def max_sequence_length(self, counts: Mapping[str, int | None]) -> int | None:
+        """The most positions of a fused sequence whose inputs have at most ``counts[name]``
+        tokens each (None: that input's count is unknown). The build checks it against the
+        backbone's ``context_length``. Default None: the fusion does not say (no check)."""
+        return None
+
+    def embed_step(self, name: str, tokens: Tokens) -> Tensor:
+        """Embeddings (B, n, D) of new tokens of input ``name`` appended during generation: what
+        :meth:`forward` adds to that input's tokens, so a token fed step by step through the KV
+        cache gets the embedding it would have had in the fused sequence. Default: unchanged."""
+        return tokens.embeds
 
 
 class Head(nn.Module):
@@ -198,9 +246,22 @@ class Head(nn.Module):
       accumulation and processes. The default derives it from ``loss`` with count = B;
       heads whose loss is a mean over a varying number of items override it.
     * ``weight`` (float, default 1.0): the head's share of the model's total loss.
+    * ``special_tokens_needed``: as for :class:`Fusion`.
+    * LM-style heads (next-token logits over an input's tokens; generation and explanations
+      use them) set ``input`` (the encoder input whose tokens they predict) and
+      ``vocab_size``, and implement ``project(h)``: hidden states (..., D) -> logits (..., V).
+      Other heads leave ``input`` None. Classifiers set ``num_classes``.
     """
 
     weight: float = 1.0
+    special_tokens_needed: Sequence[str] | Mapping[str, Sequence[str]] = ()
+    input: str | None = None
+    vocab_size: int | None = None
+    num_classes: int | None = None
+
+    def project(self, h: Tensor) -> Tensor:
+        """LM-style heads: hidden states (..., D) -> logits (..., V)."""
+        raise NotImplementedError(f"{type(self).__name__} is not an LM-style head (its input is None)")
 
     def forward(self, hidden: Tensor, sequence: FusedSequence) -> HeadOutput:  # pragma: no cover
         raise NotImplementedError
@@ -214,6 +275,116 @@ class Head(nn.Module):
             return None
         n = torch.tensor(float(output.logits.shape[0]), device=loss.device)
         return loss * n, n
+
+
+class Objective:
+    """What a task asks of the model: its targets, its loss and its metrics.
+
+    An objective is a component of kind ``objective``, registered through
+    ``mmcore_register_components`` like an encoder or a head; a ``[tasks.<name>]`` section
+    names it (``objective = "regression"``) and gives its options (``options = {...}``,
+    validated by the component's options model). The registration declares what the spec
+    checks before anything is built: the head components it trains (``Component.heads``), its
+    attention mode (``Component.attention``), whether it reads the task's text input
+    (``Component.text``) and the special tokens that input needs (``Component.special_tokens``).
+
+    Built by the component's factory as ``factory(config, *, task, head, model, where)``:
+    ``config`` its validated options, ``task`` the :class:`mmcore.TaskConfig`, ``head`` the
+    name of the head it trains (in ``model.heads``), ``model`` the
+    :class:`mmcore.MultimodalGPT` (read its heads and processors; keep no reference to it),
+    ``where`` the spec path for messages (``"tasks.fit"``). The trainer, ``mmcore eval`` and
+    the CLI use nothing but the methods below, for the first-party objectives (``lm``,
+    ``mlm``, ``prefix_lm``, ``classification``, registered by the core as a plugin) as for a
+    plugin's.
+
+    Contract:
+
+    * ``name``, ``head``: its registered name and the head it trains; ``attention``: the mode
+      the backbone runs in for it (None: the backbone's configured mode).
+    * ``targets() -> list[TargetField]``: the record fields it reads as targets and their JSON
+      types. The data layer validates each record against them (a bad value is a bad record
+      naming file, line and field) and collates them into ``batch.targets``
+      (see :class:`mmcore.TargetField`). Must be cheap and picklable.
+    * ``setup(model, targets)``: called once by the trainer before the first step of a fresh
+      run, with an iterable of every training record's parsed targets (dicts name -> value;
+      records without them are left out). Learn what the task needs from the training set
+      here (a regression head's target standardisation, kept in the head's buffers so it is
+      saved with the model). Default: nothing.
+    * ``prepare(batch, generator) -> Batch``: transform a batch before the forward pass
+      (masked LM corrupts the text here), drawing randomness from ``generator``. Default: the
+      batch unchanged.
+    * ``terms(model, batch) -> (total, count, output)``: run the model and return the loss as
+      a sum over its items (tokens, samples) and their number (or total weight), with the
+      task's loss ``== total / count``, plus the :class:`mmcore.ModelOutput`. The trainer
+      adds the totals and counts of every micro-batch and process before dividing, so the
+      step's loss is the exact mean over all items. ``model`` may be wrapped (DDP): run it,
+      and read its heads through :meth:`unwrap`. Default: the forward pass with
+      ``mode=self.attention, heads=[self.head]`` and the head's ``loss_terms``.
+    * ``metric_state(output, batch) -> dict[str, Tensor]``: this batch's contribution to the
+      metrics, as tensors that *add up*: the evaluator sums them over every batch of an
+      evaluation set and over processes (``all_reduce``), so a metric is never a mean of
+      batch means. Default: none.
+    * ``metrics(state) -> dict[str, float]``: the metrics from the summed state, which also
+      holds ``"loss_total"`` and ``"loss_count"`` (the summed :meth:`terms`). Default:
+      ``{"loss": loss_total / loss_count}``.
+    * ``distillation``: ``"token"`` (next-token logits (B, N, V) over an input's tokens),
+      ``"sample"`` (logits (B, C) per sample) or None (cannot be distilled); a task with a
+      ``teacher`` wraps the objective in the core's distillation, which reads it.
+    * ``parameters()``, ``state_dict()``, ``load_state_dict(state)``: trainable state the
+      objective holds outside the model (kept in the trainer's checkpoints). Default: none.
+    """
+
+    name: str = ""
+    head: str = ""
+    attention: str | None = None
+    distillation: ClassVar[str | None] = None
+    generates: ClassVar[bool] = False
+
+    def targets(self) -> list[TargetField]:
+        return []
+
+    def setup(self, model: nn.Module, targets: Iterable[Mapping[str, Any]]) -> None:
+        """Learn from the training set's targets before training (default: nothing)."""
+
+    def prepare(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        return batch
+
+    def terms(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, ModelOutput]:
+        out = model(batch, mode=self.attention, heads=[self.head], compute_loss=False)
+        terms = self.unwrap(model).heads[self.head].loss_terms(out.outputs[self.head], batch)
+        if terms is None:
+            from .errors import MMCoreError
+
+            raise MMCoreError(
+                f"{self.name} objective: head {self.head!r} found no targets in the batch "
+                f"(inputs {sorted(batch.inputs)}, targets {sorted(batch.targets)})"
+            )
+        total, count = terms
+        return total, count.to(total.dtype), out
+
+    def metric_state(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        return {}
+
+    def metrics(self, state: Mapping[str, Tensor]) -> dict[str, float]:
+        return {"loss": float(state["loss_total"]) / max(float(state["loss_count"]), 1e-12)}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            from .errors import MMCoreError
+
+            raise MMCoreError(f"{self.name} objective has no state; got {sorted(state)}")
+
+    @staticmethod
+    def unwrap(model: nn.Module) -> nn.Module:
+        """The model inside a DDP wrapper (``module``), else the model itself."""
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        return inner
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data import BadRecord, Collator
+from .interfaces import Processor
+from .types import TargetField
 
 __all__ = ["ExcludingDataset", "IndexPlan", "find_fatal_record", "make_loader", "record_where"]
-from .interfaces import Processor
 
 
 @dataclass
@@ -186,12 +187,14 @@ def make_loader(
     start: int = 0,
     stop: int | None = None,
     num_workers: int = 0,
+    targets: Sequence[TargetField] = (),
 ) -> DataLoader:
-    """A DataLoader that yields ``(Batch | None, [BadRecord])`` for batches start, start+1, ..."""
+    """A DataLoader that yields ``(Batch | None, [BadRecord])`` for batches start, start+1, ...;
+    ``targets`` as the :class:`Collator` takes them (the task objective's declarations)."""
     return DataLoader(
         dataset,
         batch_sampler=_PlanSampler(plan, start, stop),
-        collate_fn=Collator(processors),
+        collate_fn=Collator(processors, targets),
         num_workers=num_workers,
         persistent_workers=False,
         multiprocessing_context="spawn" if num_workers and os.name != "nt" else None,

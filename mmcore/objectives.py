@@ -1,86 +1,120 @@
-"""Training objectives: what a task asks of the model, as a loss.
+"""Training objectives: what a task asks of the model, as a loss and metrics.
 
-Each objective picks the attention mode, may transform the batch (masked LM corrupts the
-text), runs the model with the task's head, and returns the head's loss *terms*
-``(total, count)`` so the trainer can normalise exactly across micro-batches and
-processes (``loss = total / count``).
+Objectives are components (kind ``objective``, contract :class:`mmcore.Objective`). The
+core's four are registered by :mod:`mmcore.builtin` like any plugin's and implemented here
+on the same public contract:
 
-* ``lm`` -- next-token prediction, causal attention.
+* ``lm`` -- next-token prediction, causal attention; metrics: perplexity.
 * ``mlm`` -- masked-token prediction, bidirectional attention: a ``probability``
   fraction of the real, non-special text tokens is chosen; of those 80 % become
-  ``<mask>``, 10 % a random token, 10 % stay; the loss is on chosen positions only.
+  ``<mask>``, 10 % a random token, 10 % stay; the loss is on chosen positions only;
+  metrics: perplexity and masked accuracy.
 * ``prefix_lm`` -- conditional generation: the conditioning prefix (other modalities and
   the text's prompt part) is attended bidirectionally and excluded from the loss.
-* ``classification`` -- cross-entropy of a classification head on ``targets[label]``.
+* ``classification`` -- cross-entropy of a classification head on ``targets[label]``;
+  metrics: accuracy and macro-F1 (from a streamed confusion matrix).
 
-Any ``lm``, ``prefix_lm`` or ``classification`` task with a ``teacher`` (a trained model
-directory) is distilled (:class:`Distillation`): the loss mixes the labels' cross-entropy with
-the KL divergence to the teacher's temperature-softened predictions, and optionally a
-hidden-state error.
+:func:`make_objective` binds a task to its objective (any registered one);
+:func:`task_head` and :func:`task_attention` are the one place a task's head and attention
+mode are decided (the trainer, evaluation, generation and explanations use them).
+
+Any task with a ``teacher`` (a trained model directory) whose objective declares
+``distillation`` is distilled (:class:`Distillation`): the loss mixes the labels'
+cross-entropy with the KL divergence to the teacher's temperature-softened predictions, and
+optionally a hidden-state error. The trainer loads the teacher and hands it to
+:meth:`Distillation.bind`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, ClassVar
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from .config import TaskConfig
-from .errors import MMCoreError
-from .types import Batch
+from .errors import MMCoreError, PluginError, UnknownComponentError
+from .interfaces import Objective
+from .types import IGNORE_INDEX, LM_LABELS, PROMPT_LEN, Batch, ModelOutput, TargetField
 
 __all__ = [
     "Objective",
+    "LMObjective",
+    "PrefixLMObjective",
+    "MLMObjective",
+    "ClassificationObjective",
     "Distillation",
     "make_objective",
+    "objective_component",
     "task_head",
     "task_attention",
     "mask_tokens",
+    "macro_f1",
     "IGNORE_INDEX",
 ]
 
-IGNORE_INDEX = -100
 
-_DEFAULT_MODE = {"lm": "causal", "mlm": "bidirectional", "prefix_lm": "prefix", "classification": None}
+class _TaskObjective(Objective):
+    """The first-party objectives' shared construction: name, head, attention from the task."""
+
+    def __init__(self, config: Any = None, *, task: TaskConfig, head: str, where: str = "tasks") -> None:
+        self.task = task
+        self.head = head
+        self.where = where
+        self.text_input = task.text_input
+        self.attention = task_attention(task)
 
 
-@dataclass
-class Objective:
-    """One task's objective, bound to a head and the text input.
+class LMObjective(_TaskObjective):
+    """``lm``: next-token cross-entropy of an LM head (its ``loss_terms``); perplexity."""
 
-    Attributes:
-        kind: ``lm``, ``mlm``, ``prefix_lm`` or ``classification``.
-        head: name of the head whose loss is optimised.
-        mode: attention mode for the backbone (None: the backbone's default).
-        text_input: the text input the LM objectives read.
-        mlm_probability: masked LM only.
-        special_ids: token ids never chosen for masking (pad, bos, eos, ...).
-        mask_id / vocab_size: masked LM only, from the text processor.
-    """
+    name = "lm"
+    distillation: ClassVar[str | None] = "token"
 
-    kind: str
-    head: str
-    mode: str | None
-    text_input: str = "text"
-    mlm_probability: float = 0.15
-    special_ids: tuple[int, ...] = ()
-    mask_id: int | None = None
-    vocab_size: int | None = None
+    def metrics(self, state: Mapping[str, Tensor]) -> dict[str, float]:
+        out = super().metrics(state)
+        out["perplexity"] = math.exp(min(out["loss"], 50.0))
+        out["tokens"] = float(state["loss_count"])
+        return out
+
+
+class PrefixLMObjective(LMObjective):
+    """``prefix_lm``: the LM loss on the target part of ``{"prompt", "target"}`` samples."""
+
+    name = "prefix_lm"
+    generates: ClassVar[bool] = True
+
+
+class MLMObjective(LMObjective):
+    """``mlm``: BERT-style masking of the text input (:func:`mask_tokens`); masked accuracy."""
+
+    name = "mlm"
+    distillation: ClassVar[str | None] = None
+
+    def __init__(self, config: Any = None, *, task: TaskConfig, head: str, model: nn.Module, where: str = "tasks"):
+        super().__init__(config, task=task, head=head, where=where)
+        self.probability = task.mlm_probability
+        proc = model.processors.get(task.text_input)
+        if proc is None or getattr(proc, "mask_id", None) is None:
+            raise MMCoreError(f"{where}: mlm needs a text input {task.text_input!r} with a <mask> token")
+        specials = getattr(proc, "special_tokens", {}) or {}
+        self.mask_id = int(proc.mask_id)
+        self.vocab_size = int(proc.vocab_size)
+        self.special_ids = tuple(int(v) for v in specials.values())
 
     def prepare(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
-        """Transform a batch before the forward pass (masked LM corrupts the text here)."""
-        if self.kind != "mlm":
-            return batch
         text = batch.inputs.get(self.text_input)
         if text is None:
             raise MMCoreError(f"mlm objective: the batch has no {self.text_input!r} input")
         ids, labels = mask_tokens(
             text["ids"],
             text["mask"],
-            probability=self.mlm_probability,
+            probability=self.probability,
             mask_id=self.mask_id,
             vocab_size=self.vocab_size,
             special_ids=self.special_ids,
@@ -89,36 +123,66 @@ class Objective:
         inputs = dict(batch.inputs)
         inputs[self.text_input] = {**text, "ids": ids}
         # The corrupted input carries no prompt: every chosen position counts.
-        inputs[self.text_input].pop("prompt_len", None)
-        return replace(batch, inputs=inputs, targets={**batch.targets, "lm_labels": labels})
+        inputs[self.text_input].pop(PROMPT_LEN, None)
+        return replace(batch, inputs=inputs, targets={**batch.targets, LM_LABELS: labels})
 
-    def terms(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Any]:
-        """Forward the model on ``batch`` (already prepared); returns (total, count, output)."""
-        out = model(batch, mode=self.mode, heads=[self.head], compute_loss=False)
-        head = _unwrap(model).heads[self.head]
-        terms = head.loss_terms(out.outputs[self.head], batch)
-        if terms is None:
-            raise MMCoreError(
-                f"{self.kind} objective: head {self.head!r} found no targets in the batch "
-                f"(inputs {sorted(batch.inputs)}, targets {sorted(batch.targets)})"
-            )
-        total, count = terms
-        return total, count.to(total.dtype), out
+    def metric_state(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        labels = batch.targets[LM_LABELS]
+        hit = (output.outputs[self.head].logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)
+        return {"correct": hit.sum().double()}
 
-    # Trainable state of the objective itself (none here; a distillation's projection).
-    def parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if state:
-            raise MMCoreError(f"{self.kind} objective has no state; got {sorted(state)}")
+    def metrics(self, state: Mapping[str, Tensor]) -> dict[str, float]:
+        out = super().metrics(state)
+        out["masked_accuracy"] = float(state["correct"]) / max(float(state["loss_count"]), 1e-12)
+        return out
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP
+class ClassificationObjective(_TaskObjective):
+    """``classification``: one integer label per record (``task.label``, or a name among
+    ``task.labels``), the classification head's cross-entropy; accuracy and macro-F1."""
+
+    name = "classification"
+    distillation: ClassVar[str | None] = "sample"
+
+    def __init__(self, config: Any = None, *, task: TaskConfig, head: str, where: str = "tasks"):
+        super().__init__(config, task=task, head=head, where=where)
+        self.label = task.label
+        self.names = tuple(task.labels) if task.labels else None
+
+    def targets(self) -> list[TargetField]:
+        high = len(self.names) if self.names else None
+        return [TargetField(self.label, "integer", names=self.names, low=0, high=high)]
+
+    def metric_state(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        logits = output.outputs[self.head].logits  # (B, C)
+        C = logits.shape[-1]
+        pred, gold = logits.argmax(-1), batch.targets[self.label].long()
+        confusion = torch.zeros(C * C, dtype=torch.float64, device=logits.device)
+        confusion.index_add_(0, (gold.clamp(0, C - 1) * C + pred), torch.ones_like(pred, dtype=torch.float64))
+        return {"confusion": confusion.view(C, C)}  # rows: gold, columns: predicted
+
+    def metrics(self, state: Mapping[str, Tensor]) -> dict[str, float]:
+        out = super().metrics(state)
+        cm = state["confusion"]
+        n = float(cm.sum())
+        out["accuracy"] = float(cm.diag().sum()) / max(n, 1.0)
+        out["macro_f1"] = macro_f1(cm)
+        out["samples"] = n
+        return out
+
+
+def macro_f1(confusion: Tensor) -> float:
+    """Unweighted mean of per-class F1 over the classes present in gold or predictions,
+    from a (C, C) confusion matrix (rows: gold, columns: predicted)."""
+    cm = confusion.double()
+    tp = cm.diag()
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    seen = (tp + fp + fn) > 0
+    if not bool(seen.any()):
+        return 0.0
+    f1 = 2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])
+    return float(f1.mean())
 
 
 def mask_tokens(
@@ -157,49 +221,78 @@ def mask_tokens(
     return corrupted, labels
 
 
+def objective_component(task: TaskConfig, where: str = "tasks") -> Any:
+    """The registered ``objective`` component a task names (:class:`MMCoreError` with close
+    matches when none is)."""
+    from .plugins import get_registry
+
+    try:
+        return get_registry().get("objective", task.objective)
+    except UnknownComponentError as exc:
+        raise MMCoreError(f"{where}.objective: {exc}") from exc
+
+
 def task_head(task: TaskConfig, heads: Sequence[str]) -> str | None:
     """The head a task trains: its ``head``, else the model's only head (None when there are several)."""
     return task.head or (heads[0] if len(heads) == 1 else None)
 
 
 def task_attention(task: TaskConfig) -> str | None:
-    """The attention mode a task trains with: its ``attention``, else its objective's default
-    (None for classification: the backbone's configured mode)."""
-    return task.attention or _DEFAULT_MODE[task.objective]
+    """The attention mode a task trains with: its ``attention``, else its objective's
+    registered default (None: the backbone's configured mode)."""
+    return task.attention or objective_component(task).attention
 
 
 def make_objective(task: TaskConfig, model: nn.Module, task_name: str = "") -> Objective:
-    """Bind a task's objective to the model's head and text processor."""
-    m = _unwrap(model)
+    """Bind a task to its registered objective and the model's head (and, with a ``teacher``,
+    wrap it in :class:`Distillation`; the trainer loads the teacher)."""
+    m = Objective.unwrap(model)
+    where = f"tasks.{task_name}" if task_name else "tasks"
+    comp = objective_component(task, where)
     heads = list(m.heads)
     head = task_head(task, heads)
     if head is None or head not in m.heads:
-        raise MMCoreError(f"tasks.{task_name}: head {task.head!r} not in the model; heads: {heads}")
-    mode = task_attention(task)
-    obj = Objective(
-        kind=task.objective, head=head, mode=mode, text_input=task.text_input, mlm_probability=task.mlm_probability
-    )
+        raise MMCoreError(f"{where}: head {task.head!r} not in the model; heads: {heads}")
+    spec = getattr(m, "spec", None)
+    head_spec = spec.heads.get(head) if spec is not None else None
+    if (
+        head_spec is not None
+        and comp.heads
+        and not any(fnmatch.fnmatchcase(head_spec.component, g) for g in comp.heads)
+    ):
+        raise MMCoreError(
+            f"{where}: objective {task.objective!r} does not train head {head!r} (head:{head_spec.component}); "
+            f"it trains {', '.join('head:' + g for g in comp.heads)}"
+        )
+    try:
+        options = comp.config.model_validate(dict(task.options))
+    except ValidationError as exc:
+        raise MMCoreError(f"{where}.options: {exc}") from exc
+    obj = comp.build(options, task=task, head=head, model=m, where=where)
+    if not isinstance(obj, Objective):
+        raise PluginError(
+            f"objective {comp.key!r} from {comp.source}: its factory returned {type(obj).__name__}, "
+            "not an mmcore.Objective"
+        )
+    obj.name, obj.head = task.objective, head
+    if task.attention is not None:
+        obj.attention = task.attention
     if task.teacher is not None:
+        if obj.distillation is None:
+            raise MMCoreError(
+                f"{where}.teacher: objective {task.objective!r} cannot be distilled (it declares no "
+                "distillation); distillation works with lm, prefix_lm and classification"
+            )
         obj = Distillation(
-            kind=task.objective,
-            head=head,
-            mode=mode,
-            text_input=task.text_input,
+            inner=obj,
             teacher_dir=task.teacher,
             teacher_head=task.teacher_head or head,
             alpha=task.distill_alpha,
             temperature=task.distill_temperature,
             hidden_weight=task.distill_hidden,
-            where=f"tasks.{task_name}",
+            where=where,
+            text_input=task.text_input,
         )
-    if task.objective == "mlm":
-        proc = m.processors.get(task.text_input)
-        if proc is None or getattr(proc, "mask_id", None) is None:
-            raise MMCoreError(f"tasks.{task_name}: mlm needs a text input {task.text_input!r} with a <mask> token")
-        specials = getattr(proc, "special_tokens", {}) or {}
-        obj.mask_id = int(proc.mask_id)
-        obj.vocab_size = int(proc.vocab_size)
-        obj.special_ids = tuple(int(v) for v in specials.values())
     return obj
 
 
@@ -236,12 +329,11 @@ def _processor_fingerprint(proc: Any) -> tuple[str, Any]:
     return kind, {k: repr(v) for k, v in sorted(vars(proc).items()) if k != "training"}
 
 
-@dataclass
 class Distillation(Objective):
-    """A task's objective plus knowledge distillation from a trained teacher model directory.
+    """A task's objective plus knowledge distillation from a trained teacher model.
 
-    Per counted item (a predicted token for ``lm``/``prefix_lm``, a sample for
-    ``classification``), the loss is::
+    Per counted item (a predicted token for ``"token"`` objectives such as ``lm`` and
+    ``prefix_lm``, a sample for ``"sample"`` ones such as ``classification``), the loss is::
 
         (1 - alpha) * CE(student, label)
         + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
@@ -255,35 +347,59 @@ class Distillation(Objective):
     identity. ``P`` is trained with the student and kept in the trainer's checkpoints, not
     in the student's model directory.
 
-    The teacher is loaded on first use (training only), frozen and in eval mode, run without
-    gradients on the same batch as the student. It must read the same inputs through
-    identical processors (same tokenizer and vocabulary, same image size...), and its head
-    must have as many outputs as the student's; otherwise :class:`MMCoreError` says what
-    differs. In eval mode (``model.training`` False) :meth:`terms` is the plain objective,
-    so evaluation reports the student's own metrics.
+    The trainer loads the teacher (``teacher_dir``) and passes it to :meth:`bind`, which
+    freezes it and checks it: it must read the same inputs through identical processors (same
+    tokenizer and vocabulary, same image size...), and its head must have as many outputs as
+    the student's; otherwise :class:`MMCoreError` says what differs. In eval mode
+    (``model.training`` False) :meth:`terms` is the wrapped objective's, so evaluation reports
+    the student's own metrics. Targets, set-up and metrics are the wrapped objective's.
     """
 
-    teacher_dir: str = ""
-    teacher_head: str | None = None
-    alpha: float = 0.5
-    temperature: float = 2.0
-    hidden_weight: float = 0.0
-    where: str = "distillation"
-    teacher: Any = field(default=None, repr=False)
-    projection: nn.Module | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        inner: Objective,
+        teacher_dir: str,
+        teacher_head: str | None = None,
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+        hidden_weight: float = 0.0,
+        where: str = "distillation",
+        text_input: str = "text",
+    ):
+        self.inner = inner
+        self.text_input = text_input
+        self.name, self.head, self.attention = inner.name, inner.head, inner.attention
+        self.distillation = inner.distillation
+        self.generates = inner.generates
+        self.teacher_dir = teacher_dir
+        self.teacher_head = teacher_head or inner.head
+        self.alpha, self.temperature, self.hidden_weight = alpha, temperature, hidden_weight
+        self.where = where
+        self.teacher: Any = None
+        self.projection: nn.Module | None = None
 
-    def bind(self, student: nn.Module) -> None:
-        """Load and check the teacher against ``student`` (once); make the projection."""
-        if self.teacher is not None:
-            return
-        from .checkpoint import load
+    # the wrapped objective's data, set-up and metrics
+    def targets(self) -> list[TargetField]:
+        return self.inner.targets()
 
-        student = _unwrap(student)
-        device = next(student.parameters()).device
-        try:
-            teacher = load(self.teacher_dir, device=device)
-        except MMCoreError as exc:
-            raise MMCoreError(f"{self.where}.teacher: cannot load {self.teacher_dir}: {exc}") from exc
+    def setup(self, model: nn.Module, targets: Any) -> None:
+        self.inner.setup(model, targets)
+
+    def prepare(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        return self.inner.prepare(batch, generator)
+
+    def metric_state(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        return self.inner.metric_state(output, batch)
+
+    def metrics(self, state: Mapping[str, Tensor]) -> dict[str, float]:
+        return self.inner.metrics(state)
+
+    def __getstate__(self) -> dict[str, Any]:  # data-loader workers get no teacher
+        return {**self.__dict__, "teacher": None}
+
+    def bind(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Check the loaded ``teacher`` against ``student``, freeze it, make the projection."""
+        student = Objective.unwrap(student)
         teacher.requires_grad_(False).eval()
         where = f"{self.where}.teacher ({self.teacher_dir})"
         for name in teacher.encoders:
@@ -294,11 +410,7 @@ class Distillation(Objective):
                 )
             a, b = _processor_fingerprint(student.processors[name]), _processor_fingerprint(teacher.processors[name])
             if a != b:
-                what = (
-                    "tokenizer and vocabulary"
-                    if getattr(student.encoders[name], "modality", "") == "text"
-                    else "processor"
-                )
+                what = "tokenizer and vocabulary" if student.encoders[name].modality == "text" else "processor"
                 detail = f"{a[0]} vs {b[0]}" if a[0] != b[0] else "their saved descriptions differ"
                 raise MMCoreError(
                     f"{where}: input {name!r} has a different {what} in the student and the teacher ({detail}); "
@@ -318,6 +430,7 @@ class Distillation(Objective):
                 )
         self.teacher = teacher
         if self.hidden_weight > 0:
+            device = next(student.parameters()).device
             ds, dt = student.config.width, teacher.config.width
             self.projection = nn.Identity() if ds == dt else nn.Linear(ds, dt, bias=False).to(device)
 
@@ -328,24 +441,29 @@ class Distillation(Objective):
         return {} if self.projection is None else {k: v for k, v in self.projection.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if self.projection is None or not state:  # nothing saved yet: keep the fresh projection
-            return super().load_state_dict(state) if self.projection is None else None
-        self.projection.load_state_dict(state)
+        if self.projection is None:
+            if state:
+                raise MMCoreError(f"{self.where}: the distillation has no projection; got {sorted(state)}")
+            return
+        if state:  # nothing saved yet: keep the fresh projection
+            self.projection.load_state_dict(state)
 
     def terms(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Any]:
-        if not _unwrap(model).training:
-            return super().terms(model, batch)
-        self.bind(model)
-        total, count, out = super().terms(model, batch)
+        if not Objective.unwrap(model).training:
+            return self.inner.terms(model, batch)
+        if self.teacher is None:
+            raise MMCoreError(f"{self.where}: the teacher is not loaded (the trainer binds it before training)")
+        total, count, out = self.inner.terms(model, batch)
         with torch.no_grad():
-            t_out = self.teacher(batch, mode=self.mode, heads=[self.teacher_head], compute_loss=False)
+            t_out = self.teacher(batch, mode=self.attention, heads=[self.teacher_head], compute_loss=False)
         s_logits, t_logits = out.outputs[self.head].logits, t_out.outputs[self.teacher_head].logits
         if s_logits.shape != t_logits.shape:
             raise MMCoreError(
                 f"{self.where}: student logits {tuple(s_logits.shape)} and teacher logits {tuple(t_logits.shape)} "
                 "differ in shape on the same batch"
             )
-        if self.kind == "classification":
+        per_sample = self.distillation == "sample"
+        if per_sample:
             keep = torch.ones(s_logits.shape[0], dtype=torch.bool, device=s_logits.device)  # (B,)
         else:  # next-token heads: position i predicts token i + 1, as the LM head's loss counts it
             keep = self._lm_keep(out.outputs[self.head], batch)  # (B, N-1)
@@ -357,8 +475,9 @@ class Distillation(Objective):
         soft = (kl * keep).sum() * (T * T)
         loss = (1 - self.alpha) * total + self.alpha * soft
         if self.hidden_weight > 0:
+            assert self.projection is not None
             hs, ht = self._hidden(out), self._hidden(t_out)
-            if self.kind != "classification":
+            if not per_sample:
                 hs, ht = hs[:, :-1], ht[:, :-1]
             err = (self.projection(hs.float()) - ht.float()).pow(2).mean(-1)  # type: ignore[misc]  # bind() made it
             loss = loss + self.hidden_weight * (err * keep).sum()
@@ -369,14 +488,14 @@ class Distillation(Objective):
         inputs = batch.inputs[self.text_input]
         valid = output.mask & inputs["mask"].bool()  # (B, N)
         keep = valid[:, 1:]
-        prompt_len = inputs.get("prompt_len")
+        prompt_len = inputs.get(PROMPT_LEN)
         if prompt_len is not None:
             pos = torch.arange(1, valid.shape[1], device=valid.device)
             keep = keep & (pos.unsqueeze(0) >= prompt_len.reshape(-1, 1))
         return keep
 
     def _hidden(self, out: Any) -> Tensor:
-        if self.kind == "classification":
+        if self.distillation == "sample":
             pooled = out.outputs[next(iter(out.outputs))].extra.get("pooled")
             if pooled is None:
                 raise MMCoreError(f"{self.where}: distill_hidden needs a classification head that reports 'pooled'")

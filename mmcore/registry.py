@@ -1,7 +1,7 @@
 """Component records and the registry that holds them.
 
 A :class:`Component` describes one buildable part (an encoder, a fusion, a head, a
-projector): its kind, its dotted name, its options model and a lazy reference to the
+projector, a task's objective): its kind, its dotted name, its options model and a lazy reference to the
 factory that builds it. The registry maps ``kind:name`` to components, lists and
 filters them (``list("encoder:vision.*")``), and suggests close matches for unknown
 names. It never imports a factory until a component is built.
@@ -24,10 +24,13 @@ from pydantic import BaseModel
 
 from .errors import DuplicateComponentError, PluginError, UnknownComponentError
 
-__all__ = ["KINDS", "Component", "Registry", "call_factory"]
+__all__ = ["KINDS", "ATTENTION_MODES", "Component", "Registry", "call_factory"]
 
-#: The kinds of component a spec can name.
-KINDS = ("encoder", "fusion", "head", "projector")
+#: The kinds of component a spec can name (an ``objective`` is named by a ``[tasks.<name>]`` section).
+KINDS = ("encoder", "fusion", "head", "projector", "objective")
+
+#: Attention modes an objective may train with (None: the backbone's configured mode).
+ATTENTION_MODES = ("causal", "prefix", "bidirectional")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,15 @@ class Component:
         modality: for encoders, the modality they read (``text``, ``image``, ``audio``...).
         processor: for encoders, a lazy reference to the :class:`mmcore.Processor` factory,
             called as ``processor(config)``.
+        heads: for objectives, glob patterns of the head components it trains (``("lm",)``);
+            empty: any head. ``mmcore spec validate`` checks every task's head against them.
+        attention: for objectives, the attention mode it trains with (one of
+            :data:`ATTENTION_MODES`; None: the backbone's configured mode). A task's
+            ``attention`` overrides it.
+        text: for objectives, whether it reads the task's text input (``text_input``), which
+            the spec must then have.
+        special_tokens: for objectives, tokens the text input's processor must have
+            (``("<mask>",)``), checked with the model's other special-token needs.
         plugin: name of the plugin that registered it (filled in by the plugin manager).
         distribution: ``name version`` of the distribution providing it (filled in).
     """
@@ -58,6 +70,10 @@ class Component:
     description: str = ""
     modality: str | None = None
     processor: str | Callable[..., Any] | None = None
+    heads: tuple[str, ...] = ()
+    attention: str | None = None
+    text: bool = False
+    special_tokens: tuple[str, ...] = ()
     plugin: str | None = None
     distribution: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -71,6 +87,12 @@ class Component:
             raise PluginError(f"component {self.key!r}: config must be a pydantic model class, got {self.config!r}")
         if self.kind == "encoder" and not self.modality:
             raise PluginError(f"encoder {self.name!r} must declare the modality it reads")
+        if self.attention is not None and self.attention not in ATTENTION_MODES:
+            raise PluginError(
+                f"component {self.key!r}: attention {self.attention!r} is not one of {', '.join(ATTENTION_MODES)}"
+            )
+        if self.kind != "objective" and (self.heads or self.attention or self.text or self.special_tokens):
+            raise PluginError(f"component {self.key!r}: heads, attention, text and special_tokens are for objectives")
 
     @property
     def key(self) -> str:

@@ -148,6 +148,12 @@ class ResamplerFusion(Fusion):
     def forward(self, tokens: Mapping[str, Tokens], batch: Batch) -> FusedSequence:
         return self.early(self.resample(tokens), batch)
 
+    def max_sequence_length(self, counts: Mapping[str, int | None]) -> int | None:
+        """The early fusion's length with each resampled input at its number of latents."""
+        return self.early.max_sequence_length(
+            {m: int(self.resamplers[m].num_latents) if m in self.resamplers else n for m, n in counts.items()}
+        )
+
     def embed_step(self, name: str, tokens: Tokens) -> Tensor:
         """New text tokens during generation (B, n, D): as the inner early fusion embeds them."""
         return self.early.embed_step(name, tokens)

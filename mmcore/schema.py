@@ -64,6 +64,14 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         return {"anyOf": variants} if variants else {"not": {}}
 
     defs["__projector"] = one_of("projector")
+    task_def = defs[refs[(TaskConfig, "validation")]["$ref"].split("/")[-1]]
+    task_def.setdefault("properties", {})["objective"] = {
+        "anyOf": [
+            {"const": c.name, "title": c.key, "description": c.description} for c in comps if c.kind == "objective"
+        ]
+        or [{"type": "string"}],
+        "description": task_def.get("properties", {}).get("objective", {}).get("description", ""),
+    }
     backbone_ref = refs[(BackboneConfig, "validation")]
     backbone_def = defs[backbone_ref["$ref"].split("/")[-1]]
     backbone_def.setdefault("properties", {}).update(json.loads(json.dumps(core_props)))

@@ -33,6 +33,7 @@ This module imports pydantic and the standard library only (no torch).
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -296,12 +297,7 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
                 )
             elif task.head is not None and isinstance(heads_raw, Mapping) and task.head not in heads_raw:
                 add(f"{path}.head", f"no head named {task.head!r}", f"heads: {', '.join(heads_raw) or '(none)'}")
-            if task.objective != "classification" and isinstance(enc_raw, Mapping) and task.text_input not in enc_raw:
-                add(
-                    f"{path}.text_input",
-                    f"{task.objective} needs a text input named {task.text_input!r}",
-                    f"inputs: {', '.join(enc_raw)}",
-                )
+            _check_objective(task, path, heads_raw, enc_raw, registry, add)
             resolved = {
                 k: str((base / v).resolve()) if v is not None and not Path(v).is_absolute() else v
                 for k, v in (("train", task.train), ("eval", task.eval), ("teacher", task.teacher))
@@ -414,6 +410,35 @@ def _component(
     if core is None:
         return None
     return ComponentSpec(kind, name, cfg, projector, core)
+
+
+def _check_objective(task: TaskConfig, path: str, heads_raw: Any, enc_raw: Any, registry: Registry, add: Any) -> None:
+    """A task's objective: registered, its ``options`` valid, its head one it trains, and the
+    text input it reads present (all from the registrations: nothing is imported)."""
+    try:
+        comp = registry.get("objective", task.objective)
+    except UnknownComponentError as exc:
+        add(f"{path}.objective", str(exc), catalog_hint(f"objective:{task.objective}"))
+        return
+    try:
+        comp.config.model_validate(dict(task.options))
+    except ValidationError as exc:
+        _pydantic_issues(exc, f"{path}.options", comp.config, add)
+    head = task.head or (next(iter(heads_raw)) if isinstance(heads_raw, Mapping) and len(heads_raw) == 1 else None)
+    section = heads_raw.get(head) if isinstance(heads_raw, Mapping) and head is not None else None
+    name = section.get("component") if isinstance(section, Mapping) else None
+    if isinstance(name, str) and comp.heads and not any(fnmatch.fnmatchcase(name, g) for g in comp.heads):
+        add(
+            f"{path}.objective",
+            f"objective {task.objective!r} does not train head {head!r} (head:{name})",
+            f"it trains {', '.join('head:' + g for g in comp.heads)}",
+        )
+    if comp.text and isinstance(enc_raw, Mapping) and task.text_input not in enc_raw:
+        add(
+            f"{path}.text_input",
+            f"{task.objective} needs a text input named {task.text_input!r}",
+            f"inputs: {', '.join(enc_raw)}",
+        )
 
 
 def _choices(registry: Registry, kind: str) -> str:

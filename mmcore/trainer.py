@@ -47,9 +47,10 @@ from torch import nn
 from .config import TaskConfig, TrainingConfig, resolve_training
 from .data import BadRecord, DataError, ManifestDataset, PackedTextDataset
 from .errors import MMCoreError, ModelDirError
+from .interfaces import Objective
 from .io import atomic_write_text, read_safetensors, write_safetensors
 from .loader import ExcludingDataset, IndexPlan, find_fatal_record, make_loader, record_where
-from .objectives import Objective, make_objective
+from .objectives import Distillation, make_objective
 from .schedule import RunPlan
 from .selection import Monitor
 from .types import Batch
@@ -171,9 +172,11 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.tasks = {name: self._make_task(name, t) for name, t in self.task_cfgs.items()}
-        for task in self.tasks.values():  # distillation: load and check the teacher now, not mid-run
-            if hasattr(task.objective, "bind"):
-                task.objective.bind(self.model)
+        for task in self.tasks.values():
+            if isinstance(task.objective, Distillation):  # load and check the teacher now, not mid-run
+                task.objective.bind(self.model, self._load_teacher(task))
+            targets = task.train.iter_targets() if isinstance(task.train, ManifestDataset) else iter(())
+            task.objective.setup(self.model, targets)  # learn from the training set (before a resume loads state)
         self.plan = RunPlan(self.cfg, list(self.tasks), clock, self._rank0_value if self.world > 1 else None)
         self.monitor = Monitor.from_config(self.cfg, [n for n, t in self.tasks.items() if t.eval is not None])
         self.wrapped = self._wrap(self.model)
@@ -192,8 +195,9 @@ class Trainer:
     def _make_task(self, name: str, t: TaskConfig) -> _Task:
         model = self.model
         fmt = t.format if t.format != "auto" else ("jsonl" if t.train.endswith(".jsonl") else "text")
-        train = self._dataset(name, t, t.train, fmt, training=True)
-        evals = self._dataset(name, t, t.eval, fmt) if t.eval else None
+        objective = make_objective(t, model, name)
+        train = self._dataset(name, t, t.train, fmt, objective, training=True)
+        evals = self._dataset(name, t, t.eval, fmt, objective) if t.eval else None
         sizes = getattr(train, "record_sizes", None) if self.cfg.group_by_length else None
         plan = IndexPlan(
             len(train),
@@ -203,12 +207,25 @@ class Trainer:
             world=self.world,
             lengths=sizes() if sizes is not None else None,
         )
-        return _Task(name, t, make_objective(t, model, name), train, evals, plan)
+        return _Task(name, t, objective, train, evals, plan)
 
-    def _dataset(self, name: str, t: TaskConfig, path: str, fmt: str, training: bool = False) -> Any:
+    def _load_teacher(self, task: _Task) -> nn.Module:
+        """The distillation teacher of ``task``: its model directory, loaded on the training device."""
+        from .checkpoint import load
+
+        obj = task.objective
+        assert isinstance(obj, Distillation)
+        try:
+            return load(obj.teacher_dir, device=self.device)
+        except MMCoreError as exc:
+            raise MMCoreError(f"tasks.{task.name}.teacher: cannot load {obj.teacher_dir}: {exc}") from exc
+
+    def _dataset(
+        self, name: str, t: TaskConfig, path: str, fmt: str, objective: Objective, training: bool = False
+    ) -> Any:
         m = self.model
         if fmt == "jsonl":
-            modalities = {k: getattr(e, "modality", "") for k, e in m.encoders.items()}
+            modalities = {k: e.modality for k, e in m.encoders.items()}
             procs: Any = m.processors
             if training:  # augmentation on: training copies of the processors (workers copy them again)
                 procs = {k: copy.copy(p) for k, p in procs.items()}
@@ -219,8 +236,7 @@ class Trainer:
                 procs,
                 modalities,
                 text_input=t.text_input,
-                targets=(t.label,),
-                labels={t.label: t.labels} if t.labels else None,
+                targets=objective.targets(),
             )
         proc = m.processors.get(t.text_input)
         if proc is None:
@@ -299,7 +315,12 @@ class Trainer:
             if task.it is None:
                 procs = getattr(task.train, "processors", self.model.processors)  # training copies
                 task.loader = make_loader(
-                    task.data(), procs, task.plan, start=task.consumed, num_workers=self.cfg.num_workers
+                    task.data(),
+                    procs,
+                    task.plan,
+                    start=task.consumed,
+                    num_workers=self.cfg.num_workers,
+                    targets=task.objective.targets(),
                 )
                 task.it = iter(task.loader)
             try:
@@ -444,6 +465,9 @@ class Trainer:
                     max_batches=max_batches,
                     device=self.device,
                     autocast=self._autocast,
+                    # DDP: each process scores its share and the metric states are summed; FSDP's
+                    # sharded forward needs every process to run the same batches, so each runs all
+                    **({"rank": self.rank, "world": self.world} if not self._sharded() else {}),
                 )
         return out
 

@@ -11,12 +11,35 @@ real tokens of a sample come first, padding after.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["Batch", "Tokens", "FusedSequence", "HeadOutput", "ModelOutput"]
+__all__ = [
+    "Batch",
+    "Tokens",
+    "FusedSequence",
+    "HeadOutput",
+    "ModelOutput",
+    "IGNORE_INDEX",
+    "LM_LABELS",
+    "PROMPT_LEN",
+    "TargetField",
+]
+
+#: Label value that means "no loss here" in token-level labels (as in PyTorch and transformers).
+IGNORE_INDEX = -100
+
+#: ``batch.targets[LM_LABELS]``: (B, N) long token labels of a masked-LM batch (the ``mlm``
+#: objective puts them there); position i predicts ``lm_labels[:, i]`` unshifted, and
+#: :data:`IGNORE_INDEX` marks positions without loss.
+LM_LABELS = "lm_labels"
+
+#: ``batch.inputs[<text input>][PROMPT_LEN]``: (B,) long, how many leading tokens of a
+#: ``{"prompt", "target"}`` sample are the prompt (the text processor puts it there); next-token
+#: losses count only the positions from there on.
+PROMPT_LEN = "prompt_len"
 
 
 def _to(obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -172,3 +195,101 @@ class ModelOutput:
     outputs: dict[str, HeadOutput]
     losses: dict[str, "Tensor"] = field(default_factory=dict)
     loss: "Tensor | None" = None
+
+
+#: The JSON types a record's target field may be declared with (see :class:`TargetField`).
+TARGET_TYPES = ("integer", "float", "floats", "string")
+
+
+@dataclass(frozen=True)
+class TargetField:
+    """One record field an objective reads as a target, and how the data layer checks it.
+
+    The data layer (not the objective) validates every record against these declarations in
+    the data-loader workers, so a bad value is a bad record naming file, line and field, and
+    collates the values of a batch into ``batch.targets[name]``:
+
+    * ``"integer"``: a JSON integer (not a boolean), ``low <= v < high`` when those are set;
+      with ``names``, a string among them stands for its index. Collated to (B,) long.
+    * ``"float"``: a JSON number (integer or float, finite). Collated to (B,) float32.
+    * ``"floats"``: a JSON list of ``length`` finite numbers (any length >= 1 when None; then
+      every record of a batch must have the same length). Collated to (B, length) float32.
+      A single number is accepted when ``length`` is 1.
+    * ``"string"``: a JSON string. Collated to a list of str in ``batch.meta["targets"][name]``.
+
+    A batch has ``targets[name]`` only when each of its records has the field.
+
+    Attributes:
+        name: the record field (and the key in ``batch.targets``).
+        type: one of :data:`TARGET_TYPES`.
+        names: ``"integer"`` only: class names a string value may give.
+        low, high: ``"integer"`` only: the valid range ``[low, high)``.
+        length: ``"floats"`` only: how many numbers.
+    """
+
+    name: str
+    type: Literal["integer", "float", "floats", "string"]
+    names: tuple[str, ...] | None = None
+    low: int | None = None
+    high: int | None = None
+    length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in TARGET_TYPES:
+            raise ValueError(f"target {self.name!r}: type {self.type!r} is not one of {', '.join(TARGET_TYPES)}")
+
+    def parse(self, value: Any) -> Any:
+        """The checked value of one record (a Python int, float, list of floats or str); a bad
+        one raises ``ValueError`` with the reason (the data layer adds file, line and field)."""
+        import math
+
+        if self.type == "integer":
+            names = list(self.names) if self.names is not None else None
+            if isinstance(value, str) and names is not None:
+                if value not in names:
+                    raise ValueError(f"unknown class {value!r}; classes: {names}")
+                return names.index(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                hint = f" or one of {names}" if names else " (give `labels = [...]` in the task to use names)"
+                raise ValueError(f"must be an integer{hint}, got {value!r}")
+            low = 0 if self.low is None else self.low
+            high = self.high if self.high is not None else 2**63
+            if not low <= value < high:  # 2**63 would overflow the batch's long tensor
+                top = f"below {high} ({high} classes)" if self.high is not None else "of at most 2**63 - 1"
+                raise ValueError(f"must be a class index, {low} or more and {top}; got {value}")
+            return value
+
+        def number(v: Any, what: str) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{what} must be a number, got {v!r}")
+            f = float(v)
+            if not math.isfinite(f):
+                raise ValueError(f"{what} must be finite, got {v!r}")
+            return f
+
+        if self.type == "float":
+            return number(value, "the value")
+        if self.type == "floats":
+            if self.length == 1 and not isinstance(value, list):
+                return [number(value, "the value")]
+            if not isinstance(value, list) or not value:
+                want = f"{self.length} numbers" if self.length else "numbers"
+                raise ValueError(f"must be a list of {want}, got {value!r:.80}")
+            if self.length is not None and len(value) != self.length:
+                raise ValueError(f"must hold {self.length} numbers, got {len(value)}")
+            return [number(v, f"item {i}") for i, v in enumerate(value)]
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {type(value).__name__}")
+        return value
+
+    def collate(self, values: list[Any]) -> Any:
+        """The parsed values of a batch -> a tensor (or a list of str); see the class."""
+        import torch
+
+        if self.type == "string":
+            return list(values)
+        if self.type == "integer":
+            return torch.tensor(values, dtype=torch.long)
+        if self.type == "floats" and len({len(v) for v in values}) > 1:
+            raise ValueError(f"target {self.name!r}: the records of a batch hold lists of different lengths")
+        return torch.tensor(values, dtype=torch.float32)

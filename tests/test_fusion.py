@@ -449,3 +449,34 @@ def test_resampler_save_load_round_trip(registry, tmp_path):
     batch = model.preprocess(RECORDS)
     assert torch.equal(lm_logits(model, batch), lm_logits(loaded, batch))
     assert {m: r.num_latents for m, r in loaded.fusion.resamplers.items()} == {"image": 5, "audio": 3}
+
+
+@pytest.mark.parametrize(
+    ("fusion", "longest"),
+    [
+        ({"component": "early"}, 20 + 3 + 2),  # text, the three feature tokens and their two boundaries
+        ({"component": "resampler", "num_latents": 4}, 20 + 4 + 2),  # the features resampled to 4 latents
+        ({"component": "cross_attention"}, 20),  # only the text is in the sequence
+    ],
+)
+def test_core_fusions_say_how_long_their_sequence_gets(fusion, longest, manager):
+    """The core's fusions answer max_sequence_length as a plugin's does; the build checks it."""
+    from mmcore.errors import SpecError
+
+    def spec(ctx: int) -> dict:
+        return {
+            "spec_version": 1,
+            "name": "ctx",
+            "backbone": {"width": 16, "depth": 2, "heads": 2, "context_length": ctx},
+            "encoders": {
+                "x": {"component": "features", "features": 3},
+                "text": {"component": "text.bytes", "max_length": 20},
+            },
+            "fusion": fusion,
+            "heads": {"lm": {"component": "lm"}},
+        }
+
+    model = mmcore.build(spec(longest))
+    assert model.fusion.max_sequence_length({"x": 3, "text": 20}) == longest
+    with pytest.raises(SpecError, match=rf"backbone\.context_length.*{longest} positions"):
+        mmcore.build(spec(longest - 1))

@@ -186,7 +186,7 @@ LAYERS: dict[str, set[str]] = {
     },
     # the entry points: the command line and its helpers, the conformance kit, the package facade
     "cli": {
-        "cli", "commands", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.examples", "testing.common", "testing.checks",
+        "cli", "commands", "__main__", "docgen", "scaffold", "testing", "testing.kit", "testing.objective_kit", "testing.capability_kit", "testing.examples", "testing.common", "testing.checks",
         "testing.harness", "testing.encoders", "testing.fusions", "testing.heads", "testing.processors",
         "testing.pytest_plugin", "",
     },

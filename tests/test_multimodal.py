@@ -70,6 +70,7 @@ def encoder_case(name: str, files: dict) -> tuple[dict, list]:
             [files["wav"], files["wav2"]],
         ),
         "vision.palette": ({"image_size": 8, "levels": 4}, [files["png"], files["png2"]]),
+        "features": ({"features": 3}, [[0.5, -1.0, 2.0], [1.0, 0.0, -0.25]]),
     }
     return cases[name]
 
@@ -97,7 +98,7 @@ def test_every_encoder_with_real_files_reaches_the_backbone(name, files, manager
             "heads": {"lm": {"component": "lm"}},
         }
     )
-    records = [{inp: str(v) if isinstance(v, Path) else v} for v in values]
+    records = [{inp: str(v) if isinstance(v, Path) else v} for v in values]  # files, or inline values
     if inp != "text":
         records = [{**r, "text": "caption"} for r in records] + [{"text": "no media"}]
     batch = model.preprocess(records)

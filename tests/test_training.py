@@ -407,14 +407,20 @@ def test_eval_command_scores_generated_text_with_bleu_and_chrf(tmp_path, manager
 
 
 def test_text_metrics_and_macro_f1():
-    from mmcore.evaluate import macro_f1, text_metrics
+    from mmcore.evaluate import text_metrics
+    from mmcore.objectives import macro_f1
 
     m = text_metrics(["the cat sat on the mat", "hello"], ["the cat sat on the mat", "goodbye"])
     assert m["exact_match"] == 0.5 and 0 < m["bleu"] < 100 and 0 < m["chrf"] < 100
     assert text_metrics(["a b c d e"], ["a b c d e"])["bleu"] == pytest.approx(100.0)
-    p, g = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])
+    # predictions [0, 0, 1, 1] for gold [0, 1, 1, 1], as a confusion matrix (rows gold, columns predicted)
+    confusion = torch.tensor([[1.0, 0.0], [1.0, 2.0]])
     # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 2 fp 0 fn 1 -> 0.8
-    assert macro_f1(p, g, 2) == pytest.approx((2 / 3 + 0.8) / 2)
+    assert macro_f1(confusion) == pytest.approx((2 / 3 + 0.8) / 2)
+    # a class absent from gold and predictions does not count
+    assert macro_f1(torch.tensor([[1.0, 0.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]])) == pytest.approx(
+        (2 / 3 + 0.8) / 2
+    )
 
 
 def test_cpu_optimizer_is_the_fused_adamw(tmp_path, manager):

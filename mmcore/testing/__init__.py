@@ -43,10 +43,39 @@ __all__ = [
     "check_projector",
     "check_fusion",
     "check_head",
+    "check_objective",
     "example_values",
 ]
 
-_LAZY = set(__all__)
+_LAZY = set(__all__) - {"check_component", "check_objective"}
+
+
+def check_component(component: Any, options: Any = None, *, registry: Any = None, **kwargs: Any) -> Any:
+    """Run every check of the component's kind (:func:`mmcore.testing.kit.check_component`;
+    objectives: :func:`mmcore.testing.objective_kit.check_objective`)."""
+    from . import capability_kit, kit, objective_kit
+
+    comp = kit._resolve(component, None, registry)
+    if comp.kind == "objective":
+        return objective_kit.check_objective(comp, options, **kwargs)
+    report = kit.check_component(comp, options, registry=registry, **kwargs)
+    # the capabilities the component (an encoder's processor, a fusion) declares: capability_kit.py
+    checks = {"encoder": capability_kit.CAPABILITY_CHECKS, "fusion": capability_kit.FUSION_CAPABILITY_CHECKS}
+    run = {"encoder": capability_kit.check_processor_capabilities, "fusion": capability_kit.check_fusion_capabilities}
+    if comp.kind in run:
+        skip = kwargs.get("skip", ())
+        problems = [p for p in run[comp.kind](comp, options) if p[0] not in skip]
+        if problems:
+            raise kit.ConformanceError(kit._label(comp), problems, report)
+        report.passed += [c for c in checks[comp.kind] if c not in skip]
+    return report
+
+
+def check_objective(component: Any, options: Any = None, **kwargs: Any) -> Any:
+    """The checks of an ``objective`` component (:mod:`mmcore.testing.objective_kit`)."""
+    from . import kit, objective_kit
+
+    return objective_kit.check_objective(kit._resolve(component, "objective", None), options, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
@@ -69,7 +98,6 @@ if TYPE_CHECKING:
         PROCESSOR_CHECKS,
         ConformanceError,
         Report,
-        check_component,
         check_encoder,
         check_fusion,
         check_head,

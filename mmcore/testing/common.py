@@ -38,6 +38,7 @@ CHECKS: dict[str, tuple[str, ...]] = {
     "projector": tuple(c for c in _COMMON if c != "missing"),
     "fusion": _COMMON,
     "head": _COMMON,
+    "objective": ("declarations", "records", "loss", "streaming", "eval"),  # testing/objective_kit.py
 }
 
 #: The checks of a Processor (run first for an encoder that has one).

@@ -334,7 +334,7 @@ def test_classify_config_validation():
 
 def test_plugin_components_validate_minimal_options():
     comps = {c.key: c for c in plugin.mmcore_register_components()}
-    assert sorted(comps) == ["head:classify", "head:lm"]
+    assert sorted(comps) == ["encoder:features", "head:classify", "head:lm", "head:regress", "objective:regression"]
     assert all(isinstance(c, Component) for c in comps.values())
     assert isinstance(comps["head:lm"].config.model_validate({}), LMHeadConfig)
     assert comps["head:classify"].config.model_validate({"num_classes": 2}).pooling == "last"
@@ -350,7 +350,8 @@ def test_plugin_manager_registers_it():
 
     pm = PluginManager(autoload=False)
     pm.register(plugin, name="heads")
-    assert [c.key for c in pm.registry.list("head:*")] == ["head:classify", "head:lm"]
+    assert [c.key for c in pm.registry.list("head:*")] == ["head:classify", "head:lm", "head:regress"]
+    assert [c.key for c in pm.registry.list("objective:*") if c.plugin == "heads"] == ["objective:regression"]
 
 
 def test_entry_point_declared():
@@ -362,10 +363,40 @@ def test_entry_point_declared():
 def test_plugin_import_does_not_import_torch():
     code = (
         "import sys, mmcore_heads.plugin as p; comps = p.mmcore_register_components(); "
-        "[c.config.model_validate({'num_classes': 2} if c.name == 'classify' else {}) for c in comps]; "
+        "[c.config.model_validate({'num_classes': 2} if c.name == 'classify' else {'features': 3} "
+        "if c.name == 'features' else {}) for c in comps]; "
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
         "print('TORCH' if bad else 'OK')"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "OK"
+
+
+def test_regress_head_predicts_in_target_units_and_learns_on_standardised_targets():
+    from mmcore_heads.config import RegressionHeadConfig
+    from mmcore_heads.regress import RegressionHead
+
+    from mmcore import Batch, FusedSequence
+
+    torch.manual_seed(0)
+    head = RegressionHead(RegressionHeadConfig(outputs=2), width=D)
+    ys = torch.tensor([[10.0, -1.0], [20.0, -3.0], [30.0, -5.0]])
+    head.fit_standardisation(ys)
+    torch.testing.assert_close(head.target_mean, torch.tensor([20.0, -3.0]))
+    torch.testing.assert_close(head.target_std, ys.std(0, unbiased=False))
+    hidden = torch.randn(3, 4, D)
+    seq = FusedSequence(
+        torch.zeros(3, 4, D),
+        torch.ones(3, 4, dtype=torch.bool),
+        torch.zeros(3, 4, dtype=torch.long),
+        ("x",),
+        {"x": None},
+    )
+    out = head(hidden, seq)
+    z = out.extra["standardised"]
+    torch.testing.assert_close(out.logits, z * head.target_std + head.target_mean)  # target units
+    total, count = head.loss_terms(out, Batch({}, {"y": ys}))
+    torch.testing.assert_close(total, (z - (ys - head.target_mean) / head.target_std).pow(2).sum())
+    assert float(count) == 6
+    assert "target_mean" in head.state_dict() and "target_std" in head.state_dict()  # saved with the model

@@ -10,7 +10,7 @@ from mmcore import Batch, FusedSequence, Head, HeadOutput, InputError
 
 from .config import ClassificationHeadConfig
 
-__all__ = ["ClassificationHead", "pool"]
+__all__ = ["ClassificationHead", "pool", "readout"]
 
 
 def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
@@ -37,6 +37,13 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
     else:
         raise ValueError(f"unknown pooling {how!r}; expected 'last', 'mean' or 'first'")
     return hidden[torch.arange(B, device=hidden.device), idx]
+
+
+def readout(width: int, hidden: int | None, outputs: int, dropout: float) -> nn.Module:
+    """``nn.Linear(width, outputs)``, or with ``hidden``: ``Linear -> GELU -> Dropout -> Linear``."""
+    if not hidden:
+        return nn.Linear(width, outputs)
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
 
 class ClassificationHead(Head):
@@ -68,15 +75,7 @@ class ClassificationHead(Head):
         self.weight = float(config.weight)
         self.label_smoothing = float(config.label_smoothing)
         self.dropout = nn.Dropout(config.dropout)
-        if config.hidden:
-            self.classifier: nn.Module = nn.Sequential(
-                nn.Linear(width, config.hidden),
-                nn.GELU(),
-                nn.Dropout(config.dropout),
-                nn.Linear(config.hidden, self.num_classes),
-            )
-        else:
-            self.classifier = nn.Linear(width, self.num_classes)
+        self.classifier = readout(width, config.hidden, self.num_classes, config.dropout)
         self._class_weights = None if config.class_weights is None else tuple(float(w) for w in config.class_weights)
         # Not persistent: the weights come from the config, not from weight files. A model
         # built on the meta device gets their values from reset_buffers() (mmcore.load).

@@ -77,3 +77,42 @@ class ClassificationHeadConfig(ComponentConfig):
         if not any(x > 0 for x in w):
             raise ValueError("class_weights are all zero; at least one class needs a positive weight")
         return self
+
+
+class RegressionHeadConfig(ComponentConfig):
+    """Options of ``head:regress``: one or several numeric outputs per sample from the pooled hidden states."""
+
+    outputs: int = Field(1, ge=1, description="Number of numeric outputs K per sample.")
+    field: str = Field(
+        "y",
+        description="The record field (and batch target) holding the targets: a number when outputs = 1, else a "
+        "list of outputs numbers.",
+    )
+    pooling: Literal["last", "mean", "first"] = Field(
+        "mean", description="How the fused sequence becomes one vector (as for head:classify)."
+    )
+    hidden: int | None = Field(
+        None, gt=0, description="Hidden width of a two-layer MLP (GELU); default: one linear layer."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the pooled vector (and the MLP's hidden).")
+    standardize: bool = Field(
+        True,
+        description="Learn on standardised targets: the regression objective sets each output's mean and standard "
+        "deviation from the training set before training; they are stored with the head's weights (model "
+        "directory), and predictions are in the targets' own units.",
+    )
+    weight: float = Field(1.0, ge=0.0, description="This head's weight in the model's total loss.")
+
+
+class RegressionObjectiveConfig(ComponentConfig):
+    """Options of ``objective:regression`` (``[tasks.<name>] options = {...}``)."""
+
+    loss: Literal["mse", "mae"] = Field(
+        "mse", description="Training loss on the standardised targets: squared ('mse') or absolute ('mae') error."
+    )
+
+
+class FeaturesEncoderConfig(ComponentConfig):
+    """Options of ``encoder:features``: a fixed-length vector of numbers per record (tabular data)."""
+
+    features: int = Field(..., ge=1, description="How many numbers each record's field holds.")

@@ -12,14 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmcore import Batch, FusedSequence, Head, HeadOutput, InputError
+from mmcore import IGNORE_INDEX, LM_LABELS, PROMPT_LEN, Batch, FusedSequence, Head, HeadOutput, InputError
 
 from .config import LMHeadConfig
 
 __all__ = ["LMHead", "IGNORE_INDEX"]
-
-#: Label value that ``lm_labels`` uses for "no loss here" (as in PyTorch and transformers).
-IGNORE_INDEX = -100
 
 
 class LMHead(Head):
@@ -138,7 +135,7 @@ class LMHead(Head):
         logits = output.logits  # (B, N, V)
         B, N, V = logits.shape
         inputs: Mapping[str, Any] = batch.inputs.get(self.input) or {}
-        labels = batch.targets.get("lm_labels")
+        labels = batch.targets.get(LM_LABELS)
         if labels is None and "ids" not in inputs:
             return None
         valid = output.mask if output.mask is not None else torch.ones(B, N, dtype=torch.bool, device=logits.device)
@@ -154,7 +151,7 @@ class LMHead(Head):
             pred = logits[:, :-1]
             target = ids[:, 1:]
             keep = valid[:, 1:]
-            prompt_len = inputs.get("prompt_len")
+            prompt_len = inputs.get(PROMPT_LEN)
             if prompt_len is not None:
                 pos = torch.arange(1, N, device=logits.device)  # target positions
                 keep = keep & (pos.unsqueeze(0) >= prompt_len.reshape(B, 1))

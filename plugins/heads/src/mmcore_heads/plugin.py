@@ -1,4 +1,5 @@
-"""The ``mmcore`` entry point of mmcore-heads: registers ``head:lm`` and ``head:classify``.
+"""The ``mmcore`` entry point of mmcore-heads: registers ``head:lm``, ``head:classify``,
+``head:regress``, ``objective:regression`` and ``encoder:features`` (numbers of tabular data).
 
 Imports only the options models and mmcore's light modules (pydantic, pluggy): no torch.
 The factories are lazy ``"module:callable"`` references, imported when a model is built.
@@ -8,7 +9,13 @@ from __future__ import annotations
 
 from mmcore import Component, hookimpl
 
-from .config import ClassificationHeadConfig, LMHeadConfig
+from .config import (
+    ClassificationHeadConfig,
+    FeaturesEncoderConfig,
+    LMHeadConfig,
+    RegressionHeadConfig,
+    RegressionObjectiveConfig,
+)
 
 __all__ = ["mmcore_register_components"]
 
@@ -31,5 +38,41 @@ def mmcore_register_components() -> list[Component]:
             description="Pool the hidden states (last, mean or first token) and classify into num_classes labels.",
             # `num_classes` is required: options for mmcore's conformance kit (mmcore.testing)
             extra={"conformance": {"options": {"num_classes": 3}}},
+        ),
+        Component(
+            kind="head",
+            name="regress",
+            config=RegressionHeadConfig,
+            factory="mmcore_heads.regress:RegressionHead",
+            description="Pool the hidden states and predict one or several numbers, on targets standardised "
+            "with the training set's mean and deviation (stored with the model).",
+        ),
+        Component(
+            kind="objective",
+            name="regression",
+            config=RegressionObjectiveConfig,
+            factory="mmcore_heads.regress:RegressionObjective",
+            heads=("regress",),
+            description="Numeric targets (a number or a list) for head:regress; MSE, MAE and R².",
+            # what mmcore's conformance kit trains it on: numbers in, a number out
+            extra={
+                "conformance": {
+                    "spec": {
+                        "encoders": {"x": {"component": "features", "features": 3}},
+                        "heads": {"y": {"component": "regress"}},
+                    },
+                    "records": [{"x": [i, 1.0 - i, 0.5], "y": 2.0 * i + 1} for i in range(6)],
+                }
+            },
+        ),
+        Component(
+            kind="encoder",
+            name="features",
+            config=FeaturesEncoderConfig,
+            factory="mmcore_heads.features:FeaturesEncoder",
+            processor="mmcore_heads.features:FeaturesProcessor",
+            modality="features",
+            description="A fixed-length list of numbers per record (tabular data), one token per feature.",
+            extra={"conformance": {"options": {"features": 3}}},
         ),
     ]
