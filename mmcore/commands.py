@@ -266,7 +266,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if t == getattr(proc, "eos_id", None):
                 break
             ids.append(t)
-            text = proc.decode(ids)  # type: ignore[attr-defined]  # not in the Processor contract yet (issue 17)
+            text = proc.decode(ids)
             if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the rest
                 continue
             print(text[len(shown) :], end="", flush=True)
@@ -275,7 +275,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
     for i, row in enumerate(generate(model, batch, cfg, text_input=text_input, mode=args.attention)):
         prefix = f"[{i + 1}] " if cfg.num_return_sequences > 1 else ""
-        print(prefix + proc.decode(row))  # type: ignore[attr-defined]  # (issue 17)
+        print(prefix + proc.decode(row))
     return 0
 
 

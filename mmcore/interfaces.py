@@ -337,8 +337,8 @@ class Objective:
     name: str = ""
     head: str = ""
     attention: str | None = None
-    distillation: ClassVar[str | None] = None
-    generates: ClassVar[bool] = False
+    distillation: str | None = None
+    generates: bool = False
 
     def targets(self) -> list[TargetField]:
         return []

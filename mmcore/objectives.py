@@ -31,7 +31,7 @@ import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -74,7 +74,7 @@ class LMObjective(_TaskObjective):
     """``lm``: next-token cross-entropy of an LM head (its ``loss_terms``); perplexity."""
 
     name = "lm"
-    distillation: ClassVar[str | None] = "token"
+    distillation: str | None = "token"
 
     def metrics(self, state: Mapping[str, Tensor]) -> dict[str, float]:
         out = super().metrics(state)
@@ -87,14 +87,14 @@ class PrefixLMObjective(LMObjective):
     """``prefix_lm``: the LM loss on the target part of ``{"prompt", "target"}`` samples."""
 
     name = "prefix_lm"
-    generates: ClassVar[bool] = True
+    generates = True
 
 
 class MLMObjective(LMObjective):
     """``mlm``: BERT-style masking of the text input (:func:`mask_tokens`); masked accuracy."""
 
     name = "mlm"
-    distillation: ClassVar[str | None] = None
+    distillation = None
 
     def __init__(self, config: Any = None, *, task: TaskConfig, head: str, model: nn.Module, where: str = "tasks"):
         super().__init__(config, task=task, head=head, where=where)
@@ -142,7 +142,7 @@ class ClassificationObjective(_TaskObjective):
     ``task.labels``), the classification head's cross-entropy; accuracy and macro-F1."""
 
     name = "classification"
-    distillation: ClassVar[str | None] = "sample"
+    distillation = "sample"
 
     def __init__(self, config: Any = None, *, task: TaskConfig, head: str, where: str = "tasks"):
         super().__init__(config, task=task, head=head, where=where)
@@ -479,7 +479,7 @@ class Distillation(Objective):
             hs, ht = self._hidden(out), self._hidden(t_out)
             if not per_sample:
                 hs, ht = hs[:, :-1], ht[:, :-1]
-            err = (self.projection(hs.float()) - ht.float()).pow(2).mean(-1)  # type: ignore[misc]  # bind() made it
+            err = (self.projection(hs.float()) - ht.float()).pow(2).mean(-1)
             loss = loss + self.hidden_weight * (err * keep).sum()
         return loss, count, out
 

@@ -103,7 +103,7 @@ def check_objective(component: Component, options: Any = None, *, skip: Any = ()
         check("declarations", declarations)
         check("records", records)
         obj.setup(model, ds.iter_targets())
-        batch, _ = Collator(model.processors, targets)([ds[i] for i in range(len(ds))])
+        batch, _bad = Collator(model.processors, targets)([ds[i] for i in range(len(ds))])
         assert batch is not None
 
         def loss() -> None:

@@ -206,31 +206,31 @@ class TokenTextProcessor(Processor):
     # --- vocabulary (delegated to the tokenizer) ---------------------------------------
 
     @property
-    def vocab_size(self) -> int:
+    def vocab_size(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.vocab_size
 
     @property
-    def pad_id(self) -> int:
+    def pad_id(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.pad_id
 
     @property
-    def bos_id(self) -> int:
+    def bos_id(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.bos_id
 
     @property
-    def eos_id(self) -> int:
+    def eos_id(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.eos_id
 
     @property
-    def mask_id(self) -> int:
+    def mask_id(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.mask_id
 
     @property
-    def sep_id(self) -> int:
+    def sep_id(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.sep_id
 
     @property
-    def special_tokens(self) -> dict[str, int]:
+    def special_tokens(self) -> dict[str, int]:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.special_tokens
 
     def encode(self, text: str) -> list[int]:
@@ -465,7 +465,7 @@ class BPETextProcessor(TokenTextProcessor):
         return self._tokenizer
 
     @property
-    def vocab_size(self) -> int:
+    def vocab_size(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         """Rows of the token embedding: the config's ``vocab_size`` (>= the tokenizer's)."""
         assert self._vocab_size is not None
         return self._vocab_size

@@ -169,11 +169,11 @@ class ImageTokenProcessor(Processor):
     # --- vocabulary ------------------------------------------------------------------------
 
     @property
-    def vocab_size(self) -> int:
+    def vocab_size(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.vocab_size
 
     @property
-    def pad_id(self) -> int:
+    def pad_id(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         return self.tokenizer.pad_id
 
     @property
@@ -184,7 +184,7 @@ class ImageTokenProcessor(Processor):
     bos_id = image_id
 
     @property
-    def eos_id(self) -> None:
+    def eos_id(self) -> None:  # type: ignore[override]  # a read-only property for a declared capability
         """None: an image ends after ``num_pixels`` tokens, not at an end token."""
         return None
 
@@ -193,12 +193,12 @@ class ImageTokenProcessor(Processor):
         return self.tokenizer.num_pixels
 
     @property
-    def max_tokens(self) -> int:
+    def max_tokens(self) -> int:  # type: ignore[override]  # a read-only property for a declared capability
         """Tokens of one whole image: ``<image>`` and ``num_pixels`` pixel ids."""
         return 1 + self.tokenizer.num_pixels
 
     @property
-    def output_ids(self) -> range:
+    def output_ids(self) -> range:  # type: ignore[override]  # a read-only property for a declared capability
         """The ids generation may produce for this input: the palette colours."""
         return range(self.tokenizer.palette_size)
 
