@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                 "transcribe logistic regression": pct(base["transcribe"]["logistic_regression_spectrum"]),
                 "match mmcore": pct(report["match_accuracy"]),
                 "match composed": pct(base["match"]["rbf_svm_pixels_x_logistic_regression_spectrum"]),
+                "match composed logistic regression": pct(
+                    base["match"]["logistic_regression_pixels_x_logistic_regression_spectrum"]
+                ),
             },
         )
     print(f"done in {report['seconds']:.0f}s; model, metrics.jsonl and loss.png in {args.out}")
