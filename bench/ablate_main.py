@@ -33,7 +33,7 @@ RESULTS = ROOT / "bench" / "results_ablate_main.json"
 DATA = ROOT / "examples" / "data" / "digits_av"
 
 sys.path.insert(0, str(ROOT / "bench"))
-from ablate_digits import set_dotted  # noqa: E402
+from ablate_digits import set_dotted, write_docs  # noqa: E402
 
 _ONE_STAGE = {"training.stages": [], "training.steps": 1200, "training.lr": 2e-3, "training.warmup_steps": 25}
 
@@ -48,6 +48,16 @@ SETTINGS: dict[str, dict[str, object]] = {
     "stage2_lr=2e-3": {"training.lr": 2e-3},
     "stage2_lr=5e-4": {"training.lr": 5e-4},
     "no_reset": {"training.stages.1.reset_optimizer": False},
+    # stage 1 alone, twice as long (each of caption and transcription gets about 400 steps)
+    "stage1_only_800": {"training.stages": "first", "training.stages.0.steps": 800},
+    # a third, short stage of caption and transcription at a low lr after the match has been learned
+    "polish": {
+        "training.stages": [
+            {"name": "encoders", "tasks": ["caption", "transcribe"], "steps": 400, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "all", "steps": 700, "reset_optimizer": True},
+            {"name": "polish", "tasks": ["caption", "transcribe"], "steps": 200, "lr": 5e-4, "warmup_steps": 0},
+        ]
+    },
     # the match's reading
     "match_pooling=mean": {"heads.match.pooling": "mean"},
     "match_causal": {"tasks.match.attention": "causal"},
@@ -63,8 +73,9 @@ SETTINGS: dict[str, dict[str, object]] = {
     "image_depth=0": {"encoders.image.depth": 0},
     "depth=2": {"backbone.depth": 2},
     "width=64": {"backbone.width": 64, "backbone.heads": 4},
-    # no [training] numbers at all
+    # no [training] numbers at all: one stage (the default), or the curriculum's two stages without numbers
     "no_training_numbers": {"training": {}},
+    "no_training_numbers_stages": {"training": {"stages": [{"tasks": ["caption", "transcribe"]}, {}]}},
 }
 
 
@@ -121,7 +132,6 @@ def run_one(name: str, overrides: dict, base_extra: dict, seed: int) -> dict:
     }
 
 
-DOC = ROOT / "docs" / "tuning.md"
 BEGIN, END = (
     "<!-- ablate_main: begin (written by bench/ablate_main.py --write-docs) -->",
     "<!-- ablate_main: end -->",
@@ -154,14 +164,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_docs(results: list[dict]) -> None:
-    from mmcore.checkpoint import atomic_write_text
-
-    text = DOC.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    atomic_write_text(DOC, text[:start] + "\n" + table(results) + text[end:])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="*", help="settings to run (default: all)")
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     if args.write_docs:
-        write_docs(json.loads(Path(args.out).read_text()))
+        write_docs(json.loads(Path(args.out).read_text()), BEGIN, END, table)
         return 0
     if args.list:
         for k, v in SETTINGS.items():
