@@ -52,6 +52,14 @@ SETTINGS: dict[str, dict[str, object]] = {
     "no_reset": {"training.stages.1.reset_optimizer": False},
     # stage 1 alone, twice as long (each of caption and transcription gets about 400 steps)
     "stage1_only_800": {"training.stages": "first", "training.stages.0.steps": 800},
+    # captions alone first (as in bench/ablate_digits.py, 97.5 %), then the spec's two stages
+    "caption_first": {
+        "training.stages": [
+            {"name": "caption", "tasks": ["caption"], "steps": 400, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "encoders", "tasks": ["caption", "transcribe"], "steps": 200, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "all", "steps": 800},
+        ]
+    },
     # a third, short stage of caption and transcription at a low lr after the match has been learned
     "polish": {
         "training.stages": [
