@@ -60,6 +60,14 @@ SETTINGS: dict[str, dict[str, object]] = {
             {"name": "all", "steps": 800},
         ]
     },
+    # captions alone, then transcription alone, then all three tasks
+    "caption_then_transcribe": {
+        "training.stages": [
+            {"name": "caption", "tasks": ["caption"], "steps": 400, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "transcribe", "tasks": ["transcribe"], "steps": 200, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "all", "steps": 800},
+        ]
+    },
     # a third, short stage of caption and transcription at a low lr after the match has been learned
     "polish": {
         "training.stages": [
