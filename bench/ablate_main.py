@@ -8,9 +8,10 @@ exactly (greedy generation) and the match accuracy. Results are appended to
 training seconds under whatever load the machine had and the load average) and
 ``docs/tuning.md`` quotes that file (``--write-docs``).
 
-    OMP_NUM_THREADS=1 python bench/ablate_main.py --only base caption_weight=2 --tag "round 6"
-    # rounds 4-5 (docs/tuning.md) ran before the spec dropped stage 2's optimizer reset:
-    OMP_NUM_THREADS=1 python bench/ablate_main.py --base training.stages.1.reset_optimizer=true --only base
+    OMP_NUM_THREADS=1 python bench/ablate_main.py --only base caption_weight=2 --tag "round 7"
+    # rounds 4-5 and 6 (docs/tuning.md) ran on earlier plans of the spec:
+    OMP_NUM_THREADS=1 python bench/ablate_main.py --base-plan round4 --only base no_reset
+    OMP_NUM_THREADS=1 python bench/ablate_main.py --base-plan round6 --only caption_then_transcribe
     python bench/ablate_main.py --list
     python bench/ablate_main.py --write-docs
 
@@ -38,6 +39,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ablate_digits import set_dotted, write_docs  # noqa: E402
 
 _ONE_STAGE = {"training.stages": [], "training.steps": 1200, "training.lr": 2e-3, "training.warmup_steps": 25}
+
+_TWO_STAGES = [
+    {"name": "encoders", "tasks": ["caption", "transcribe"], "steps": 400, "lr": 2e-3, "warmup_steps": 25},
+    {"name": "all", "steps": 800, "reset_optimizer": True},
+]
+#: the spec's training plan in earlier rounds (``--base-plan``): the base each round's settings changed.
+BASE_PLANS: dict[str, list[dict]] = {
+    "round4": _TWO_STAGES,  # rounds 4 and 5
+    "round6": [_TWO_STAGES[0], {"name": "all", "steps": 800}],  # round 5's no_reset
+}
 
 #: setting name -> overrides (dotted key -> value) on the base spec (examples/digits_av.toml).
 SETTINGS: dict[str, dict[str, object]] = {
@@ -100,7 +111,7 @@ SETTINGS: dict[str, dict[str, object]] = {
 def spec_data(overrides: dict[str, object], base_extra: dict[str, object], seed: int) -> dict:
     data = tomllib.loads(SPEC.read_text())
     data["training"]["log_every"] = 10**6
-    for k, v in [*base_extra.items(), *copy.deepcopy(overrides).items()]:
+    for k, v in copy.deepcopy([*base_extra.items(), *overrides.items()]):
         if k.startswith("training.stages."):  # training.stages.<i>.<field>
             _, _, i, field = k.split(".", 3)
             data["training"]["stages"][int(i)][field] = v
@@ -186,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="*", help="settings to run (default: all)")
     p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every run")
+    p.add_argument("--base-plan", choices=sorted(BASE_PLANS), help="an earlier round's [[training.stages]] as base")
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
     p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 4')")
     p.add_argument("--list", action="store_true")
@@ -205,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (DATA / "match_eval.jsonl").exists():
         digits_av.main(["--out", str(DATA)])
     base_extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
+    if args.base_plan:
+        base_extra = {"training.stages": BASE_PLANS[args.base_plan], **base_extra}
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else []
     from mmcore.checkpoint import atomic_write_text
