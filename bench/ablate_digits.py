@@ -175,12 +175,13 @@ def table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_docs(results: list[dict]) -> None:
+def write_docs(results: list[dict], begin: str = BEGIN, end: str = END, tables=None) -> None:
+    """Rewrite docs/tuning.md between the markers ``begin`` and ``end`` with ``tables(results)``."""
     from mmcore import atomic_write_text
 
     text = DOC.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    atomic_write_text(DOC, text[:start] + "\n" + table(results) + text[end:])
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    atomic_write_text(DOC, text[:start] + "\n" + (tables or table)(results) + text[stop:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,10 @@
 1. Makes the data (examples/recipes/digits_av.py): scikit-learn's handwritten digits as
    images, each digit's telephone keypad tone (DTMF) as sound, the digit's name as text.
 2. Trains examples/digits_av.toml: a vision encoder, an audio encoder and a byte-level text
-   encoder around one GPT, in the spec's two [[training.stages]]: stage 1 (400 steps)
-   teaches the encoders to caption a digit image and to transcribe a digit tone; stage 2
-   (800 steps) trains all three tasks at once, adding: decide whether a tone and a picture
-   show the same digit. `mmcore train examples/digits_av.toml` trains the same way.
+   encoder around one GPT, in the spec's three [[training.stages]]: stage 1 (400 steps)
+   teaches the model to caption a digit image; stage 2 (200 steps) to transcribe a digit
+   tone; stage 3 (800 steps) trains all three tasks at once, adding: decide whether a
+   tone and a picture show the same digit. `mmcore train examples/digits_av.toml` trains the same way.
 3. Evaluates on held-out images and tones, prints example generations next to their
    references, and writes the model directory (with loss.png) to runs/demo.
 
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                 "transcribe logistic regression": pct(base["transcribe"]["logistic_regression_spectrum"]),
                 "match mmcore": pct(report["match_accuracy"]),
                 "match composed": pct(base["match"]["rbf_svm_pixels_x_logistic_regression_spectrum"]),
+                "match composed logistic regression": pct(
+                    base["match"]["logistic_regression_pixels_x_logistic_regression_spectrum"]
+                ),
             },
         )
     print(f"done in {report['seconds']:.0f}s; model, metrics.jsonl and loss.png in {args.out}")

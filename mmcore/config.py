@@ -101,7 +101,12 @@ class StageConfig(BaseModel):
     tasks: list[str] | None = Field(
         None, min_length=1, description="The tasks this stage trains, a subset of [tasks] (default: all of them)."
     )
-    steps: int = Field(gt=0, description="Optimizer steps of this stage.")
+    steps: int | None = Field(
+        None,
+        gt=0,
+        description="Optimizer steps of this stage (default: an equal share of what training.steps leaves after "
+        "the stages that set theirs; a curriculum can then be written without numbers).",
+    )
     lr: float | None = Field(None, gt=0, description="Peak learning rate of this stage (default: training.lr).")
     warmup_steps: int | None = Field(
         None, ge=0, description="Warmup steps of this stage (default: training.warmup_steps)."
@@ -205,7 +210,8 @@ class TrainingConfig(BaseModel):
     stages: list[StageConfig] = Field(
         default_factory=list,
         description="A training plan: [[training.stages]] run in order, each with its tasks, steps and optional "
-        "lr / warmup_steps; the schedule restarts in each stage. steps is then the sum of the stages' steps.",
+        "lr / warmup_steps; the schedule restarts in each stage. steps is then the sum of the stages' steps; "
+        "stages that leave their steps out share what training.steps leaves equally.",
     )
     max_time: float | str | None = Field(
         None,
@@ -261,6 +267,21 @@ class TrainingConfig(BaseModel):
     @model_validator(mode="after")
     def _check_stages(self) -> "TrainingConfig":
         if not self.stages:
+            return self
+        unset = [i for i, s in enumerate(self.stages) if s.steps is None]
+        if unset:
+            left = self.steps - sum(s.steps or 0 for s in self.stages)
+            if left < len(unset):
+                raise ValueError(
+                    f"training.steps = {self.steps} leaves {left} steps for the {len(unset)} stage(s) without steps "
+                    f"({', '.join(f'training.stages[{i}]' for i in unset)}); raise training.steps or give each stage "
+                    "its steps"
+                )
+            shares = [left // len(unset) + (1 if k < left % len(unset) else 0) for k in range(len(unset))]
+            stages = list(self.stages)
+            for i, n in zip(unset, shares, strict=True):
+                stages[i] = stages[i].model_copy(update={"steps": n})
+            object.__setattr__(self, "stages", stages)
             return self
         total = sum(s.steps for s in self.stages)
         if "steps" in self.model_fields_set and self.steps != total:

@@ -172,6 +172,17 @@ STAGES = [
 ]
 
 
+def test_stages_without_steps_share_the_runs_steps(tmp_path):
+    """A curriculum written without numbers: stages that leave steps out split training.steps."""
+    spec = mmcore.parse_spec(_spec(tmp_path, {"stages": [{"tasks": ["b"]}, {}]}, ("a", "b")))
+    assert [s.steps for s in spec.training.stages] == [500, 500] and spec.training.steps == 1000
+    cfg = TrainingConfig(steps=1200, stages=[{"tasks": ["a"], "steps": 401}, {}, {}])
+    assert [s.steps for s in cfg.stages] == [401, 400, 399] and cfg.steps == 1200
+    assert [s.steps for s in plan_stages(cfg, ["a"])] == [401, 400, 399]
+    with pytest.raises(SpecError, match=r"leaves 0 steps for the 1 stage\(s\) without steps \(training.stages\[1\]\)"):
+        mmcore.parse_spec(_spec(tmp_path, {"steps": 2, "stages": [{"steps": 2}, {}]}, ("a", "b")))
+
+
 def test_stages_validate_against_the_tasks(tmp_path):
     with pytest.raises(SpecError, match="steps = 5 but the stages hold 10 steps"):
         mmcore.parse_spec(_spec(tmp_path, {"steps": 5, "stages": STAGES}, ("a", "b")))

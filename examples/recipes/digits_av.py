@@ -200,11 +200,16 @@ def baselines(out: str | Path) -> dict:
         fs["train"], [words[r["target"]] for r in tr["train"]], fs["eval"], [words[r["target"]] for r in tr["eval"]]
     )
     match = read_jsonl(out / "match_eval.jsonl")
-    p_img = img["_models"]["svm"].predict_proba(load_pixels([out / r["image"] for r in match]))
-    p_tone = tone["_model"].predict_proba(tone_features([out / r["audio"] for r in match]))
-    comp = match_by_composition(np.asarray(p_img), np.asarray(p_tone), [r["label"] for r in match])
+    x_match = load_pixels([out / r["image"] for r in match])
+    p_tone = np.asarray(tone["_model"].predict_proba(tone_features([out / r["audio"] for r in match])))
+    labels = [r["label"] for r in match]
     return {
         "caption": public(img),
         "transcribe": public(tone),
-        "match": {"rbf_svm_pixels_x_logistic_regression_spectrum": comp},
+        "match": {
+            f"{name}_pixels_x_logistic_regression_spectrum": match_by_composition(
+                np.asarray(img["_models"][key].predict_proba(x_match)), p_tone, labels
+            )
+            for key, name in (("svm", "rbf_svm"), ("lr", "logistic_regression"))
+        },
     }

@@ -1,0 +1,243 @@
+"""Ablation of the main job as a whole: caption, transcription and match, trained together.
+
+Each run trains ``examples/digits_av.toml`` (all three tasks, its ``[[training.stages]]``
+unless a setting replaces them) with one change against the base, then measures what
+``examples/demo.py`` measures on the held-out split: the share of images and tones named
+exactly (greedy generation) and the match accuracy. Results are appended to
+``bench/results_ablate_main.json`` (one entry per setting and seed, with the step count, the
+training seconds under whatever load the machine had and the load average) and
+``docs/tuning.md`` quotes that file (``--write-docs``).
+
+    OMP_NUM_THREADS=1 python bench/ablate_main.py --only base caption_weight=2 --tag "round 7"
+    # rounds 4-5 and 6 (docs/tuning.md) ran on earlier plans of the spec:
+    OMP_NUM_THREADS=1 python bench/ablate_main.py --base-plan round4 --only base no_reset
+    OMP_NUM_THREADS=1 python bench/ablate_main.py --base-plan round6 --only caption_then_transcribe
+    python bench/ablate_main.py --list
+    python bench/ablate_main.py --write-docs
+
+A setting is a name from ``SETTINGS``, or ad-hoc ``k=v,k=v`` (dotted keys, JSON values);
+``training.stages`` replaces the whole list. ``--base k=v`` changes the base itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "examples" / "digits_av.toml"
+RESULTS = ROOT / "bench" / "results_ablate_main.json"
+DATA = ROOT / "examples" / "data" / "digits_av"
+
+sys.path.insert(0, str(ROOT / "bench"))
+from ablate_digits import set_dotted, write_docs  # noqa: E402
+
+_ONE_STAGE = {"training.stages": [], "training.steps": 1200, "training.lr": 2e-3, "training.warmup_steps": 25}
+
+_TWO_STAGES = [
+    {"name": "encoders", "tasks": ["caption", "transcribe"], "steps": 400, "lr": 2e-3, "warmup_steps": 25},
+    {"name": "all", "steps": 800, "reset_optimizer": True},
+]
+#: the spec's training plan in earlier rounds (``--base-plan``): the base each round's settings changed.
+BASE_PLANS: dict[str, list[dict]] = {
+    "round4": _TWO_STAGES,  # rounds 4 and 5
+    "round6": [_TWO_STAGES[0], {"name": "all", "steps": 800}],  # round 5's no_reset
+}
+
+#: setting name -> overrides (dotted key -> value) on the base spec (examples/digits_av.toml).
+SETTINGS: dict[str, dict[str, object]] = {
+    "base": {},
+    # the caption after stage 1 alone (400 steps of caption and transcription)
+    "stage1_only": {"training.stages": "first"},
+    # the second stage: how much of it is caption, its learning rate
+    "caption_weight=2": {"tasks.caption.weight": 2.0},
+    "transcribe_weight=0.5": {"tasks.transcribe.weight": 0.5},
+    "stage2_lr=2e-3": {"training.lr": 2e-3},
+    "stage2_lr=5e-4": {"training.lr": 5e-4},
+    "no_reset": {"training.stages.1.reset_optimizer": False},
+    # stage 1 alone, twice as long (each of caption and transcription gets about 400 steps)
+    "stage1_only_800": {"training.stages": "first", "training.stages.0.steps": 800},
+    # captions alone first (as in bench/ablate_digits.py, 97.5 %), then the spec's two stages
+    "caption_first": {
+        "training.stages": [
+            {"name": "caption", "tasks": ["caption"], "steps": 400, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "encoders", "tasks": ["caption", "transcribe"], "steps": 200, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "all", "steps": 800},
+        ]
+    },
+    # captions alone, then transcription alone, then all three tasks
+    "caption_then_transcribe": {
+        "training.stages": [
+            {"name": "caption", "tasks": ["caption"], "steps": 400, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "transcribe", "tasks": ["transcribe"], "steps": 200, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "all", "steps": 800},
+        ]
+    },
+    # a third, short stage of caption and transcription at a low lr after the match has been learned
+    "polish": {
+        "training.stages": [
+            {"name": "encoders", "tasks": ["caption", "transcribe"], "steps": 400, "lr": 2e-3, "warmup_steps": 25},
+            {"name": "all", "steps": 700, "reset_optimizer": True},
+            {"name": "polish", "tasks": ["caption", "transcribe"], "steps": 200, "lr": 5e-4, "warmup_steps": 0},
+        ]
+    },
+    # the match's reading
+    "match_pooling=mean": {"heads.match.pooling": "mean"},
+    "match_causal": {"tasks.match.attention": "causal"},
+    # one stage of all three tasks (no curriculum)
+    "one_stage": dict(_ONE_STAGE),
+    # regularisation / averaging
+    "label_smoothing=0.1": {"heads.lm.label_smoothing": 0.1},
+    "ema=0.99": {"training.ema": 0.99},
+    # batch and model size at the same steps
+    "batch=16": {"training.batch_size": 16},
+    "batch=64": {"training.batch_size": 64},
+    "image_depth=2": {"encoders.image.depth": 2},
+    "image_depth=0": {"encoders.image.depth": 0},
+    "depth=2": {"backbone.depth": 2},
+    "width=64": {"backbone.width": 64, "backbone.heads": 4},
+    # no [training] numbers at all: one stage (the default), or the curriculum's two stages without numbers
+    "no_training_numbers": {"training": {}},
+    "no_training_numbers_stages": {"training": {"stages": [{"tasks": ["caption", "transcribe"]}, {}]}},
+}
+
+
+def spec_data(overrides: dict[str, object], base_extra: dict[str, object], seed: int) -> dict:
+    data = tomllib.loads(SPEC.read_text())
+    data["training"]["log_every"] = 10**6
+    for k, v in copy.deepcopy([*base_extra.items(), *overrides.items()]):
+        if k.startswith("training.stages."):  # training.stages.<i>.<field>
+            _, _, i, field = k.split(".", 3)
+            data["training"]["stages"][int(i)][field] = v
+        elif k == "training.stages" and not v:
+            data["training"].pop("stages", None)
+        elif k == "training.stages" and v == "first":
+            data["training"]["stages"] = data["training"]["stages"][:1]
+        else:
+            set_dotted(data, k, v)
+    set_dotted(data, "training.seed", seed)
+    return data
+
+
+def run_one(name: str, overrides: dict, base_extra: dict, seed: int) -> dict:
+    import torch
+
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from demo import exact_match
+
+    torch.manual_seed(seed)
+    spec = parse_spec(spec_data(overrides, base_extra, seed), file=str(SPEC))
+    model = mmcore.build(spec)
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    result = mmcore.Trainer(model, spec.tasks, spec.training).fit()
+    train_s = time.perf_counter() - t0
+    model.eval()
+    gen = exact_match(model, DATA)
+    return {
+        "setting": name,
+        "overrides": overrides,
+        "base": base_extra,
+        "seed": seed,
+        "steps": spec.training.steps,
+        "stages": [s.steps for s in spec.training.stages] or [spec.training.steps],
+        "batch_size": spec.training.batch_size,
+        "caption_exact_match": round(gen["caption_exact_match"], 4),
+        "transcribe_exact_match": round(gen["transcribe_exact_match"], 4),
+        "match_accuracy": round(result.eval["match"]["accuracy"], 4),
+        "train_seconds": round(train_s, 1),
+        "seconds_per_step": round(train_s / spec.training.steps, 4),
+        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "threads": torch.get_num_threads(),
+    }
+
+
+BEGIN, END = (
+    "<!-- ablate_main: begin (written by bench/ablate_main.py --write-docs) -->",
+    "<!-- ablate_main: end -->",
+)
+
+
+def table(results: list[dict]) -> str:
+    """Markdown tables of the results, one per tag (round), in the order they were run."""
+    out = []
+    for tag in dict.fromkeys(r.get("tag", "") for r in results):
+        rows = [r for r in results if r.get("tag", "") == tag]
+        base = rows[0].get("base") or {}
+        head = f"**{tag}**" + (
+            f" (base plus {', '.join(f'`{k} = {json.dumps(v)}`' for k, v in base.items())})" if base else ""
+        )
+        out += [
+            head,
+            "",
+            "| setting | overrides | seed | steps | caption | transcription | match | s/step (under load) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in r["overrides"].items()) or "(base)"
+            out.append(
+                f"| {r['setting']} | {ov} | {r['seed']} | {'+'.join(map(str, r['stages']))} | "
+                f"{100 * r['caption_exact_match']:.1f} % | {100 * r['transcribe_exact_match']:.1f} % | "
+                f"{100 * r['match_accuracy']:.1f} % | {r['seconds_per_step']:.3f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", help="settings to run (default: all)")
+    p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every run")
+    p.add_argument("--base-plan", choices=sorted(BASE_PLANS), help="an earlier round's [[training.stages]] as base")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 4')")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if args.write_docs:
+        write_docs(json.loads(Path(args.out).read_text()), BEGIN, END, table)
+        return 0
+    if args.list:
+        for k, v in SETTINGS.items():
+            print(f"{k:24} {v}")
+        return 0
+    sys.path.insert(0, str(ROOT / "examples" / "recipes"))
+    import digits_av
+
+    if not (DATA / "match_eval.jsonl").exists():
+        digits_av.main(["--out", str(DATA)])
+    base_extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
+    if args.base_plan:
+        base_extra = {"training.stages": BASE_PLANS[args.base_plan], **base_extra}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else []
+    from mmcore.checkpoint import atomic_write_text
+
+    for name in args.only or list(SETTINGS):
+        overrides = (
+            SETTINGS[name]
+            if name in SETTINGS
+            else {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
+        )
+        for seed in args.seeds:
+            r = run_one(name, overrides, base_extra, seed)
+            r["tag"] = args.tag
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
