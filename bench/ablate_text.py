@@ -30,14 +30,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results_ablate_text.json"
-DATA = ROOT / "examples" / "data"
 
-#: recipe -> (spec, task, metric key in the trainer's eval, higher is better, training text)
-RECIPES: dict[str, tuple[str, str, str, bool, str]] = {
-    "language_id": ("language_id.toml", "language", "accuracy", True, "language_id/langid_train.jsonl"),
-    "topics": ("stdlib_topics.toml", "topics", "accuracy", True, "stdlib/topics_train.jsonl"),
-    "mlm": ("stdlib_mlm.toml", "pretrain", "masked_accuracy", True, "stdlib/corpus_train.txt"),
-    "lm": ("stdlib_lm.toml", "pretrain", "perplexity", False, "stdlib/corpus_train.txt"),
+#: recipe -> (spec, task, metric key in the trainer's eval)
+RECIPES: dict[str, tuple[str, str, str]] = {
+    "language_id": ("language_id.toml", "language", "accuracy"),
+    "topics": ("stdlib_topics.toml", "topics", "accuracy"),
+    "mlm": ("stdlib_mlm.toml", "pretrain", "masked_accuracy"),
+    "lm": ("stdlib_lm.toml", "pretrain", "perplexity"),
 }
 
 #: setting name -> overrides (dotted key -> value) on the base spec.
@@ -81,21 +80,20 @@ def set_dotted(d: dict, key: str, value: object) -> None:
     d[last] = value
 
 
-def bpe_tokenizer(recipe: str, vocab: int) -> Path:
-    """A byte-level BPE tokenizer of ``vocab`` tokens trained on the recipe's training split only."""
-    from mmcore_text.bpe import train_bpe
+def bpe_tokenizer(train_file: Path, vocab: int) -> Path:
+    """A byte-level BPE tokenizer of ``vocab`` tokens trained on a task's training file only (cached beside it)."""
+    sys.path.insert(0, str(ROOT / "examples" / "recipes"))
+    from language_id import train_tokenizer
 
-    src = DATA / RECIPES[recipe][4]
-    out = src.parent / f"bpe{vocab}"
+    out = train_file.parent / f"bpe{vocab}_{train_file.stem}"
     if (out / "tokenizer.json").exists():
         return out / "tokenizer.json"
-    out.mkdir(parents=True, exist_ok=True)
-    text = src
-    if src.suffix == ".jsonl":
-        text = out / "train_text.txt"
-        rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
-        text.write_text("\n".join(r["text"] for r in rows) + "\n", encoding="utf-8")
-    return train_bpe([text], vocab, out)
+    if train_file.suffix == ".jsonl":
+        lines = train_file.read_text(encoding="utf-8").splitlines()
+        texts = [json.loads(line)["text"] for line in lines if line.strip()]
+    else:
+        texts = train_file.read_text(encoding="utf-8").splitlines()
+    return train_tokenizer(texts, vocab, out)
 
 
 def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int) -> dict:
@@ -105,12 +103,13 @@ def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int)
     for k in ("checkpoint_every", "eval_every"):
         data["training"].pop(k, None)
     for k, v in copy.deepcopy(overrides).items():
-        if k == "bpe":
-            enc = data["encoders"]["text"]
-            enc["component"] = "text.bpe"
-            enc["tokenizer"] = str(bpe_tokenizer(recipe, int(v)))
-        else:
+        if k != "bpe":
             set_dotted(data, k, v)
+    if "bpe" in overrides:
+        enc = data["encoders"]["text"]
+        enc["component"] = "text.bpe"
+        train_file = ROOT / "examples" / data["tasks"][RECIPES[recipe][1]]["train"]
+        enc["tokenizer"] = str(bpe_tokenizer(train_file, int(overrides["bpe"])))
     return data
 
 
@@ -120,7 +119,7 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
     import mmcore
     from mmcore.spec import parse_spec
 
-    spec_file, task, metric, _, _ = RECIPES[recipe]
+    spec_file, task, metric = RECIPES[recipe]
     data = build_spec(recipe, steps, overrides, seed)
     torch.manual_seed(seed)
     spec = parse_spec(data, file=str(ROOT / "examples" / spec_file))
