@@ -103,7 +103,7 @@ def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int)
     for k in ("checkpoint_every", "eval_every"):
         data["training"].pop(k, None)
     for k, v in copy.deepcopy(overrides).items():
-        if k != "bpe":
+        if k not in ("bpe", "pretrain_steps"):
             set_dotted(data, k, v)
     if "bpe" in overrides:
         enc = data["encoders"]["text"]
@@ -111,6 +111,38 @@ def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int)
         train_file = ROOT / "examples" / data["tasks"][RECIPES[recipe][1]]["train"]
         enc["tokenizer"] = str(bpe_tokenizer(train_file, int(overrides["bpe"])))
     return data
+
+
+def pretraining_corpus(eval_file: Path) -> Path:
+    """The stdlib corpus's training text without the paragraphs a classifier is evaluated on.
+
+    The topic paragraphs are split by paragraph, the corpus by module, so corpus_train.txt holds
+    most topic eval paragraphs; pretraining on them would show the model its eval text.
+    """
+    held = {json.loads(line)["text"] for line in eval_file.read_text(encoding="utf-8").splitlines() if line.strip()}
+    src = ROOT / "examples" / "data" / "stdlib" / "corpus_train.txt"
+    kept = [line for line in src.read_text(encoding="utf-8").splitlines() if line[:400] not in held]
+    out = src.parent / f"corpus_train_without_{eval_file.stem}.txt"
+    out.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return out
+
+
+def pretrain(data: dict, task: str, steps: int, seed: int, spec_file: Path):
+    """Pretrain the classifier spec's encoder and backbone with the ``lm`` objective (its own heads and tasks
+    swapped for an LM head on the stdlib corpus, minus the task's eval text); returns the trained model."""
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    lm = copy.deepcopy(data)
+    lm["heads"] = {"lm": {"component": "lm"}}
+    eval_file = spec_file.parent / data["tasks"][task]["eval"]
+    lm["tasks"] = {"pretrain": {"objective": "lm", "train": str(pretraining_corpus(eval_file))}}
+    lm["training"] = {"steps": steps, "batch_size": data["training"].get("batch_size", 16), "seed": seed}
+    lm["training"]["log_every"] = 10**6
+    spec = parse_spec(lm, file=str(spec_file))
+    model = mmcore.build(spec)
+    mmcore.Trainer(model, spec.tasks, spec.training).fit()
+    return model
 
 
 def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> dict:
@@ -123,8 +155,15 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
     data = build_spec(recipe, steps, overrides, seed)
     torch.manual_seed(seed)
     spec = parse_spec(data, file=str(ROOT / "examples" / spec_file))
-    model = mmcore.build(spec)
     t0 = time.perf_counter()
+    pretrained = None
+    if overrides.get("pretrain_steps"):
+        pretrained = pretrain(data, task, int(overrides["pretrain_steps"]), seed, ROOT / "examples" / spec_file)
+    torch.manual_seed(seed)
+    model = mmcore.build(spec)
+    if pretrained is not None:  # encoders and backbone from the LM, a fresh head (as finetune_topics.py does)
+        shared = {k: v for k, v in pretrained.state_dict().items() if k.startswith(("encoders.", "backbone."))}
+        model.load_state_dict(shared, strict=False)
     result = mmcore.Trainer(model, spec.tasks, spec.training).fit()
     train_s = time.perf_counter() - t0
     ev = result.eval[task]
