@@ -16,6 +16,12 @@ Writes, under --out (default: examples/data/stdlib):
     python examples/recipes/stdlib_text.py
     python examples/recipes/stdlib_text.py --train mlm runs/stdlib_mlm    # and the results file
     python examples/recipes/stdlib_text.py --train lm runs/stdlib_lm
+    python examples/recipes/stdlib_text.py --train topics runs/stdlib_topics
+
+``--train topics DIR`` trains examples/stdlib_topics.toml (from scratch) into DIR and writes
+``examples/results/stdlib_topics.json`` beside the topic baselines. Its BPE tokenizer
+(``examples/tokenizers/stdlib_topics/tokenizer.json``, 2,000 tokens) was trained on
+``topics_train.jsonl`` only; ``--train-tokenizer`` retrains it.
 
 ``--train {lm,mlm} DIR`` also trains examples/stdlib_{lm,mlm}.toml into DIR and writes
 ``examples/results/stdlib_{lm,mlm}.json``: mmcore's held-out figure next to the baselines'.
@@ -49,6 +55,8 @@ SKIP = {
     "turtle",
     "pydoc",
 }
+#: the topics spec's tokenizer: 2,000 byte-level BPE tokens trained on topics_train.jsonl only
+TOPICS_TOKENIZER = Path(__file__).resolve().parent.parent / "tokenizers" / "stdlib_topics" / "tokenizer.json"
 TOPICS = {
     "text": [
         "re",
@@ -160,10 +168,15 @@ def held_out(name: str, fraction: float = 0.1) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "stdlib"))
-    p.add_argument("--train", nargs=2, metavar=("OBJECTIVE", "DIR"), help="lm or mlm, and the model directory")
+    p.add_argument("--train", nargs=2, metavar=("RECIPE", "DIR"), help="lm, mlm or topics, and the model directory")
+    p.add_argument(
+        "--train-tokenizer",
+        action="store_true",
+        help=f"retrain the topics spec's BPE tokenizer into {TOPICS_TOKENIZER}",
+    )
     args = p.parse_args()
-    if args.train and args.train[0] not in ("lm", "mlm"):
-        p.error(f"--train takes lm or mlm, got {args.train[0]!r}")
+    if args.train and args.train[0] not in ("lm", "mlm", "topics"):
+        p.error(f"--train takes lm, mlm or topics, got {args.train[0]!r}")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +200,10 @@ def main() -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows_train)
     with open(out / "topics_eval.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows_eval)
+    if args.train_tokenizer:
+        from language_id import train_tokenizer
+
+        print(f"tokenizer -> {train_tokenizer([r['text'] for r in rows_train], 2000, TOPICS_TOKENIZER.parent)}")
 
     # Baselines. Unigram over UTF-8 bytes plus the <bos>/<eos> framing of the byte tokenizer.
     def units(lines: list[str]) -> list[int]:
@@ -227,22 +244,6 @@ def main() -> None:
     )
     (out / "baselines.json").write_text(json.dumps(baselines, indent=2) + "\n")
     print(json.dumps(baselines, indent=2))
-    from baselines import pct, write_results
-
-    topics = baselines["topics_classical"]
-    write_results(
-        "stdlib_baselines",
-        {"baselines": baselines},
-        {
-            "lm unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
-            "lm byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
-            "mlm most frequent byte": pct(baselines["masked_bytes"]["most_frequent_byte"]),
-            "mlm cloze byte n-gram": pct(baselines["masked_bytes"]["cloze_2+2_byte_ngram"]),
-            "topics majority": pct(baselines["majority_accuracy"]),
-            "topics char n-gram naive Bayes": pct(topics["char_1_4gram_tfidf_naive_bayes"]["accuracy"]),
-            "topics word tf-idf logistic regression": pct(topics["word_tfidf_logistic_regression"]["accuracy"]),
-        },
-    )
     if args.train:
         train_and_report(args.train[0], args.train[1], baselines)
 
@@ -262,8 +263,24 @@ def train_and_report(objective: str, out_dir: str, baselines: dict) -> None:
     model = mmcore.build(spec)
     result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
     (ev,) = result.eval.values()
-    run = {"steps": spec.training.steps, "train_seconds": time.perf_counter() - t0, **ev}
-    if objective == "lm":
+    run = {
+        "steps": spec.training.steps,
+        "batch_size": spec.training.batch_size,
+        "precision": spec.training.precision,
+        "threads": torch.get_num_threads(),
+        "train_seconds": time.perf_counter() - t0,
+        **ev,
+    }
+    if objective == "topics":
+        topics = baselines["topics_classical"]
+        figures = {
+            "majority": pct(baselines["majority_accuracy"]),
+            "char n-gram naive Bayes": pct(topics["char_1_4gram_tfidf_naive_bayes"]["accuracy"]),
+            "word tf-idf logistic regression": pct(topics["word_tfidf_logistic_regression"]["accuracy"]),
+            "mmcore": pct(ev["accuracy"]),
+        }
+        base = {"majority": baselines["majority_accuracy"], "eval_counts": baselines["topics_eval_counts"], **topics}
+    elif objective == "lm":
         figures = {
             "unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
             "byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",

@@ -1,0 +1,279 @@
+"""Ablation of the text recipes: what makes a small GPT learn real text within minutes.
+
+Each run trains one recipe's spec (``--recipe``: language_id, topics, mlm, lm) for a FIXED
+number of steps (``--steps``), from one setting changed against the base (one factor at a
+time), then reads the trainer's final held-out evaluation (the whole eval set for the
+classifiers). Runs go one after the other in this process; results are appended to
+``bench/results_ablate_text.json`` (one entry per run: metric, steps, seconds under whatever
+load the machine had) and ``docs/tuning.md`` quotes that file.
+
+    OMP_NUM_THREADS=1 python bench/ablate_text.py --recipe language_id --steps 400 --only base lr=3e-3
+    python bench/ablate_text.py --write-docs      # docs/tuning.md's text tables, from the results file
+
+A setting is a name from ``SETTINGS`` or inline dotted overrides (``training.lr=0.003,backbone.depth=2``,
+JSON values). ``bpe=N`` reads the text with a byte-level BPE tokenizer of N tokens trained on
+the recipe's training split only (``mmcore_text.train_bpe``), written under the data folder.
+The recipe's data must exist (``python examples/recipes/language_id.py`` /
+``python examples/recipes/stdlib_text.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results_ablate_text.json"
+
+#: recipe -> (spec, task, metric key in the trainer's eval)
+RECIPES: dict[str, tuple[str, str, str]] = {
+    "language_id": ("language_id.toml", "language", "accuracy"),
+    "topics": ("stdlib_topics.toml", "topics", "accuracy"),
+    "mlm": ("stdlib_mlm.toml", "pretrain", "masked_accuracy"),
+    "lm": ("stdlib_lm.toml", "pretrain", "perplexity"),
+}
+
+#: setting name -> overrides (dotted key -> value) on the base spec.
+SETTINGS: dict[str, dict[str, object]] = {
+    "base": {},
+    "lr=5e-4": {"training.lr": 5e-4},
+    "lr=1e-3": {"training.lr": 1e-3},
+    "lr=3e-3": {"training.lr": 3e-3},
+    "lr=6e-3": {"training.lr": 6e-3},
+    "schedule=linear": {"training.schedule": "linear"},
+    "schedule=cosine": {"training.schedule": "cosine"},
+    "dropout=0": {"backbone.dropout": 0.0},
+    "dropout=0.1": {"backbone.dropout": 0.1},
+    "pooling=last": {"heads.*.pooling": "last"},
+    "pooling=mean": {"heads.*.pooling": "mean"},
+    "batch=16": {"training.batch_size": 16},
+    "batch=64": {"training.batch_size": 64},
+    "depth=1": {"backbone.depth": 1},
+    "depth=2": {"backbone.depth": 2},
+    "width=64": {"backbone.width": 64, "backbone.heads": 2},
+    "width=256": {"backbone.width": 256, "backbone.heads": 8},
+    "max_length=64": {"encoders.text.max_length": 64, "backbone.context_length": 64},
+    "max_length=48": {"encoders.text.max_length": 48, "backbone.context_length": 48},
+    "bpe=2000": {"bpe": 2000},
+    "bpe=4000": {"bpe": 4000},
+    "bpe=8000": {"bpe": 8000},
+    "label_smoothing=0.1": {"heads.*.label_smoothing": 0.1},
+    "weight_decay=0.1": {"training.weight_decay": 0.1},
+}
+
+
+def set_dotted(d: dict, key: str, value: object) -> None:
+    """Set ``a.b.c`` in nested dicts; ``*`` matches every key at that level."""
+    *path, last = key.split(".")
+    for i, k in enumerate(path):
+        if k == "*":
+            for sub in d.values():
+                set_dotted(sub, ".".join(path[i + 1 :] + [last]), value)
+            return
+        d = d.setdefault(k, {})
+    d[last] = value
+
+
+def bpe_tokenizer(train_file: Path, vocab: int) -> Path:
+    """A byte-level BPE tokenizer of ``vocab`` tokens trained on a task's training file only (cached beside it)."""
+    sys.path.insert(0, str(ROOT / "examples" / "recipes"))
+    from language_id import train_tokenizer
+
+    out = train_file.parent / f"bpe{vocab}_{train_file.stem}"
+    if (out / "tokenizer.json").exists():
+        return out / "tokenizer.json"
+    if train_file.suffix == ".jsonl":
+        lines = train_file.read_text(encoding="utf-8").splitlines()
+        texts = [json.loads(line)["text"] for line in lines if line.strip()]
+    else:
+        texts = train_file.read_text(encoding="utf-8").splitlines()
+    return train_tokenizer(texts, vocab, out)
+
+
+def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int) -> dict:
+    data = tomllib.loads((ROOT / "examples" / RECIPES[recipe][0]).read_text())
+    data.setdefault("training", {})
+    data["training"].update({"steps": steps, "log_every": 10**6, "seed": seed})
+    for k in ("checkpoint_every", "eval_every"):
+        data["training"].pop(k, None)
+    for k, v in copy.deepcopy(overrides).items():
+        if k not in ("bpe", "pretrain_steps"):
+            set_dotted(data, k, v)
+    if "bpe" in overrides:
+        enc = data["encoders"]["text"]
+        enc["component"] = "text.bpe"
+        train_file = ROOT / "examples" / data["tasks"][RECIPES[recipe][1]]["train"]
+        enc["tokenizer"] = str(bpe_tokenizer(train_file, int(overrides["bpe"])))
+    return data
+
+
+def pretraining_corpus(eval_file: Path) -> Path:
+    """The stdlib corpus's training text without the paragraphs a classifier is evaluated on.
+
+    The topic paragraphs are split by paragraph, the corpus by module, so corpus_train.txt holds
+    most topic eval paragraphs; pretraining on them would show the model its eval text.
+    """
+    held = {json.loads(line)["text"] for line in eval_file.read_text(encoding="utf-8").splitlines() if line.strip()}
+    src = ROOT / "examples" / "data" / "stdlib" / "corpus_train.txt"
+    kept = [line for line in src.read_text(encoding="utf-8").splitlines() if line[:400] not in held]
+    out = src.parent / f"corpus_train_without_{eval_file.stem}.txt"
+    out.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return out
+
+
+def pretrain(data: dict, task: str, steps: int, seed: int, spec_file: Path):
+    """Pretrain the classifier spec's encoder and backbone with the ``lm`` objective (its own heads and tasks
+    swapped for an LM head on the stdlib corpus, minus the task's eval text); returns the trained model."""
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    lm = copy.deepcopy(data)
+    lm["heads"] = {"lm": {"component": "lm"}}
+    eval_file = spec_file.parent / data["tasks"][task]["eval"]
+    lm["tasks"] = {"pretrain": {"objective": "lm", "train": str(pretraining_corpus(eval_file))}}
+    lm["training"] = {"steps": steps, "batch_size": data["training"].get("batch_size", 16), "seed": seed}
+    lm["training"]["log_every"] = 10**6
+    spec = parse_spec(lm, file=str(spec_file))
+    model = mmcore.build(spec)
+    mmcore.Trainer(model, spec.tasks, spec.training).fit()
+    return model
+
+
+def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> dict:
+    import torch
+
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    spec_file, task, metric = RECIPES[recipe]
+    data = build_spec(recipe, steps, overrides, seed)
+    torch.manual_seed(seed)
+    spec = parse_spec(data, file=str(ROOT / "examples" / spec_file))
+    t0 = time.perf_counter()
+    pretrained = None
+    if overrides.get("pretrain_steps"):
+        pretrained = pretrain(data, task, int(overrides["pretrain_steps"]), seed, ROOT / "examples" / spec_file)
+    torch.manual_seed(seed)
+    model = mmcore.build(spec)
+    if pretrained is not None:  # encoders and backbone from the LM, a fresh head (as finetune_topics.py does)
+        shared = {k: v for k, v in pretrained.state_dict().items() if k.startswith(("encoders.", "backbone."))}
+        model.load_state_dict(shared, strict=False)
+    result = mmcore.Trainer(model, spec.tasks, spec.training).fit()
+    train_s = time.perf_counter() - t0
+    ev = result.eval[task]
+    return {
+        "recipe": recipe,
+        "setting": name,
+        "overrides": overrides,
+        "seed": seed,
+        "steps": spec.training.steps,
+        "batch_size": spec.training.batch_size,
+        "metric": metric,
+        "value": round(float(ev[metric]), 4),
+        "final_loss": round(result.final_loss, 4),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(train_s, 1),
+        "threads": torch.get_num_threads(),
+    }
+
+
+DOC = ROOT / "docs" / "tuning.md"
+
+
+def markers(recipe: str) -> tuple[str, str]:
+    return (
+        f"<!-- ablate_text {recipe}: begin (written by bench/ablate_text.py --write-docs) -->",
+        f"<!-- ablate_text {recipe}: end -->",
+    )
+
+
+def fmt(metric: str, value: float) -> str:
+    return f"{value:.2f}" if metric == "perplexity" else f"{100 * value:.1f} %"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown tables of one recipe's results, one per tag (round), in the order they were run."""
+    out = []
+    for tag in dict.fromkeys(r.get("tag", "") for r in results):
+        rows = [r for r in results if r.get("tag", "") == tag]
+        metric = rows[0]["metric"].replace("_", " ")
+        out += [
+            f"**{tag}**" if tag else "",
+            "",
+            f"| setting | overrides | seed | steps x batch | parameters | held-out {metric} | final train loss "
+            "| train minutes (under load) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in r["overrides"].items()) or "(base)"
+            out.append(
+                f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} x {r['batch_size']} | {r['parameters']:,} | "
+                f"{fmt(r['metric'], r['value'])} | {r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def write_docs(results: list[dict]) -> None:
+    from mmcore.checkpoint import atomic_write_text
+
+    text = DOC.read_text()
+    for recipe in dict.fromkeys(r["recipe"] for r in results):
+        begin, end = markers(recipe)
+        if begin not in text:
+            raise SystemExit(f"{DOC}: no {begin!r} marker for recipe {recipe!r}; add the section first")
+        start, stop = text.index(begin) + len(begin), text.index(end)
+        text = text[:start] + "\n" + table([r for r in results if r["recipe"] == recipe]) + text[stop:]
+    atomic_write_text(DOC, text)
+
+
+def parse_setting(name: str) -> dict[str, object]:
+    if name in SETTINGS:
+        return SETTINGS[name]
+    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="language_id")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--only", nargs="*", help="settings to run (default: all)")
+    p.add_argument("--base", default="", help="overrides (name or k=v,...) applied to every run of this call")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 2')")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if args.write_docs:
+        write_docs(json.loads(Path(args.out).read_text()))
+        return 0
+    if args.list:
+        for k, v in SETTINGS.items():
+            print(f"{k:24} {v}")
+        return 0
+    base = parse_setting(args.base) if args.base else {}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else []
+    from mmcore.checkpoint import atomic_write_text
+
+    for name in args.only or list(SETTINGS):
+        overrides = {**base, **parse_setting(name)}
+        for seed in args.seeds:
+            r = run_one(args.recipe, name, overrides, args.steps, seed)
+            r["tag"] = args.tag
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
