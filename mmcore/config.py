@@ -283,7 +283,7 @@ class TrainingConfig(BaseModel):
                 stages[i] = stages[i].model_copy(update={"steps": n})
             object.__setattr__(self, "stages", stages)
             return self
-        total = sum(s.steps for s in self.stages)
+        total = sum(s.steps for s in self.stages if s.steps is not None)  # every stage has its steps here
         if "steps" in self.model_fields_set and self.steps != total:
             raise ValueError(
                 f"steps = {self.steps} but the stages hold {total} steps; leave steps out with [[training.stages]] "

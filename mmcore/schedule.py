@@ -55,7 +55,7 @@ def plan_stages(cfg: TrainingConfig, task_names: Sequence[str]) -> list[Stage]:
     names = list(task_names)
     if not cfg.stages:
         return [Stage(0, "all", tuple(names), cfg.steps, cfg.lr, cfg.warmup_steps, cfg.max_time)]
-    total = sum(s.steps for s in cfg.stages)
+    total = sum(s.steps or 0 for s in cfg.stages)  # validation filled in every stage's steps
     if cfg.steps != total:
         raise MMCoreError(
             f"training.steps = {cfg.steps} but [[training.stages]] hold {total} steps; with stages, steps is "
