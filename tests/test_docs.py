@@ -325,3 +325,19 @@ def test_tuning_tables_are_written_from_the_ablation_results():
             )
             checked += 1
     assert checked >= 3  # the digits' tables and at least two text recipes
+
+
+def test_the_long_kill_run_in_the_docs_is_its_results_file():
+    """docs/security.md's figures of the 18-kill run are those bench/results_faults_long.json
+    holds (written by tests/test_faults.py::test_sigkill_many_times_then_resume_matches with
+    MMCORE_FAULT_LOG set)."""
+    import json
+
+    run = json.loads((ROOT / "bench" / "results_faults_long.json").read_text())
+    assert run["kills"] == len(run["log"]) == run["kills_at_file_operations"] + run["timed_kills"]
+    text = " ".join((ROOT / "docs" / "security.md").read_text().split())
+    quote = (
+        f"{run['kills']} kills ({run['kills_at_file_operations']} at file operations of "
+        f"{run['file_operations_of_a_run']}, {run['timed_kills']} timed), all survived"
+    )
+    assert quote in text, f"docs/security.md does not quote {quote!r} (bench/results_faults_long.json)"
