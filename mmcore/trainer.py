@@ -49,10 +49,11 @@ from .data import BadRecord, DataError, ManifestDataset, PackedTextDataset
 from .errors import MMCoreError, ModelDirError
 from .interfaces import Objective
 from .io import atomic_write_text, read_safetensors, write_safetensors
-from .loader import ExcludingDataset, IndexPlan, find_fatal_record, make_loader, record_where
+from .loader import IndexPlan, find_fatal_record, make_loader, record_where
 from .objectives import Distillation, make_objective
 from .schedule import RunPlan
 from .selection import Monitor
+from .trainer_base import TrainerBase, _Task
 from .types import Batch
 
 if TYPE_CHECKING:
@@ -68,25 +69,6 @@ OPTIM = "optimizer.safetensors"
 EMA_FILE = "ema.safetensors"
 BEST = "best"
 METRICS = "metrics.jsonl"
-
-
-@dataclass
-class _Task:
-    name: str
-    config: TaskConfig
-    objective: Objective
-    train: Any
-    eval: Any | None
-    plan: IndexPlan
-    consumed: int = 0
-    bad: int = 0
-    loader: Any = None
-    it: Any = None
-    excluded: dict[int, str] = field(default_factory=dict)  # records that killed a worker process
-
-    def data(self) -> Any:
-        """The training records less the excluded ones."""
-        return ExcludingDataset(self.train, self.excluded) if self.excluded else self.train
 
 
 @dataclass
@@ -123,7 +105,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Trainer:
+class Trainer(TrainerBase):
     """Train a :class:`mmcore.MultimodalGPT` on one or more tasks.
 
     Args:
@@ -470,10 +452,6 @@ class Trainer:
                     **({"rank": self.rank, "world": self.world} if not self._sharded() else {}),
                 )
         return out
-
-    def _averaged(self) -> Any:
-        """A context with the weight averages in the model (``training.ema``), else nothing."""
-        return self.ema.applied() if self.ema is not None else nullcontext()
 
     # --- checkpoints -----------------------------------------------------------------------
 
