@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import shutil
 import sys
@@ -53,7 +52,8 @@ from .loader import IndexPlan, find_fatal_record, make_loader, record_where
 from .objectives import Distillation, make_objective
 from .schedule import RunPlan
 from .selection import Monitor
-from .trainer_base import TrainerBase, _Task
+from .trainer_base import _Task
+from .trainer_dist import TrainerDist, _device, _dist_info, _init_distributed
 from .types import Batch
 
 if TYPE_CHECKING:
@@ -85,27 +85,7 @@ class TrainResult:
     best: dict[str, Any] | None = None  # the monitored metric's best value and step (Monitor.state())
 
 
-def _dist_info() -> tuple[int, int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
-
-
-def _init_distributed(device: torch.device) -> None:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-class Trainer(TrainerBase):
+class Trainer(TrainerDist):
     """Train a :class:`mmcore.MultimodalGPT` on one or more tasks.
 
     Args:
@@ -227,33 +207,6 @@ class Trainer(TrainerBase):
         files = sorted(Path(path).glob("*.txt")) if Path(path).is_dir() else [Path(path)]
         return PackedTextDataset(files, proc, seq_len, input_name=t.text_input)
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        """The module the training step runs: the model itself, or DDP/FSDP2 around it under
-        torchrun, compiled with ``torch.compile`` when ``training.compile`` is set. Checkpoints,
-        evaluation and the saved model always use ``self.model`` (no wrapper prefixes)."""
-        wrapped: Any = self._distribute(model)
-        if self.cfg.compile:
-            wrapped = torch.compile(wrapped)
-        return wrapped
-
-    def _distribute(self, model: nn.Module) -> nn.Module:
-        if self.world == 1:
-            return model
-        if self.cfg.distributed == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            for block in model.backbone.blocks:
-                fully_shard(block)
-            fully_shard(model)
-            return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # Some parameters may sit out a step: other tasks' heads, a fusion's parameters for an
-        # input that a batch lacks. DDP must then not wait for their gradients.
-        unused = len(model.heads) > 1 or len(self.tasks) > 1 or len(model.encoders) > 1
-        return DDP(model, device_ids=ids, find_unused_parameters=unused)
-
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the parameters that require gradients, and only those.
 
@@ -282,12 +235,6 @@ class Trainer(TrainerBase):
     def _objective_params(self) -> list[nn.Parameter]:
         """Trainable parameters the tasks' objectives hold outside the model (in task order)."""
         return [p for t in self.tasks.values() for p in t.objective.parameters()]
-
-    def _rank0_value(self, x: float) -> float:
-        """Rank 0's value of ``x`` in every process (so that all stop at the same step)."""
-        t = torch.tensor([x], dtype=torch.float64, device=self.device)
-        dist.broadcast(t, 0)
-        return float(t[0])
 
     # --- data ----------------------------------------------------------------------------
 
@@ -355,12 +302,6 @@ class Trainer(TrainerBase):
             return self.tasks[names[0]]
         weights = [self.tasks[n].config.weight for n in names]
         return self.tasks[random.Random(self.cfg.seed * 1_000_003 + step).choices(names, weights)[0]]
-
-    def _autocast(self) -> Any:
-        if self.cfg.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
 
     # --- one step ------------------------------------------------------------------------
 
@@ -494,10 +435,6 @@ class Trainer(TrainerBase):
         for old in keep[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _sharded(self) -> bool:
-        """Checkpoints are written sharded by every process (FSDP2 under torchrun): mmcore.sharded."""
-        return self.world > 1 and self.cfg.distributed == "fsdp"
-
     def _save_sharded_checkpoint(self) -> Path:
         from .sharded import remove_stale, save_sharded
 
@@ -565,13 +502,6 @@ class Trainer(TrainerBase):
             if not (d / EMA_FILE).is_file():
                 raise MMCoreError(f"{d}: training.ema is set but the checkpoint has no {EMA_FILE} (saved without ema)")
             self.ema.load_state_dict(read_safetensors(d / EMA_FILE)[0], state.get("ema_updates", self.step), str(d))
-
-    def _model_state(self) -> dict[str, Any]:
-        if self.world > 1 and self.cfg.distributed == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.model.state_dict()
 
     def load_checkpoint(self, d: Path) -> None:
         from .checkpoint import load
