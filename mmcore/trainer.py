@@ -1,6 +1,3 @@
-# Over 500 lines on purpose, for now: the trainer's task path and the objectives are being
-# reworked (issue 17: objectives as components). Splitting it (the run loop, checkpoints and
-# resume, the torchrun/FSDP set-up) waits for that work to land, so the two do not clash.
 """A small trainer: AdamW, warmup and decay, accumulation, clipping, autocast, multi-task,
 evaluation, exact resume, metrics, and the same code under ``torchrun``.
 
@@ -23,6 +20,12 @@ Design notes:
   :func:`mmcore.save`) plus ``trainer_state.json`` and ``optimizer.safetensors``; the
   pointer ``checkpoints/latest`` is replaced atomically after a checkpoint is complete. Under
   FSDP2 every process writes its shards instead (:mod:`mmcore.sharded`).
+
+This file holds the run: set-up, the training step, evaluation, the loop through the stages and
+model selection. The rest of the class is in its parts, one concern per file, stacked below it
+(:mod:`mmcore.trainer_base` lists them): where it runs (``trainer_dist``), the optimizer
+(``trainer_optim``), the data (``trainer_data``), checkpoints and resume
+(``trainer_checkpoints``), logging (``trainer_log``).
 """
 
 from __future__ import annotations
