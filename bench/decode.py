@@ -162,8 +162,10 @@ def main() -> None:
     print(f"  load average {load_before:.1f} before, {load_after:.1f} after")
     if args.json:
         machine = {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "load": [load_before, load_after]}
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": machine, "results": results}, f, indent=2)
+        from mmcore import atomic_write_text
+
+        result = {"args": vars(args), "machine": machine, "results": results}
+        atomic_write_text(args.json, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -184,8 +184,9 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     print(f"  load average {load_before:.1f} before, {load_after:.1f} after")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+        from mmcore import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

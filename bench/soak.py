@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        from mmcore import atomic_write_text
+
+        atomic_write_text(args.json, text + "\n")
     return 0 if ok else 1
 
 

@@ -88,7 +88,9 @@ def main() -> int:
             f"{r['peak_rss_mib']:7.1f} MiB"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"cases": results}, indent=2) + "\n")
+        from mmcore import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps({"cases": results}, indent=2) + "\n")
     return 0
 
 

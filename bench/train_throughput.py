@@ -263,21 +263,19 @@ def main() -> None:
             f"(median {med['bf16_mmcore_over_hf']:.3f})"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "tokens_per_s": tps,
-                    "ratio_vs_plain": r_plain,
-                    "ratio_vs_hf": r_hf,
-                    "ratio_vs_hf_nodrop": r_hf0,
-                    "median_ratios": med,
-                    "tokens_per_s_median": tps_median,
-                    "args": vars(args),
-                    "params": params,
-                },
-                f,
-                indent=2,
-            )
+        from mmcore import atomic_write_text
+
+        result = {
+            "tokens_per_s": tps,
+            "ratio_vs_plain": r_plain,
+            "ratio_vs_hf": r_hf,
+            "ratio_vs_hf_nodrop": r_hf0,
+            "median_ratios": med,
+            "tokens_per_s_median": tps_median,
+            "args": vars(args),
+            "params": params,
+        }
+        atomic_write_text(args.json, json.dumps(result, indent=2))
     assert all(math.isfinite(v) for v in tps.values())
 
 

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     report["seconds"] = time.perf_counter() - t0
     report["train_seconds"] = train_seconds
     report["steps"] = {st.name or f"stage{i + 1}": st.steps for i, st in enumerate(spec.training.stages)}
-    (Path(args.out) / "demo_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    mmcore.atomic_write_text(Path(args.out) / "demo_report.json", json.dumps(report, indent=2) + "\n")
     base = digits_av.baselines(data)
     print(
         f"  classical baselines on the same split: caption {base['caption']['rbf_svm_pixels']:.1%} (RBF SVM on "

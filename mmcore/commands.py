@@ -282,14 +282,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     """int8 copy of a model directory (mmcore.quantize)."""
     from .checkpoint import load, save
-    from .quantize import quantize
+    from .quantize import quantization_info, quantize
 
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     model = quantize(load(args.model_dir), parts=parts)
     out = save(model, args.out)
     before = (Path(args.model_dir) / "model.safetensors").stat().st_size
     after = (out / "model.safetensors").stat().st_size
-    n = len(model.quantization["modules"])
+    n = len((quantization_info(model) or {}).get("modules", ()))
     print(
         f"int8: {n} linear layers quantized ({', '.join(parts)}); model.safetensors {before / 1e6:.2f} MB -> "
         f"{after / 1e6:.2f} MB; model in {out}"

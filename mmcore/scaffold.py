@@ -31,6 +31,7 @@ from pathlib import Path
 from string import Template
 
 from .errors import MMCoreError
+from .version import __version__
 
 __all__ = ["KINDS", "ScaffoldError", "core_range", "new_plugin", "plugin_files"]
 
@@ -56,7 +57,7 @@ def core_range(version: str | None = None) -> str:
     interface); ``1.4.2`` -> ``>=1.4,<2``.
     """
     if version is None:
-        from .version import __version__ as version
+        version = __version__
     m = re.match(r"(\d+)\.(\d+)", version)
     if m is None:
         raise ScaffoldError(f"cannot read a version number from mmcore's version {version!r}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import TrainingConfig
 from .errors import MMCoreError
@@ -53,8 +53,10 @@ def plan_stages(cfg: TrainingConfig, task_names: Sequence[str]) -> list[Stage]:
     or when ``training.steps`` disagrees with the stages (a config changed without validation).
     """
     names = list(task_names)
+    max_time = _seconds(cfg.max_time)
     if not cfg.stages:
-        return [Stage(0, "all", tuple(names), cfg.steps, cfg.lr, cfg.warmup_steps, cfg.max_time)]
+        lr, warmup = _resolved(cfg.lr, "lr"), _resolved(cfg.warmup_steps, "warmup_steps")
+        return [Stage(0, "all", tuple(names), cfg.steps, lr, warmup, max_time)]
     total = sum(s.steps or 0 for s in cfg.stages)  # validation filled in every stage's steps
     if cfg.steps != total:
         raise MMCoreError(
@@ -70,21 +72,45 @@ def plan_stages(cfg: TrainingConfig, task_names: Sequence[str]) -> list[Stage]:
                 f"training.stages[{i}].tasks: no task named {', '.join(map(repr, unknown))}; "
                 f"tasks: {', '.join(names) or '(none)'}"
             )
-        done += s.steps
-        deadline = cfg.max_time * done / total if cfg.max_time is not None else None
+        steps = _resolved(s.steps, f"stages[{i}].steps")  # validation shares training.steps among unset ones
+        done += steps
+        deadline = max_time * done / total if max_time is not None else None
         out.append(
             Stage(
                 i,
                 s.name or f"stage-{i + 1}",
                 tasks,
-                s.steps,
-                s.lr if s.lr is not None else cfg.lr,
-                s.warmup_steps if s.warmup_steps is not None else cfg.warmup_steps,
+                steps,
+                s.lr if s.lr is not None else _resolved(cfg.lr, "lr"),
+                s.warmup_steps if s.warmup_steps is not None else _resolved(cfg.warmup_steps, "warmup_steps"),
                 deadline,
                 s.reset_optimizer,
             )
         )
     return out
+
+
+_T = TypeVar("_T")
+
+
+def _resolved(value: _T | None, name: str) -> _T:
+    """A training value the trainer derives when the spec leaves it unset (lr, warmup_steps, a
+    stage's steps)."""
+    if value is None:
+        raise MMCoreError(
+            f"training.{name} is not set: plan a run from a resolved config (mmcore.config.resolve_training "
+            "fills in lr and warmup_steps, as the Trainer does)"
+        )
+    return value
+
+
+def _seconds(max_time: float | str | None) -> float | None:
+    """``training.max_time`` in seconds (validation turns '10m' into 600.0; a string left means none ran)."""
+    if isinstance(max_time, str):
+        raise MMCoreError(
+            f"training.max_time {max_time!r} was not validated: build the TrainingConfig with model_validate"
+        )
+    return max_time
 
 
 def time_fraction(stage: Stage, elapsed: float, stage_start: float) -> float | None:

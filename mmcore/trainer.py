@@ -1,6 +1,3 @@
-# Over 500 lines on purpose, for now: the trainer's task path and the objectives are being
-# reworked (issue 17: objectives as components). Splitting it (the run loop, checkpoints and
-# resume, the torchrun/FSDP set-up) waits for that work to land, so the two do not clash.
 """A small trainer: AdamW, warmup and decay, accumulation, clipping, autocast, multi-task,
 evaluation, exact resume, metrics, and the same code under ``torchrun``.
 
@@ -23,15 +20,17 @@ Design notes:
   :func:`mmcore.save`) plus ``trainer_state.json`` and ``optimizer.safetensors``; the
   pointer ``checkpoints/latest`` is replaced atomically after a checkpoint is complete. Under
   FSDP2 every process writes its shards instead (:mod:`mmcore.sharded`).
+
+This file holds the run: set-up, the training step, evaluation, the loop through the stages and
+model selection. The rest of the class is in its parts, one concern per file, stacked below it
+(:mod:`mmcore.trainer_base` lists them): where it runs (``trainer_dist``), the optimizer
+(``trainer_optim``), the data (``trainer_data``), checkpoints and resume
+(``trainer_checkpoints``), logging (``trainer_log``).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -45,48 +44,25 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import TaskConfig, TrainingConfig, resolve_training
-from .data import BadRecord, DataError, ManifestDataset, PackedTextDataset
-from .errors import MMCoreError, ModelDirError
-from .interfaces import Objective
-from .io import atomic_write_text, read_safetensors, write_safetensors
-from .loader import ExcludingDataset, IndexPlan, find_fatal_record, make_loader, record_where
-from .objectives import Distillation, make_objective
+from .data import DataError, ManifestDataset  # noqa: F401  (DataError: re-exported)
+from .errors import MMCoreError
+from .io import atomic_write_text
+from .objectives import Distillation
 from .schedule import RunPlan
 from .selection import Monitor
-from .types import Batch
+from .trainer_checkpoints import BEST, CHECKPOINTS, EMA_FILE, LATEST, OPTIM, STATE, _StateView  # noqa: F401  (re-exported)
+from .trainer_dist import _device, _dist_info, _init_distributed
+from .trainer_log import TrainerLog, _read_history
 
 if TYPE_CHECKING:
     from .model import MultimodalGPT
     from .spec import Spec
 
 __all__ = ["Trainer", "TrainResult", "train"]
+# Re-exported above, importable from here as before the split: DataError and the checkpoint
+# layout's names (CHECKPOINTS, LATEST, STATE, OPTIM, EMA_FILE, BEST).
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-STATE = "trainer_state.json"
-OPTIM = "optimizer.safetensors"
-EMA_FILE = "ema.safetensors"
-BEST = "best"
 METRICS = "metrics.jsonl"
-
-
-@dataclass
-class _Task:
-    name: str
-    config: TaskConfig
-    objective: Objective
-    train: Any
-    eval: Any | None
-    plan: IndexPlan
-    consumed: int = 0
-    bad: int = 0
-    loader: Any = None
-    it: Any = None
-    excluded: dict[int, str] = field(default_factory=dict)  # records that killed a worker process
-
-    def data(self) -> Any:
-        """The training records less the excluded ones."""
-        return ExcludingDataset(self.train, self.excluded) if self.excluded else self.train
 
 
 @dataclass
@@ -103,27 +79,7 @@ class TrainResult:
     best: dict[str, Any] | None = None  # the monitored metric's best value and step (Monitor.state())
 
 
-def _dist_info() -> tuple[int, int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
-
-
-def _init_distributed(device: torch.device) -> None:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-class Trainer:
+class Trainer(TrainerLog):
     """Train a :class:`mmcore.MultimodalGPT` on one or more tasks.
 
     Args:
@@ -192,193 +148,7 @@ class Trainer:
 
     # --- set-up ------------------------------------------------------------------------
 
-    def _make_task(self, name: str, t: TaskConfig) -> _Task:
-        model = self.model
-        fmt = t.format if t.format != "auto" else ("jsonl" if t.train.endswith(".jsonl") else "text")
-        objective = make_objective(t, model, name)
-        train = self._dataset(name, t, t.train, fmt, objective, training=True)
-        evals = self._dataset(name, t, t.eval, fmt, objective) if t.eval else None
-        sizes = getattr(train, "record_sizes", None) if self.cfg.group_by_length else None
-        plan = IndexPlan(
-            len(train),
-            self.cfg.batch_size,
-            seed=self.cfg.seed + _stable_hash(name),
-            rank=self.rank,
-            world=self.world,
-            lengths=sizes() if sizes is not None else None,
-        )
-        return _Task(name, t, objective, train, evals, plan)
-
-    def _load_teacher(self, task: _Task) -> nn.Module:
-        """The distillation teacher of ``task``: its model directory, loaded on the training device."""
-        from .checkpoint import load
-
-        obj = task.objective
-        assert isinstance(obj, Distillation)
-        try:
-            return load(obj.teacher_dir, device=self.device)
-        except MMCoreError as exc:
-            raise MMCoreError(f"tasks.{task.name}.teacher: cannot load {obj.teacher_dir}: {exc}") from exc
-
-    def _dataset(
-        self, name: str, t: TaskConfig, path: str, fmt: str, objective: Objective, training: bool = False
-    ) -> Any:
-        m = self.model
-        if fmt == "jsonl":
-            modalities = {k: e.modality for k, e in m.encoders.items()}
-            procs: Any = m.processors
-            if training:  # augmentation on: training copies of the processors (workers copy them again)
-                procs = {k: copy.copy(p) for k, p in procs.items()}
-                for p in procs.values():
-                    p.training = True
-            return ManifestDataset(
-                path,
-                procs,
-                modalities,
-                text_input=t.text_input,
-                targets=objective.targets(),
-            )
-        proc = m.processors.get(t.text_input)
-        if proc is None:
-            raise MMCoreError(f"tasks.{name}: a text corpus needs the text input {t.text_input!r}")
-        seq_len = t.seq_len or m.config.context_length
-        files = sorted(Path(path).glob("*.txt")) if Path(path).is_dir() else [Path(path)]
-        return PackedTextDataset(files, proc, seq_len, input_name=t.text_input)
-
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        """The module the training step runs: the model itself, or DDP/FSDP2 around it under
-        torchrun, compiled with ``torch.compile`` when ``training.compile`` is set. Checkpoints,
-        evaluation and the saved model always use ``self.model`` (no wrapper prefixes)."""
-        wrapped: Any = self._distribute(model)
-        if self.cfg.compile:
-            wrapped = torch.compile(wrapped)
-        return wrapped
-
-    def _distribute(self, model: nn.Module) -> nn.Module:
-        if self.world == 1:
-            return model
-        if self.cfg.distributed == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            for block in model.backbone.blocks:
-                fully_shard(block)
-            fully_shard(model)
-            return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # Some parameters may sit out a step: other tasks' heads, a fusion's parameters for an
-        # input that a batch lacks. DDP must then not wait for their gradients.
-        unused = len(model.heads) > 1 or len(self.tasks) > 1 or len(model.encoders) > 1
-        return DDP(model, device_ids=ids, find_unused_parameters=unused)
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the parameters that require gradients, and only those.
-
-        The spec's training policies decide which: a ``frozen`` component has none, a
-        ``lora`` component only its adapters (``lora_A``, ``lora_B``). Weight decay applies to
-        matrices (adapters included), not to biases and norms.
-        """
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
-        for _, p in self.model.named_parameters():
-            if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
-        for p in self._objective_params():  # e.g. a distillation's hidden-state projection
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        if not decay and not no_decay:
-            raise MMCoreError(
-                "every parameter is frozen: nothing to train (every component of the spec has train = 'frozen'; "
-                "set train = 'full' or 'lora' on at least one)"
-            )
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # The fused kernel (CUDA, and CPU since torch 2.4) updates every tensor in one pass: on
-        # CPU about 3x faster than the multi-tensor loop for a small GPT (bench/README.md).
-        fused = self.device.type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.eps, fused=fused)
-
-    def _objective_params(self) -> list[nn.Parameter]:
-        """Trainable parameters the tasks' objectives hold outside the model (in task order)."""
-        return [p for t in self.tasks.values() for p in t.objective.parameters()]
-
-    def _rank0_value(self, x: float) -> float:
-        """Rank 0's value of ``x`` in every process (so that all stop at the same step)."""
-        t = torch.tensor([x], dtype=torch.float64, device=self.device)
-        dist.broadcast(t, 0)
-        return float(t[0])
-
     # --- data ----------------------------------------------------------------------------
-
-    def _next_batch(self, task: _Task) -> Batch:
-        """The task's next usable micro-batch; bad records are skipped (counted) or raise."""
-        while True:
-            if task.it is None:
-                procs = getattr(task.train, "processors", self.model.processors)  # training copies
-                task.loader = make_loader(
-                    task.data(),
-                    procs,
-                    task.plan,
-                    start=task.consumed,
-                    num_workers=self.cfg.num_workers,
-                    targets=task.objective.targets(),
-                )
-                task.it = iter(task.loader)
-            try:
-                batch, bad = next(task.it)
-            except RuntimeError as exc:  # a worker process died: find the record that killed it
-                if not self.cfg.num_workers or "exited unexpectedly" not in str(exc):
-                    raise
-                self._worker_died(task, exc)
-                continue
-            task.consumed += 1
-            self._handle_bad(task, bad)
-            if batch is not None:
-                return batch
-
-    def _worker_died(self, task: _Task, exc: RuntimeError) -> None:
-        """Replay the batches in flight in a fresh process to find the record that kills it;
-        stop naming it, or exclude it and rebuild the loader (``on_bad_record``)."""
-        task.it = task.loader = None
-        data = task.data()
-        candidates = [i for k in (task.consumed, task.consumed + 1) for i in task.plan.indices(k)]
-        candidates = [i for i in dict.fromkeys(candidates) if i not in task.excluded]
-        culprit = find_fatal_record(data, candidates)
-        if culprit is None:
-            raise DataError(
-                f"tasks.{task.name}: a DataLoader worker died ({exc}) and none of the records of batches "
-                f"{task.consumed}-{task.consumed + 1} kills a fresh process (out of memory?)"
-            ) from exc
-        where = record_where(task.train, culprit)
-        reason = "processing this record killed the DataLoader worker process"
-        if self.cfg.on_bad_record == "error":
-            raise DataError(
-                f"tasks.{task.name}: {where}: {reason} (set training.on_bad_record = 'skip' to skip such records)"
-            ) from exc
-        if self.rank == 0:
-            print(f"warning: tasks.{task.name}: {where}: {reason}; skipping it", file=sys.stderr)
-        task.excluded[culprit] = reason
-
-    def _handle_bad(self, task: _Task, bad: list[BadRecord]) -> None:
-        if not bad:
-            return
-        if self.cfg.on_bad_record == "error":
-            raise DataError(f"tasks.{task.name}: {bad[0]} (set training.on_bad_record = 'skip' to skip such records)")
-        if task.bad == 0 and self.rank == 0:
-            print(f"warning: tasks.{task.name}: skipping bad record {bad[0]}", file=sys.stderr)
-        task.bad += len(bad)
-
-    def _pick_task(self, step: int) -> _Task:
-        names = list(self.plan.stage.tasks)
-        if len(names) == 1:
-            return self.tasks[names[0]]
-        weights = [self.tasks[n].config.weight for n in names]
-        return self.tasks[random.Random(self.cfg.seed * 1_000_003 + step).choices(names, weights)[0]]
-
-    def _autocast(self) -> Any:
-        if self.cfg.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
 
     # --- one step ------------------------------------------------------------------------
 
@@ -470,164 +240,6 @@ class Trainer:
                     **({"rank": self.rank, "world": self.world} if not self._sharded() else {}),
                 )
         return out
-
-    def _averaged(self) -> Any:
-        """A context with the weight averages in the model (``training.ema``), else nothing."""
-        return self.ema.applied() if self.ema is not None else nullcontext()
-
-    # --- checkpoints -----------------------------------------------------------------------
-
-    def _checkpoint_dir(self) -> Path | None:
-        if self.out is None:
-            return None
-        latest = self.out / CHECKPOINTS / LATEST
-        if not latest.is_file():
-            return None
-        d = self.out / CHECKPOINTS / latest.read_text().strip()
-        return d if (d / STATE).is_file() else None
-
-    def save_checkpoint(self) -> Path | None:
-        """Write a resumable checkpoint (rank 0); returns its folder."""
-        if self.out is None:
-            return None
-        if self._sharded():
-            return self._save_sharded_checkpoint()
-        state = self._model_state()
-        if self.rank != 0:
-            self._last_checkpoint = self.step  # every rank decides alike whether to write the final one
-            return None
-        root = self.out / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"step-{self.step:08d}"
-        existed = (root / name).exists()
-        try:
-            d = self._write_checkpoint(root, name, state)
-        except (OSError, ModelDirError) as exc:  # a full disk, say: the previous checkpoint stays the latest
-            if not existed:
-                shutil.rmtree(root / name, ignore_errors=True)
-            cause = exc.__cause__ if isinstance(exc, ModelDirError) and exc.__cause__ is not None else exc
-            raise MMCoreError(f"{root / name}: cannot write the checkpoint: {cause}") from exc
-        self._last_checkpoint = self.step
-        self._prune_checkpoints(root)
-        return d
-
-    def _prune_checkpoints(self, root: Path) -> None:
-        keep = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-        for old in keep[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _sharded(self) -> bool:
-        """Checkpoints are written sharded by every process (FSDP2 under torchrun): mmcore.sharded."""
-        return self.world > 1 and self.cfg.distributed == "fsdp"
-
-    def _save_sharded_checkpoint(self) -> Path:
-        from .sharded import remove_stale, save_sharded
-
-        root = self.out / CHECKPOINTS
-        name = f"step-{self.step:08d}"
-        d = root / name
-        if self.rank == 0:
-            remove_stale(d)  # shards a killed run left for this step
-        dist.barrier()
-        save_sharded(d, self.model, self.optimizer, self.rank, self._objective_state())
-        self._last_checkpoint = self.step
-        if self.rank == 0:
-            atomic_write_text(d / STATE, json.dumps(self._trainer_state(format="sharded"), indent=2))
-            atomic_write_text(root / LATEST, name + "\n")
-            self._prune_checkpoints(root)
-        return d
-
-    def _objective_state(self) -> dict[str, torch.Tensor]:
-        """An objective's own weights (a distillation's projection), by ``objective.<task>.<name>``."""
-        return {
-            f"objective.{n}.{k}": v.detach().cpu()
-            for n, t in self.tasks.items()
-            for k, v in t.objective.state_dict().items()
-        }
-
-    def _trainer_state(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "tasks": {n: {"consumed": t.consumed, "bad": t.bad} for n, t in self.tasks.items()},
-            "world": self.world,
-            **self._plan_state(),
-            **extra,
-        }
-
-    def _write_checkpoint(self, root: Path, name: str, state: dict[str, torch.Tensor]) -> Path:
-        from .checkpoint import save
-
-        d = save(_StateView(self.model, state), root / name)
-        tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors.update(self._objective_state())
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        write_safetensors(d / OPTIM, tensors)
-        if self.ema is not None:
-            write_safetensors(d / EMA_FILE, self.ema.state_dict())
-        atomic_write_text(d / STATE, json.dumps(self._trainer_state(optimizer=meta), indent=2))
-        atomic_write_text(root / LATEST, name + "\n")
-        return d
-
-    def _plan_state(self) -> dict[str, Any]:
-        """The trainer state of the plan (stage, time used), model selection and weight average."""
-        out: dict[str, Any] = self.plan.state()
-        if self.monitor is not None:
-            out["monitor"] = self.monitor.state()
-        if self.ema is not None:
-            out["ema_updates"] = self.ema.updates
-        return out
-
-    def _load_plan_state(self, state: dict[str, Any], d: Path) -> None:
-        self.plan.load_state(state, str(d))
-        if self.monitor is not None and "monitor" in state:
-            self.monitor.load_state(state["monitor"], str(d))
-        if self.ema is not None:
-            if not (d / EMA_FILE).is_file():
-                raise MMCoreError(f"{d}: training.ema is set but the checkpoint has no {EMA_FILE} (saved without ema)")
-            self.ema.load_state_dict(read_safetensors(d / EMA_FILE)[0], state.get("ema_updates", self.step), str(d))
-
-    def _model_state(self) -> dict[str, Any]:
-        if self.world > 1 and self.cfg.distributed == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.model.state_dict()
-
-    def load_checkpoint(self, d: Path) -> None:
-        from .checkpoint import load
-        from .sharded import is_sharded, load_sharded
-
-        state = json.loads((d / STATE).read_text())
-        if state.get("world", 1) != self.world:
-            raise MMCoreError(f"{d}: saved by {state.get('world')} processes, resuming with {self.world}")
-        if is_sharded(d) != self._sharded():
-            kind = "sharded (FSDP)" if is_sharded(d) else "unsharded"
-            raise MMCoreError(f"{d}: a {kind} checkpoint; resume with the training.distributed it was written with")
-        if is_sharded(d):
-            tensors = load_sharded(d, self.model, self.optimizer, self.rank, self._objective_state())
-        else:
-            saved = load(d)
-            self.model.load_state_dict(saved.state_dict())
-            tensors, _ = read_safetensors(d / OPTIM)
-            torch.set_rng_state(tensors.pop("rng.torch"))
-            cuda_rng = tensors.pop("rng.cuda", None)
-            if cuda_rng is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state(cuda_rng)
-        for n, t in self.tasks.items():
-            prefix = f"objective.{n}."
-            own = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
-            t.objective.load_state_dict(own)
-        if not is_sharded(d):
-            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
-        self.step = int(state["step"])
-        self._last_checkpoint = self.step
-        self._load_plan_state(state, d)
-        for n, t in state["tasks"].items():
-            if n in self.tasks:
-                self.tasks[n].consumed, self.tasks[n].bad = int(t["consumed"]), int(t["bad"])
-                self.tasks[n].it = None
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -760,134 +372,6 @@ class Trainer:
             print(f"step {self.step:>6}  {m.name} {m.value(metrics):.4g}: {note}", file=sys.stderr)
         if improved and self.cfg.eval_every and self.out is not None:
             self._save_best(metrics)
-
-    def _save_best(self, metrics: dict[str, dict[str, float]]) -> None:
-        """Write the evaluated model (the weight averages with ``training.ema``) to ``<out>/best/``."""
-        from .checkpoint import save
-
-        with self._averaged():
-            state = self._model_state()  # FSDP gathers are collective: every rank takes part
-            if self.rank == 0:
-                save(_StateView(self.model, state), self.out / BEST)
-        if self.rank == 0:
-            info = {"step": self.step, **(self.monitor.state() if self.monitor else {}), "eval": metrics}
-            atomic_write_text(self.out / BEST / "eval.json", json.dumps(info, indent=2) + "\n")
-
-    def _progress(self) -> Any:
-        if not self.cfg.progress or self.rank != 0 or not sys.stderr.isatty():
-            return None
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-
-    def _tensorboard(self, entry: dict[str, Any]) -> None:
-        """Also write scalars for TensorBoard when it is installed and there is an out_dir."""
-        if self.out is None:
-            return
-        writer: Any = getattr(self, "_tb", None)
-        if writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                self._tb = False
-                return
-            writer = self._tb = SummaryWriter(str(self.out / "tensorboard"))  # type: ignore[assignment]
-        if writer is False:
-            return
-        step = entry["step"]
-        if "eval" in entry:
-            for task, metrics in entry["eval"].items():
-                for k, v in metrics.items():
-                    writer.add_scalar(f"eval/{task}/{k}", v, step)
-        else:
-            writer.add_scalar(f"train/{entry['task']}/loss", entry["loss"], step)
-            writer.add_scalar("train/lr", entry["lr"], step)
-            if "tokens_per_s" in entry:
-                writer.add_scalar("train/tokens_per_s", entry["tokens_per_s"], step)
-        writer.flush()
-
-    def _log(self, entry: dict[str, Any], path: Path | None) -> None:
-        if self.rank != 0:
-            return
-        entry = {k: v for k, v in entry.items() if v is not None}
-        self.history.append(entry)
-        if path is not None:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-        if "eval" in entry:
-            parts = [f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()) for t, m in entry["eval"].items()]
-            print(f"step {entry['step']:>6}  eval  " + " | ".join(parts), file=sys.stderr)
-        self._tensorboard(entry)
-        if "eval" not in entry and not (self.cfg.progress and sys.stderr.isatty()):
-            start, start_step = getattr(self, "_fit_start", (time.perf_counter(), 0))
-            done = entry["step"] - start_step
-            eta = ""
-            if done > 0:
-                left = (time.perf_counter() - start) / done * (self.cfg.steps - entry["step"])
-                eta = f"  ETA {int(left) // 60}:{int(left) % 60:02d}"
-            print(
-                f"step {entry['step']:>6}/{self.cfg.steps}  {entry['task']}  loss {entry['loss']:.4f}  "
-                f"lr {entry['lr']:.2e}  {entry.get('tokens_per_s', 0):,.0f} tok/s{eta}",
-                file=sys.stderr,
-            )
-
-
-class _StateView:
-    """Lets :func:`mmcore.save` write a given state dict (gathered FSDP weights) of a model."""
-
-    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]):
-        self.model, self._state = model, state
-        self.spec = model.spec
-        self.processors = model.processors
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state
-
-
-def _stable_hash(s: str) -> int:
-    h = 0
-    for ch in s.encode():
-        h = (h * 131 + ch) % 1_000_003
-    return h
-
-
-def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    """Metrics already logged up to step ``upto`` (entries after a crash point are dropped)."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and int(entry.get("step", 0)) <= upto:
-            out.append(entry)
-    return out
-
-
-def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"state.{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, t in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = t
-    for pid, vals in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(vals)
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def train(

@@ -307,7 +307,7 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch, manager, whe
 
         monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     else:
-        import mmcore.trainer as tr
+        import mmcore.trainer_checkpoints as tr  # where the trainer writes its checkpoints
 
         monkeypatch.setattr(tr, "atomic_write_text", lambda *a, **k: _enospc())
     with pytest.raises(MMCoreError) as exc:

@@ -79,3 +79,43 @@ def test_no_second_atomic_writer() -> None:
                 found.append(f"{rel}:{i}: {line.strip()}")
     assert not found, "write files with mmcore.atomic_write (mmcore/io.py):\n" + "\n".join(found)
     assert os.path.exists(ROOT / "mmcore" / "io.py")
+
+
+# A result file of a benchmark or a recipe (the JSON that docs quote figures from) is written
+# whole or not at all: an interrupted run must not leave a half file that looks like a result.
+# Caught: json.dump to an open file; write_text of json.dumps(...); write_text on, or open(..., "w")
+# of, a path that ends in .json or is args.json. Not caught (data, not results): .jsonl records.
+RESULT_WRITE = re.compile(
+    r"\bjson\.dump\(|\.write_text\(\s*json\.dumps\(|json\b[\"')]*\.write_text\(|\bopen\([^)]*json\b[^)]*,\s*[\"']w"
+)
+
+
+def result_writes(text: str) -> list[int]:
+    """The lines of ``text`` that write JSON results without the atomic writer."""
+    return [text.count("\n", 0, m.start()) + 1 for m in RESULT_WRITE.finditer(text)]
+
+
+def test_the_result_guard_sees_plain_writes() -> None:
+    plain = (
+        'with open(p, "w") as f:\n    json.dump(r, f)\n(out / "r.json").write_text(\n    json.dumps(r)\n)\n'
+        'args.json.write_text(text)\nPath(args.json).write_text(text)\nwith open(args.json, "w") as f:\n'
+    )
+    assert result_writes(plain) == [2, 3, 6, 7, 8]
+    atomic = (
+        'atomic_write_text(out / "r.json", json.dumps(r) + "\\n")\nf.write(json.dumps(rec) + "\\n")\n'
+        '(out / "train.jsonl").write_text(lines)\nwith open(out / f"{name}.jsonl", "w") as f:\n'
+    )
+    assert result_writes(atomic) == []
+
+
+def test_bench_and_recipe_results_are_written_atomically() -> None:
+    """bench/ and examples/ write their JSON results with mmcore.atomic_write_text (data files
+    the recipes make, JSONL records written a line at a time, are not results)."""
+    scripts = sorted([*ROOT.glob("bench/**/*.py"), *ROOT.glob("examples/**/*.py")])
+    assert len(scripts) > 10, scripts
+    found = [
+        f"{path.relative_to(ROOT).as_posix()}:{line}"
+        for path in scripts
+        for line in result_writes(path.read_text(encoding="utf-8"))
+    ]
+    assert not found, "write result files with mmcore.atomic_write_text:\n" + "\n".join(found)

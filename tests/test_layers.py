@@ -181,7 +181,8 @@ LAYERS: dict[str, set[str]] = {
     "composition": {"spec", "schema", "model", "builder", "compatibility", "weights", "gpt2", "checkpoint", "sharded", "quantize", "provenance"},
     # what is done with a model
     "workflows": {
-        "data", "loader", "objectives", "trainer", "schedule", "selection", "ema", "generation", "evaluate",
+        "data", "loader", "objectives", "trainer", "trainer_base", "trainer_dist", "trainer_optim", "trainer_data",
+        "trainer_checkpoints", "trainer_log", "schedule", "selection", "ema", "generation", "evaluate",
         "explain", "export", "plot",
     },
     # the entry points: the command line and its helpers, the conformance kit, the package facade

@@ -183,3 +183,22 @@ def test_frozen_backbone_leaves_the_fusions_inserted_layers_trainable(manager):
     spec["fusion"]["lora"] = {"targets": ["c_attn"], "rank": 2}
     with pytest.raises(SpecError, match=r"\[fusion.lora.targets\] \['c_attn'\] match no linear layer"):
         mmcore.build(spec)
+
+
+def test_weight_decay_applies_to_matrices_not_to_biases_and_norms(tmp_path):
+    """mmcore/trainer_optim.py: AdamW's two groups, matrices with training.weight_decay, vectors without."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CORPUS)
+    model = mmcore.build(spec_dict())
+    tr = Trainer(
+        model,
+        {"lm": {"objective": "lm", "train": str(corpus)}},
+        {"steps": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "progress": False},
+    )
+    groups = {g["weight_decay"]: {id(p) for p in g["params"]} for g in tr.optimizer.param_groups}
+    params = dict(model.named_parameters())
+    matrices = {id(p) for p in params.values() if p.dim() >= 2}
+    vectors = {id(p) for p in params.values() if p.dim() < 2}
+    assert len(tr.optimizer.param_groups) == 2 and matrices and vectors
+    assert groups == {0.05: matrices, 0.0: vectors}
+    assert any(k.endswith(".bias") for k, p in params.items() if id(p) in vectors)  # biases and norms: no decay

@@ -12,7 +12,7 @@ from conftest import ROOT
 
 import mmcore
 from mmcore.cli import main as cli_main
-from mmcore.config import TrainingConfig
+from mmcore.config import TrainingConfig, resolve_training
 from mmcore.ema import EMA
 from mmcore.errors import MMCoreError, SpecError
 from mmcore.schedule import lr_at, plan_stages, with_steps
@@ -199,6 +199,25 @@ def test_stages_validate_against_the_tasks(tmp_path):
     assert [s.steps for s in longer.stages] == [4, 20] and longer.steps == 24
     with pytest.raises(MMCoreError, match="steps = 7 but"):
         plan_stages(TrainingConfig(stages=STAGES).model_copy(update={"steps": 7}), ["a", "b"])
+
+
+def test_a_plan_needs_a_resolved_config():
+    """lr and warmup_steps left unset are derived by resolve_training (as the Trainer does); a plan
+    from an unresolved config is an error naming the field, not a stage whose lr is None."""
+    with pytest.raises(MMCoreError, match=r"training.lr is not set.*resolve_training"):
+        plan_stages(TrainingConfig(steps=10), ["a"])
+    with pytest.raises(MMCoreError, match=r"training.warmup_steps is not set"):
+        plan_stages(TrainingConfig(steps=10, lr=1e-3), ["a"])
+    # stage 1 sets its own lr and warmup, stage 2 takes the run's: an error only for stage 2's
+    with pytest.raises(MMCoreError, match=r"training.lr is not set"):
+        plan_stages(TrainingConfig(stages=STAGES), ["a", "b"])
+    cfg, _ = resolve_training(TrainingConfig(stages=STAGES, max_time="10s"), 64)
+    stages = plan_stages(cfg, ["a", "b"])
+    assert [(s.lr, s.warmup_steps) for s in stages] == [(1e-2, 2), (cfg.lr, cfg.warmup_steps)]
+    assert [s.deadline for s in stages] == [4.0, 10.0]
+    unvalidated = TrainingConfig.model_construct(**{**dict(cfg), "max_time": "10s"})
+    with pytest.raises(MMCoreError, match=r"training.max_time '10s' was not validated"):
+        plan_stages(unvalidated, ["a", "b"])
 
 
 def test_stages_run_in_order_with_their_tasks_and_schedules(tmp_path, manager):

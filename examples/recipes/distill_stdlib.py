@@ -82,7 +82,7 @@ def main() -> None:
         "eval": evaluate_dir(task.teacher, task.eval, generate=False),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    mmcore.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

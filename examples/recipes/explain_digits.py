@@ -78,7 +78,7 @@ def main() -> None:
         print(task, json.dumps(entry, indent=2), flush=True)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    mmcore.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'report.json'} in {report['seconds']} s")
 
 

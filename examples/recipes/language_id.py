@@ -126,7 +126,9 @@ def main() -> None:
     stats["classical"] = text_classifiers(
         [r["text"] for r in rows["train"]], [r["label"] for r in rows["train"]], [r["text"] for r in rows["eval"]], ev
     )
-    (out / "baselines.json").write_text(json.dumps(stats, indent=2) + "\n")
+    from mmcore import atomic_write_text
+
+    atomic_write_text(out / "baselines.json", json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
     if args.train:
         train_and_report(args.spec, args.train, stats)

@@ -242,7 +242,9 @@ def main() -> None:
         [r["text"] for r in rows_eval],
         [r["label"] for r in rows_eval],
     )
-    (out / "baselines.json").write_text(json.dumps(baselines, indent=2) + "\n")
+    from mmcore import atomic_write_text
+
+    atomic_write_text(out / "baselines.json", json.dumps(baselines, indent=2) + "\n")
     print(json.dumps(baselines, indent=2))
     if args.train:
         train_and_report(args.train[0], args.train[1], baselines)

@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.evaluate:
         res = evaluate(args.evaluate, args.samples, args.seed, args.grid, args.temperature, args.top_k, args.template)
         if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+            from mmcore import atomic_write_text
+
+            atomic_write_text(Path(args.json), json.dumps(res, indent=2) + "\n")
     else:
         res = prepare(Path(args.out), args.seed)
         spec = HERE.parent / "text_to_image.toml"

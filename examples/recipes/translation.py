@@ -170,7 +170,9 @@ def main() -> None:
         stats["copy_source_baseline"] = {k: round(v, 2) for k, v in copy.items()}
     except Exception as exc:  # sacrebleu missing: the data is still usable
         stats["copy_source_baseline"] = f"not computed: {exc}"
-    (out / "baselines.json").write_text(json.dumps(stats, indent=2) + "\n")
+    from mmcore import atomic_write_text
+
+    atomic_write_text(out / "baselines.json", json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
 
 
