@@ -207,7 +207,7 @@ def _query_rows(model: nn.Module, head: str, kind: str, seq: Any, batch: Batch) 
     L = seq.mask.shape[1]
     real = seq.mask[0]
     if kind == "classification":
-        how = getattr(model.heads[head], "pooling", "last")
+        how = model.heads[head].pooling or "last"
         pos = torch.arange(L, device=real.device)
         if how == "mean":
             return real.clone()
@@ -367,7 +367,7 @@ def explain(
             # the input's whole share of attention, boundary tokens included; per-token weights below
             entry: dict[str, Any] = {"total": float(a[ids == seq.modalities.index(m)].sum())}
             enc = model.encoders[m]
-            grid = getattr(enc, "grid", None)
+            grid = enc.grid
             gh, gw = (grid, grid) if isinstance(grid, int) else tuple(grid) if grid else (0, 0)
             if gh * gw == w.numel() and gh:
                 entry["grid"] = w.view(gh, gw).tolist()
@@ -418,8 +418,11 @@ def _occlusions(model: nn.Module, record: dict[str, Any], m: str, kind: str, tex
 
 
 def _denormalise(proc: Any, pixels: Tensor) -> Tensor:
-    mean = torch.tensor(getattr(proc, "mean", [0.0] * pixels.shape[0]), dtype=torch.float32)[:, None, None]
-    std = torch.tensor(getattr(proc, "std", [1.0] * pixels.shape[0]), dtype=torch.float32)[:, None, None]
+    c = pixels.shape[0]
+    m = proc.mean if proc is not None and proc.mean is not None else [0.0] * c
+    s = proc.std if proc is not None and proc.std is not None else [1.0] * c
+    mean = torch.tensor(list(m), dtype=torch.float32)[:, None, None]
+    std = torch.tensor(list(s), dtype=torch.float32)[:, None, None]
     return (pixels.detach().float().cpu() * std + mean).clamp(0, 1)
 
 

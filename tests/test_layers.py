@@ -182,7 +182,7 @@ LAYERS: dict[str, set[str]] = {
     # what is done with a model
     "workflows": {
         "data", "loader", "objectives", "trainer", "schedule", "selection", "ema", "generation", "evaluate",
-        "explain", "export", "plot",
+        "explain", "export", "plot", "outputs",
     },
     # the entry points: the command line and its helpers, the conformance kit, the package facade
     "cli": {
