@@ -175,11 +175,19 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     np_ = sub.add_parser(
         "new-plugin",
         help="write a new plugin distribution (component, tests with the conformance kit, README)",
-        description="Write mmcore-NAME/: a pip-installable plugin with one working component of the given kind, "
-        "its options model, tests using mmcore.testing, and a README. See docs/plugins.md.",
+        description="Write mmcore-NAME/: a pip-installable plugin with a working component of each given kind, "
+        "their options models, tests using mmcore.testing for each, and a README saying what was generated. "
+        "See docs/plugins.md.",
     )
     np_.add_argument("name", metavar="NAME", help="plugin name, a lower-case Python identifier (e.g. demo_depth)")
-    np_.add_argument("--kind", required=True, choices=["encoder", "fusion", "head"], help="the component to write")
+    np_.add_argument(
+        "--kind",
+        required=True,
+        action="append",
+        metavar="KIND[:COMPONENT]",
+        help="a component to write: encoder, fusion, head or objective, optionally with its name (head:tab.regress; "
+        "default NAME.KIND); repeat it (or separate with commas) for several in one distribution",
+    )
     np_.add_argument("--dir", default=".", metavar="PATH", help="where to create mmcore-NAME/ (default: here)")
     np_.set_defaults(func=cmd_new_plugin)
 
