@@ -181,8 +181,8 @@ LAYERS: dict[str, set[str]] = {
     "composition": {"spec", "schema", "model", "builder", "compatibility", "weights", "gpt2", "checkpoint", "sharded", "quantize", "provenance"},
     # what is done with a model
     "workflows": {
-        "data", "loader", "objectives", "trainer", "schedule", "selection", "ema", "generation", "evaluate",
-        "explain", "export", "plot", "outputs",
+        "data", "loader", "objectives", "trainer", "schedule", "selection", "ema", "prompting", "generation",
+        "outputs", "evaluate", "explain", "explain_report", "export", "plot",
     },
     # the entry points: the command line and its helpers, the conformance kit, the package facade
     "cli": {
