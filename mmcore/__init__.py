@@ -69,7 +69,8 @@ _LAZY = {
     "train": "trainer",
     "GenerationConfig": "generation",
     "generate": "generation",
-    "generate_images": "generation",
+    "generate_outputs": "outputs",
+    "write_outputs": "outputs",
     "TrainingConfig": "config",
     "TaskConfig": "config",
     "Spec": "spec",
@@ -132,7 +133,8 @@ __all__ = [
     "train",
     "GenerationConfig",
     "generate",
-    "generate_images",
+    "generate_outputs",
+    "write_outputs",
     # files a plugin reads (regular files only; see docs/security.md)
     "open_regular",
     "regular_file_problem",
@@ -178,10 +180,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .checkpoint import load, save
     from .compatibility import check_compatibility
     from .config import CoreOptions, LoraConfig, TaskConfig, TrainingConfig, WeightsSource
-    from .generation import GenerationConfig, generate, generate_images
+    from .generation import GenerationConfig, generate
     from .interfaces import Encoder, Fusion, Head, Processor, Projector
     from .lora import LoRALinear, merge_lora
     from .model import MultimodalGPT
+    from .outputs import generate_outputs, write_outputs
     from .spec import ComponentSpec, Spec, load_spec, parse_spec
     from .trainer import Trainer, TrainResult, train
     from .types import Batch, FusedSequence, HeadOutput, ModelOutput, Tokens

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import ModelDirError, SpecError, WeightsError
+from .interfaces import ResetsBuffers
 from .io import atomic_write_bytes, atomic_write_text, check_state_dict, read_safetensors
 from .spec import Spec, parse_spec_text, read_spec_file
 
@@ -337,7 +338,7 @@ def _materialize(model: torch.nn.Module, device: str | torch.device) -> None:
         if any(b.is_meta for b in module.buffers(recurse=False)):
             module.to_empty(device=device, recurse=False)
             owner = name
-            while not hasattr(modules[owner], "reset_buffers"):
+            while not isinstance(modules[owner], ResetsBuffers):
                 if not owner:
                     raise ModelDirError(
                         f"{name or 'the model'} ({type(module).__name__}) has buffers that are not saved, and neither "

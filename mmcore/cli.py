@@ -111,7 +111,9 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--out", help="write the JSON here too")
     e.set_defaults(func=cmd_eval)
 
-    g = sub.add_parser("generate", help="generate text (or, with --out, an image) from a model directory")
+    g = sub.add_parser(
+        "generate", help="generate text (or, with --out, an output such as an image) from a model directory"
+    )
     g.add_argument("model_dir", metavar="MODEL_DIR")
     g.add_argument(
         "--prompt",
@@ -153,24 +155,39 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     g.add_argument(
         "--out",
-        metavar="IMAGE",
-        help="generate an image (models whose LM head predicts image tokens, e.g. vision.palette) and write it "
-        "here (.png); with --num-return-sequences N, N files IMAGE-1.png ... IMAGE-N.png. The image's pixel "
-        "count replaces --max-new-tokens",
+        metavar="FILE",
+        help="generate an output other than text and write it here, through the capability its processor declares "
+        "(save_output; e.g. an image of vision.palette as .png); with --num-return-sequences N, N files FILE-1 ... "
+        "FILE-N. A fixed-size output (an image's pixels) replaces --max-new-tokens",
     )
-    g.add_argument("--image-input", help="the image-token input to generate with --out (default: the only one)")
-    g.add_argument("--scale", type=int, default=1, help="enlarge written images this many times (--out)")
+    g.add_argument(
+        "--output-input",
+        "--image-input",
+        dest="output_input",
+        help="the input to generate and write with --out (default: the only one whose processor writes outputs)",
+    )
+    g.add_argument(
+        "--scale", type=int, default=1, help="enlarge written outputs that have a size (images) this many times"
+    )
     g.add_argument("--device", default=None)
     g.set_defaults(func=cmd_generate)
 
     np_ = sub.add_parser(
         "new-plugin",
         help="write a new plugin distribution (component, tests with the conformance kit, README)",
-        description="Write mmcore-NAME/: a pip-installable plugin with one working component of the given kind, "
-        "its options model, tests using mmcore.testing, and a README. See docs/plugins.md.",
+        description="Write mmcore-NAME/: a pip-installable plugin with a working component of each given kind, "
+        "their options models, tests using mmcore.testing for each, and a README saying what was generated. "
+        "See docs/plugins.md.",
     )
     np_.add_argument("name", metavar="NAME", help="plugin name, a lower-case Python identifier (e.g. demo_depth)")
-    np_.add_argument("--kind", required=True, choices=["encoder", "fusion", "head"], help="the component to write")
+    np_.add_argument(
+        "--kind",
+        required=True,
+        action="append",
+        metavar="KIND[:COMPONENT]",
+        help="a component to write: encoder, fusion, head or objective, optionally with its name (head:tab.regress; "
+        "default NAME.KIND); repeat it (or separate with commas) for several in one distribution",
+    )
     np_.add_argument("--dir", default=".", metavar="PATH", help="where to create mmcore-NAME/ (default: here)")
     np_.set_defaults(func=cmd_new_plugin)
 

@@ -253,7 +253,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise MMCoreError(f"generation options: {exc}") from exc
     if args.out:
-        return _write_generated_images(args, model, cfg, others, text_input)
+        return _write_generated_outputs(args, model, cfg, others, text_input)
     # the prompt as the Python API builds it (mmcore.generation.prompt_records)
     (record,) = prompt_records(model, [{**others, text_input: args.prompt}], text_input=text_input, separator=args.sep)
     batch = model.preprocess([record], targets=())
@@ -367,15 +367,25 @@ def _read_record(value: str) -> dict[str, Any]:
     return record
 
 
-def _write_generated_images(
+def _write_generated_outputs(
     args: argparse.Namespace, model: Any, cfg: Any, record: dict[str, Any], text_input: str
 ) -> int:
-    """``mmcore generate ... --out image.png``: the prompt's text conditions an image-token input."""
-    from .generation import generate_images, write_images
+    """``mmcore generate ... --out FILE``: the prompt's text conditions an input whose processor
+    writes outputs (declares ``output_suffixes`` and ``save_output``: vision.palette's images)."""
+    from .outputs import generate_outputs, resolve_output_input, write_outputs
 
     if args.stream:
         raise MMCoreError("--stream prints text as it arrives; it does not apply with --out")
-    images = generate_images(model, [{**record, text_input: args.prompt}], cfg, image_input=args.image_input)
-    for path in write_images(images, args.out, scale=args.scale):
+    name = resolve_output_input(model, args.output_input)
+    proc = model.processors[name]
+    if name == text_input:  # the text continues the prompt: framed as for text generation
+        from .generation import prompt_records
+
+        (prompt,) = prompt_records(model, [{**record, text_input: args.prompt}], text_input=name, separator=args.sep)
+    else:
+        prompt = {**record, text_input: args.prompt}
+    values = generate_outputs(model, [prompt], cfg, output_input=name)
+    save = lambda value, path: proc.save_output(value, path, scale=args.scale)  # noqa: E731
+    for path in write_outputs(values, args.out, save, suffixes=proc.output_suffixes, what=f"{name} output"):
         print(path)
     return 0

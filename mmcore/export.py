@@ -35,7 +35,6 @@ from eager mode) and, with ``--onnx``, ``model.onnx`` (protobuf: no pickle). The
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -337,29 +336,20 @@ def run_onnx(path: str | Path, exported: ExportedModel, batch: Batch) -> dict[st
 
 def example_records(model: nn.Module, n: int = 2) -> list[dict[str, Any]]:
     """``n`` made-up records with every input of the model (text, image, audio; others need a record)."""
-    import numpy as np
 
-    g = torch.Generator().manual_seed(0)
     records: list[dict[str, Any]] = [{} for _ in range(n)]
     for name, proc in model.processors.items():
-        modality = getattr(proc, "modality", "") or getattr(model.encoders[name], "modality", "")
+        modality = proc.modality or model.encoders[name].modality
+        own = proc.examples()
         for i, r in enumerate(records):
-            if modality == "text":
+            if own:
+                r[name] = own[0]  # the same value in every record: no padding
+            elif modality == "text":
                 r[name] = f"example record number {i:04d}"  # the same length: no padding
-            elif modality == "image":
-                c, s = int(getattr(proc, "channels", 3)), int(getattr(proc, "image_size", 32))
-                r[name] = torch.rand(c, s, s, generator=g)
-            elif modality == "audio":
-                sr = int(getattr(proc, "sample_rate", 16000))
-                seconds = float(getattr(getattr(proc, "config", None), "max_seconds", 1.0) or 1.0)
-                t = np.arange(int(sr * seconds)) / sr
-                r[name] = {
-                    "array": (0.3 * np.sin(2 * math.pi * 440 * (i + 1) * t)).astype("float32"),
-                    "sample_rate": sr,
-                }
             else:
                 raise MMCoreError(
-                    f"export: cannot make up an example for input {name!r} (modality {modality!r}); give a record"
+                    f"export: cannot make up an example for input {name!r} (modality {modality!r}; its processor "
+                    f"{type(proc).__name__} has no examples()); give a record"
                 )
     return records
 

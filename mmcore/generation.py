@@ -1,6 +1,6 @@
-# Over 500 lines on purpose, for now: image generation (generate_images, write_images) moves
-# to the vision plugin and the head / attention-mode decision moves to the task config
-# (issue 17); both leave this file, which then holds the decoding loops only.
+# About 550 lines on purpose: greedy search, sampling and beam search share one KV cache, one
+# prompt set-up and one set of stopping rules; prompt framing (prompting.py) and outputs other
+# than text (outputs.py) already live in their own files.
 """Text generation: greedy, sampling (temperature, top-k, top-p) and beam search, with the
 backbone's preallocated KV cache.
 
@@ -26,9 +26,12 @@ head can be continued, e.g. the image tokens of ``vision.palette`` (text-to-imag
 processor may declare ``output_ids`` (the only ids generation may produce there: a logits
 mask) and ``max_tokens`` (the most tokens the input holds); an encoder whose embedding depends
 on a token's place inside its input sets ``takes_offset = True`` and then receives ``offset``,
-the position inside the input of the token it embeds (others never see that key). :func:`generate_images` wraps this:
+the position inside the input of the token it embeds (others never see that key). Turning the
+ids into an output value and a file is the processor's declared capability (``decode``,
+``output_suffixes``, ``save_output``): :mod:`mmcore.outputs` calls it; mmcore-vision's
+``generate_images`` wraps it for images:
 
-    images = mmcore.generate_images(model, ["draw a seven"], GenerationConfig(do_sample=True, seed=0))
+    images = mmcore_vision.generate.generate_images(model, ["draw a seven"], GenerationConfig(do_sample=True, seed=0))
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 from torch import Tensor
 
 from .errors import MMCoreError
-from .objectives import objective_component, task_attention, task_head
+from .prompting import _generated_input, prompt_records, prompt_separator, trained_attention
 from .types import Batch, Tokens
 
 __all__ = [
@@ -53,8 +56,6 @@ __all__ = [
     "prompt_records",
     "prompt_separator",
     "trained_attention",
-    "generate_images",
-    "write_images",
     "to_left_padding",
 ]
 
@@ -124,107 +125,7 @@ def to_left_padding(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return x.gather(1, idx), mask.gather(1, src)
 
 
-# --- pieces of the model that generation needs ------------------------------------------------
-
-
-def trained_attention(model: Any, head: str) -> str | None:
-    """The attention mode the model's spec trains LM head ``head`` with, which generation
-    uses for the prompt by default: ``"prefix"`` when its ``prefix_lm`` tasks train it
-    (conditional generation: the prompt, and any image or audio, was attended
-    bidirectionally), ``"causal"`` when ``lm`` tasks do; a task's ``attention`` overrides its
-    objective's default. None (the backbone's configured attention) when the model has no
-    spec, no task trains the head, or its tasks disagree: pass ``mode=`` then."""
-    modes = {task_attention(t) for t in _lm_tasks(model, head)}
-    return modes.pop() if len(modes) == 1 else None
-
-
-def _lm_tasks(model: Any, head: str) -> list[Any]:
-    """The tasks of the model's spec that train LM head ``head`` to generate: with an objective
-    that reads text under causal or prefix attention (``lm`` and ``prefix_lm`` among the core's;
-    not ``mlm``, whose bidirectional attention generation cannot use)."""
-    tasks = getattr(getattr(model, "spec", None), "tasks", None) or {}
-    heads = list(model.heads)
-    return [t for t in tasks.values() if _generative(objective_component(t)) and task_head(t, heads) == head]
-
-
-def _generative(comp: Any) -> bool:
-    return comp.text and comp.attention in ("causal", "prefix")
-
-
-def prompt_separator(model: Any, head: str) -> bool:
-    """Whether a generation prompt for LM head ``head`` ends with ``<sep>``, from what the
-    model's spec trains the head with: True when every task training it has an objective whose
-    text needs ``<sep>`` (``prefix_lm``: its samples are ``<bos> prompt <sep> target <eos>``); False when ``lm`` tasks
-    do (their text never held a ``<sep>``: the prompt is plain text to continue), when the tasks
-    disagree, and when the model has no spec or no task trains the head."""
-    seps = {"<sep>" in objective_component(t).special_tokens for t in _lm_tasks(model, head)}
-    return seps == {True}
-
-
-def prompt_records(
-    model: Any,
-    prompts: Sequence[str | Mapping[str, Any]],
-    *,
-    text_input: str | None = None,
-    head: str | None = None,
-    separator: bool | None = None,
-) -> list[dict[str, Any]]:
-    """Records for :meth:`MultimodalGPT.preprocess` that make generation prompts, the same way
-    ``mmcore generate --prompt`` makes them (it calls this).
-
-    ``prompts``: a string (the text prompt) or a record whose generated input (``text_input``,
-    default: the one :func:`generate` continues) holds the text prompt, next to any other
-    inputs (``{"text": "a photo of", "image": "cat.png"}``). The text becomes
-    ``{"prompt": text}`` (``<bos> text <sep>``) when :func:`prompt_separator` says the model was
-    trained with a separator (``prefix_lm``), else ``{"prompt": text, "sep": False}``
-    (``<bos> text``: a continuation, no ``<sep>``, no ``<eos>``). ``separator`` overrides the
-    choice. A plain string record (``{"text": "Return the"}``) is training data: it ends with
-    ``<eos>``, which tells the model the text is over.
-
-        batch = model.preprocess(prompt_records(model, ["Return the"]), targets=())
-        ids = mmcore.generate(model, batch, mmcore.GenerationConfig(max_new_tokens=40))
-    """
-    text_input, head = _generated_input(model, text_input, head)
-    sep = prompt_separator(model, head) if separator is None else separator
-    out = []
-    for i, p in enumerate(prompts):
-        rec = {text_input: p} if isinstance(p, str) else dict(p)
-        text = rec.get(text_input, "")
-        if not isinstance(text, str):
-            raise MMCoreError(
-                f"prompt {i}: input {text_input!r} must hold the prompt's text (a str), got {type(text).__name__}"
-            )
-        rec[text_input] = {"prompt": text} if sep else {"prompt": text, "sep": False}  # type: ignore[assignment]
-        out.append(rec)
-    return out
-
-
-def _generated_input(model: Any, text_input: str | None, head: str | None) -> tuple[str, str]:
-    """(the input generation continues, the LM head over it): the named ones, else the named
-    head's input, else the only text input, else (text-to-image, say) the only input an LM head
-    predicts; and that input's LM head."""
-    texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
-    if text_input is None:
-        predicted = sorted({h.input for h in model.heads.values() if h.input is not None} & set(model.encoders))
-        head_input = model.heads[head].input if head is not None and head in model.heads else None
-        if head_input in model.encoders:
-            text_input = head_input
-        elif len(texts) == 1 and (texts[0] in predicted or len(predicted) != 1):
-            text_input = texts[0]
-        elif len(predicted) == 1:
-            text_input = predicted[0]
-        else:
-            raise MMCoreError(f"say which text input to generate (text_input=...); inputs: {list(model.encoders)}")
-    if text_input not in model.encoders:
-        raise MMCoreError(f"no input {text_input!r}; inputs: {list(model.encoders)}")
-    if head is None:
-        head = next(
-            (n for n, h in model.heads.items() if h.input is not None and h.input == text_input),
-            None,
-        )
-    if head is None or head not in model.heads or model.heads[head].input is None:
-        raise MMCoreError(f"the model has no LM head over {text_input!r}; heads: {list(model.heads)}")
-    return text_input, head  # type: ignore[return-value]
+# --- the model as a next-token function ------------------------------------------------------
 
 
 class _Decoder:
@@ -650,146 +551,3 @@ def generate_for_records(
         ids = generate(model, batch, cfg, text_input=text_input)
         texts += [proc.decode(row) for row in ids]
     return texts
-
-
-# --- images ---------------------------------------------------------------------------------------------
-
-
-def image_inputs(model: Any) -> list[str]:
-    """Inputs whose tokens an LM head of ``model`` predicts and whose processor decodes images
-    (declares ``output_ids`` and modality ``image``, like ``vision.palette``)."""
-    predicted = {h.input for h in model.heads.values() if h.input is not None}
-    return [
-        name
-        for name, proc in model.processors.items()
-        if name in predicted and proc.modality == "image" and proc.output_ids is not None
-    ]
-
-
-def generate_images(
-    model: Any,
-    prompts: Sequence[str | Mapping[str, Any]],
-    config: GenerationConfig | None = None,
-    *,
-    image_input: str | None = None,
-    text_input: str | None = None,
-    batch_size: int = 16,
-) -> list[Any]:
-    """Images for prompts, from a model whose LM head predicts image tokens (``vision.palette``).
-
-    Args:
-        prompts: strings (the text of each prompt: ``"draw a seven"``) or records with any
-            of the model's inputs. Under the image input a record may hold
-            ``{"prompt": [pixel ids]}``, the beginning of the image to continue; by default
-            the image starts empty.
-        config: the options of :func:`generate` (greedy, sampling with temperature / top-k /
-            top-p and ``seed``, beam search, ``num_return_sequences``, ``repetition_penalty``).
-            ``max_new_tokens`` is replaced by the number of pixels each image lacks; end
-            tokens, stop tokens and strings and ``min_new_tokens`` do not apply to images
-            (MMCoreError).
-        image_input: the image-token input to generate (default: the model's only one).
-        text_input: the input a string prompt fills (default: the model's only text input).
-
-    Returns:
-        PIL images, ``num_return_sequences`` consecutive ones per prompt. Sampling draws
-        only from the image's palette ids (the processor's ``output_ids``).
-    """
-    import dataclasses
-
-    cfg = config or GenerationConfig()
-    if cfg.stop_strings or cfg.stop_tokens or cfg.min_new_tokens or (cfg.eos_id is not None and cfg.eos_id >= 0):
-        raise MMCoreError(
-            "an image is a fixed number of tokens: eos_id, stop_tokens, stop_strings and min_new_tokens do not apply"
-        )
-    candidates = image_inputs(model)
-    if image_input is None:
-        if len(candidates) != 1:
-            raise MMCoreError(
-                "the model has no LM head over an image-token input (such as vision.palette); heads: "
-                f"{list(model.heads)}"
-                if not candidates
-                else f"say which image input to generate (image_input=...): one of {candidates}"
-            )
-        image_input = candidates[0]
-    if image_input not in candidates:
-        raise MMCoreError(
-            f"{image_input!r} is not an image-token input with an LM head; image-token inputs with one: {candidates}"
-        )
-    proc = model.processors[image_input]
-    texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
-    records: list[dict[str, Any]] = []
-    for i, p in enumerate(prompts):
-        if isinstance(p, str):
-            name = text_input or (texts[0] if len(texts) == 1 else None)
-            if name is None or name not in model.encoders:
-                raise MMCoreError(
-                    f"prompt {i} is a string but the model has {'no' if not texts else 'several'} text inputs "
-                    f"({texts}); give text_input=... or records"
-                )
-            rec: dict[str, Any] = {name: p}
-        elif isinstance(p, Mapping):
-            rec = dict(p)
-        else:
-            raise MMCoreError(f"prompt {i}: expected a string or a record (dict), got {type(p).__name__}")
-        start = rec.setdefault(image_input, {"prompt": []})
-        if not isinstance(start, Mapping) or not isinstance(start.get("prompt"), Sequence):
-            raise MMCoreError(
-                f"prompt {i}: the image input {image_input!r} of a prompt is {{'prompt': [pixel ids]}} (the beginning "
-                f"of the image to generate), got {type(start).__name__}"
-            )
-        records.append(rec)
-    images: list[Any] = []
-    i = 0
-    while i < len(records):  # consecutive prompts with equally long image beginnings share a batch
-        k = len(records[i][image_input]["prompt"])
-        j = i
-        while j < len(records) and j - i < batch_size and len(records[j][image_input]["prompt"]) == k:
-            j += 1
-        chunk = records[i:j]
-        batch = model.preprocess(chunk, targets=())
-        missing = int(proc.num_pixels) - k
-        if missing <= 0:
-            rows: list[list[int]] = [[] for _ in range(len(chunk) * cfg.num_return_sequences)]
-        else:
-            step_cfg = dataclasses.replace(cfg, max_new_tokens=missing)
-            rows = generate(model, batch, step_cfg, text_input=image_input)
-        for r, row in enumerate(rows):
-            start = [int(v) for v in chunk[r // cfg.num_return_sequences][image_input]["prompt"]]
-            images.append(proc.decode(start + list(row)))
-        i = j
-    return images
-
-
-def write_images(images: Sequence[Any], out: str | Path, *, scale: int = 1) -> list[Path]:
-    """Write PIL images to ``out`` (one image) or ``<stem>-1<suffix>`` ... ``<stem>-N<suffix>``
-    (several); the format follows the suffix (``.png``). ``scale`` > 1 enlarges each image
-    that many times with nearest-neighbour sampling (pixels stay sharp). Each file is written
-    to a temporary name and renamed into place. Returns the paths written."""
-    from PIL import Image
-
-    from .io import atomic_write
-
-    out = Path(out)
-    fmt = Image.registered_extensions().get(out.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise MMCoreError(f"{out}: cannot tell the image format from the suffix {out.suffix!r}; use .png")
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise MMCoreError(f"scale must be an integer >= 1, got {scale!r}")
-    if not images:
-        raise MMCoreError("no images to write")
-    paths = (
-        [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(len(images))]
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for img, path in zip(images, paths, strict=True):
-        if scale > 1:
-            img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-
-        def write(tmp: Path, img: Any = img) -> None:
-            img.save(tmp, format=fmt)
-
-        try:
-            atomic_write(path, write)
-        except OSError as exc:
-            raise MMCoreError(f"{path}: cannot write the image: {exc}") from exc
-    return paths

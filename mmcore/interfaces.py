@@ -33,8 +33,9 @@ Where these docs say "input", they mean the name of an ``[encoders.<name>]`` sec
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 from .registry import call_factory
 from .types import Batch, FusedSequence, HeadOutput, ModelOutput, TargetField, Tokens
 
-__all__ = ["Processor", "Encoder", "Fusion", "Head", "Projector", "Objective", "call_factory"]
+__all__ = ["Processor", "Encoder", "Fusion", "Head", "Projector", "Objective", "ResetsBuffers", "call_factory"]
 
 
 class Processor:
@@ -87,10 +88,39 @@ class Processor:
     max_tokens: int | None = None
     #: Processors whose ids a head generates: the ids a generated output may hold (None: any).
     output_ids: Sequence[int] | None = None
+    #: Processors whose generated outputs can be written to files (:meth:`save_output`): the
+    #: file suffixes they write (``(".png",)``). Empty (the default): they write none, and
+    #: ``mmcore generate --out`` refuses the input, naming the processor.
+    output_suffixes: Sequence[str] = ()
+    #: Image processors that normalise pixels: the per-channel mean and std they subtract and
+    #: divide by (explanations draw the image with the normalisation undone). None: none.
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+    def examples(self) -> list[Any] | None:
+        """Made-up raw values this processor reads, as a record would hold them (of different
+        sizes where the modality has a size). The conformance kit feeds them to the processor
+        and ``mmcore export`` makes its example inputs from the first; text needs none (the
+        core makes strings). Default None: the kit's defaults for text, image and audio, and
+        ``mmcore export`` asks for a record."""
+        return None
 
     def decode(self, ids: Sequence[int] | Tensor) -> Any:
-        """Token processors: ids back to a value (text; an image for image tokens)."""
+        """Token processors: ids back to a value (text; an image for image tokens). For a
+        generated output (:func:`mmcore.generate_outputs`) ``ids`` are the output's ids after
+        ``bos_id``: those the prompt started it with, then the generated ones. A processor
+        without ``eos_id`` but with ``max_tokens`` makes fixed-size outputs (``max_tokens`` ids
+        with ``bos_id``); generation then fills exactly the ids the prompt lacks."""
         raise NotImplementedError(f"{type(self).__name__} does not decode ids")
+
+    def save_output(self, value: Any, path: Path, *, scale: int = 1) -> None:
+        """Processors that declare ``output_suffixes``: write ``value`` (what :meth:`decode`
+        returned) to the file ``path``, whose suffix (one of ``output_suffixes``) picks the
+        format; the core passes a temporary path and renames it into place (atomic writes).
+        ``scale`` > 1 enlarges outputs that have a size (images, by nearest neighbour); a
+        processor whose outputs have none raises :class:`mmcore.MMCoreError` for it. Bad
+        values raise MMCoreError."""
+        raise NotImplementedError(f"{type(self).__name__} writes no outputs (it declares no output_suffixes)")
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         raise NotImplementedError
@@ -167,7 +197,7 @@ class Encoder(nn.Module):
       vocabulary), ``max_tokens`` (the most tokens for one sample; None: unknown, the
       processor's ``max_length`` is used), ``num_tokens`` (a fixed token count, None if not
       fixed), ``takes_offset`` (generation passes ``offset``, the position of the first new
-      token, with step-by-step inputs).
+      token, with step-by-step inputs), ``grid`` (patch encoders: their tokens' grid).
     """
 
     modality: ClassVar[str] = ""
@@ -176,6 +206,9 @@ class Encoder(nn.Module):
     max_tokens: int | None = None
     num_tokens: int | None = None
     takes_offset: bool = False
+    #: Patch encoders: the (rows, columns) their tokens form in the image (an int: a square
+    #: grid); explanations draw per-token weights as a heat map over it. None: no grid.
+    grid: int | tuple[int, int] | None = None
 
     def forward(self, inputs: dict[str, Tensor]) -> Tokens:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -250,7 +283,9 @@ class Head(nn.Module):
     * LM-style heads (next-token logits over an input's tokens; generation and explanations
       use them) set ``input`` (the encoder input whose tokens they predict) and
       ``vocab_size``, and implement ``project(h)``: hidden states (..., D) -> logits (..., V).
-      Other heads leave ``input`` None. Classifiers set ``num_classes``.
+      Other heads leave ``input`` None. Classifiers set ``num_classes``; heads that pool the
+      sequence set ``pooling``. The kit checks that ``project`` of the hidden states gives the
+      logits ``forward`` returns.
     """
 
     weight: float = 1.0
@@ -258,6 +293,9 @@ class Head(nn.Module):
     input: str | None = None
     vocab_size: int | None = None
     num_classes: int | None = None
+    #: Heads that pool the sequence: which positions they read (``"last"``, ``"first"`` or
+    #: ``"mean"`` of the valid positions); explanations attribute those. None: not pooled.
+    pooling: str | None = None
 
     def project(self, h: Tensor) -> Tensor:
         """LM-style heads: hidden states (..., D) -> logits (..., V)."""
@@ -385,6 +423,18 @@ class Objective:
         """The model inside a DDP wrapper (``module``), else the model itself."""
         inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
         return inner
+
+
+@runtime_checkable
+class ResetsBuffers(Protocol):
+    """A module with non-persistent buffers (not in its state dict) recomputes them here.
+
+    :func:`mmcore.load` builds a model on the meta device and loads its weights with
+    ``assign=True``; buffers that are not saved are then still on the meta device, and the
+    nearest module (itself or an ancestor) that implements ``reset_buffers()`` is called to
+    fill them. Any component (or a module inside one) may implement it."""
+
+    def reset_buffers(self) -> None: ...
 
 
 def module_device(module: nn.Module) -> torch.device:

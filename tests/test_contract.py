@@ -54,17 +54,7 @@ NOT_COMPONENTS = {
 }
 
 #: Component attributes the core still reads without a declaration (to shrink, never to grow).
-KNOWN_UNDECLARED = {
-    "channels": "export: an image processor's example input",
-    "image_size": "export: an image processor's example input",
-    "sample_rate": "export: an audio processor's example input",
-    "max_seconds": "export: an audio processor's options",
-    "grid": "explain: a patch encoder's grid, to draw a heat map",
-    "mean": "explain: an image processor's normalisation",
-    "std": "explain: an image processor's normalisation",
-    "pooling": "explain: a classification head's pooling",
-    "reset_buffers": "checkpoint: non-persistent buffers refilled after a meta-device build",
-}
+KNOWN_UNDECLARED: dict[str, str] = {}
 
 
 def declared() -> set[str]:

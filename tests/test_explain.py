@@ -172,3 +172,28 @@ def test_figure_shows_both_methods_on_their_own_scales_and_no_empty_panel(tmp_pa
         ax, v = bars_of(values)
         low, high = ax.get_ylim()
         assert max(abs(x) for x in v) >= 0.3 * (high - low), f"bars {v} are a sliver of the axis ({low}, {high})"
+
+
+def test_the_declared_pooling_and_normalisation_are_read():
+    """explain reads a head's declared ``pooling`` and a processor's ``mean``/``std`` (mmcore/interfaces.py)."""
+    from types import SimpleNamespace
+
+    from mmcore.explain import _denormalise, _query_rows
+    from mmcore.interfaces import Processor
+
+    seq = SimpleNamespace(mask=torch.tensor([[True, True, True, False]]))
+    rows = {}
+    for how in ("first", "last", "mean", None):
+        model = SimpleNamespace(heads={"c": SimpleNamespace(pooling=how)})
+        rows[how] = _query_rows(model, "c", "classification", seq, None).tolist()  # type: ignore[arg-type]
+    assert rows == {
+        "first": [True, False, False, False],
+        "last": [False, False, True, False],
+        "mean": [True, True, True, False],
+        None: [False, False, True, False],  # not declared: the last position
+    }
+    proc = Processor()
+    px = torch.full((2, 1, 1), 0.5)
+    assert _denormalise(proc, px).flatten().tolist() == [0.5, 0.5]
+    proc.mean, proc.std = (0.1, 0.2), (0.5, 0.25)
+    assert torch.allclose(_denormalise(proc, px).flatten(), torch.tensor([0.35, 0.325]))

@@ -19,10 +19,12 @@ import pytest
 from conftest import ROOT
 
 from mmcore.cli import main
-from mmcore.scaffold import ScaffoldError, core_range, new_plugin, plugin_files
+from mmcore.scaffold import KINDS, ScaffoldError, core_range, new_plugin, plugin_files
 
 #: name -> kind of the plugins generated once for this module
 PLUGINS = {"demo_depth": "encoder", "demo_mix": "fusion", "demo_score": "head"}
+#: a distribution with several kinds, components named by the author: kind -> component
+MIXED = {"encoder": "demo_tab.features", "head": "demo_tab.head", "objective": "demo_tab.hinge"}
 
 
 def _env(site: Path) -> dict[str, str]:
@@ -35,10 +37,12 @@ def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("scaffold")
     for name, kind in PLUGINS.items():
         assert main(["new-plugin", name, "--kind", kind, "--dir", str(base)]) == 0
+    kinds = ["--kind", "encoder:demo_tab.features,head", "--kind", "objective:demo_tab.hinge"]
+    assert main(["new-plugin", "demo_tab", *kinds, "--dir", str(base)]) == 0
     site = base / "site"
     res = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site)]
-        + [str(base / f"mmcore-{name}") for name in PLUGINS],
+        + [str(base / f"mmcore-{name}") for name in [*PLUGINS, "demo_tab"]],
         capture_output=True,
         text=True,
         timeout=300,
@@ -88,6 +92,9 @@ def test_new_plugin_writes_a_complete_distribution(tmp_path):
         ("class", "encoder", "keyword"),
         ("Depth", "encoder", "lower case"),
         ("depth", "projector", "unknown kind 'projector'"),
+        ("depth", ["head", "head:depth.other"], "given twice"),
+        ("depth", "head:Depth.Head", "dotted lower-case identifiers"),
+        ("depth", [], "at least one --kind"),
         ("text", "encoder", "already installed"),  # mmcore_text is the text plugin's package
     ],
 )
@@ -116,15 +123,15 @@ def test_templates_ship_as_package_data():
     assert templates and all(
         any(fnmatch.fnmatch(t, g) and t.count("/") == g.count("/") for g in globs) for t in templates
     )
-    used = {rel for kind in PLUGINS.values() for rel in _rendered_templates(kind)}
+    used = {rel for kind in KINDS for rel in _rendered_templates(kind)}
     assert used == set(templates), "every template is used and every used template exists"
 
 
 def _rendered_templates(kind: str) -> list[str]:
     plugin_files("x", kind)  # renders without a missing placeholder
-    common = ["common/pyproject.toml.tmpl", "common/README.md.tmpl", "common/package_init.py.tmpl"]
-    own = ["plugin.py", "component.py", "usage.md", "options.md", "extra_tests.py"]
-    return [*common, "common/test_plugin.py.tmpl", *(f"{kind}/{f}.tmpl" for f in own)]
+    common = ["pyproject.toml", "README.md", "package_init.py", "plugin.py", "section.md", "test_plugin.py"]
+    own = ["registration.py", "component.py", "usage.md", "options.md", "extra_tests.py"]
+    return [*(f"common/{f}.tmpl" for f in common), *(f"{kind}/{f}.tmpl" for f in own)]
 
 
 def test_generated_plugins_install_list_and_pass_their_own_tests(installed):
@@ -136,7 +143,10 @@ def test_generated_plugins_install_list_and_pass_their_own_tests(installed):
     for name, kind in PLUGINS.items():
         assert f"{name}  (mmcore-{name} 0.1.0)" in listed.stdout
         assert f"{kind}:{name}.{kind}" in listed.stdout
-    tests = [str(base / f"mmcore-{name}" / "tests") for name in PLUGINS]
+    assert "demo_tab  (mmcore-demo_tab 0.1.0)" in listed.stdout
+    for kind, component in MIXED.items():
+        assert f"{kind}:{component}" in listed.stdout
+    tests = [str(base / f"mmcore-{name}" / "tests") for name in [*PLUGINS, "demo_tab"]]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         capture_output=True,
@@ -146,14 +156,20 @@ def test_generated_plugins_install_list_and_pass_their_own_tests(installed):
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    # every generated test ran and passed (none failed or was skipped): 2 common tests per plugin,
-    # 2 more for the encoder and 1 each for the fusion and the head
+    # every generated test ran and passed (none failed or was skipped): 2 common tests per component,
+    # 2 more for an encoder and 1 each for a fusion, a head and an objective; demo_tab has three
+    # components (encoder, head, objective) in one distribution, each in its own test file
     written = sum(
         len(re.findall(r"^def test_", f.read_text(), re.M))
-        for name in PLUGINS
+        for name in [*PLUGINS, "demo_tab"]
         for f in (base / f"mmcore-{name}" / "tests").glob("test_*.py")
     )
-    assert written == 10
+    assert written == 10 + 4 + 3 + 3
+    assert sorted(p.name for p in (base / "mmcore-demo_tab" / "tests").iterdir()) == [
+        "test_demo_tab_encoder.py",
+        "test_demo_tab_head.py",
+        "test_demo_tab_objective.py",
+    ]
     last = run.stdout.splitlines()[-1]
     assert last.startswith(f"{written} passed in "), last
 
@@ -197,7 +213,7 @@ def test_the_spec_in_each_generated_readme_builds_and_runs(installed):
         "model = mmcore.build('spec.toml')\n"
         "print(type(model).__name__)\n"
     )
-    for name in PLUGINS:
+    for name in [*PLUGINS, "demo_tab"]:
         run = subprocess.run(
             [sys.executable, "-c", code, str(base / f"mmcore-{name}" / "README.md")],
             capture_output=True,
@@ -208,3 +224,31 @@ def test_the_spec_in_each_generated_readme_builds_and_runs(installed):
         )
         assert run.returncode == 0, f"{name}: {run.stderr[-2000:]}"
         assert run.stdout.split() == ["MultimodalGPT"]
+
+
+def test_a_mixed_plugin_has_one_registration_module_and_a_readme_of_what_was_generated(tmp_path):
+    path = new_plugin("demo_tab", [f"{k}:{c}" for k, c in MIXED.items()], tmp_path)
+    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    assert files == [
+        "README.md",
+        "pyproject.toml",
+        "src/mmcore_demo_tab/__init__.py",
+        "src/mmcore_demo_tab/encoder.py",
+        "src/mmcore_demo_tab/head.py",
+        "src/mmcore_demo_tab/objective.py",
+        "src/mmcore_demo_tab/plugin.py",
+        "tests/test_demo_tab_encoder.py",
+        "tests/test_demo_tab_head.py",
+        "tests/test_demo_tab_objective.py",
+    ]
+    plugin = (path / "src/mmcore_demo_tab/plugin.py").read_text()
+    assert "import torch" not in plugin and plugin.count("@mmcore.hookimpl") == 1
+    for rel in files:
+        if rel.endswith(".py"):
+            compile((path / rel).read_text(), rel, "exec")
+    readme = (path / "README.md").read_text()
+    assert "## What was generated" in readme
+    for kind, component in MIXED.items():
+        assert f"## `{kind}:{component}`" in readme and f"| `src/mmcore_demo_tab/{kind}.py` |" in readme
+    # the objective is checked on the distribution's own head
+    assert '"heads": {"cls": {"component": "demo_tab.head"}}' in plugin and 'heads=("demo_tab.head",)' in plugin

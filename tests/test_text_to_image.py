@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import EXAMPLES
+from mmcore_vision.generate import generate_images, write_images
 from PIL import Image
 
 import mmcore
 from mmcore.cli import main
 from mmcore.errors import MMCoreError
-from mmcore.generation import GenerationConfig, generate, generate_images, write_images
+from mmcore.generation import GenerationConfig, generate
+from mmcore.outputs import generate_outputs
 
 SIZE, LEVELS = 4, 4  # 16 pixel tokens, palette ids 0..3, <image> = 4, <pad> = 5
 
@@ -166,7 +168,8 @@ def test_cli_writes_pngs_from_a_model_directory(model, tmp_path, capsys):
     assert "--stream" in capsys.readouterr().err
 
 
-def test_cli_out_on_a_text_model_is_an_error(tmp_path, capsys):
+def text_model(directory):
+    """A small text-only LM, saved to ``directory``."""
     torch.manual_seed(0)
     m = mmcore.build(
         {
@@ -176,10 +179,47 @@ def test_cli_out_on_a_text_model_is_an_error(tmp_path, capsys):
             "heads": {"lm": {"component": "lm"}},
         }
     )
-    mmcore.save(m, tmp_path / "lm")
+    mmcore.save(m, directory)
+    return m
+
+
+def test_cli_out_on_a_text_model_is_an_error(tmp_path, capsys):
+    text_model(tmp_path / "lm")
     assert main(["generate", str(tmp_path / "lm"), "--prompt", "hi", "--out", str(tmp_path / "x.png")]) == 1
-    assert "no LM head over an image-token input" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no LM head of this model predicts an input whose processor writes outputs" in err, err
+    assert "the LM heads predict {'text': 'TextProcessor'}" in err, err  # names the processor
     assert not (tmp_path / "x.png").exists()
+    assert main(["generate", str(tmp_path / "lm"), "--prompt", "hi", "--out", str(tmp_path / "x.txt"),
+                 "--output-input", "text"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "input 'text' cannot be generated as an output: its processor" in err and "writes no outputs" in err, err
+    assert not (tmp_path / "x.txt").exists()
+
+
+def test_cli_out_works_for_any_processor_that_declares_the_capability(tmp_path, capsys, monkeypatch):
+    """Not only images: a text processor that declares output_suffixes and save_output gets its
+    generated text (the prompt and its continuation) written through them."""
+    m = text_model(tmp_path / "lm")
+    cls = type(m.processors["text"])
+    written = []
+
+    def save_output(self, value, path, *, scale=1):
+        written.append((value, path.suffix, scale))
+        path.write_text(f"<{value}>", encoding="utf-8")
+
+    monkeypatch.setattr(cls, "output_suffixes", (".txt",), raising=False)
+    monkeypatch.setattr(cls, "save_output", save_output, raising=False)
+    args = ["generate", str(tmp_path / "lm"), "--prompt", "hi", "--max-new-tokens", "3", "--out"]
+    assert main([*args, str(tmp_path / "o.txt")]) == 0, capsys.readouterr().err
+    ((value, suffix, scale),) = written
+    assert isinstance(value, str) and value.startswith("hi") and suffix == ".txt" and scale == 1
+    assert (tmp_path / "o.txt").read_text(encoding="utf-8") == f"<{value}>"
+    assert (
+        value == generate_outputs(m, [{"text": {"prompt": "hi", "sep": False}}], GenerationConfig(max_new_tokens=3))[0]
+    )
+    assert main([*args, str(tmp_path / "o.png")]) == 1
+    assert "suffix '.png'" in capsys.readouterr().err and not (tmp_path / "o.png").exists()
 
 
 def test_example_spec_builds_and_validates():

@@ -118,10 +118,11 @@ def evaluate(
     template: str = TEMPLATES[0],
 ) -> dict:
     import numpy as np
+    from mmcore_vision.generate import generate_images
     from sklearn.datasets import load_digits
 
     import mmcore
-    from mmcore.generation import GenerationConfig, generate_images
+    from mmcore.generation import GenerationConfig
 
     t0 = time.perf_counter()
     clf, real_acc = classifier(seed=0)

@@ -60,8 +60,16 @@ def check_component(component: Any, options: Any = None, *, registry: Any = None
         return objective_kit.check_objective(comp, options, **kwargs)
     report = kit.check_component(comp, options, registry=registry, **kwargs)
     # the capabilities the component (an encoder's processor, a fusion) declares: capability_kit.py
-    checks = {"encoder": capability_kit.CAPABILITY_CHECKS, "fusion": capability_kit.FUSION_CAPABILITY_CHECKS}
-    run = {"encoder": capability_kit.check_processor_capabilities, "fusion": capability_kit.check_fusion_capabilities}
+    checks = {
+        "encoder": capability_kit.CAPABILITY_CHECKS,
+        "fusion": capability_kit.FUSION_CAPABILITY_CHECKS,
+        "head": capability_kit.HEAD_CAPABILITY_CHECKS,
+    }
+    run = {
+        "encoder": capability_kit.check_processor_capabilities,
+        "fusion": capability_kit.check_fusion_capabilities,
+        "head": capability_kit.check_head_capabilities,
+    }
     if comp.kind in run:
         skip = kwargs.get("skip", ())
         problems = [p for p in run[comp.kind](comp, options) if p[0] not in skip]

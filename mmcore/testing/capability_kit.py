@@ -12,7 +12,14 @@ An encoder's processor, built with the same options: ``capabilities.tokens`` (ev
 ``output_ids`` -- is an integer below its ``vocab_size``, and each named special id is among
 ``special_tokens``), ``capabilities.length`` (no example value makes more than ``max_length``
 tokens), ``capabilities.decode`` (a text processor that implements ``decode`` turns the ids of
-each example back into the example's text).
+each example back into the example's text), ``capabilities.save_output`` (a processor that
+declares ``output_suffixes`` implements ``save_output``, and an example's ids after ``bos_id``,
+decoded, are written to a non-empty file with its first suffix: what ``mmcore generate --out``
+does).
+
+A head that declares an ``input`` (an LM-style head): ``capabilities.project`` (``project`` of the
+hidden states at that input's positions gives the logits ``forward`` returns at its valid
+positions: generation and explanations call ``project`` alone).
 """
 
 from __future__ import annotations
@@ -22,10 +29,18 @@ from typing import Any
 from ..registry import Component
 from .examples import example_values
 
-__all__ = ["CAPABILITY_CHECKS", "FUSION_CAPABILITY_CHECKS", "check_processor_capabilities", "check_fusion_capabilities"]
+__all__ = [
+    "CAPABILITY_CHECKS",
+    "FUSION_CAPABILITY_CHECKS",
+    "HEAD_CAPABILITY_CHECKS",
+    "check_processor_capabilities",
+    "check_fusion_capabilities",
+    "check_head_capabilities",
+]
 
-CAPABILITY_CHECKS = ("capabilities.tokens", "capabilities.length", "capabilities.decode")
+CAPABILITY_CHECKS = ("capabilities.tokens", "capabilities.length", "capabilities.decode", "capabilities.save_output")
 FUSION_CAPABILITY_CHECKS = ("capabilities.embed_step",)
+HEAD_CAPABILITY_CHECKS = ("capabilities.project",)
 
 
 def _options(comp: Component, options: Any) -> Any:
@@ -86,6 +101,41 @@ def check_fusion_capabilities(comp: Component, options: Any = None) -> list[tupl
     return []
 
 
+def check_head_capabilities(comp: Component, options: Any = None) -> list[tuple[str, str]]:
+    """``(check, problem)`` for an LM-style head whose ``project`` disagrees with its ``forward``
+    (empty: it agrees, or the head declares no ``input``)."""
+    import tempfile
+
+    import torch
+
+    from .common import _Target
+    from .heads import _HeadHarness
+
+    with tempfile.TemporaryDirectory(prefix="mmcore-capabilities-") as wd:
+        h = _HeadHarness(_Target(comp, _options(comp, options), comp.name), wd, None)
+        head = h.component(h.build(0))
+        if head.input is None:
+            return []
+        head.eval()
+        hidden, seq, _ = h.make(h.everything())
+        if head.input not in seq.index:
+            return []
+        with torch.no_grad():
+            out = head(hidden, seq)
+            want = head.project(seq.gather(hidden, head.input))
+    valid = out.mask if out.mask is not None else torch.ones(out.logits.shape[:2], dtype=torch.bool)
+    got = out.logits
+    if got.shape != want.shape or not torch.allclose(got[valid], want[valid], atol=1e-4, rtol=1e-4):
+        return [
+            (
+                "capabilities.project",
+                f"project(hidden states at {head.input!r}'s positions) differs from the logits forward returns there "
+                f"(shapes {tuple(want.shape)} and {tuple(got.shape)}); generation and explanations call project alone",
+            )
+        ]
+    return []
+
+
 def check_processor_capabilities(comp: Component, options: Any = None) -> list[tuple[str, str]]:
     """``(check, problem)`` for each declared capability of ``comp``'s processor that does not
     hold (empty: all hold, or the component has no processor)."""
@@ -130,4 +180,35 @@ def check_processor_capabilities(comp: Component, options: Any = None) -> list[t
             back = proc.decode(out["ids"])
             if back != value:
                 problems.append(("capabilities.decode", f"decode(ids of {value!r}) gave {back!r}"))
+    if proc.output_suffixes:
+        problems += _check_save_output(proc, values)
     return problems
+
+
+def _check_save_output(proc: Any, values: list[Any]) -> list[tuple[str, str]]:
+    """``capabilities.save_output``: a decoded example's ids written through ``save_output``."""
+    import tempfile
+    from pathlib import Path
+
+    from mmcore.interfaces import Processor
+
+    if type(proc).save_output is Processor.save_output:
+        return [("capabilities.save_output", "declares output_suffixes but does not implement save_output")]
+    for value in values:
+        out = proc(value, where="example")
+        if "ids" not in out:
+            continue
+        ids = [int(i) for i in out["ids"].reshape(-1).tolist()]
+        if proc.bos_id is not None and ids[:1] == [proc.bos_id]:
+            ids = ids[1:]
+        ids = [i for i in ids if i not in (proc.eos_id, proc.pad_id)]
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / f"out{proc.output_suffixes[0]}"
+            try:
+                proc.save_output(proc.decode(ids), path)
+            except Exception as exc:  # noqa: BLE001 - the kit reports what broke
+                return [("capabilities.save_output", f"save_output(decode(ids of an example)) raised {exc!r}")]
+            if not path.is_file() or path.stat().st_size == 0:
+                return [("capabilities.save_output", f"save_output wrote nothing to {path.name}")]
+        break
+    return []

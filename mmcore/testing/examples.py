@@ -20,9 +20,10 @@ DEFAULT_MODALITIES = ("text", "image", "audio")
 def example_values(modality: str, processor: Any = None) -> list[Any] | None:
     """Raw values for ``modality``: the processor's ``examples()`` if it has one, else the
     kit's defaults for text, image and audio, else None (the caller must give values)."""
-    own = getattr(processor, "examples", None)
-    if callable(own):
-        return list(own())
+    own = getattr(processor, "examples", None)  # mmcore.Processor.examples(); None: the defaults below
+    values = own() if callable(own) else None
+    if values is not None:
+        return list(values)
     if modality == "text":
         return ["hi", "a longer sentence, with ünïcödé and 数字 in it", "mid-length text"]
     if modality == "image":

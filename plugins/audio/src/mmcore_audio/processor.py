@@ -96,6 +96,23 @@ class AudioProcessor(Processor):
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
+    def examples(self) -> list[Any]:
+        """Made-up clips at ``sample_rate`` (export and the kit): tones with a little noise, of
+        0.25, 0.12 and 0.4 seconds (at most ``max_seconds``), as ``{"array", "sample_rate"}``."""
+        import math
+
+        import numpy as np
+
+        rate = self.sample_rate
+        out = []
+        for seconds, freq in ((0.25, 440.0), (0.12, 220.0), (0.4, 330.0)):
+            n = max(1, int(min(seconds, self.config.max_seconds) * rate))
+            t = np.arange(n, dtype=np.float64) / rate
+            rng = np.random.default_rng(int(freq))
+            wave = 0.4 * np.sin(2 * math.pi * freq * t) + 0.02 * rng.standard_normal(n)
+            out.append({"array": wave.astype(np.float32), "sample_rate": rate})
+        return out
+
     # --- one sample --------------------------------------------------------------------
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:

@@ -5,7 +5,8 @@
 * ``encoder:vision.timm`` -- any timm model, random init or local safetensors weights
   (:class:`mmcore_vision.timm_encoder.TimmEncoder`).
 * ``encoder:vision.palette`` -- an image tokenizer: one palette token per pixel and back
-  (:mod:`mmcore_vision.image_tokens`), so an LM head over it generates images.
+  (:mod:`mmcore_vision.image_tokens`), so an LM head over it generates images
+  (:mod:`mmcore_vision.generate`: ``generate_images``, ``write_images``).
 
 The first two read images through :class:`mmcore_vision.processor.ImageProcessor`. Importing this
 package (or its ``plugin`` entry point) imports neither torch, timm nor Pillow; the

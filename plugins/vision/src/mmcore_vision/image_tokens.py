@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -206,6 +207,12 @@ class ImageTokenProcessor(Processor):
     def options(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
+    def examples(self) -> list[Any]:
+        """Made-up images (:func:`mmcore_vision.processor.example_images`), the first of this size."""
+        from .processor import example_images
+
+        return example_images(self.config.image_size, self.config.image_size)
+
     # --- one sample ------------------------------------------------------------------------
 
     def _pixel_reader(self) -> Any:
@@ -259,6 +266,20 @@ class ImageTokenProcessor(Processor):
     def decode(self, ids: Sequence[int] | Tensor) -> Any:
         """``num_pixels`` palette ids (a generated image, without ``<image>``) -> a PIL image."""
         return self.tokenizer.decode(ids)
+
+    #: A generated image is written by Pillow in any format it saves (``.png`` and others).
+    @property
+    def output_suffixes(self) -> tuple[str, ...]:  # type: ignore[override]  # a read-only property for a declared capability
+        from .generate import image_suffixes
+
+        return image_suffixes()
+
+    def save_output(self, value: Any, path: Path, *, scale: int = 1) -> None:
+        """Write a generated image (a PIL image from :meth:`decode`) to ``path``; the suffix
+        picks the format; ``scale`` enlarges it by nearest neighbour."""
+        from .generate import save_image
+
+        save_image(value, path, scale=scale)
 
     # --- a batch ---------------------------------------------------------------------------
 

@@ -102,6 +102,20 @@ def to_channels(values: Sequence[float], channels: int) -> tuple[float, ...]:
     raise ValueError(f"cannot turn {len(values)} per-channel values into {channels}")
 
 
+def example_images(height: int, width: int) -> list[Any]:
+    """Made-up pictures (gradients and stripes): a ``height`` x ``width`` RGB PIL image, a wide
+    RGB one and a grey tall array -- what :meth:`ImageProcessor.examples` gives export and the kit."""
+    out: list[Any] = []
+    for i, (h, w) in enumerate(((height, width), (24, 48), (40, 24))):
+        y, x = np.mgrid[0:h, 0:w]
+        r = (x * 255 // max(w - 1, 1)).astype(np.uint8)
+        g = (y * 255 // max(h - 1, 1)).astype(np.uint8)
+        b = (((x // (4 + i)) + (y // 3)) % 2 * 200).astype(np.uint8)
+        arr = np.stack([r, g, b], axis=-1)
+        out.append(arr[..., 0] if i == 2 else Image.fromarray(arr, mode="RGB"))
+    return out
+
+
 class ImageProcessor(Processor):
     """Processor of the vision encoders: an image -> ``{"pixels": (C, S, S) float32}``.
 
@@ -174,6 +188,10 @@ class ImageProcessor(Processor):
         self.augment_scale: tuple[float, float] = (float(config.augment_scale[0]), float(config.augment_scale[1]))
         self.max_pixels: int = int(config.max_pixels)
         self._check()
+
+    def examples(self) -> list[Any]:
+        """Made-up images (:func:`example_images`), the first of this processor's size."""
+        return example_images(self.height, self.width)
 
     def _check(self) -> None:
         if self.interpolation not in ("bilinear", "bicubic", "nearest", "area"):
