@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     for i, template in enumerate(TEMPLATES[1:], 1):
         runs[f"template{i}"] = evaluate(args.model_dir, 10, 0, None, 1.0, 0, template)
     main_run = runs["main"]
+    root = HERE.parent.parent
+    for run in runs.values():  # paths as the docs' commands name them, not this machine's
+        if run.get("grid") and Path(run["grid"]).resolve().is_relative_to(root):
+            run["grid"] = str(Path(run["grid"]).resolve().relative_to(root))
     figures = {
         "chance (10 digits)": "10 %",
         "baseline: the classifier on the real held-out images": _pct(main_run["classifier_real_heldout_accuracy"], 1),
