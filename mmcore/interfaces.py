@@ -105,6 +105,11 @@ class Processor:
         ``mmcore export`` asks for a record."""
         return None
 
+    def encode(self, text: str) -> list[int]:
+        """Text token processors: the ids of one string, without ``<bos>`` / ``<eos>`` (what a
+        packed text corpus, :class:`mmcore.data.PackedTextDataset`, reads)."""
+        raise NotImplementedError(f"{type(self).__name__} does not encode text to ids")
+
     def decode(self, ids: Sequence[int] | Tensor) -> Any:
         """Token processors: ids back to a value (text; an image for image tokens). For a
         generated output (:func:`mmcore.generate_outputs`) ``ids`` are the output's ids after

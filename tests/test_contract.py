@@ -112,3 +112,56 @@ def test_known_undeclared_are_still_read():
     """An entry of KNOWN_UNDECLARED that the core no longer reads must go (the list only shrinks)."""
     read = {name for _, name, _ in probes()}
     assert set(KNOWN_UNDECLARED) <= read, set(KNOWN_UNDECLARED) - read
+
+
+#: Names the core gives components (``proc = model.processors[name]``, ``for head in ...``).
+COMPONENT_NAMES = {"proc", "processor", "enc", "encoder", "head", "fusion", "projector", "proj"}
+COMPONENT_MAPS = {"processors", "encoders", "heads", "projectors"}
+
+
+def plain_reads() -> list[tuple[str, str]]:
+    """(attribute, file:line) of every plain attribute read on an expression that is a component:
+    a variable with a component's name, ``<x>.processors[...]`` and the like, ``<x>.fusion``."""
+    out = []
+    for path in sorted((ROOT / "mmcore").rglob("*.py")):
+        if "testing" in path.relative_to(ROOT / "mmcore").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Attribute) or not isinstance(node.ctx, ast.Load):
+                continue
+            v = node.value
+            is_component = (
+                (isinstance(v, ast.Name) and v.id in COMPONENT_NAMES)
+                or (
+                    isinstance(v, ast.Subscript)
+                    and isinstance(v.value, ast.Attribute)
+                    and v.value.attr in COMPONENT_MAPS
+                )
+                or (isinstance(v, ast.Attribute) and v.attr == "fusion")
+            )
+            if is_component:
+                out.append((node.attr, f"{path.relative_to(ROOT)}:{node.lineno}"))
+    return out
+
+
+#: Plain reads on objects the heuristic above mistakes for components.
+NOT_COMPONENT_READS = {
+    "component": "spec.fusion, a ComponentSpec (the spec, not the module)",
+    "options": "ComponentSpec",
+    "core": "ComponentSpec",
+    "to_dict": "ComponentSpec",
+    "start": "multiprocessing.Process (loader.py's worker probe, named proc)",
+    "join": "multiprocessing.Process",
+    "is_alive": "multiprocessing.Process",
+    "kill": "multiprocessing.Process",
+    "exitcode": "multiprocessing.Process",
+}
+
+
+def test_the_core_reads_components_plainly_only_through_the_contract():
+    """Plain reads (``proc.encode``, ``model.fusion.text_input``) are held to the contract too:
+    a component's attribute the core reads is declared, or belongs to nn.Module."""
+    module = set(dir(torch.nn.Module))
+    ok = declared() | module | set(NOT_COMPONENTS) | set(NOT_COMPONENT_READS) | set(KNOWN_UNDECLARED)
+    bad = [(name, where) for name, where in plain_reads() if name not in ok]
+    assert not bad, f"undeclared component attributes read by the core (declare them in mmcore/interfaces.py): {bad}"
