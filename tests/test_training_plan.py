@@ -178,7 +178,7 @@ def test_stages_without_steps_share_the_runs_steps(tmp_path):
     assert [s.steps for s in spec.training.stages] == [500, 500] and spec.training.steps == 1000
     cfg = TrainingConfig(steps=1200, stages=[{"tasks": ["a"], "steps": 401}, {}, {}])
     assert [s.steps for s in cfg.stages] == [401, 400, 399] and cfg.steps == 1200
-    assert [s.steps for s in plan_stages(cfg, ["a"])] == [401, 400, 399]
+    assert [s.steps for s in plan_stages(resolve_training(cfg, 64)[0], ["a"])] == [401, 400, 399]
     with pytest.raises(SpecError, match=r"leaves 0 steps for the 1 stage\(s\) without steps \(training.stages\[1\]\)"):
         mmcore.parse_spec(_spec(tmp_path, {"steps": 2, "stages": [{"steps": 2}, {}]}, ("a", "b")))
 
