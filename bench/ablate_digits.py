@@ -150,8 +150,9 @@ BEGIN, END = (
 )
 
 
-def table(results: list[dict]) -> str:
-    """Markdown tables of the results, one per tag (round), in the order they were run."""
+def tables_by_round(results: list[dict], header: str, row) -> str:
+    """Markdown tables of ablation results, one per tag (round), in the order they were run:
+    ``header`` is the table's two header lines, ``row(result, overrides)`` one row's cells."""
     out = []
     for tag in dict.fromkeys(r.get("tag", "") for r in results):
         rows = [r for r in results if r.get("tag", "") == tag]
@@ -159,20 +160,25 @@ def table(results: list[dict]) -> str:
         head = f"**{tag}**" + (
             f" (base plus {', '.join(f'`{k} = {json.dumps(v)}`' for k, v in base.items())})" if base else ""
         )
-        out += [
-            head,
-            "",
-            "| setting | overrides | seed | steps | caption exact match | final train loss | train minutes (under load) |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
+        out += [head, "", header]
         for r in rows:
             ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in r["overrides"].items()) or "(base)"
-            out.append(
-                f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} | {100 * r['caption_exact_match']:.1f} % | "
-                f"{r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
-            )
+            out.append(row(r, ov))
         out.append("")
     return "\n".join(out)
+
+
+def table(results: list[dict]) -> str:
+    """Markdown tables of the results, one per tag (round), in the order they were run."""
+    return tables_by_round(
+        results,
+        "| setting | overrides | seed | steps | caption exact match | final train loss | train minutes (under load) |\n"
+        "|---|---|---:|---:|---:|---:|---:|",
+        lambda r, ov: (
+            f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} | {100 * r['caption_exact_match']:.1f} % | "
+            f"{r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
+        ),
+    )
 
 
 def write_docs(results: list[dict], begin: str = BEGIN, end: str = END, tables=None) -> None:

@@ -36,7 +36,7 @@ RESULTS = ROOT / "bench" / "results_ablate_main.json"
 DATA = ROOT / "examples" / "data" / "digits_av"
 
 sys.path.insert(0, str(ROOT / "bench"))
-from ablate_digits import set_dotted, write_docs  # noqa: E402
+from ablate_digits import set_dotted, tables_by_round, write_docs  # noqa: E402
 
 _ONE_STAGE = {"training.stages": [], "training.steps": 1200, "training.lr": 2e-3, "training.warmup_steps": 25}
 
@@ -169,28 +169,16 @@ BEGIN, END = (
 
 def table(results: list[dict]) -> str:
     """Markdown tables of the results, one per tag (round), in the order they were run."""
-    out = []
-    for tag in dict.fromkeys(r.get("tag", "") for r in results):
-        rows = [r for r in results if r.get("tag", "") == tag]
-        base = rows[0].get("base") or {}
-        head = f"**{tag}**" + (
-            f" (base plus {', '.join(f'`{k} = {json.dumps(v)}`' for k, v in base.items())})" if base else ""
-        )
-        out += [
-            head,
-            "",
-            "| setting | overrides | seed | steps | caption | transcription | match | s/step (under load) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in r["overrides"].items()) or "(base)"
-            out.append(
-                f"| {r['setting']} | {ov} | {r['seed']} | {'+'.join(map(str, r['stages']))} | "
-                f"{100 * r['caption_exact_match']:.1f} % | {100 * r['transcribe_exact_match']:.1f} % | "
-                f"{100 * r['match_accuracy']:.1f} % | {r['seconds_per_step']:.3f} |"
-            )
-        out.append("")
-    return "\n".join(out)
+    return tables_by_round(
+        results,
+        "| setting | overrides | seed | steps | caption | transcription | match | s/step (under load) |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        lambda r, ov: (
+            f"| {r['setting']} | {ov} | {r['seed']} | {'+'.join(map(str, r['stages']))} | "
+            f"{100 * r['caption_exact_match']:.1f} % | {100 * r['transcribe_exact_match']:.1f} % | "
+            f"{100 * r['match_accuracy']:.1f} % | {r['seconds_per_step']:.3f} |"
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
