@@ -54,12 +54,6 @@ class _FusionHarness(_Harness):
             backbone = GPT(self.backbone_config, inserts=inserts or None)
         return _Stack(fusion, backbone=backbone)
 
-    def cases(self) -> list[list[Any]]:
-        return [[0], [1, 0], [2, 0, 1], [0, 1, 2, 3]]
-
-    def everything(self) -> list[Any]:
-        return [0, 1, 2, 3]
-
     def make(
         self,
         picks: Sequence[Any],

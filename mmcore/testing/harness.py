@@ -38,10 +38,12 @@ class _Harness:
         raise NotImplementedError
 
     def cases(self) -> list[list[Any]]:
-        raise NotImplementedError
+        """Batches of example rows (by index): one row, then mixed orders and lengths."""
+        return [[0], [1, 0], [2, 0, 1], [0, 1, 2, 3]]
 
     def everything(self) -> list[Any]:
-        raise NotImplementedError
+        """Every example row once."""
+        return [0, 1, 2, 3]
 
     def make(self, picks: Sequence[Any], *, noise: int = 1, dtype: torch.dtype = torch.float32) -> Any:
         raise NotImplementedError

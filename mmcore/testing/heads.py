@@ -43,12 +43,6 @@ class _HeadHarness(_Harness):
     def component(self, module: nn.Module) -> nn.Module:
         return cast(nn.Module, module.component)
 
-    def cases(self) -> list[list[Any]]:
-        return [[0], [1, 0], [2, 0, 1], [0, 1, 2, 3]]
-
-    def everything(self) -> list[Any]:
-        return [0, 1, 2, 3]
-
     def make(
         self,
         picks: Sequence[Any],
