@@ -1,21 +1,32 @@
 """Distil the stdlib language model into a 7x smaller student, against the same student alone.
 
-    python examples/recipes/stdlib_text.py
-    mmcore train examples/stdlib_lm.toml --out runs/stdlib_lm                 # the teacher
-    python examples/recipes/distill_stdlib.py                                 # both students
+    python examples/recipes/stdlib_text.py                        # the data and its baselines
+    python examples/recipes/distill_stdlib.py --train-teacher     # teacher, students, results
 
-Trains the student of examples/stdlib_lm_distill.toml twice with the same seed, data order and
-schedule: once with the teacher (soft targets mixed with the labels) and once without (the
-``teacher`` option removed), then evaluates the teacher and both students on the held-out
-corpus. Writes runs/stdlib_distill/report.json: parameters, model.safetensors sizes, held-out
-perplexity and training wall time of each.
+``--train-teacher`` first trains the teacher, examples/stdlib_lm.toml as it stands, into the
+directory the student spec names as its ``teacher`` (runs/stdlib_lm); without it that directory
+must hold a trained model already (``mmcore train examples/stdlib_lm.toml --out runs/stdlib_lm``).
+
+Then trains the student of examples/stdlib_lm_distill.toml once alone (the ``teacher`` option
+removed) and once per distillation variant (``--variant ALPHA,T,HIDDEN``; by default the spec's
+own setting and two with soft targets only), each with the same seed, data order and schedule,
+and evaluates the teacher and every student on the whole held-out corpus (``evaluate_dir``).
+
+Writes runs/stdlib_distill/report.json and, unless ``--no-results``, the committed results file
+examples/results/distill_stdlib.json (``baselines.write_results``): parameters, model.safetensors sizes, held-out perplexity,
+training steps and wall time of each model, next to the classical baselines stdlib_text.py
+computed on the same held-out file (examples/data/stdlib/baselines.json: unigram and
+interpolated byte 5-gram). Its ``figures`` are the texts docs/tasks.md quotes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,63 +38,159 @@ from mmcore.evaluate import evaluate_dir
 HERE = Path(__file__).resolve().parent.parent
 
 
+def variant_label(alpha: float, temperature: float, hidden: float) -> str:
+    """The row label docs/tasks.md gives a distilled student, e.g. ``distilled, alpha 0.9, T 1``."""
+    label = f"distilled, alpha {alpha:g}, T {temperature:g}"
+    return label + (f", hidden states {hidden:g}" if hidden else "")
+
+
+def parse_variant(text: str) -> tuple[float, float, float]:
+    try:
+        alpha, temperature, hidden = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: want ALPHA,TEMPERATURE,HIDDEN, e.g. 0.9,1,1") from None
+    return alpha, temperature, hidden
+
+
+def train(spec, out_dir: Path) -> dict:
+    """Train ``spec`` from its seed into ``out_dir``; what the results file keeps of the run."""
+    torch.manual_seed(spec.training.seed)
+    model = mmcore.build(spec)
+    t0 = time.perf_counter()
+    result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
+    seconds = time.perf_counter() - t0
+    return {
+        "steps": result.steps,
+        "train_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / result.steps, 3),
+        "final_train_loss": result.final_loss,
+    }
+
+
+def describe(model_dir: Path, eval_file: str) -> dict:
+    """Parameters, file size and held-out metrics (the whole file) of a saved model directory."""
+    model = mmcore.load(model_dir)
+    return {
+        "steps": model.spec.training.steps,
+        "params": model.summary().params,
+        "bytes": (model_dir / "model.safetensors").stat().st_size,
+        "eval": evaluate_dir(model_dir, eval_file, generate=False)["metrics"],
+    }
+
+
+def sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", default=str(HERE / "stdlib_lm_distill.toml"))
+    p.add_argument("--teacher-spec", default=str(HERE / "stdlib_lm.toml"), help="what --train-teacher trains")
+    p.add_argument("--train-teacher", action="store_true", help="train the teacher first (into the spec's teacher)")
     p.add_argument("--out", default="runs/stdlib_distill")
-    p.add_argument("--steps", type=int, help="override training.steps")
-    p.add_argument("--hidden", type=float, default=0.0, help="distill_hidden for the distilled student")
-    p.add_argument("--alpha", type=float, help="distill_alpha for the distilled student (default: the spec's)")
-    p.add_argument("--temperature", type=float, help="distill_temperature (default: the spec's)")
-    p.add_argument("--only", choices=["distilled", "alone"], help="train only this student")
+    p.add_argument("--steps", type=int, help="override the student's training.steps")
+    p.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        metavar="ALPHA,T,HIDDEN",
+        help="a distilled student's distill_alpha, distill_temperature and distill_hidden (repeatable; "
+        "default: the spec's own, then soft targets only at the spec's alpha and T, and at alpha 0.5, T 2)",
+    )
+    p.add_argument("--no-results", action="store_true", help="write runs/.../report.json only")
     args = p.parse_args()
     spec = mmcore.load_spec(args.spec)
     ((name, task),) = spec.tasks.items()
     if task.teacher is None:
         raise SystemExit(f"{args.spec}: the task has no teacher")
+    teacher_dir = Path(task.teacher)
+    baselines_file = Path(task.eval).parent / "baselines.json"
+    if not baselines_file.is_file():
+        raise SystemExit(f"{baselines_file} is missing: run python examples/recipes/stdlib_text.py first")
+    baselines = json.loads(baselines_file.read_text())
+    eval_docs = sum(1 for line in open(task.eval, encoding="utf-8") if line.strip())
+    if baselines.get("corpus_eval_docs") != eval_docs:
+        raise SystemExit(
+            f"{baselines_file} describes {baselines.get('corpus_eval_docs')} held-out documents, {task.eval} "
+            f"holds {eval_docs}: rerun python examples/recipes/stdlib_text.py"
+        )
+    variants = args.variant or [
+        (task.distill_alpha, task.distill_temperature, task.distill_hidden),
+        (task.distill_alpha, task.distill_temperature, 0.0),
+        (0.5, 2.0, 0.0),
+    ]
     training = spec.training.model_copy(update={"steps": args.steps} if args.steps else {})
     out = Path(args.out)
-    runs = {
-        "distilled": task.model_copy(
-            update={
-                "distill_hidden": args.hidden,
-                "distill_alpha": task.distill_alpha if args.alpha is None else args.alpha,
-                "distill_temperature": task.distill_temperature if args.temperature is None else args.temperature,
-            }
-        ),
-        "alone": task.model_copy(
-            update={"teacher": None, "distill_alpha": 0.5, "distill_temperature": 2.0, "distill_hidden": 0.0}
-        ),
+    load_before = os.getloadavg()[0]
+    report: dict = {
+        "environment": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": round(load_before, 2),
+        },
+        "data": {
+            "train": task.train,
+            "eval": task.eval,
+            "train_sha256": sha256(task.train),
+            "eval_sha256": sha256(task.eval),
+            "eval_docs": eval_docs,
+        },
+        "baselines": {k: baselines[k] for k in ("unigram_eval_perplexity", "byte_5gram_eval_perplexity")},
     }
-    if args.only:
-        runs = {args.only: runs[args.only]}
-    d = runs.get("distilled")
-    report: dict = {"teacher_dir": task.teacher, "steps": training.steps, "students": {}}
-    if d is not None:
-        report["distill"] = {"alpha": d.distill_alpha, "temperature": d.distill_temperature, "hidden": d.distill_hidden}
-    for label, t in runs.items():
+    if args.train_teacher:
+        tspec = mmcore.load_spec(args.teacher_spec)
+        print(f"teacher: {args.teacher_spec} -> {teacher_dir}", flush=True)
+        teacher_run = {
+            "spec": Path(args.teacher_spec).name,
+            "precision": tspec.training.precision,
+            **train(tspec, teacher_dir),
+        }
+    elif (teacher_dir / "model.safetensors").is_file():
+        teacher_run = {"spec": None, "note": "trained before this run; its wall time is not known here"}
+    else:
+        raise SystemExit(f"no teacher at {teacher_dir}: pass --train-teacher, or train examples/stdlib_lm.toml there")
+    report["teacher"] = {"dir": str(teacher_dir), **teacher_run, **describe(teacher_dir, task.eval)}
+    print("teacher", report["teacher"], flush=True)
+    # alone: the distillation options back at their defaults, as a task without a teacher must have them
+    alone = {"teacher": None, "distill_alpha": 0.5, "distill_temperature": 2.0, "distill_hidden": 0.0}
+    runs = {"student alone": task.model_copy(update=alone)}
+    for alpha, temperature, hidden in variants:
+        runs[variant_label(alpha, temperature, hidden)] = task.model_copy(
+            update={"distill_alpha": alpha, "distill_temperature": temperature, "distill_hidden": hidden}
+        )
+    report["students"] = {}
+    for i, (label, t) in enumerate(runs.items()):
         s = dataclasses.replace(spec, tasks={name: t}, training=training)
-        torch.manual_seed(training.seed)
-        model = mmcore.build(s)
-        t0 = time.perf_counter()
-        result = mmcore.Trainer(model, s.tasks, s.training, out_dir=out / label, resume=False).fit()
+        run_dir = out / f"student_{i}"
+        run = train(s, run_dir)
+        cfg = {"alpha": t.distill_alpha, "temperature": t.distill_temperature, "hidden": t.distill_hidden}
         report["students"][label] = {
-            "params": model.summary().params,
-            "bytes": (out / label / "model.safetensors").stat().st_size,
-            "train_seconds": round(time.perf_counter() - t0, 1),
-            "final_train_loss": result.final_loss,
-            "eval": evaluate_dir(out / label, task.eval, generate=False),
+            "dir": str(run_dir),
+            "distill": cfg if t.teacher else None,
+            **run,
+            **describe(run_dir, task.eval),
         }
         print(label, report["students"][label], flush=True)
-    teacher = mmcore.load(task.teacher)
-    report["teacher"] = {
-        "params": teacher.summary().params,
-        "bytes": (Path(task.teacher) / "model.safetensors").stat().st_size,
-        "eval": evaluate_dir(task.teacher, task.eval, generate=False),
-    }
+    alone = report["students"]["student alone"]
+    for row in report["students"].values():
+        row["perplexity_vs_alone"] = round(row["eval"]["perplexity"] / alone["eval"]["perplexity"] - 1, 4)
+        row["seconds_per_step_vs_alone"] = round(row["seconds_per_step"] / alone["seconds_per_step"], 2)
+    report["environment"]["load_average_after"] = round(os.getloadavg()[0], 2)
     out.mkdir(parents=True, exist_ok=True)
     mmcore.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    if not args.no_results:
+        from baselines import write_results  # examples/recipes/baselines.py, beside this script
+
+        figures = {
+            "unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
+            "byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
+            "teacher": f"{report['teacher']['eval']['perplexity']:.2f}",
+            **{label: f"{row['eval']['perplexity']:.2f}" for label, row in report["students"].items()},
+        }
+        write_results("distill_stdlib", report, figures)
 
 
 if __name__ == "__main__":
