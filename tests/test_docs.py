@@ -103,6 +103,30 @@ def _pct(x: float, digits: int) -> str:
     return f"{100 * x:.{digits}f} %"
 
 
+def _section(doc: str, heading: str) -> str:
+    """The text of ``doc``'s section that starts with ``heading``, up to the next ``## `` heading."""
+    text = (ROOT / doc).read_text()
+    assert heading in text, f"{doc} lost its section {heading!r}"
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def _rows(section: str) -> dict[str, list[str]]:
+    """The markdown table rows of ``section`` by their first cell: ``{label: [other cells]}``,
+    bold and code marks removed, so a figure is checked on the row of the model it belongs to."""
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            cells = [c.replace("**", "").replace("`", "").strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _json(path: str) -> dict:
+    import json
+
+    return json.loads((ROOT / path).read_text())
+
+
 def test_figures_in_the_docs_are_quoted_from_committed_results_files():
     """The int8 comparison in bench/README.md are read from
     the results files committed scripts wrote: examples/results/digits_av.json (`examples/demo.py
@@ -284,6 +308,30 @@ def test_task_figures_quote_the_results_files():
             and not any("mmcore" in line and (f"| {v}" in line or f"**{v}**" in line) for line in lines)
         }
         assert not unnamed, f"docs/tasks.md has no mmcore row quoting {path.name}: {unnamed}"
+
+
+def test_translation_and_digit_strings_sections_state_their_sources():
+    """docs/tasks.md: the translation baseline row is examples/results/translation_baselines.json
+    and the page says plainly that its mmcore figures have no committed results file; the digit
+    strings table is examples/results/digit_strings_baselines.json, and until the recipe has
+    written examples/results/digit_strings.json the section says that mmcore has no figure."""
+    mt = _json("examples/results/translation_baselines.json")
+    section = _section("docs/tasks.md", "## Machine translation, English to Spanish")
+    assert _rows(section)["copy the source"][:2] == [mt["figures"]["copy BLEU"], mt["figures"]["copy chrF"]]
+    flat = " ".join(section.split())
+    assert f"{mt['data']['train']:,} training and {mt['data']['eval']} held-out pairs" in flat
+    assert "The mmcore figures are not reproduced by a committed results file" in flat
+    strings = _json("examples/results/digit_strings_baselines.json")
+    section = _section("docs/tasks.md", "## Several objects in one picture")
+    row = _rows(section)["RBF SVM on each 8x8 cell (told where each digit is)"]
+    assert row == [strings["figures"]["svm string"], strings["figures"]["svm digit"]]
+    flat = " ".join(section.split())
+    assert f"{strings['strings']['train']:,} training strips, {strings['strings']['eval']} held out" in flat
+    if (ROOT / "examples" / "results" / "digit_strings.json").exists():
+        for figure in _json("examples/results/digit_strings.json")["figures"].values():
+            assert figure in flat
+    else:
+        assert "mmcore has no figure here yet" in flat
 
 
 def test_readme_quotes_the_main_jobs_results():
