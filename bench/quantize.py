@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("--eval-data", help="its held-out text (e.g. examples/data/stdlib/corpus_eval.txt)")
     p.add_argument("--eval-task", action="append", default=[], metavar="DIR:TASK=FILE")
     p.add_argument("--skip-decode", action="store_true")
-    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--json", help="also write the figures (and the threads, load average, torch) to this file")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,7 +186,18 @@ def main() -> None:
     if args.json:
         from mmcore import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"args": vars(args), "results": results}, indent=2))
+        environment = {
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": round(load_before, 2),
+            "load_average_after": round(load_after, 2),
+            "torch": torch.__version__,
+            "quantized_engine": torch.backends.quantized.engine,
+            "machine": platform.machine(),
+        }
+        atomic_write_text(
+            args.json, json.dumps({"args": vars(args), "environment": environment, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":
