@@ -128,33 +128,62 @@ def _json(path: str) -> dict:
 
 
 def test_figures_in_the_docs_are_quoted_from_committed_results_files():
-    """The int8 comparison in bench/README.md are read from
-    the results files committed scripts wrote: examples/results/digits_av.json (`examples/demo.py
-    --results`) and bench/results_quantize*.json (`bench/quantize.py`), and the int8 comparison
-    evaluated the very model the demo figures describe. README.md: test_readme_quotes_the_main_jobs_results."""
-    import json
+    """bench/README.md's int8 section, row by row, is the results files bench/quantize.py wrote:
+    bench/results_quantize.json (decoding, one thread, and sizes of the random model),
+    bench/results_quantize_2threads.json (the same with two threads),
+    bench/results_quantize_stdlib_lm.json (the language model docs/tasks.md's distillation
+    section trained as its teacher) and bench/results_quantize_demo.json (the demo model whose
+    figures examples/results/digits_av.json holds: the int8 comparison evaluated that very model).
+    README.md: test_readme_quotes_the_main_jobs_results."""
+    section = _section("bench/README.md", "## int8 quantization: `bench/quantize.py`")
+    flat = " ".join(section.split())  # line breaks in prose do not matter
+    rows = _rows(section)
+    one = _json("bench/results_quantize.json")["decode_and_size"]["results"]
+    two = _json("bench/results_quantize_2threads.json")["results"]["decode"]
+    for batch, r in one["decode"].items():
+        cells = rows[batch.replace("_", " ")]
+        assert cells[:2] == [f"{r['float_tokens_per_s']:.0f}", f"{r['int8_tokens_per_s']:.0f}"], cells
+        assert cells[2:5] == [f"{r[k]:.2f}x" for k in ("speedup", "speedup_median", "speedup_paired_median")], cells
+        b = batch.split("_")[1]
+        assert f"{100 * r['greedy_token_agreement']:.0f} % at batch {b}" in flat
+    one_b, eight = two["batch_1"], two["batch_8"]
+    quote = (
+        f"({one_b['float_tokens_per_s']:.0f} and {eight['float_tokens_per_s']:.0f} float new tokens/s at batch 1 and 8), "
+        f"and the int8/float ratio was {one_b['speedup']:.2f}x (batch 1) and {eight['speedup']:.2f}x (batch 8) best "
+        f"round, per-round median {one_b['speedup_paired_median']:.2f}x (batch 1) and "
+        f"{eight['speedup_paired_median']:.2f}x (batch 8)"
+    )
+    assert quote in flat, f"bench/README.md does not quote {quote!r} (bench/results_quantize_2threads.json)"
 
-    demo = json.loads((ROOT / "examples" / "results" / "digits_av.json").read_text())["mmcore"]
+    def size_cells(r: dict) -> list[str]:
+        ratio = r["float_bytes"] / r["int8_bytes"]
+        return [f"{r['float_bytes'] / 1e6:.2f} MB", f"{r['int8_bytes'] / 1e6:.2f} MB ({ratio:.1f}x)"]
+
+    assert rows["random text model above (width 256, 4 layers)"][:2] == size_cells(one["size"])
+    lm = _json("bench/results_quantize_stdlib_lm.json")["results"]["eval runs/stdlib_lm"]
+    f, i = lm["float"]["perplexity"], lm["int8"]["perplexity"]
+    cells = rows["runs/stdlib_lm (width 128, 4 layers; the distillation teacher)"]
+    assert cells == [*size_cells(lm), f"perplexity {f:.3f}", f"{i:.3f} ({100 * (i / f - 1):+.1f} %)"], cells
+    # the quantized language model is the distillation teacher docs/tasks.md describes
+    teacher = _json("examples/results/distill_stdlib.json")["teacher"]
+    assert abs(f - teacher["eval"]["perplexity"]) < 1e-6 and lm["float_bytes"] == teacher["bytes"]
+    demo = _json("examples/results/digits_av.json")["mmcore"]
     match = demo["tasks"]["match"]
-    quant = json.loads((ROOT / "bench" / "results_quantize_demo.json").read_text())["results"]
-    qmatch = quant["eval runs/demo match"]
-    lm = json.loads((ROOT / "bench" / "results_quantize.json").read_text())["metric_change"]["results"]
-    lm = lm["eval runs/stdlib_lm"]
-    quotes = {
-        "bench/README.md": [
-            f"| {qmatch['float_bytes'] / 1e6:.2f} MB | {qmatch['int8_bytes'] / 1e6:.2f} MB "
-            f"({qmatch['float_bytes'] / qmatch['int8_bytes']:.1f}x) | accuracy "
-            f"{_pct(qmatch['float']['accuracy'], 2)} | {_pct(qmatch['int8']['accuracy'], 2)}",
-            f"perplexity {lm['float']['metrics']['perplexity']:.3f} | {lm['int8']['metrics']['perplexity']:.3f}",
-        ],
-    }
     assert match["accuracy"] == demo["match_accuracy"]
-    # the int8 comparison evaluated the very model the demo figures describe
-    assert abs(qmatch["float"]["accuracy"] - match["accuracy"]) < 1e-6
-    for doc, wanted in quotes.items():
-        text = " ".join((ROOT / doc).read_text().split())  # line breaks do not matter
-        for q in wanted:
-            assert q in text, f"{doc} does not quote {q!r} (examples/results/digits_av.json, bench/results_*.json)"
+    qmatch = _json("bench/results_quantize_demo.json")["results"]["eval runs/demo match"]
+    assert abs(qmatch["float"]["accuracy"] - match["accuracy"]) < 1e-6  # the model the demo figures describe
+    cells = rows["runs/demo, match task (image + audio encoders quantized too)"]
+    assert cells[:3] == [*size_cells(qmatch), f"accuracy {_pct(qmatch['float']['accuracy'], 2)}"], cells
+    assert cells[3].startswith(_pct(qmatch["int8"]["accuracy"], 2)), cells
+    # the earlier models' figures the section still mentions are results_quantize.json's
+    old = _json("bench/results_quantize.json")["metric_change"]["results"]
+    for key, metric, fmt in (
+        ("eval runs/demo match", "accuracy", "{:.2%}"),
+        ("eval runs/stdlib_lm", "perplexity", "{:.3f}"),
+    ):
+        for side in ("float", "int8"):
+            figure = fmt.format(old[key][side]["metrics"][metric]).replace("%", " %")
+            assert figure in flat, f"bench/README.md does not quote {figure} (bench/results_quantize.json, {key})"
 
 
 def _toml_blocks(path: str) -> list[str]:
@@ -308,6 +337,32 @@ def test_task_figures_quote_the_results_files():
             and not any("mmcore" in line and (f"| {v}" in line or f"**{v}**" in line) for line in lines)
         }
         assert not unnamed, f"docs/tasks.md has no mmcore row quoting {path.name}: {unnamed}"
+
+
+def test_distillation_table_is_its_results_file():
+    """docs/tasks.md's distillation table, row by row, is examples/results/distill_stdlib.json
+    (written by examples/recipes/distill_stdlib.py): each model's perplexity, steps, parameters,
+    file size and seconds a step, and the baselines on the same held-out file."""
+    results = _json("examples/results/distill_stdlib.json")
+    section = _section("docs/tasks.md", "## Knowledge distillation")
+    rows = _rows(section)
+    for label, figure in results["figures"].items():
+        assert label in rows, f"docs/tasks.md's distillation table has no row {label!r}"
+        assert figure in rows[label], f"row {label!r} does not quote {figure} (examples/results/distill_stdlib.json)"
+    models = {"teacher": results["teacher"], **results["students"]}
+    for label, run in models.items():
+        cells = rows[label]
+        wanted = [f"{run['steps']:,}", f"{run['params']:,}", f"{run['bytes'] / 1e6:.2f} MB"]
+        assert cells[:3] == wanted, (label, cells, wanted)
+        assert cells[4] == f"{run['seconds_per_step']:.2f}", (label, cells)
+        if label != "teacher":
+            assert cells[5] == f"{run['seconds_per_step_vs_alone']:.2f}x", (label, cells)
+    flat = " ".join(section.split())
+    assert f"{results['data']['eval_docs']} documents, {results['teacher']['eval']['tokens']:,.0f} predicted" in flat
+    assert f"({results['teacher']['train_seconds']:,.0f} s)" in flat  # the teacher's training time
+    for label, run in results["students"].items():
+        if run["distill"]:
+            assert f"{-100 * run['perplexity_vs_alone']:.0f} %" in flat, f"the reading lacks {label}'s gain"
 
 
 def test_translation_and_digit_strings_sections_state_their_sources():
