@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 from mmcore.cli import read_catalog
@@ -363,6 +364,79 @@ def test_distillation_table_is_its_results_file():
     for label, run in results["students"].items():
         if run["distill"]:
             assert f"{-100 * run['perplexity_vs_alone']:.0f} %" in flat, f"the reading lacks {label}'s gain"
+
+
+@pytest.mark.slow
+def test_distill_recipe_trains_the_rows_the_table_shows(tmp_path):
+    """examples/recipes/distill_stdlib.py, run end to end on a tiny corpus and tiny models (2 steps
+    each), trains the teacher and one student per row of docs/tasks.md's distillation table, the
+    alone student without a teacher and each distilled one with its own setting, and reports
+    each against the alone student."""
+    import json
+
+    lines = [f"Return the {w} of the object, or None when it has no {w}." for w in ("name", "size", "type", "mode")]
+    data = tmp_path / "data" / "stdlib"
+    data.mkdir(parents=True)
+    (data / "corpus_train.txt").write_text("\n".join(lines * 4) + "\n")
+    (data / "corpus_eval.txt").write_text("\n".join(lines[:2]) + "\n")
+    baselines = {"corpus_eval_docs": 2, "unigram_eval_perplexity": 20.0, "byte_5gram_eval_perplexity": 9.0}
+    (data / "baselines.json").write_text(json.dumps(baselines))
+    common = (
+        "spec_version = 1\n[encoders.text]\ncomponent = 'text.bytes'\nmax_length = 32\n"
+        "[heads.lm]\ncomponent = 'lm'\n[tasks.pretrain]\nobjective = 'lm'\n"
+        "train = 'data/stdlib/corpus_train.txt'\neval = 'data/stdlib/corpus_eval.txt'\n"
+    )
+    (tmp_path / "teacher.toml").write_text(
+        common + "[backbone]\nwidth = 32\ndepth = 1\nheads = 2\ncontext_length = 32\n"
+        "[training]\nsteps = 2\nbatch_size = 4\neval_batches = 1\n"
+    )
+    (tmp_path / "student.toml").write_text(
+        common + "teacher = 'runs/teacher'\ndistill_alpha = 0.9\ndistill_temperature = 1.0\ndistill_hidden = 1.0\n"
+        "[backbone]\nwidth = 16\ndepth = 1\nheads = 2\ncontext_length = 32\n"
+        "[training]\nsteps = 2\nbatch_size = 4\neval_batches = 1\n"
+    )
+    script = ROOT / "examples" / "recipes" / "distill_stdlib.py"
+    committed = ROOT / "examples" / "results" / "distill_stdlib.json"
+    before = committed.read_text()
+    args = [
+        "--spec",
+        "student.toml",
+        "--teacher-spec",
+        "teacher.toml",
+        "--train-teacher",
+        "--out",
+        "out",
+        "--no-results",
+    ]
+    res = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert committed.read_text() == before, "--no-results must leave examples/results/distill_stdlib.json alone"
+    table = _rows(_section("docs/tasks.md", "## Knowledge distillation"))
+    students = report["students"]
+    assert set(students) == set(table) - {"model", "unigram", "byte 5-gram", "teacher"}
+    assert students["student alone"]["distill"] is None
+    assert students["distilled, alpha 0.9, T 1, hidden states 1"]["distill"] == {
+        "alpha": 0.9,
+        "temperature": 1.0,
+        "hidden": 1.0,
+    }
+    assert students["distilled, alpha 0.5, T 2"]["distill"] == {"alpha": 0.5, "temperature": 2.0, "hidden": 0.0}
+    assert report["teacher"]["steps"] == 2 and report["teacher"]["params"] > students["student alone"]["params"]
+    alone = students["student alone"]["eval"]["perplexity"]
+    for row in students.values():
+        assert row["steps"] == 2 and row["eval"]["tokens"] == report["teacher"]["eval"]["tokens"]
+        assert row["perplexity_vs_alone"] == round(row["eval"]["perplexity"] / alone - 1, 4)
+    # the same seed and data: only the teacher's terms make the distilled students differ from the alone one
+    assert len({round(row["eval"]["perplexity"], 6) for row in students.values()}) == len(students)
+    assert report["baselines"] == {k: baselines[k] for k in ("unigram_eval_perplexity", "byte_5gram_eval_perplexity")}
 
 
 def test_translation_and_digit_strings_sections_state_their_sources():
