@@ -64,7 +64,7 @@ def _metrics(out: Path) -> list[dict]:
 
 # --- interrupts ----------------------------------------------------------------------------------
 
-STEPS = 60  # far more than the run can train before the signal arrives
+STEPS = 40  # far more than the run can train before the signal arrives
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_a_signal_finishes_the_step_saves_and_the_rerun_resumes_bit_exact(interr
     )
     metrics, deadline = out / "metrics.jsonl", time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # some steps trained
-        if metrics.is_file() and metrics.read_text().count('"loss"') >= 5:
+        if metrics.is_file() and metrics.read_text().count('"loss"') >= 3:
             break
         time.sleep(0.02)
     proc.send_signal(sig)
@@ -100,7 +100,7 @@ def test_a_signal_finishes_the_step_saves_and_the_rerun_resumes_bit_exact(interr
     assert latest.is_file(), err[-3000:]
     name = latest.read_text().strip()
     step = int(name.split("-")[1])
-    assert 5 <= step < STEPS
+    assert 3 <= step < STEPS
     assert f"{signal.Signals(sig).name}: finishing step" in err
     assert (
         f"interrupted at step {step}; checkpoint saved to {out / 'checkpoints' / name}; "
