@@ -137,6 +137,10 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
+#: Where ``training.log_to`` sends logged steps and evaluations.
+LogTarget = Literal["jsonl", "tensorboard"]
+
+
 class TrainingConfig(BaseModel):
     """``[training]``: how ``mmcore train`` optimises the model."""
 
@@ -205,8 +209,8 @@ class TrainingConfig(BaseModel):
         description="On a terminal, a live progress bar (step, running loss per task, lr, positions/s, ETA); "
         "elsewhere, or when false, a plain line every log_every steps.",
     )
-    log_to: list[Literal["jsonl", "tensorboard"]] = Field(
-        default_factory=lambda: ["jsonl"],
+    log_to: list[LogTarget] = Field(
+        default_factory=lambda: list[LogTarget](["jsonl"]),
         description="Where logged steps and evaluations go: 'jsonl' (metrics.jsonl in the output folder) and/or "
         "'tensorboard' (event files in <out>/tensorboard; needs pip install \"mmcore[tensorboard]\").",
     )

@@ -28,8 +28,8 @@ from .trainer_checkpoints import TrainerCheckpoints
 METRICS = "metrics.jsonl"
 RUNNING_DECAY = 0.9
 POSITIONS = (
-    "positions/s: fused-sequence positions per second (text tokens, image patches, audio frames, boundary tokens; "
-    "all processes)"
+    "positions/s: real positions of the fused sequences per second, all processes together;\n"
+    "a position is a text token, an image patch, an audio frame or a boundary token"
 )
 
 
@@ -72,13 +72,14 @@ class TrainerLog(TrainerCheckpoints):
         if self.rank != 0:
             return path
         if path is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             self.history = _read_history(path, self.step)
             atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in self.history))
         if wants_tb and self.out is not None:
             self._tb = SummaryWriter(str(self.out / "tensorboard"))
         self._bar = self._progress()
-        self._say(f"logging every {self.cfg.log_every} steps: running loss per task, lr, positions/s\n  {POSITIONS}")
+        legend = POSITIONS.replace("\n", "\n  ")
+        self._say(f"logging every {self.cfg.log_every} steps: running loss per task, lr, positions/s\n  {legend}")
         return path
 
     def _close_bar(self) -> None:
@@ -98,14 +99,21 @@ class TrainerLog(TrainerCheckpoints):
             return None
         from tqdm import tqdm
 
-        return tqdm(
+        class Bar(tqdm):  # the summary after the times, without tqdm's ", " before it
+            summary = ""
+
+            @property
+            def format_dict(self) -> dict[str, Any]:
+                return {**super().format_dict, "summary": self.summary}
+
+        return Bar(
             total=self.cfg.steps,
             initial=self.step,
             desc="train",
             unit="step",
             dynamic_ncols=True,
             file=sys.stderr,
-            bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+            bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| [{elapsed}<{remaining}] {summary}",
         )
 
     def _say(self, message: str) -> None:
@@ -137,14 +145,17 @@ class TrainerLog(TrainerCheckpoints):
         bar = getattr(self, "_bar", None)
         if bar is not None:
             if logged or self.step == self._fit_start[1] + 1:
-                bar.set_postfix_str(self._summary(entry), refresh=False)
+                bar.summary = self._summary(entry, bar=True)
             bar.update(1)
 
-    def _summary(self, entry: dict[str, Any]) -> str:
-        """``loss lm 2.3100 cls 0.6931  lr 1.00e-03  12,345 positions/s`` (running losses)."""
-        losses = " ".join(f"{t} {running_value(s):.4f}" for t, s in self._running_in_order())
-        rate = f"  {entry['positions_per_s']:,.0f} positions/s" if "positions_per_s" in entry else ""
-        return f"loss {losses}  lr {entry['lr']:.2e}{rate}"
+    def _summary(self, entry: dict[str, Any], bar: bool = False) -> str:
+        """``loss lm 2.3100 cls 0.6931  lr 1.00e-03  12,345 positions/s`` (running losses); on the
+        bar, whose line a narrow terminal cuts, ``loss lm 2.310 cls 0.693  lr 1.0e-03  12,345 pos/s``."""
+        digits = 3 if bar else 4
+        losses = " ".join(f"{t} {running_value(s):.{digits}f}" for t, s in self._running_in_order())
+        unit = "pos/s" if bar else "positions/s"
+        rate = f"  {entry['positions_per_s']:,.0f} {unit}" if "positions_per_s" in entry else ""
+        return f"loss {losses}  lr {entry['lr']:.{digits - 2}e}{rate}"
 
     def _running_in_order(self) -> list[tuple[str, tuple[float, int]]]:
         """The running losses of the tasks that have trained, in the spec's order of tasks."""
