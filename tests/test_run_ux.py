@@ -141,6 +141,55 @@ def test_a_second_signal_stops_at_once_and_handlers_are_restored():
     assert TrainingInterrupted(signal.SIGTERM, 3, None, "x").exit_code == 143
 
 
+#: ``mmcore train`` with steps slowed to 0.3 s, so that a second signal surely comes mid-step.
+SLOW_STEPS = r"""
+import sys, time
+from mmcore.cli import main
+from mmcore.trainer import Trainer
+real = Trainer.train_step
+def train_step(self):
+    time.sleep(0.3)
+    return real(self)
+Trainer.train_step = train_step
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_sigint_stops_a_real_run_at_once_without_saving(tmp_path):
+    import threading
+
+    spec = _spec_toml(tmp_path, "steps = 100\nlog_every = 1\nprogress = false\ncheckpoint_every = 0")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_STEPS, str(spec), "--out", str(out)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+
+    def wait_for(text: str) -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not any(text in x for x in lines):
+            time.sleep(0.01)
+
+    wait_for("step      2/100")
+    proc.send_signal(signal.SIGINT)
+    wait_for("SIGINT: finishing step")
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    reader.join(timeout=10)
+    err = "".join(lines)
+    assert time.time() - t0 < 10, err  # at once: not after the run's remaining steps (30 s)
+    assert "SIGINT again: stopped at once without saving" in err
+    assert "checkpoint saved" not in err and not (out / "checkpoints").exists()
+
+
 #: Under torchrun, only rank 1 gets SIGTERM (just before it trains step 3); both processes must
 #: stop after the same step, write one checkpoint together and say so.
 RANK_SIGNAL = r"""
