@@ -10,7 +10,10 @@ saving (the last complete checkpoint stays the one ``checkpoints/latest`` names,
 it would at Ctrl-C, and ``mmcore train`` exits with ``exit_code`` (128 + the signal: 130 for
 SIGINT, 143 for SIGTERM), as shells and schedulers expect.
 
-Handlers can be installed only in the main thread; elsewhere (a notebook's worker thread, say)
+A terminal's Ctrl-C reaches every process of the foreground job, and a scheduler's SIGTERM every
+process of the job: DataLoader workers ignore both (:func:`ignore_stop_signals`, their init
+function), so the step being finished still gets its batches; a worker still ends when the main
+process does (torch's watchdog). Handlers can be installed only in the main thread; elsewhere (a notebook's worker thread, say)
 the signals keep their handlers and nothing is recorded.
 """
 
@@ -22,7 +25,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-__all__ = ["GracefulStop", "TrainingInterrupted"]
+__all__ = ["GracefulStop", "TrainingInterrupted", "ignore_stop_signals"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -76,3 +79,10 @@ class GracefulStop:
     def _say(self, msg: str) -> None:
         if self._announce:  # os.write: print() from a signal handler can re-enter a buffered write
             os.write(2, f"\n{msg}\n".encode())
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader worker's init function: SIGINT and SIGTERM are the main process's to act on
+    (a worker killed by them would fail the step the main process is finishing)."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

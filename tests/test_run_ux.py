@@ -69,9 +69,10 @@ STEPS = 40  # far more than the run can train before the signal arrives
 
 @pytest.fixture(scope="module")
 def interrupt_case(tmp_path_factory):
-    """The spec and its uninterrupted run (the reference the resumed runs must equal)."""
+    """The spec and its uninterrupted run (the reference the resumed runs must equal). A
+    DataLoader worker process reads the records: a terminal's Ctrl-C reaches it too."""
     tmp = tmp_path_factory.mktemp("interrupt")
-    spec = _spec_toml(tmp, f"steps = {STEPS}\nlog_every = 1\nprogress = false\ncheckpoint_every = 0")
+    spec = _spec_toml(tmp, f"steps = {STEPS}\nlog_every = 1\nprogress = false\ncheckpoint_every = 0\nnum_workers = 1")
     ref = tmp / "ref"
     subprocess.run(_train_cmd(spec, ref), check=True, env=_env(), capture_output=True, timeout=300)
     return spec, ref
@@ -80,20 +81,27 @@ def interrupt_case(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_finishes_the_step_saves_and_the_rerun_resumes_bit_exact(interrupt_case, tmp_path, sig, code):
-    """SIGINT or SIGTERM mid-run: the process finishes its step, writes that step's checkpoint
-    (checkpoint_every = 0: only the interrupt writes one), says how to resume, exits 128 + signal;
-    the same command then resumes there and ends with the uninterrupted run's weights, bit for bit."""
+    """SIGINT or SIGTERM mid-run, sent to the whole process group as a terminal's Ctrl-C (and a
+    scheduler) does, DataLoader worker included: the run finishes its step, writes that step's
+    checkpoint (checkpoint_every = 0: only the interrupt writes one), says how to resume, exits
+    128 + signal; the same command then resumes there and ends with the uninterrupted run's
+    weights, bit for bit."""
     spec, ref = interrupt_case
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        _train_cmd(spec, out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _train_cmd(spec, out),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     metrics, deadline = out / "metrics.jsonl", time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # some steps trained
         if metrics.is_file() and metrics.read_text().count('"loss"') >= 3:
             break
         time.sleep(0.02)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-3000:]
     latest = out / "checkpoints" / "latest"
