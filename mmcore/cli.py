@@ -261,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for note in getattr(exc, "__notes__", []):
             print(f"  {note}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; a training run stopped on a signal: 128 + the signal
+        return int(getattr(exc, "exit_code", 130))
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

@@ -137,6 +137,10 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
+#: Where ``training.log_to`` sends logged steps and evaluations.
+LogTarget = Literal["jsonl", "tensorboard"]
+
+
 class TrainingConfig(BaseModel):
     """``[training]``: how ``mmcore train`` optimises the model."""
 
@@ -200,7 +204,16 @@ class TrainingConfig(BaseModel):
     on_bad_record: Literal["skip", "error"] = Field(
         "skip", description="A record that fails to load: skip it (counted and reported) or stop the run."
     )
-    progress: bool = Field(True, description="Show a progress bar (tqdm) when the output is a terminal.")
+    progress: bool = Field(
+        True,
+        description="On a terminal, a live progress bar (step, running loss per task, lr, positions/s, ETA); "
+        "elsewhere, or when false, a plain line every log_every steps.",
+    )
+    log_to: list[LogTarget] = Field(
+        default_factory=lambda: list[LogTarget](["jsonl"]),
+        description="Where logged steps and evaluations go: 'jsonl' (metrics.jsonl in the output folder) and/or "
+        "'tensorboard' (event files in <out>/tensorboard; needs pip install \"mmcore[tensorboard]\").",
+    )
     compile: bool = Field(
         False,
         description="Compile the training forward with torch.compile (inductor; needs a C/C++ compiler on CPU). "

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import BadRecord, Collator
 from .interfaces import Processor
+from .interrupts import ignore_stop_signals
 from .types import TargetField
 
 __all__ = ["ExcludingDataset", "IndexPlan", "find_fatal_record", "make_loader", "record_where"]
@@ -198,6 +199,7 @@ def make_loader(
         num_workers=num_workers,
         persistent_workers=False,
         multiprocessing_context="spawn" if num_workers and os.name != "nt" else None,
+        worker_init_fn=ignore_stop_signals if num_workers else None,  # Ctrl-C and SIGTERM: the trainer's
         # Each iterator draws its workers' base seed from this generator. Without one it draws from
         # torch's global generator, so a resumed run (new iterators) would shift the dropout stream.
         generator=torch.Generator().manual_seed(plan.seed * 1_000_003 + start),

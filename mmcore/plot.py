@@ -1,106 +1,106 @@
-"""The loss plot written at the end of training (``loss.png``).
+"""The loss plot written at the end of training (``loss.png``), drawn with matplotlib.
 
-Uses matplotlib when installed (``pip install mmcore[plot]``); otherwise draws the curves
-into a plain PNG with the standard library (no labels), so a plot is always written.
+matplotlib comes with ``python3 dev.py demo``/``test`` and with ``pip install "mmcore[plot]"``.
+Without it no ``loss.png`` is written and the run says so (a plot without axes or a legend
+would be read wrongly); ``metrics.jsonl`` holds every number.
+
+What the figure shows (one colour per task):
+
+* the training loss of the logged steps, faint (each logged step trained one task, so a task's
+  raw points are the logged steps that trained it);
+* the running loss per task that the run logged (``running`` in ``metrics.jsonl``: a moving
+  average, see :mod:`mmcore.trainer_log`), a solid line;
+* the evaluation loss, dashed with round markers;
+* the learning rate on a second axis (right), grey and dotted.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_history", "write_png"]
+__all__ = ["figure", "plot_history"]
+
+Points = list[tuple[int, float]]
 
 
-def _series(history: Sequence[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = {}
+def _series(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, Points]]:
+    """``{"train": {task: pts}, "running": {...}, "eval": {...}, "lr": {"lr": pts}}``."""
+    out: dict[str, dict[str, Points]] = {"train": {}, "running": {}, "eval": {}, "lr": {}}
     for h in history:
+        step = int(h["step"])
         if "loss" in h and "task" in h:
-            out.setdefault(f"train {h['task']}", []).append((int(h["step"]), float(h["loss"])))
+            out["train"].setdefault(h["task"], []).append((step, float(h["loss"])))
+        for task, v in (h.get("running") or {}).items():
+            out["running"].setdefault(task, []).append((step, float(v)))
         for task, m in (h.get("eval") or {}).items():
             if "loss" in m:
-                out.setdefault(f"eval {task}", []).append((int(h["step"]), float(m["loss"])))
+                out["eval"].setdefault(task, []).append((step, float(m["loss"])))
+        if "lr" in h:
+            out["lr"].setdefault("lr", []).append((step, float(h["lr"])))
     return out
 
 
-def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Plot training and evaluation loss per task against the step; returns the file."""
+def figure(history: Sequence[dict[str, Any]]) -> Any:
+    """The matplotlib ``Figure`` of a run's history (``metrics.jsonl`` entries); raises
+    ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    s = _series(history)
+    tasks = list(dict.fromkeys([*s["train"], *s["running"], *s["eval"]]))
+    colours = matplotlib.colormaps["tab10"]
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    for i, task in enumerate(tasks):
+        c = colours(i % 10)
+        if task in s["train"]:
+            ax.plot(
+                *zip(*s["train"][task], strict=True), color=c, alpha=0.25, linewidth=1, label=f"{task} train (steps)"
+            )
+        if task in s["running"]:
+            ax.plot(*zip(*s["running"][task], strict=True), color=c, linewidth=2, label=f"{task} train (running)")
+        if task in s["eval"]:
+            ax.plot(
+                *zip(*s["eval"][task], strict=True),
+                color=c,
+                linestyle="--",
+                marker="o",
+                markersize=5,
+                label=f"{task} eval",
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if s["lr"]:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*s["lr"]["lr"], strict=True), color="0.5", linestyle=":", linewidth=1.5, label="learning rate")
+        ax2.set_ylabel("learning rate")
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, loc="upper right", fontsize="small")
+    ax.set_title("training and evaluation loss per task")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Write :func:`figure` as a PNG; returns the file, or None when matplotlib is missing."""
     from .io import atomic_write_bytes
 
-    path = Path(path)
-    series = _series(history)
     try:
-        import io
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        for name, pts in series.items():
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker="o" if name.startswith("eval") else None, markersize=3, label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        if series:
-            ax.legend()
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
+        fig = figure(history)
     except ImportError:
-        atomic_write_bytes(path, _draw(series))
+        return None
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
     return path
-
-
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
-
-def _draw(series: dict[str, list[tuple[int, float]]], w: int = 640, h: int = 360) -> bytes:
-    px = [[(255, 255, 255)] * w for _ in range(h)]
-    pts = [p for s in series.values() for p in s]
-    if pts:
-        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
-        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-        m = 20
-
-        def to_px(x: float, y: float) -> tuple[int, int]:
-            return int(m + (x - x0) / (x1 - x0) * (w - 2 * m)), int(h - m - (y - y0) / (y1 - y0) * (h - 2 * m))
-
-        for i in range(m, w - m):
-            px[h - m][i] = (0, 0, 0)
-        for j in range(m, h - m + 1):
-            px[j][m] = (0, 0, 0)
-        for k, s in enumerate(series.values()):
-            c = _COLOURS[k % len(_COLOURS)]
-            prev = None
-            for x, y in s:
-                cur = to_px(x, y)
-                if prev is not None:
-                    n = max(abs(cur[0] - prev[0]), abs(cur[1] - prev[1]), 1)
-                    for t in range(n + 1):
-                        xx = prev[0] + (cur[0] - prev[0]) * t // n
-                        yy = prev[1] + (cur[1] - prev[1]) * t // n
-                        if 0 <= xx < w and 0 <= yy < h:
-                            px[yy][xx] = c
-                prev = cur
-    return write_png(px)
-
-
-def write_png(rows: Sequence[Sequence[tuple[int, int, int]]]) -> bytes:
-    """Encode RGB rows as a PNG file."""
-    h, w = len(rows), len(rows[0])
-    raw = b"".join(b"\x00" + bytes(v for rgb in row for v in rgb) for row in rows)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -46,23 +46,22 @@ from torch import nn
 from .config import TaskConfig, TrainingConfig, resolve_training
 from .data import DataError, ManifestDataset  # noqa: F401  (DataError: re-exported)
 from .errors import MMCoreError
+from .interrupts import GracefulStop, TrainingInterrupted
 from .io import atomic_write_text
 from .objectives import Distillation
 from .schedule import RunPlan
 from .selection import Monitor
 from .trainer_checkpoints import BEST, CHECKPOINTS, EMA_FILE, LATEST, OPTIM, STATE, _StateView  # noqa: F401  (re-exported)
 from .trainer_dist import _device, _dist_info, _init_distributed
-from .trainer_log import TrainerLog, _read_history
+from .trainer_log import METRICS, TrainerLog, _read_history  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from .model import MultimodalGPT
     from .spec import Spec
 
-__all__ = ["Trainer", "TrainResult", "train"]
+__all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "train"]
 # Re-exported above, importable from here as before the split: DataError and the checkpoint
 # layout's names (CHECKPOINTS, LATEST, STATE, OPTIM, EMA_FILE, BEST).
-
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -127,6 +126,7 @@ class Trainer(TrainerLog):
         self.resume = resume
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.running: dict[str, tuple[float, int]] = {}  # each task's running loss (trainer_log)
         self.tasks = {name: self._make_task(name, t) for name, t in self.task_cfgs.items()}
         for task in self.tasks.values():
             if isinstance(task.objective, Distillation):  # load and check the teacher now, not mid-run
@@ -162,17 +162,17 @@ class Trainer(TrainerLog):
             g["lr"] = lr
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         total_count = torch.zeros((), device=self.device, dtype=torch.float64)
-        tokens = 0
+        positions = torch.zeros((), device=self.device, dtype=torch.int64)
         for micro in range(self.cfg.grad_accum):
             batch = self._next_batch(task).to(self.device)
             gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 131 + micro * 7 + self.rank)
             batch = task.objective.prepare(batch, gen)
-            tokens += sum(int(v["mask"].sum()) for v in batch.inputs.values() if "mask" in v) or batch.size
             sync = micro == self.cfg.grad_accum - 1 or self.world == 1
             ctx = self.wrapped.no_sync() if (not sync and hasattr(self.wrapped, "no_sync")) else nullcontext()
             with ctx:
                 with self._autocast():
-                    total, count, _ = task.objective.terms(self.wrapped, batch)
+                    total, count, out = task.objective.terms(self.wrapped, batch)
+                positions += _positions(out, batch)
                 self.scaler.scale(total.float() * task.config.loss_weight).backward()
             total_loss += total.detach().double()
             total_count += count.detach().double()
@@ -209,7 +209,7 @@ class Trainer(TrainerLog):
             "loss": loss,
             "lr": lr,
             "grad_norm": norm,
-            "tokens": tokens * self.world,
+            "positions": int(positions) * self.world,  # fused sequence positions (trainer_log.POSITIONS)
         }
 
     # --- evaluation ------------------------------------------------------------------------
@@ -253,20 +253,20 @@ class Trainer(TrainerLog):
             self.load_checkpoint(ck)
             if self.rank == 0:
                 print(f"resuming from {ck} at step {self.step}", file=sys.stderr)
-        metrics_path = self.out / METRICS if self.out is not None else None
         if self.rank == 0 and getattr(self.model, "spec", None) is not None and hasattr(self.model, "summary"):
             print(self.model.summary(), file=sys.stderr)  # what trains, per component
             if getattr(self.model, "load_report", None) is not None and self.model.load_report.sources:
                 print(self.model.load_report, file=sys.stderr)  # where the initial weights came from
-        if metrics_path is not None and self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.history = _read_history(metrics_path, self.step)
-            atomic_write_text(metrics_path, "".join(json.dumps(h) + "\n" for h in self.history))
-        bar = self._progress()
-        self._fit_start = (time.perf_counter(), self.step)
+        metrics_path = self._open_log()
+        try:
+            with GracefulStop(lambda: self.step, announce=self.rank == 0) as stop:
+                return self._fit(t0, metrics_path, stop)
+        finally:
+            self._close_log()
+
+    def _fit(self, t0: float, metrics_path: Path | None, stop: GracefulStop) -> TrainResult:
         self.plan.start_clock()
         last: dict[str, Any] = {"loss": float("nan")}
-        window_tokens, window_t = 0, time.perf_counter()
         eval_metrics: dict[str, dict[str, float]] = {}
         evaluated = -1  # the step of the last evaluation in this call
         if self.cfg.stages and self.step == 0:
@@ -282,26 +282,20 @@ class Trainer(TrainerLog):
                 self._begin_stage(self.plan.index + 1)
                 continue
             last = self.train_step()
-            window_tokens += last["tokens"]
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                dt = time.perf_counter() - window_t
-                last["tokens_per_s"] = window_tokens / max(dt, 1e-9)
-                window_tokens, window_t = 0, time.perf_counter()
-                self._log(last, metrics_path)
-            if bar is not None:
-                bar.update(1)
-                post = {"loss": f"{last['loss']:.4f}", "task": last["task"]}
-                if "tokens_per_s" in last:
-                    post["tok/s"] = f"{last['tokens_per_s']:,.0f}"
-                bar.set_postfix(post)
+            self._after_step(last, metrics_path)
+            # Every process stops after the same step: a signal any of them got counts for all.
+            signum = self._agree_stop(stop.signum)
             if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not self._finished():
                 eval_metrics, evaluated = self.evaluate(self.cfg.eval_batches), self.step
                 self._log({"step": self.step, "eval": eval_metrics}, metrics_path)
                 self._select(eval_metrics)
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
-        if bar is not None:
-            bar.close()
+            if signum:
+                self._interrupted(signum)
+        if signum := self._agree_stop(stop.signum):  # a signal after the last step: save, skip the rest
+            self._interrupted(signum)
+        self._close_bar()
         if reason == "max_time" and self.rank == 0:
             print(f"training.max_time ({self.cfg.max_time:g} s) used up at step {self.step}", file=sys.stderr)
         if evaluated != self.step:  # not just evaluated (early stopping follows an evaluation)
@@ -313,12 +307,11 @@ class Trainer(TrainerLog):
             self.save_checkpoint()
         if self.out is not None and self.rank == 0:
             from .checkpoint import save
-            from .plot import plot_history
 
             with self._averaged():
                 save(_StateView(self.model, self._model_state()), self.out)
             atomic_write_text(self.out / "eval.json", json.dumps(eval_metrics, indent=2) + "\n")
-            plot_history(self.history, self.out / "loss.png")
+            self._plot()
         elif self.out is not None:
             with self._averaged():
                 self._model_state()  # FSDP gathers are collective: every rank takes part
@@ -354,12 +347,34 @@ class Trainer(TrainerLog):
             self.monitor.bad = 0
         if st.reset_optimizer:
             self.optimizer.state.clear()  # AdamW starts its moments and step count afresh
-        if self.rank == 0:
-            print(
-                f"stage {index + 1}/{len(self.plan.stages)} {st.name!r}: {st.steps} steps of {', '.join(st.tasks)} "
-                f"at lr {st.lr:g} (warmup {st.warmup_steps})",
-                file=sys.stderr,
-            )
+        self._say(
+            f"stage {index + 1}/{len(self.plan.stages)} {st.name!r}: {st.steps} steps of {', '.join(st.tasks)} "
+            f"at lr {st.lr:g} (warmup {st.warmup_steps})"
+        )
+
+    def _interrupted(self, signum: int) -> NoReturn:
+        """Stop on a signal after the current step: write its checkpoint (unless just written),
+        say how to resume, raise :class:`TrainingInterrupted` (exit status 128 + signal)."""
+        self._close_bar()
+        if getattr(self, "_last_checkpoint", None) != self.step:
+            self.save_checkpoint()
+        if self.out is None:
+            msg = f"interrupted at step {self.step}; nothing saved (no out_dir)"
+            where = None
+        else:
+            where = str(self.out / CHECKPOINTS / f"step-{self.step:08d}")
+            msg = f"interrupted at step {self.step}; checkpoint saved to {where}; run the same command to resume"
+            if self.rank == 0:
+                self._plot()
+        self._say(msg)
+        raise TrainingInterrupted(signum, self.step, where, msg)
+
+    def _plot(self) -> None:
+        """``loss.png`` from the history (rank 0), or a line saying why there is none."""
+        from .plot import plot_history
+
+        if plot_history(self.history, self.out / "loss.png") is None:
+            self._say('loss.png not written: matplotlib is not installed (pip install "mmcore[plot]")')
 
     def _select(self, metrics: dict[str, dict[str, float]]) -> None:
         """Feed an evaluation to the monitor; write ``best/`` when it improved (with periodic evaluations)."""
@@ -367,11 +382,19 @@ class Trainer(TrainerLog):
             return
         m = self.monitor
         improved = m.update(metrics, self.step)
-        if self.rank == 0:
-            note = "new best" if improved else f"no improvement ({m.bad} of patience {m.patience or 'off'})"
-            print(f"step {self.step:>6}  {m.name} {m.value(metrics):.4g}: {note}", file=sys.stderr)
+        note = "new best" if improved else f"no improvement ({m.bad} of patience {m.patience or 'off'})"
+        self._say(f"step {self.step:>6}  {m.name} {m.value(metrics):.4g}: {note}")
         if improved and self.cfg.eval_every and self.out is not None:
             self._save_best(metrics)
+
+
+def _positions(out: Any, batch: Any) -> torch.Tensor | int:
+    """The real positions of the fused sequence the backbone ran (``trainer_log.POSITIONS``); for an
+    objective whose output has no fused sequence, the real positions of the batch's inputs."""
+    mask = getattr(getattr(out, "sequence", None), "mask", None)
+    if mask is not None:
+        return mask.sum()
+    return sum(int(v["mask"].sum()) for v in batch.inputs.values() if "mask" in v) or batch.size
 
 
 def train(

@@ -62,6 +62,7 @@ class TrainerBase:
     resume: bool
     step: int
     history: list[dict[str, Any]]
+    running: dict[str, tuple[float, int]]  # each task's running loss: (moving average, losses in it)
     tasks: dict[str, _Task]
     plan: RunPlan
     monitor: Monitor | None

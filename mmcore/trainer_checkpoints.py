@@ -98,6 +98,7 @@ class TrainerCheckpoints(TrainerData):
             "step": self.step,
             "tasks": {n: {"consumed": t.consumed, "bad": t.bad} for n, t in self.tasks.items()},
             "world": self.world,
+            "running": {n: list(v) for n, v in self.running.items()},  # the logged running losses
             **self._plan_state(),
             **extra,
         }
@@ -163,6 +164,7 @@ class TrainerCheckpoints(TrainerData):
         if not is_sharded(d):
             self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
         self.step = int(state["step"])
+        self.running = {n: (float(v[0]), int(v[1])) for n, v in state.get("running", {}).items()}
         self._last_checkpoint = self.step
         self._load_plan_state(state, d)
         for n, t in state["tasks"].items():

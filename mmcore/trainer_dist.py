@@ -70,6 +70,15 @@ class TrainerDist(TrainerBase):
         dist.broadcast(t, 0)
         return float(t[0])
 
+    def _agree_stop(self, signum: int | None) -> int | None:
+        """The signal that stops the run after this step, the same in every process (the largest
+        any process got: SIGTERM over SIGINT), or None. One small all-reduce per step under torchrun."""
+        if self.world == 1:
+            return signum
+        t = torch.tensor([signum or 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t[0]) or None
+
     def _autocast(self) -> Any:
         if self.cfg.precision == "fp32":
             return nullcontext()

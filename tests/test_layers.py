@@ -182,7 +182,7 @@ LAYERS: dict[str, set[str]] = {
     # what is done with a model
     "workflows": {
         "data", "loader", "objectives", "trainer", "trainer_base", "trainer_dist", "trainer_optim", "trainer_data",
-        "trainer_checkpoints", "trainer_log", "schedule", "selection", "ema", "prompting", "generation",
+        "trainer_checkpoints", "trainer_log", "interrupts", "schedule", "selection", "ema", "prompting", "generation",
         "outputs", "evaluate", "explain", "explain_report", "export", "plot",
     },
     # the entry points: the command line and its helpers, the conformance kit, the package facade
