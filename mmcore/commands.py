@@ -162,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .spec import load_spec
     from .trainer import train
 
-    overrides = [*getattr(args, "set", []), *([f"training.seed={args.seed}"] if args.seed is not None else [])]
+    overrides = [*args.set, *([f"training.seed={args.seed}"] if args.seed is not None else [])]
     spec = load_spec(args.spec, overrides=overrides)
     if args.data or args.eval:
         if not spec.tasks:
@@ -214,7 +214,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> bool:
     """``--no-verify``: False, after a warning that the model's checksums go unchecked."""
-    if getattr(args, "no_verify", False):
+    if args.no_verify:
         print(
             f"warning: {args.model_dir}: loading without checking its files against the manifest's checksums "
             "(--no-verify)",

@@ -106,8 +106,7 @@ def _classes(objective: Objective, out: Any, batch: Any) -> list[dict[str, Any]]
     """Each record's predicted and reference class, for an objective with one integer target
     whose head gives (B, C) logits; else nothing."""
     fields = [t for t in objective.targets() if t.type == "integer"]
-    head = out.outputs.get(objective.head)
-    logits = getattr(head, "logits", None)
+    logits = out.outputs[objective.head].logits if objective.head in out.outputs else None
     if len(fields) != 1 or logits is None or logits.dim() != 2 or fields[0].name not in batch.targets:
         return []
     names = fields[0].names
