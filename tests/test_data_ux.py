@@ -14,7 +14,7 @@ from test_training import sentiment_records, spec_dict, write_manifest
 
 import mmcore
 from mmcore.cli import main, make_parser
-from mmcore.data import Collator, DataError, ManifestDataset
+from mmcore.data import BadRecord, Collator, DataError, ManifestDataset
 from mmcore.evaluate import evaluate_dir
 
 CLS = {"cls": {"component": "classify", "num_classes": 2}}
@@ -237,3 +237,16 @@ def test_the_manifest_lists_a_component_once_and_advice_for_an_unpublished_plugi
         ModelDirError, match=r'mmcore-tabular 0.1.0 is not installed: pip install "mmcore-tabular==0.1.0"$'
     ):
         check({"distributions": {"mmcore-tabular": {"version": "0.1.0"}}}, "m", mmcore.__version__)
+
+
+def test_a_record_without_a_required_input_is_a_bad_record_naming_the_field(tmp_path, manager):
+    spec = spec_dict(tmp_path, {})
+    spec["encoders"]["title"] = {"component": "text.bytes", "max_length": 16}
+    spec["encoders"]["text"]["max_length"] = 48
+    model = mmcore.build(spec)
+    data = write_manifest(tmp_path / "m.jsonl", [{"text": "ok", "title": "a"}, {"title": "only a title"}])
+    mods = {"text": "text", "title": "text"}
+    ds = ManifestDataset(data, model.processors, mods, targets=(), required=["text"])  # as an lm task reads it
+    assert not isinstance(ds[0], BadRecord)
+    assert str(ds[1]) == f"{data}:2 field 'text': missing: the task reads this input; the record has ['title']"
+    assert not isinstance(ManifestDataset(data, model.processors, mods, targets=())[1], BadRecord)
