@@ -215,8 +215,18 @@ def _verify(directory: Path, manifest: dict[str, Any]) -> None:
         elif _sha256(p) != digest:
             bad.append(f"{name} (content differs from the checksum)")
     if bad:
+        ckpt = directory / "checkpoints"
+        restore = (
+            f"restore them from a copy, or rewrite the model from its last training checkpoint (run the same "
+            f"`mmcore train` command again: it resumes from {ckpt})"
+            if ckpt.is_dir()
+            else "restore them from a copy, or save the model again"
+        )
         raise WeightsError(
-            f"{directory}: files were modified, truncated or are missing since the model was saved: " + ", ".join(bad)
+            f"{directory}: files were modified, truncated or are missing since the model was saved: "
+            + ", ".join(bad)
+            + f". What to do: {restore}; to load it anyway, unchecked, pass verify=False (`--no-verify` on the "
+            "command line), only if you trust how the files changed"
         )
 
 

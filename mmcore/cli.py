@@ -84,14 +84,34 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     b.add_argument("--repr", action="store_true", help="print the module tree")
     b.set_defaults(func=cmd_build)
 
-    t = sub.add_parser("train", help="train the model a spec describes on its [tasks]")
-    t.add_argument("spec", metavar="SPEC")
+    t = sub.add_parser(
+        "train",
+        help="train the model a spec describes on its [tasks]",
+        description="Train the model SPEC describes on its [tasks] and write a model directory (--out). A run "
+        "interrupted and started again with the same command resumes from its last checkpoint.",
+    )
+    t.add_argument(
+        "spec",
+        metavar="SPEC",
+        help="a TOML spec file: the model ([backbone], [encoders.*], [fusion], [heads.*]), [training] and "
+        "[tasks.*] (docs/spec.md, docs/training.md); check it with `mmcore spec validate SPEC`",
+    )
     t.add_argument("--data", help="training data for the (only, or --task) task, instead of the spec's")
     t.add_argument("--eval", help="held-out data for that task")
     t.add_argument("--task", help="which task --data/--eval are for")
     t.add_argument("--out", help="model directory to write (default: runs/<spec name>); resumes if it has a checkpoint")
     t.add_argument("--steps", type=int, help="override training.steps (with stages: the last stage's steps)")
     t.add_argument("--device", help="override training.device")
+    t.add_argument("--seed", type=int, help="override training.seed")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any option of the spec, e.g. --set training.lr=1e-3 --set tasks.caption.weight=2 "
+        '(repeatable; VALUE is a TOML value: 1e-3, true, "cosine", [1, 2]; a bare word is text). Validated like '
+        "the spec, and written into the model directory's spec.toml",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a model directory on a data file; prints (and writes) JSON")
@@ -106,9 +126,30 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="also generate text and score BLEU/chrF against record targets (default: for prefix_lm)",
     )
-    e.add_argument("--max-new-tokens", type=int, default=64)
+    e.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        help="longest generation (cut to what the context leaves after a prompt, with a warning)",
+    )
     e.add_argument("--num-beams", type=int, default=1, help="beam search for the generations (default: greedy)")
+    e.add_argument(
+        "--reference-field",
+        metavar="FIELD",
+        help="the record field holding the reference text that generations are scored against (default: the task's "
+        "target_field, 'target'); the text input's own name scores generations from an empty prompt",
+    )
+    e.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="write every record's prediction and reference (with its file:line) here, as JSONL",
+    )
     e.add_argument("--out", help="write the JSON here too")
+    e.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="load the model without checking its files against the manifest's checksums (a warning says so)",
+    )
     e.set_defaults(func=cmd_eval)
 
     g = sub.add_parser(
@@ -170,6 +211,11 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         "--scale", type=int, default=1, help="enlarge written outputs that have a size (images) this many times"
     )
     g.add_argument("--device", default=None)
+    g.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="load the model without checking its files against the manifest's checksums (a warning says so)",
+    )
     g.set_defaults(func=cmd_generate)
 
     np_ = sub.add_parser(
@@ -196,6 +242,11 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     qz.add_argument("--out", required=True, help="model directory to write")
     qz.add_argument(
         "--parts", default="backbone,encoders,projectors", help="comma-separated parts whose linear layers to quantize"
+    )
+    qz.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="load the model without checking its files against the manifest's checksums (a warning says so)",
     )
     qz.set_defaults(func=cmd_quantize)
 

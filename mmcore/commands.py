@@ -162,7 +162,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .spec import load_spec
     from .trainer import train
 
-    spec = load_spec(args.spec)
+    overrides = [*args.set, *([f"training.seed={args.seed}"] if args.seed is not None else [])]
+    spec = load_spec(args.spec, overrides=overrides)
     if args.data or args.eval:
         if not spec.tasks:
             raise MMCoreError(f"{args.spec}: --data needs a [tasks.<name>] section saying the objective")
@@ -203,9 +204,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
         out=args.out,
+        reference_field=args.reference_field,
+        predictions=args.predictions,
+        verify=_verify(args),
     )
     print(json.dumps(res, indent=2))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> bool:
+    """``--no-verify``: False, after a warning that the model's checksums go unchecked."""
+    if args.no_verify:
+        print(
+            f"warning: {args.model_dir}: loading without checking its files against the manifest's checksums "
+            "(--no-verify)",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
@@ -224,7 +240,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .generation import GenerationConfig, generate, generate_stream, prompt_records
 
-    model = load(args.model_dir, device=args.device)
+    model = load(args.model_dir, device=args.device, verify=_verify(args))
     texts = [k for k, e in model.encoders.items() if getattr(e, "modality", "") == "text"]
     text_input = args.text_input or (texts[0] if len(texts) == 1 else None)
     if text_input is None:
@@ -285,7 +301,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .quantize import quantization_info, quantize
 
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    model = quantize(load(args.model_dir), parts=parts)
+    model = quantize(load(args.model_dir, verify=_verify(args)), parts=parts)
     out = save(model, args.out)
     before = (Path(args.model_dir) / "model.safetensors").stat().st_size
     after = (out / "model.safetensors").stat().st_size

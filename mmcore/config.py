@@ -362,6 +362,12 @@ class TaskConfig(BaseModel):
     label: str = Field("label", description="classification: the record field holding the label.")
     labels: list[str] | None = Field(None, description="classification: class names, if labels are strings.")
     text_input: str = Field("text", description="The text input that lm/mlm/prefix_lm objectives read.")
+    target_field: str = Field(
+        "target",
+        description="The record field holding the text input's target (prefix_lm: the loss is on it; `mmcore eval "
+        "--generate` scores generations against it). When it names the text input itself, the whole text is the "
+        "target of an empty prompt.",
+    )
     # --- knowledge distillation (training only; evaluation reports the task's own metrics) ---
     teacher: str | None = Field(
         None,

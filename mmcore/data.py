@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,8 @@ from torch.utils.data import Dataset
 
 from .errors import InputError, MMCoreError
 from .files import regular_file_problem
-from .interfaces import Processor
+from .interfaces import Objective, Processor
+from .records import TEXT_TARGET, RecordError, collate_targets, input_values, parse_targets
 from .types import Batch, TargetField
 
 __all__ = [
@@ -38,12 +41,22 @@ __all__ = [
     "PackedTextDataset",
     "Collator",
     "MAX_RECORD_BYTES",
+    "FIELD_SAMPLE",
+    "MIN_FIELD_SHARE",
     "resolve_record",
+    "task_manifest",
 ]
 
 #: Longest manifest line (one record, in bytes, newline included) read by default; a longer
 #: one is a bad record without being read. Large media belong in files named by ``path``.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+#: Records read before training to check a manifest's fields (:meth:`ManifestDataset.check_fields`).
+FIELD_SAMPLE = 100
+#: The least share of those records a required field (a target, a required input) must be in.
+MIN_FIELD_SHARE = 0.5
+#: How close (``difflib`` ratio) a record's unused field must be to a missing one to be named as
+#: the probable misspelling.
+FIELD_MATCH = 0.6
 _BLOCK = 1 << 20
 
 
@@ -117,8 +130,12 @@ class ManifestDataset(Dataset):
         text_input: the input that receives ``{"prompt": record[text_input], "target":
             record["target"]}`` when a record has a ``target`` (conditional generation).
         targets: the record fields that become targets, as the task's objective declares them
-            (:meth:`mmcore.Objective.targets`); a plain field name is an integer class label.
+            (:meth:`mmcore.Objective.targets`): a record without a required one is a bad record; a
+            plain field name is an optional integer class label.
         labels: optional class names per plain-name target field; string labels map to their index.
+        target_field: the field whose text is the text input's target (:mod:`mmcore.records`).
+        required: inputs every record must have (a record without one is a bad record): the
+            text input of an objective that reads it.
         allow_outside: let file references leave the manifest's folder (the other rules stay).
         max_record_bytes: longest line read (default :data:`MAX_RECORD_BYTES`).
     """
@@ -134,6 +151,8 @@ class ManifestDataset(Dataset):
         labels: Mapping[str, Sequence[str]] | None = None,
         allow_outside: bool = False,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        target_field: str | None = TEXT_TARGET,
+        required: Sequence[str] = (),
     ):
         self.path = Path(path)
         if not self.path.is_file():
@@ -146,9 +165,13 @@ class ManifestDataset(Dataset):
         self.targets = tuple(
             t
             if isinstance(t, TargetField)
-            else TargetField(t, "integer", names=names.get(t), low=0, high=len(names[t]) if t in names else None)
+            else TargetField(
+                t, "integer", names=names.get(t), low=0, high=len(names[t]) if t in names else None, required=False
+            )
             for t in targets
         )
+        self.target_field = target_field
+        self.required = tuple(required)
         self.allow_outside = allow_outside
         self.max_record_bytes = int(max_record_bytes)
         self.offsets, self.lines, self.sizes = _line_offsets(self.path)
@@ -180,9 +203,11 @@ class ManifestDataset(Dataset):
             )
         with open(self.path, "rb") as f:
             f.seek(self.offsets[i])
-            raw = f.readline(self.max_record_bytes + 1)
+            raw = f.readline(self.max_record_bytes + 1).rstrip(b"\r\n")
         try:
             record = json.loads(raw)
+        except json.JSONDecodeError as exc:  # the record is this one line: its column, not the parser's "line 2"
+            raise _Bad(f"{self.path}:{line}", None, f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Bad(f"{self.path}:{line}", None, f"not valid JSON: {exc}") from exc
         except RecursionError as exc:  # the json module parses nesting recursively
@@ -190,6 +215,65 @@ class ManifestDataset(Dataset):
         if not isinstance(record, dict):
             raise _Bad(f"{self.path}:{line}", None, f"a record must be a JSON object, got {type(record).__name__}")
         return line, record
+
+    def records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(file:line, record)`` of every record that parses as a JSON object, in file order
+        (the raw JSON: no processor runs; a bad line is left out)."""
+        for i in range(len(self)):
+            try:
+                line, record = self._read(i)
+            except _Bad:
+                continue
+            yield f"{self.path}:{line}", record
+
+    def field_counts(self, sample: int = FIELD_SAMPLE) -> tuple[int, dict[str, int]]:
+        """``(n, counts)``: how many of the first ``sample`` records hold each field (with a value
+        other than null), over the ``n`` of them that parse. A record holding the target field
+        counts as holding the text input too (the pair is what the text input reads)."""
+        n, counts = 0, Counter[str]()
+        for i in range(min(sample, len(self))):
+            try:
+                _, record = self._read(i)
+            except _Bad:
+                continue
+            present = {k for k, v in record.items() if v is not None}
+            if self.text_input and self.target_field in present:
+                present.add(self.text_input)
+            n += 1
+            counts.update(present)
+        return n, dict(counts)
+
+    def check_fields(self, what: str, *, sample: int = FIELD_SAMPLE, share: float = MIN_FIELD_SHARE) -> set[str]:
+        """Check, before any record is processed, that the fields this reading needs are there;
+        return the fields the first ``sample`` records hold.
+
+        Raises :class:`DataError` (``what`` says whose data it is, e.g. ``tasks.topics``) when a
+        required target or required input is held by fewer than ``share`` of the first
+        ``sample`` records, or when an input no record holds has a close match among the
+        records' fields that no reading uses (a misspelling: ``chemm`` for ``chem``). The
+        message lists the fields the records have and says which one was probably meant."""
+        n, counts = self.field_counts(sample)
+        if n == 0:  # none parses: each is a bad record, reported as such
+            return set()
+        known = set(self.processors) | {t.name for t in self.targets} | {self.target_field}
+        unknown = sorted(k for k in counts if k not in known)
+        problems = []
+        needed = [(t.name, "a target of the task's objective") for t in self.targets if t.required]
+        needed += [(name, "an input the task reads") for name in self.required]
+        for name, role in needed:
+            c = counts.get(name, 0)
+            if c < share * n:
+                problems.append(_field_problem(name, role, c, n, unknown))
+        for name in self.processors:
+            if name not in counts and difflib.get_close_matches(name, unknown, n=1, cutoff=FIELD_MATCH):
+                problems.append(_field_problem(name, "an input of the model", 0, n, unknown))
+        if problems:
+            raise DataError(
+                f"{self.path}: {what}: "
+                + "; ".join(problems)
+                + f". The records have the fields {sorted(counts)} (the first {n} records read)"
+            )
+        return set(counts)
 
     def resolve_path(self, value: str, where: str, field_name: str) -> str:
         """One file reference -> the absolute path of a regular file inside the manifest's folder."""
@@ -203,13 +287,19 @@ class ManifestDataset(Dataset):
         try:
             line, record = self._read(i)
             where = f"{self.path}:{line}"
+            try:
+                values = input_values(
+                    record, self.processors, text_input=self.text_input, target_field=self.target_field
+                )
+                targets = parse_targets(record, self.targets)
+            except RecordError as exc:
+                raise _Bad(where, exc.field, exc.reason) from None
+            for name in self.required:
+                if values.get(name) is None:
+                    raise _Bad(where, name, f"missing: the task reads this input; the record has {sorted(record)}")
             inputs: dict[str, Any] = {}
             for name, proc in self.processors.items():
-                value = record.get(name)
-                if name == self.text_input and "target" in record:
-                    if not isinstance(record["target"], str):
-                        raise _Bad(where, "target", f"must be a string, got {type(record['target']).__name__}")
-                    value = {"prompt": value if value is not None else "", "target": record["target"]}
+                value = values[name]
                 if value is None:
                     inputs[name] = None
                     continue
@@ -223,33 +313,51 @@ class ManifestDataset(Dataset):
                     raise _Bad(where, name, msg[len(at) :].lstrip(": ") if msg.startswith(at) else msg) from exc
             if all(v is None for v in inputs.values()):
                 raise _Bad(where, None, f"the record has none of the inputs {sorted(self.processors)}")
-            return {"inputs": inputs, "targets": self._targets(record, where), "where": where}
+            return {"inputs": inputs, "targets": targets, "where": where}
         except _Bad as bad:
             return BadRecord(bad.where, bad.field, bad.reason)
         except (OSError, ValueError) as exc:  # a processor's unexpected failure on this record
             return BadRecord(self.where(i), None, f"{type(exc).__name__}: {exc}")
-
-    def _targets(self, record: Mapping[str, Any], where: str) -> dict[str, Any]:
-        out = {}
-        for t in self.targets:
-            if t.name in record:
-                try:
-                    out[t.name] = t.parse(record[t.name])
-                except ValueError as exc:
-                    raise _Bad(where, t.name, str(exc)) from None
-        return out
 
     def iter_targets(self) -> Iterator[dict[str, Any]]:
         """Every record's parsed targets, in file order, reading only the JSON (no processor
         runs): what :meth:`mmcore.Objective.setup` learns from. Bad records are left out."""
         for i in range(len(self)):
             try:
-                line, record = self._read(i)
-                targets = self._targets(record, f"{self.path}:{line}")
-            except _Bad:
+                _, record = self._read(i)
+                targets = parse_targets(record, self.targets)
+            except (_Bad, RecordError):
                 continue
             if targets:
                 yield targets
+
+
+def task_manifest(
+    path: str | Path,
+    task: Any,
+    objective: Objective,
+    processors: Mapping[str, Processor],
+    modalities: Mapping[str, str],
+    *,
+    what: str,
+) -> ManifestDataset:
+    """A task's JSONL manifest read as its objective needs it (the objective's targets, the
+    task's ``text_input`` and ``target_field``; the text input required when the objective reads
+    it), its fields checked before any record is processed (:meth:`ManifestDataset.check_fields`,
+    ``what`` naming whose data it is). The trainer and ``mmcore eval`` both read manifests so."""
+    from .objectives import objective_component
+
+    ds = ManifestDataset(
+        path,
+        processors,
+        modalities,
+        text_input=task.text_input,
+        targets=objective.targets(),
+        target_field=task.target_field,
+        required=[task.text_input] if objective_component(task).text else [],
+    )
+    ds.check_fields(what)
+    return ds
 
 
 def resolve_record(
@@ -333,6 +441,17 @@ def _base64(value: Any, where: str, field_name: str) -> bytes:
         ) from None
 
 
+def _field_problem(name: str, role: str, count: int, n: int, unknown: Sequence[str]) -> str:
+    held = "none" if count == 0 else f"{count}"
+    msg = f"field {name!r} ({role}) is in {held} of the first {n} records"
+    if count:
+        msg += f" (under {MIN_FIELD_SHARE:.0%}: the others would all be bad records)"
+    close = difflib.get_close_matches(name, unknown, n=1, cutoff=FIELD_MATCH)
+    if close:
+        msg += f"; did you mean {close[0]!r}? (rename the records' field, or the spec's name)"
+    return msg
+
+
 class _Bad(Exception):
     def __init__(self, where: str, field_name: str | None, reason: str):
         super().__init__(reason)
@@ -400,7 +519,7 @@ class Collator:
 
     def __init__(self, processors: Mapping[str, Processor], targets: Sequence[TargetField] = ()):
         self.processors = dict(processors)
-        self.targets = {t.name: t for t in targets}
+        self.targets = tuple(targets)
 
     def __call__(self, samples: Sequence[dict[str, Any] | BadRecord]) -> tuple[Batch | None, list[BadRecord]]:
         bad = [s for s in samples if isinstance(s, BadRecord)]
@@ -412,14 +531,7 @@ class Collator:
             values = [s["inputs"].get(name) for s in good]
             if any(v is not None for v in values):
                 inputs[name] = proc.collate(values)
-        targets: dict[str, Any] = {}
-        strings: dict[str, list[str]] = {}
-        keys = set().union(*(s["targets"].keys() for s in good))
-        for key in sorted(keys):
-            if all(key in s["targets"] for s in good):
-                spec = self.targets.get(key) or TargetField(key, "integer")
-                value = spec.collate([s["targets"][key] for s in good])
-                (strings if spec.type == "string" else targets)[key] = value
+        targets, strings = collate_targets([s["targets"] for s in good], self.targets)
         meta: dict[str, Any] = {"where": [s["where"] for s in good]}
         if strings:
             meta["targets"] = strings

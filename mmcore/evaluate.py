@@ -50,13 +50,17 @@ def evaluate_task(
     autocast: Callable[[], Any] | None = None,
     rank: int = 0,
     world: int = 1,
+    predictions: list[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``objective`` over ``dataset`` (in order, every record once).
 
     The objective's metric states are summed over the batches, then over the processes of a
     distributed run (:func:`reduce_state`), before :meth:`~mmcore.Objective.metrics` reads
     them. With ``rank``/``world``, process ``rank`` evaluates records ``rank, rank + world,
-    ...`` only, so together they see each record once."""
+    ...`` only, so together they see each record once. ``predictions`` (a list) receives each
+    record's ``where``, ``prediction`` and ``reference`` when the objective has one integer
+    target and its head gives one row of logits a record (the predicted class, by name when
+    the target has names)."""
     model.eval()
     if world > 1:
         dataset = _Strided(dataset, rank, world)
@@ -86,6 +90,8 @@ def evaluate_task(
             t, c, out = objective.terms(model, batch)
         add_state(state, {"loss_total": t.detach(), "loss_count": c.detach()})
         add_state(state, objective.metric_state(out, batch))
+        if predictions is not None:
+            predictions.extend(_classes(objective, out, batch))
     add_state(state, {"bad_records": torch.tensor(float(bad))})
     state = reduce_state(state, world, device)
     if float(state.get("loss_count", 0.0)) == 0:
@@ -94,6 +100,25 @@ def evaluate_task(
     if float(state["bad_records"]):
         metrics["bad_records"] = float(state["bad_records"])
     return metrics
+
+
+def _classes(objective: Objective, out: Any, batch: Any) -> list[dict[str, Any]]:
+    """Each record's predicted and reference class, for an objective with one integer target
+    whose head gives (B, C) logits; else nothing."""
+    fields = [t for t in objective.targets() if t.type == "integer"]
+    logits = out.outputs[objective.head].logits if objective.head in out.outputs else None
+    if len(fields) != 1 or logits is None or logits.dim() != 2 or fields[0].name not in batch.targets:
+        return []
+    names = fields[0].names
+
+    def name(i: int) -> Any:
+        return names[i] if names is not None and 0 <= i < len(names) else i
+
+    pred, gold = logits.argmax(-1).tolist(), batch.targets[fields[0].name].tolist()
+    return [
+        {"where": w, "prediction": name(p), "reference": name(g), "exact": p == g}
+        for w, p, g in zip(batch.meta["where"], pred, gold, strict=True)
+    ]
 
 
 def add_state(total: dict[str, torch.Tensor], part: Mapping[str, torch.Tensor]) -> None:
@@ -147,19 +172,32 @@ def _take(batch: Any, n: int) -> Any:
     def cut(d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v[:n] for k, v in d.items()}
 
-    return Batch({k: cut(v) for k, v in batch.inputs.items()}, cut(batch.targets), batch.meta)
+    meta = {k: (v[:n] if k == "where" else v) for k, v in batch.meta.items()}
+    return Batch({k: cut(v) for k, v in batch.inputs.items()}, cut(batch.targets), meta)
 
 
-def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+#: BLEU counts n-grams up to this order; on references shorter than that (in words) it is 0 or
+#: close to it whatever the generations are, so it is left out (with a note) there.
+BLEU_ORDER = 4
 
 
-def _as_prompt_target(record: Any, text_input: str) -> Any:
-    """``{"text": {"prompt": p, "target": t}}`` -> ``{"text": p, "target": t}`` (both manifest forms)."""
-    if isinstance(record, dict) and isinstance(record.get(text_input), dict) and "target" not in record:
-        inner = record[text_input]
-        return {**record, text_input: inner.get("prompt", ""), "target": inner.get("target")}
-    return record
+def _references(ds: Any, reference_field: str, text_input: str) -> list[tuple[str, dict[str, Any], str | None]]:
+    """``(where, record, reference)`` of every readable record of a manifest, read by the
+    dataset's own reading (a bad line is left out): the reference is the record's
+    ``reference_field`` (None when it has none; a ``{"prompt", "target"}`` text holds its own)."""
+    out = []
+    for where, record in ds.records():  # a bad line is counted as a bad record by the metrics' pass
+        ref = record.get(reference_field)
+        inner = record.get(text_input)
+        if ref is None and isinstance(inner, dict) and isinstance(inner.get("target"), str):
+            ref = inner["target"]
+        prompt = inner.get("prompt", "") if isinstance(inner, dict) else inner
+        if reference_field == text_input:
+            prompt = ""
+        rec = {k: v for k, v in record.items() if k in ds.processors and k != text_input}
+        rec[text_input] = prompt if isinstance(prompt, str) else ""
+        out.append((where, rec, ref if isinstance(ref, str) else None))
+    return out
 
 
 def evaluate_dir(
@@ -173,20 +211,29 @@ def evaluate_dir(
     max_new_tokens: int = 64,
     num_beams: int = 1,
     out: str | Path | None = None,
+    reference_field: str | None = None,
+    predictions: str | Path | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """``mmcore eval``: metrics of a saved model on a data file, written to JSON if ``out``.
 
     With generation (the default for ``prefix_lm``), each record's text is the prompt and its
-    ``target`` the reference (``{"text": {"prompt": .., "target": ..}}`` works too); the
-    model continues every prompt (greedy, or beam search with ``num_beams``) and the output
-    is scored with BLEU, chrF and exact match.
+    reference field (``reference_field``, default the task's ``target_field``: ``target``) the
+    reference; when the reference field is the text input itself, the prompt is empty (other
+    inputs condition the generation). ``{"text": {"prompt": .., "target": ..}}`` works too.
+    The model continues every prompt (greedy, or beam search with ``num_beams``; lengths past
+    the context are cut to fit, with a warning) and the output is scored with chrF, exact match
+    and, where the references average at least :data:`BLEU_ORDER` words, corpus BLEU (else a
+    note in ``result["notes"]`` says why it is left out). ``predictions``: a JSONL file (written
+    atomically) with every record's ``where`` (file:line), ``prediction`` and ``reference``:
+    generations, or the predicted class of a task with one integer target.
     """
     from .checkpoint import load
     from .config import TaskConfig
-    from .data import ManifestDataset, PackedTextDataset
+    from .data import ManifestDataset, PackedTextDataset, task_manifest
     from .objectives import make_objective
 
-    model = load(model_dir)
+    model = load(model_dir, verify=verify)
     spec = model.spec
     tasks = dict(spec.tasks)
     if task is not None and task not in tasks:
@@ -204,12 +251,15 @@ def evaluate_dir(
             cfg = cfg.model_copy(update={"objective": objective})
     else:
         cfg = TaskConfig(objective=objective, train=str(data))  # type: ignore[arg-type,unused-ignore]
+    if reference_field is not None:
+        cfg = cfg.model_copy(update={"target_field": reference_field})
     obj = make_objective(cfg, model, task or "eval")
     path = Path(data)
     ds: ManifestDataset | PackedTextDataset
     if path.suffix == ".jsonl":
         modalities = {k: e.modality for k, e in model.encoders.items()}
-        ds = ManifestDataset(path, model.processors, modalities, text_input=cfg.text_input, targets=obj.targets())
+        what = f"mmcore eval ({f'task {task!r}' if task else f'objective {cfg.objective!r}'})"
+        ds = task_manifest(path, cfg, obj, model.processors, modalities, what=what)
     else:
         ds = PackedTextDataset(
             [path],
@@ -218,31 +268,83 @@ def evaluate_dir(
             input_name=cfg.text_input,
         )
     result: dict[str, Any] = {"model": str(model_dir), "data": str(data), "objective": obj.name}
-    result["metrics"] = evaluate_task(model, obj, ds, model.processors, batch_size=batch_size, device=model.device)
+    kept: list[dict[str, Any]] | None = [] if predictions is not None else None
+    result["metrics"] = evaluate_task(
+        model, obj, ds, model.processors, batch_size=batch_size, device=model.device, predictions=kept
+    )
     want_text = generate if generate is not None else obj.generates
     if want_text and isinstance(ds, ManifestDataset):
-        from .generation import GenerationConfig, generate_for_records
-
-        records = [_as_prompt_target(json.loads(line), cfg.text_input) for line in _lines(path)]
-        records = [r for r in records if isinstance(r, dict) and isinstance(r.get("target"), str)]
-        if not records:
+        kept = _generations(model, ds, cfg, result, batch_size, max_new_tokens, num_beams, keep=kept is not None)
+    if predictions is not None:
+        if not kept:
             raise MMCoreError(
-                f"{path}: no record has a reference to score generations against: give each record a string "
-                f'"target" (e.g. {{"{cfg.text_input}": "prompt", "target": "reference"}}), or pass --no-generate'
+                f"--predictions: objective {obj.name!r} makes no per-record predictions here: they are the "
+                "generations (--generate) or the class of a task with one integer target"
             )
-        hyps = generate_for_records(
-            model,
-            records,
-            base=path.parent,
-            text_input=cfg.text_input,
-            config=GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams),
-            batch_size=batch_size,
-        )
-        refs = [r["target"] for r in records]
-        result["metrics"].update(text_metrics(hyps, refs))
-        result["examples"] = [{"prediction": h, "reference": r} for h, r in zip(hyps[:5], refs[:5], strict=False)]
+        from .io import atomic_write_text
+
+        atomic_write_text(predictions, "".join(json.dumps(k, ensure_ascii=False) + "\n" for k in kept))
+        result["predictions"] = str(predictions)
     if out is not None:
         from .io import atomic_write_text
 
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _generations(
+    model: Any,
+    ds: Any,
+    cfg: Any,
+    result: dict[str, Any],
+    batch_size: int,
+    max_new_tokens: int,
+    num_beams: int,
+    *,
+    keep: bool,
+) -> list[dict[str, Any]] | None:
+    """Generate for every record of ``ds`` and score those with a reference (into ``result``);
+    every record's prediction and reference when ``keep``."""
+    from .generation import GenerationConfig, generate_for_records
+
+    field = cfg.target_field
+    rows = _references(ds, field, cfg.text_input)
+    scored = [r for r in rows if r[2] is not None]
+    if not scored:
+        raise MMCoreError(
+            f"{ds.path}: no record has a reference to score generations against in field {field!r}: give each "
+            f'record one (e.g. {{"{cfg.text_input}": "prompt", "{field}": "reference"}}), name the field that holds '
+            "it (--reference-field, or the task's target_field), or pass --no-generate"
+        )
+    rows = rows if keep else scored
+    hyps = generate_for_records(
+        model,
+        [r[1] for r in rows],
+        base=ds.path.parent,
+        text_input=cfg.text_input,
+        config=GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, clamp=True),
+        batch_size=batch_size,
+    )
+    pairs = [(h, r[2]) for h, r in zip(hyps, rows, strict=True) if r[2] is not None]
+    metrics = text_metrics([h for h, _ in pairs], [ref for _, ref in pairs])
+    words = sum(len(ref.split()) for _, ref in pairs) / len(pairs)
+    if words < BLEU_ORDER:
+        metrics.pop("bleu")
+        result.setdefault("notes", []).append(
+            f"bleu left out: the references average {words:.1f} words, fewer than BLEU's {BLEU_ORDER}-gram order, "
+            "so it would be near 0 whatever the generations; exact_match and chrf apply"
+        )
+    result["metrics"].update(metrics)
+    result["metrics"]["references"] = float(len(pairs))
+    result["examples"] = [{"prediction": h, "reference": ref} for h, ref in pairs[:5]]
+    if not keep:
+        return None
+    return [
+        {
+            "where": r[0],
+            "prediction": h,
+            "reference": r[2],
+            "exact": None if r[2] is None else h.strip() == r[2].strip(),
+        }
+        for h, r in zip(hyps, rows, strict=True)
+    ]

@@ -36,8 +36,9 @@ ids into an output value and a file is the processor's declared capability (``de
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ class GenerationConfig:
             cut before it.
         seed: seed of the sampling generator (None: torch's global RNG).
         use_cache: use the KV cache (False recomputes the whole sequence at every step; for tests).
+        clamp: ``max_new_tokens`` beyond what the context (or the input's ``max_tokens``) leaves
+            after a batch's prompt is cut to fit, with a warning (``mmcore eval``), instead of an error.
     """
 
     max_new_tokens: int = 32
@@ -99,6 +102,7 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
     use_cache: bool = True
+    clamp: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -197,6 +201,29 @@ class _Decoder:
                 f"input {self.text!r} holds at most {cap} tokens and the prompt has {have}: max_new_tokens must be at "
                 f"most {cap - have}, got {max_new_tokens}"
             )
+
+    def fitted(self, cfg: GenerationConfig, count: Tensor, positions: int) -> GenerationConfig:
+        """``cfg`` for a batch whose prompt takes ``positions`` (its text ``count`` tokens): checked
+        (:meth:`check_room`, the context length), or with ``cfg.clamp`` its ``max_new_tokens`` cut
+        to the room left, with a warning."""
+        if not cfg.clamp:
+            self.check_room(count, cfg.max_new_tokens)
+            return cfg
+        ctx_len = self.backbone.config.context_length
+        room = ctx_len - positions
+        cap = getattr(self.proc, "max_tokens", None)
+        if isinstance(cap, int) and count.numel():
+            room = min(room, cap - int(count.max()))
+        if cfg.max_new_tokens <= room:
+            return cfg
+        if room < 1:
+            raise MMCoreError(f"the prompt ({positions} positions) leaves no room in the context length {ctx_len}")
+        warnings.warn(
+            f"max_new_tokens {cfg.max_new_tokens} is more than the context length {ctx_len} leaves after this "
+            f"prompt ({positions} positions); generating at most {room} tokens",
+            stacklevel=2,
+        )
+        return replace(cfg, max_new_tokens=room, min_new_tokens=min(cfg.min_new_tokens, room))
 
     def logits(self, hidden_last: Tensor) -> Tensor:
         out = self.head.project(hidden_last).float()  # (B, V)
@@ -365,7 +392,7 @@ def _stream(dec: _Decoder, batch: Batch, cfg: GenerationConfig) -> Iterator[Tens
     dec.model.eval()
     x, mask, prefix_len, context = dec.prompt(batch)
     count = dec.count(batch).to(x.device)
-    dec.check_room(count, cfg.max_new_tokens)
+    cfg = dec.fitted(cfg, count, x.shape[1])
     n = cfg.num_return_sequences
     x, mask, prefix_len, context = _expand(x, n), _expand(mask, n), _expand(prefix_len, n), _expand(context, n)
     B = x.shape[0]
@@ -405,7 +432,7 @@ def _beam_search(dec: _Decoder, batch: Batch, cfg: GenerationConfig) -> list[lis
     dec.model.eval()
     x, mask, prefix_len, context = dec.prompt(batch)
     count = dec.count(batch).to(x.device)
-    dec.check_room(count, cfg.max_new_tokens)
+    cfg = dec.fitted(cfg, count, x.shape[1])
     B, K = x.shape[0], cfg.num_beams
     x, mask, prefix_len, context = _expand(x, K), _expand(mask, K), _expand(prefix_len, K), _expand(context, K)
     runner = _Runner(

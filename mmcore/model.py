@@ -20,8 +20,9 @@ from .backbone import GPT
 from .config import BackboneConfig
 from .errors import InputError
 from .interfaces import Encoder, Fusion, Head, Processor
+from .records import TEXT_TARGET, RecordError, collate_targets, input_values, parse_targets
 from .spec import Spec
-from .types import Batch, FusedSequence, ModelOutput, Tokens
+from .types import Batch, FusedSequence, ModelOutput, TargetField, Tokens
 
 __all__ = ["MultimodalGPT", "Summary", "SummaryRow"]
 
@@ -135,32 +136,47 @@ class MultimodalGPT(nn.Module):
 
     # --- data ----------------------------------------------------------------------------
 
-    def preprocess(self, records: Sequence[Mapping[str, Any]], *, targets: Iterable[str] = ("label",)) -> Batch:
+    def preprocess(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        targets: Iterable[str | TargetField] = ("label",),
+        text_input: str | None = "text",
+        target_field: str | None = TEXT_TARGET,
+    ) -> Batch:
         """Turn raw records (``{"text": "...", "image": "a.png", "label": 3}``) into a Batch.
 
-        Each input is run through its processor; a record without an input gets a
-        masked-out row. Integer ``targets`` fields present in every record become
-        ``batch.targets``.
+        Records are read as the trainer's loader reads a manifest's (:mod:`mmcore.records`,
+        the one implementation): the text input becomes a ``{"prompt", "target"}`` pair when a
+        record holds ``target_field`` (the loss is then on the target), and ``targets`` are
+        checked as declared (an objective's :class:`~mmcore.TargetField` list, e.g.
+        ``objective.targets()``; a plain name is an optional integer label). Each input is run
+        through its processor; a record without an input gets a masked-out row. A target
+        present in every record becomes ``batch.targets`` (string targets:
+        ``batch.meta["targets"]``). A problem raises :class:`~mmcore.errors.InputError` naming
+        the record and the field.
         """
+        fields = [t if isinstance(t, TargetField) else TargetField(t, "integer", required=False) for t in targets]
+        values, parsed = [], []
+        for i, r in enumerate(records):
+            try:
+                values.append(input_values(r, self.processors, text_input=text_input, target_field=target_field))
+                parsed.append(parse_targets(r, fields))
+            except RecordError as exc:
+                raise InputError(f"record {i} {exc}") from None
         inputs = {}
         for name, proc in self.processors.items():
-            if not any(name in r for r in records):
+            if all(v[name] is None for v in values):
                 continue
             samples = [
-                proc(r[name], where=f"record {i} field {name!r}") if r.get(name) is not None else None
-                for i, r in enumerate(records)
+                proc(v[name], where=f"record {i} field {name!r}") if v[name] is not None else None
+                for i, v in enumerate(values)
             ]
             inputs[name] = proc.collate(samples)
         if not inputs:
             raise InputError(f"no record has any of the model's inputs {list(self.processors)}")
-        tgt = {}
-        for key in targets:
-            if all(key in r for r in records):
-                try:
-                    tgt[key] = torch.tensor([int(r[key]) for r in records], dtype=torch.long)
-                except (TypeError, ValueError) as exc:
-                    raise InputError(f"target {key!r} must be an integer in every record: {exc}") from exc
-        return Batch(inputs, tgt).to(self.device)
+        tgt, strings = collate_targets(parsed, fields)
+        return Batch(inputs, tgt, {"targets": strings} if strings else {}).to(self.device)
 
     @property
     def device(self) -> torch.device:

@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ModelDirError
 
-__all__ = ["CORE", "record", "check", "installed", "compatible", "core_range"]
+__all__ = ["CORE", "record", "check", "installed", "compatible", "core_range", "origin"]
 
 CORE = "mmcore"
 
@@ -92,12 +92,48 @@ def record(spec: Any, registry: Any, manager: Any = None) -> tuple[dict[str, str
         if not name or _norm(name) == CORE:
             continue
         entry = dists.setdefault(name, {"version": version or None, "components": [], "requires_mmcore": None})
-        entry["components"].append(key)
+        if key not in entry["components"]:  # two inputs of one encoder component: listed once
+            entry["components"].append(key)
     for name, entry in dists.items():
         found = installed(name)
         if found is not None:
             entry["requires_mmcore"] = core_range(found[1])
+            url = origin(name)
+            if url is not None:
+                entry["origin"] = url
     return components, dists
+
+
+def origin(dist: str) -> str | None:
+    """Where an installed distribution was installed from when not from a package index: the
+    URL of its ``direct_url.json`` (PEP 610: a local folder, a wheel file, a VCS URL), else None."""
+    import json
+
+    try:
+        text = importlib.metadata.distribution(dist).read_text("direct_url.json")
+        url = json.loads(text).get("url") if text else None
+    except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
+        return None
+    return str(url) if isinstance(url, str) and url else None
+
+
+def _advice(dist: str, version: str | None, manifest: Mapping[str, Any]) -> str:
+    """How to install ``dist`` for a model saved with it: the pinned command for a first-party
+    plugin (registry.toml); for another, also where the saving machine had it from."""
+    from .catalog import first_party
+
+    pin = _pin(dist, version)
+    if dist in first_party():
+        return pin
+    entry = (manifest.get("distributions") or {}).get(dist)
+    url = entry.get("origin") if isinstance(entry, Mapping) else None
+    if isinstance(url, str) and url:
+        where = url.removeprefix("file://")
+        return f"it is not a published mmcore plugin; the model was saved with it installed from {url}: pip install {where!r}"
+    return (
+        f"it is not a published mmcore plugin (registry.toml does not list it), so install it from where you got it "
+        f"(its source or wheel); {pin} works only if your package index has it"
+    )
 
 
 def _recorded(manifest: Mapping[str, Any]) -> dict[str, str | None]:
@@ -134,7 +170,9 @@ def check(manifest: Mapping[str, Any], where: str, core_version: str) -> None:
     for dist, version in _recorded(manifest).items():
         found = installed(dist)
         if found is None:
-            problems.append(f"{dist} {version or ''} is not installed: {_pin(dist, version)}".replace("  ", " "))
+            problems.append(
+                f"{dist} {version or ''} is not installed: ".replace("  ", " ") + _advice(dist, version, manifest)
+            )
             continue
         current, requires = found
         if version is not None and not compatible(version, current):

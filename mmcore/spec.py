@@ -32,9 +32,10 @@ This module imports pydantic and the standard library only (no torch).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,7 @@ from .tomlfile import MAX_KEY_PARTS, MAX_SPEC_BYTES, MAX_TOML_DEPTH, parse_toml,
 
 __all__ = [
     "SPEC_VERSION",
+    "apply_overrides",
     "ComponentSpec",
     "Spec",
     "load_spec",
@@ -204,13 +206,70 @@ class Spec:
 # --- parsing -----------------------------------------------------------------------------
 
 
-def load_spec(path: str | Path, registry: Registry | None = None) -> Spec:
+def load_spec(path: str | Path, registry: Registry | None = None, *, overrides: Sequence[str] = ()) -> Spec:
     """Read and validate a TOML spec file. Raises :class:`SpecError` listing every problem.
 
     The file must be a regular file of at most :data:`MAX_SPEC_BYTES` (checked before it is
-    read, so ``/dev/zero`` or a FIFO is refused at once)."""
+    read, so ``/dev/zero`` or a FIFO is refused at once). ``overrides``: ``KEY=VALUE``
+    assignments applied before validation (:func:`apply_overrides`; ``mmcore train --set``),
+    so an overridden value is validated like the file's and is part of the resolved spec."""
     path = Path(path)
-    return parse_spec_text(read_spec_file(path), file=str(path), registry=registry)
+    if not overrides:
+        return parse_spec_text(read_spec_file(path), file=str(path), registry=registry)
+    data = apply_overrides(parse_toml(read_spec_file(path), file=str(path)), overrides, file=str(path))
+    return parse_spec(data, file=str(path), registry=registry)
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], *, file: str | None = None) -> dict[str, Any]:
+    """A spec's table with ``KEY=VALUE`` assignments applied (a copy).
+
+    ``KEY`` is a dotted path (``training.lr``, ``tasks.caption.weight``); ``VALUE`` a TOML
+    value (``1e-3``, ``true``, ``"cosine"``, ``[1, 2]``, ``{rank = 8}``), or, when it is not
+    one, the text itself (``training.device=cpu``). A section a key goes through must exist,
+    except a top-level one (``[training]`` may be left out of a file): a misspelled section
+    name is a :class:`SpecError` with the close match, and a misspelled option is caught by
+    validation like one in the file."""
+    out: dict[str, Any] = copy.deepcopy(dict(data))
+    issues: list[SpecIssue] = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or any(not p.strip() for p in parts):
+            issues.append(
+                SpecIssue("--set", f"{item!r}: expected KEY=VALUE with a dotted KEY (training.lr=1e-3)", file)
+            )
+            continue
+        parts = [p.strip() for p in parts]
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            here = ".".join(parts[: i + 1])
+            nxt = node.get(part)
+            if nxt is None and i == 0:
+                nxt = node[part] = {}
+            elif nxt is None:
+                close = difflib.get_close_matches(part, [k for k, v in node.items() if isinstance(v, dict)], n=1)
+                hint = f"; did you mean {'.'.join([*parts[:i], close[0]])!r}?" if close else ""
+                issues.append(SpecIssue(here, f"--set {key.strip()}: the spec has no section [{here}]{hint}", file))
+                break
+            elif not isinstance(nxt, dict):
+                issues.append(SpecIssue(here, f"--set {key.strip()}: {here} is a value ({nxt!r}), not a section", file))
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = _toml_value(raw.strip())
+    if issues:
+        raise SpecError(issues, file=file)
+    return out
+
+
+def _toml_value(text: str) -> Any:
+    """``text`` read as a TOML value, else the text itself (a bare word: ``cpu``)."""
+    if "\n" not in text and "\r" not in text:
+        try:
+            return parse_toml(f"v = {text}")["v"]
+        except SpecError:
+            pass
+    return text
 
 
 def parse_spec_text(text: str, *, file: str | None = None, registry: Registry | None = None) -> Spec:

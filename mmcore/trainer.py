@@ -128,6 +128,7 @@ class Trainer(TrainerLog):
         self.history: list[dict[str, Any]] = []
         self.running: dict[str, tuple[float, int]] = {}  # each task's running loss (trainer_log)
         self.tasks = {name: self._make_task(name, t) for name, t in self.task_cfgs.items()}
+        self._check_inputs_seen()
         for task in self.tasks.values():
             if isinstance(task.objective, Distillation):  # load and check the teacher now, not mid-run
                 task.objective.bind(self.model, self._load_teacher(task))

@@ -39,7 +39,8 @@ class _Task:
     eval: Any | None
     plan: IndexPlan
     consumed: int = 0
-    bad: int = 0
+    bad: int = 0  # distinct bad records met (each counted once)
+    bad_seen: set[str] = field(default_factory=set)  # where each of them is (file:line)
     loader: Any = None
     it: Any = None
     excluded: dict[int, str] = field(default_factory=dict)  # records that killed a worker process

@@ -96,7 +96,9 @@ class TrainerCheckpoints(TrainerData):
     def _trainer_state(self, **extra: Any) -> dict[str, Any]:
         return {
             "step": self.step,
-            "tasks": {n: {"consumed": t.consumed, "bad": t.bad} for n, t in self.tasks.items()},
+            "tasks": {
+                n: {"consumed": t.consumed, "bad": t.bad, "bad_seen": sorted(t.bad_seen)} for n, t in self.tasks.items()
+            },
             "world": self.world,
             "running": {n: list(v) for n, v in self.running.items()},  # the logged running losses
             **self._plan_state(),
@@ -170,6 +172,7 @@ class TrainerCheckpoints(TrainerData):
         for n, t in state["tasks"].items():
             if n in self.tasks:
                 self.tasks[n].consumed, self.tasks[n].bad = int(t["consumed"]), int(t["bad"])
+                self.tasks[n].bad_seen = {str(w) for w in t.get("bad_seen", ())}
                 self.tasks[n].it = None
 
     def _save_best(self, metrics: dict[str, dict[str, float]]) -> None:

@@ -5,6 +5,7 @@ dies (the record that killed it found and excluded), and which task a step train
 from __future__ import annotations
 
 import copy
+import difflib
 import random
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from .config import TaskConfig
-from .data import BadRecord, DataError, ManifestDataset, PackedTextDataset
+from .data import FIELD_MATCH, FIELD_SAMPLE, BadRecord, DataError, ManifestDataset, PackedTextDataset, task_manifest
 from .errors import MMCoreError
 from .interfaces import Objective
 from .loader import IndexPlan, find_fatal_record, make_loader, record_where
@@ -43,6 +44,35 @@ class TrainerData(TrainerOptim):
         )
         return _Task(name, t, objective, train, evals, plan)
 
+    def _check_inputs_seen(self) -> None:
+        """Every input of the model is in the first records of some task's training data; an input
+        none holds is an error before the first step (its encoder would never train), listing the
+        fields the records have and the probable misspelling."""
+        seen: dict[str, set[str]] = {}
+        for task in self.tasks.values():
+            if isinstance(task.train, PackedTextDataset):
+                seen[task.name] = {task.train.input_name}
+            elif isinstance(task.train, ManifestDataset):
+                seen[task.name] = set(task.train.field_counts()[1])
+            else:  # a dataset whose records cannot be read here: nothing to check against
+                return
+        every = set().union(*seen.values()) if seen else set()
+        missing = [n for n in self.model.encoders if n not in every]
+        if not missing:
+            return
+        hints = []
+        for n in missing:
+            close = difflib.get_close_matches(n, sorted(every - set(self.model.encoders)), n=1, cutoff=FIELD_MATCH)
+            if close:
+                hints.append(f"did you mean {close[0]!r} for {n!r}?")
+        fields = "; ".join(f"tasks.{k}: {sorted(v)}" for k, v in seen.items())
+        raise DataError(
+            f"the model's input{'s' if len(missing) > 1 else ''} {missing} {'are' if len(missing) > 1 else 'is'} in "
+            f"none of the first {FIELD_SAMPLE} records of any task's training data, so "
+            f"{'their encoders' if len(missing) > 1 else 'its encoder'} would never train. The records have the "
+            f"fields {fields}" + (f". {' '.join(hints)}" if hints else "")
+        )
+
     def _load_teacher(self, task: _Task) -> nn.Module:
         """The distillation teacher of ``task``: its model directory, loaded on the training device."""
         from .checkpoint import load
@@ -65,13 +95,8 @@ class TrainerData(TrainerOptim):
                 procs = {k: copy.copy(p) for k, p in procs.items()}
                 for p in procs.values():
                     p.training = True
-            return ManifestDataset(
-                path,
-                procs,
-                modalities,
-                text_input=t.text_input,
-                targets=objective.targets(),
-            )
+            what = f"tasks.{name}.{'train' if training else 'eval'}"
+            return task_manifest(path, t, objective, procs, modalities, what=what)
         proc = m.processors.get(t.text_input)
         if proc is None:
             raise MMCoreError(f"tasks.{name}: a text corpus needs the text input {t.text_input!r}")
@@ -135,7 +160,9 @@ class TrainerData(TrainerOptim):
             raise DataError(f"tasks.{task.name}: {bad[0]} (set training.on_bad_record = 'skip' to skip such records)")
         if task.bad == 0 and self.rank == 0:
             print(f"warning: tasks.{task.name}: skipping bad record {bad[0]}", file=sys.stderr)
-        task.bad += len(bad)
+        new = {b.where for b in bad} - task.bad_seen  # a record counts once, however many epochs meet it
+        task.bad_seen |= new
+        task.bad += len(new)
 
     def _pick_task(self, step: int) -> _Task:
         names = list(self.plan.stage.tasks)

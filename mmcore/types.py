@@ -217,7 +217,10 @@ class TargetField:
       A single number is accepted when ``length`` is 1.
     * ``"string"``: a JSON string. Collated to a list of str in ``batch.meta["targets"][name]``.
 
-    A batch has ``targets[name]`` only when each of its records has the field.
+    A record without a ``required`` field (the default) is a bad record naming file, line and
+    field, handled like any other (``training.on_bad_record``); an optional field
+    (``required=False``) may be absent, and a batch then has ``targets[name]`` only when each of
+    its records has the field.
 
     Attributes:
         name: the record field (and the key in ``batch.targets``).
@@ -225,6 +228,7 @@ class TargetField:
         names: ``"integer"`` only: class names a string value may give.
         low, high: ``"integer"`` only: the valid range ``[low, high)``.
         length: ``"floats"`` only: how many numbers.
+        required: every record must hold the field (default); False: it may be absent.
     """
 
     name: str
@@ -233,6 +237,7 @@ class TargetField:
     low: int | None = None
     high: int | None = None
     length: int | None = None
+    required: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in TARGET_TYPES:

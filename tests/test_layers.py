@@ -172,7 +172,7 @@ LAYERS: dict[str, set[str]] = {
     # the contracts and the plumbing every layer may use; no model code
     "contracts": {
         "version", "errors", "config", "hookspecs", "registry", "plugins", "builtin", "catalog",
-        "tomlfile", "files", "io", "types", "interfaces", "templates",
+        "tomlfile", "files", "io", "types", "records", "interfaces", "templates",
     },
     # the parts a model is made of
     "parts": {"backbone", "blocks", "decode", "fusion", "fusion_xattn", "resampler", "projectors", "lora"},
