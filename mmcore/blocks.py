@@ -107,9 +107,13 @@ class RotaryEmbedding(nn.Module):
         self.reset_tables()
 
     def inv_freq(self, device: torch.device | None = None) -> Tensor:
-        """The ``hd/2`` frequencies, float64, scaled as :attr:`scaling` says."""
-        half = self.head_dim // 2
-        inv_freq = self.base ** (-torch.arange(half, dtype=torch.float64, device=device) / half)  # (hd/2,)
+        """The ``hd/2`` frequencies (float32), scaled as :attr:`scaling` says.
+
+        Computed in float32 with the operations, in the order, of Hugging Face's Llama rotary
+        embedding (``1 / base ** (2i / hd)``), so that loaded checkpoints match it to rounding.
+        """
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        inv_freq = 1.0 / (self.base**exponent)  # (hd/2,)
         sc = self.scaling
         if sc is None:
             return inv_freq
@@ -124,14 +128,14 @@ class RotaryEmbedding(nn.Module):
             sc.high_freq_factor - sc.low_freq_factor
         )
         blended = (1 - smooth) * scaled / sc.factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return torch.where(medium, blended, scaled)
 
     @torch.no_grad()
     def reset_tables(self) -> None:
         device = self.cos.device
-        t = torch.arange(self.context_length, dtype=torch.float64, device=device)  # (C,)
-        angles = torch.outer(t, self.inv_freq(device))  # (C, hd/2)
+        t = torch.arange(self.context_length, device=device).float()  # (C,)
+        angles = torch.outer(t, self.inv_freq(device))  # (C, hd/2), float32 as in transformers
         self.cos.copy_(angles.cos())
         self.sin.copy_(angles.sin())
 

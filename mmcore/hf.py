@@ -36,7 +36,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -61,6 +61,7 @@ __all__ = [
 #: model_type -> the architecture class name its config.json names.
 FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 EMBED = "model.embed_tokens.weight"
+EMBEDDING = "token_embedding.weight"  # a text encoder's token table (the Encoder contract)
 LM_HEAD = "lm_head.weight"
 _BLOCK = {  # backbone module in a block -> the HF modules concatenated into it, in order
     "ln_1": ("input_layernorm",),
@@ -249,6 +250,8 @@ def backbone_spec_toml(hf_config: Mapping[str, Any]) -> str:
         value = getattr(config, name)
         if name in ("mlp_ratio", "init_std", "dropout", "attention") or value == getattr(defaults, name):
             continue
+        if name == "qkv_bias" and value == config.bias:
+            continue
         if isinstance(value, RopeScaling):
             inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.model_dump().items())
             lines.append(f"rope_scaling = {{{inner}}}")
@@ -422,15 +425,14 @@ def save_hf_dir(
 # A composed model
 
 
-def _text_parts(model: Any) -> tuple[str | None, str | None]:
+def _text_parts(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str | None, str | None]:
     """``(text input, LM head name)``: the input an LM-style head predicts (its ``input``), or,
-    without one, the only encoder with a ``token_embedding``; the head is None without an LM head."""
+    without one, the only encoder with a ``token_embedding`` (the Encoder contract's name for a
+    token table: ``encoders.<input>.token_embedding.weight``); the head is None without an LM head."""
     for name, head in model.heads.items():
         if head.input is not None and head.vocab_size is not None:
             return head.input, name
-    with_emb = [
-        n for n, e in model.encoders.items() if isinstance(getattr(e, "token_embedding", None), torch.nn.Module)
-    ]
+    with_emb = [n for n in model.encoders if f"encoders.{n}.{EMBEDDING}" in shapes]
     return (with_emb[0] if len(with_emb) == 1 else None), None
 
 
@@ -488,16 +490,16 @@ def plan_hf(
     ]
     if have.attn_bias != want.attn_bias:
         diffs.append(f"qkv_bias: spec {have.attn_bias!r}, config.json {want.attn_bias!r}")
-    text, head = _text_parts(model)
+    text, head = _text_parts(model, shapes)
     emb_keys = part_keys(model, f"encoders.{text}", shapes) if text is not None else {}
-    if "token_embedding.weight" not in emb_keys:
+    if EMBEDDING not in emb_keys:
         plan.problems.append(
             "no text encoder with a token_embedding to receive model.embed_tokens.weight (add a text encoder and "
             "an lm head that reads it)"
         )
         text = None
     else:
-        rows = shapes[emb_keys["token_embedding.weight"]][0]
+        rows = shapes[emb_keys[EMBEDDING]][0]
         if rows != vocab:
             diffs.append(f"vocabulary (encoders.{text}): spec {rows}, config.json vocab_size {vocab}")
     head_key = None
@@ -517,8 +519,9 @@ def plan_hf(
             + backbone_spec_toml(hf)
         )
         return plans
+    plan.note = _describe(hf, want, vocab, tied)
     # tensors: every backbone key from its HF parts, with shapes from the headers
-    used = set()
+    used: set[str] = set()
     mismatched, missing = [], []
     for pk, mk in part_keys(model, "backbone", shapes).items():
         names = hf_names(pk)
@@ -538,7 +541,7 @@ def plan_hf(
         plan.loaded.append(pk)
     if text is not None:
         sub = plans[f"encoders.{text}"] = WeightsPlan(f"encoders.{text}", str(directory), "hf")
-        _plan_one(sub, emb_keys, "token_embedding.weight", EMBED, files, shapes, missing, mismatched, used)
+        _plan_one(sub, emb_keys, EMBEDDING, EMBED, files, shapes, missing, mismatched, used)
     if head is not None and head_key is not None:
         sub = plans[f"heads.{head}"] = WeightsPlan(f"heads.{head}", str(directory), "hf")
         _plan_one(
@@ -559,6 +562,19 @@ def plan_hf(
         else:
             plan.ignored.append((hk, why))
     return plans
+
+
+def _describe(hf: Mapping[str, Any], config: BackboneConfig, vocab: int, tied: bool) -> str:
+    """The loaded sizes in one line: what the summary of ``mmcore build`` shows."""
+    arch = (hf.get("architectures") or [FAMILIES[str(hf["model_type"])]])[0]
+    sc = config.rope_scaling
+    rope = f"rope base {config.rope_base:g}" + ("" if sc is None else f", {sc.type} scaling x{sc.factor:g}")
+    return (
+        f"{arch}: width {config.width}, depth {config.depth}, heads {config.heads} (key/value {config.kv_heads}), "
+        f"feed-forward {config.mlp_hidden}, vocabulary {vocab}, context {config.context_length} "
+        f"(max_position_embeddings {hf.get('max_position_embeddings')}), {rope}, "
+        f"{'tied' if tied else 'untied'} head"
+    )
 
 
 def _plan_one(
@@ -594,19 +610,20 @@ def export_hf(
     Raises:
         ValueError: no text encoder with a token embedding, or a backbone the family cannot hold.
     """
-    text, head = _text_parts(model)
-    if text is None:
+    state = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    text, head = _text_parts(model, shapes)
+    if text is None or f"encoders.{text}.{EMBEDDING}" not in state:
         raise ValueError("export_hf: the model has no text encoder with a token_embedding to export")
-    if any("lora_" in k for k in model.state_dict()):
+    if any("lora_" in k for k in state):
         raise ValueError("export_hf: the model has LoRA adapters; merge them first")
-    emb = cast(Tensor, model.encoders[text].token_embedding.weight)
+    emb = state[f"encoders.{text}.{EMBEDDING}"]
     lm_head = None
     if head is not None:
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         keys = part_keys(model, f"heads.{head}", shapes)
         hk = _head_projection(keys, shapes, int(emb.shape[0]), model.backbone.config.width)
         if hk is not None:
-            lm_head = model.state_dict()[keys[hk]]
+            lm_head = state[keys[hk]]
     save_hf_dir(
         model.backbone, path, embedding=emb, lm_head_weight=lm_head, family=family, max_shard_size=max_shard_size
     )

@@ -243,6 +243,8 @@ class WeightsPlan:
     #: model key -> ``[(file, file key), ...]`` concatenated along dim 0 (a model folder's
     #: shards, ``format = "hf"``); read by :func:`read_pieces`, beside ``assign``.
     pieces: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    #: a line for the load report (a model folder: what its config.json describes)
+    note: str = ""
 
 
 def _gpt2_key(key: str, has_wte: bool) -> tuple[str | None, bool, str | None]:
@@ -473,6 +475,7 @@ class PartReport:
         loaded: the component's keys read from the file.
         fresh: its keys that kept their initialisation.
         ignored: ``(file key, reason)`` for the file's keys that were not used.
+        note: one line about the source (a model folder: the sizes its config.json gave), or "".
     """
 
     section: str
@@ -481,6 +484,7 @@ class PartReport:
     loaded: tuple[str, ...] = ()
     fresh: tuple[str, ...] = ()
     ignored: tuple[tuple[str, str], ...] = ()
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -490,6 +494,7 @@ class PartReport:
             "loaded": list(self.loaded),
             "fresh": list(self.fresh),
             "ignored": [list(x) for x in self.ignored],
+            "note": self.note,
         }
 
 
@@ -550,6 +555,8 @@ class LoadReport:
         from .lora import condense
 
         for p in self.parts:
+            if p.note:
+                lines.append(f"  {p.section}: {p.note}")
             if p.source is not None and p.fresh:
                 lines.append(f"  {p.section}: fresh (not in the file): {condense(p.fresh, 6)}")
             reasons: dict[str, list[str]] = {}
