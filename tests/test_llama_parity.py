@@ -318,3 +318,46 @@ def test_config_fills_kv_heads_and_mlp_hidden():
         BackboneConfig(width=64, heads=8, mlp_ratio=2.0, mlp_hidden=100)
     cache = GPT(BackboneConfig(width=64, heads=8, kv_heads=2, depth=1), vocab_size=5).new_cache(3, 10)
     assert tuple(cache.k.shape) == (1, 3, 2, 10, 8)
+
+
+def test_the_folders_tokenizer_json_is_the_text_encoders_tokenizer(tmp_path):
+    """text.bpe reads a byte-level BPE tokenizer.json; pointed at the folder's own, its vocabulary
+    is the checkpoint's and the spec builds, the embedding filled from the folder. A vocabulary that
+    differs is refused with both sizes."""
+    from mmcore_text.bpe import BPETokenizer, train_bpe
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+    folder = tmp_path / "llama"
+    train_bpe([corpus], 300, folder)  # writes folder/tokenizer.json
+    vocab = BPETokenizer.from_file(folder / "tokenizer.json").vocab_size
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**(COMMON | {"vocab_size": vocab}), num_key_value_heads=2, tie_word_embeddings=True)
+    ).eval()
+    hf.save_pretrained(folder)
+    hf_cfg = json.loads((folder / "config.json").read_text())
+    spec = tmp_path / "spec.toml"
+    for rows, ok in ((None, True), (vocab + 8, False)):
+        padded = "" if rows is None else f"vocab_size = {rows}\n"
+        spec.write_text(
+            f"spec_version = 1\n[backbone]\n{backbone_spec_toml(hf_cfg)}\n"
+            f'weights_from = {{path = "{folder}", format = "hf"}}\n'
+            f'[encoders.text]\ncomponent = "text.bpe"\ntokenizer = "{folder / "tokenizer.json"}"\nmax_length = 32\n{padded}'
+            '[heads.lm]\ncomponent = "lm"\n'
+        )
+        if not ok:
+            with pytest.raises(
+                SpecError, match=f"vocabulary \\(encoders.text\\): spec {vocab + 8}, config.json vocab_size {vocab}"
+            ):
+                mmcore.build(spec)
+            continue
+        model = mmcore.build(spec).eval()
+        assert model.load_report["encoders.text"].loaded == ("token_embedding.weight",)
+        batch = model.preprocess([{"text": "the lazy fox"}], targets=())
+        ids = batch.inputs["text"]["ids"]
+        with torch.no_grad():
+            ours = model(batch).outputs["lm"].logits  # (1, N, V): the tokenizer's ids through the folder's model
+            theirs = hf(ids).logits
+        assert ids.shape[1] >= 5
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
