@@ -361,3 +361,21 @@ def test_the_folders_tokenizer_json_is_the_text_encoders_tokenizer(tmp_path):
             theirs = hf(ids).logits
         assert ids.shape[1] >= 5
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_mmcore_export_hf_writes_a_folder_transformers_reads(composed, tmp_path, capsys):
+    from mmcore.cli import main
+
+    model, hf, family = composed
+    mmcore.save(model, tmp_path / "model")
+    out = tmp_path / "hf"
+    assert main(["export", str(tmp_path / "model"), "--out", str(out), "--hf", family, "--max-shard-mb", "0.02"]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == family
+    again = CLASSES[family][1].from_pretrained(out).eval()
+    idx = prompt(2, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(again(idx).logits, hf(idx).logits, atol=1e-5, rtol=0)
+    assert (out / "model.safetensors.index.json").is_file()
+    other = "qwen2" if family != "qwen2" else "llama"  # the other family's q/k/v bias differs
+    assert main(["export", str(tmp_path / "model"), "--out", str(tmp_path / "x"), "--hf", other]) != 0
+    assert "qkv bias" in capsys.readouterr().err
