@@ -234,6 +234,14 @@ PATCHES = [
         LLAMA,
     ),
     Patch(
+        "decode_rope_layout",
+        "decode step: the interleaved rotary layout read as rotate-half",
+        "mmcore/decode.py",
+        "kv_heads=KV, interleaved=plan.interleaved)",
+        "kv_heads=KV, interleaved=False)",
+        ("tests/test_decode_fast.py::test_step_equals_general_path_for_the_llama_family_options",),
+    ),
+    Patch(
         "hf_gate_up_swapped",
         "hf loading: the SwiGLU gate and up projections concatenated in the wrong order",
         "mmcore/hf.py",
