@@ -379,3 +379,29 @@ def test_mmcore_export_hf_writes_a_folder_transformers_reads(composed, tmp_path,
     other = "qwen2" if family != "qwen2" else "llama"  # the other family's q/k/v bias differs
     assert main(["export", str(tmp_path / "model"), "--out", str(tmp_path / "x"), "--hf", other]) != 0
     assert "qkv bias" in capsys.readouterr().err
+
+
+def test_a_folder_without_safetensors_or_with_a_lying_index_is_refused(tmp_path):
+    import shutil
+
+    from mmcore.weights import folder_tensors
+
+    path = tmp_path / "mistral"
+    make_family("mistral", path)  # sharded
+    bad = tmp_path / "pickles"
+    bad.mkdir()
+    shutil.copy(path / "config.json", bad / "config.json")
+    (bad / "pytorch_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin: pickle checkpoints are never loaded"):
+        load_hf_dir(bad)
+    lying = tmp_path / "lying"
+    shutil.copytree(path, lying)
+    index = json.loads((lying / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (lying / shard).unlink()
+    with pytest.raises(FileNotFoundError, match=f"missing from the folder: {shard}"):
+        folder_tensors(lying)
+    index["weight_map"]["model.norm.weight"] = "../elsewhere.safetensors"
+    (lying / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="plain file names"):
+        folder_tensors(lying)
