@@ -323,9 +323,10 @@ def plan_weights(
         return plan
     problem = regular_file_problem(path)  # a folder or /dev/zero is named as such, and never read
     if problem is not None:
-        plan.problems.append(
-            f"{path}: {problem}" + ("; a safetensors file is expected" if problem.startswith("is ") else "")
-        )
+        hint = "; a safetensors file is expected" if problem.startswith("is ") else ""
+        if path.is_dir() and (path / "config.json").is_file():
+            hint = "; a Hugging Face model folder (Llama, Qwen2, Mistral) loads in [backbone] with format = 'hf'"
+        plan.problems.append(f"{path}: {problem}{hint}")
         return plan
     try:
         header, _ = read_header(path)

@@ -405,3 +405,12 @@ def test_a_folder_without_safetensors_or_with_a_lying_index_is_refused(tmp_path)
     (lying / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="plain file names"):
         folder_tensors(lying)
+
+
+def test_a_folder_given_without_format_hf_says_how(hf_dir, tmp_path):
+    family, path, _ = hf_dir
+    spec = tmp_path / "spec.toml"
+    spec.write_text(spec_text(path, tied=family == "qwen2").replace('format = "hf"', 'format = "auto"'))
+    spec.write_text(spec.read_text().replace(f'path = "{path.name}"', f'path = "{path}"'))
+    with pytest.raises(SpecError, match="is a directory.*with format = 'hf'"):
+        mmcore.build(spec)
