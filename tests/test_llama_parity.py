@@ -414,3 +414,23 @@ def test_a_folder_given_without_format_hf_says_how(hf_dir, tmp_path):
     spec.write_text(spec.read_text().replace(f'path = "{path.name}"', f'path = "{path}"'))
     with pytest.raises(SpecError, match="is a directory.*with format = 'hf'"):
         mmcore.build(spec)
+
+
+def test_explanations_attention_maps_equal_transformers_with_grouped_query_attention(hf_dir):
+    """explain's recorded attention (softmax(q k^T / sqrt(hd)), averaged over heads) reads the
+    key/value head each query head shares: equal to transformers' eager attention weights."""
+    from mmcore.explain import _AttentionRecorder
+
+    family, path, _ = hf_dir
+    backbone, _ = load_hf_dir(path)
+    hf = CLASSES[family][1].from_pretrained(path, attn_implementation="eager").eval()
+    idx = prompt(2, 12)
+    rec = _AttentionRecorder(backbone, [0, 1])
+    try:
+        with torch.no_grad():
+            backbone(idx)
+            ref = hf(idx, output_attentions=True).attentions
+    finally:
+        rec.close()
+    for i in (0, 1):
+        torch.testing.assert_close(rec.maps[i], ref[i].mean(1), atol=1e-5, rtol=0)

@@ -242,6 +242,16 @@ PATCHES = [
         ("tests/test_decode_fast.py::test_step_equals_general_path_for_the_llama_family_options",),
     ),
     Patch(
+        "explain_gqa_tiled",
+        "explain: key heads tiled instead of grouped when recording attention maps",
+        "mmcore/explain.py",
+        "k = k.repeat_interleave(group, dim=1)",
+        "k = k.repeat(1, group, 1, 1)",
+        (
+            "tests/test_llama_parity.py::test_explanations_attention_maps_equal_transformers_with_grouped_query_attention",
+        ),
+    ),
+    Patch(
         "hf_gate_up_swapped",
         "hf loading: the SwiGLU gate and up projections concatenated in the wrong order",
         "mmcore/hf.py",
