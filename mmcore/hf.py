@@ -557,7 +557,9 @@ def plan_hf(
     for hk in files:
         if hk in used:
             continue
-        why = "tied to the embedding (tie_word_embeddings = true)" if hk == LM_HEAD else None
+        why = None
+        if hk == LM_HEAD:
+            why = "no LM head in the spec" if head is None else "tied to the embedding (tie_word_embeddings = true)"
         if why is None and hk.endswith("rotary_emb.inv_freq"):
             why = "rotary frequencies (the backbone computes them)"
         if why is None:

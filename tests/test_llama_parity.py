@@ -434,3 +434,20 @@ def test_explanations_attention_maps_equal_transformers_with_grouped_query_atten
         rec.close()
     for i in (0, 1):
         torch.testing.assert_close(rec.maps[i], ref[i].mean(1), atol=1e-5, rtol=0)
+
+
+def test_a_classifier_on_a_folders_backbone_leaves_its_lm_head_out(tmp_path):
+    """Without an LM head in the spec, the folder's lm_head.weight is ignored (and said so); the
+    backbone and the embedding load."""
+    path = tmp_path / "llama"
+    make_family("llama", path)
+    hf = json.loads((path / "config.json").read_text())
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'spec_version = 1\n[backbone]\n{backbone_spec_toml(hf)}\nweights_from = {{path = "{path}", format = "hf"}}\n'
+        '[encoders.text]\ncomponent = "text.bytes"\nmax_length = 32\n'
+        '[heads.label]\ncomponent = "classify"\nnum_classes = 3\n'
+    )
+    report = mmcore.build(spec).load_report
+    assert report["encoders.text"].loaded == ("token_embedding.weight",)
+    assert ("lm_head.weight", "no LM head in the spec") in report["backbone"].ignored
