@@ -16,6 +16,7 @@ Notation used in the shape comments::
     B  batch size            L   new tokens in this call (query length)
     D  width                 Lk  key length (cached + new tokens)
     H  heads                 hd  head size, D // H
+    KV key/value heads (kv_heads; H with multi-head attention)
     V  vocabulary size       N   depth (number of blocks)
 
 Conventions (the contract every caller relies on):
@@ -80,7 +81,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(vocab_size, config.width) if vocab_size is not None else None
         self.wpe = nn.Embedding(config.context_length, config.width) if config.positions == "learned" else None
         self.rope = (
-            RotaryEmbedding(config.head_dim, config.context_length, config.rope_base)
+            RotaryEmbedding(config.head_dim, config.context_length, config.rope_base, config.rope_scaling)
             if config.positions == "rope"
             else None
         )
@@ -148,7 +149,8 @@ class GPT(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """Preallocate a :class:`KVCache` for ``batch_size`` rows and up to ``max_len`` tokens.
+        """Preallocate a :class:`KVCache` for ``batch_size`` rows and up to ``max_len`` tokens
+        (``kv_heads`` heads per layer: grouped-query attention caches fewer keys).
 
         ``device``/``dtype`` default to those of the backbone's parameters.
         """
@@ -157,10 +159,10 @@ class GPT(nn.Module):
         param = cast(Tensor, self.ln_f.weight)
         device = param.device if device is None else device
         dtype = param.dtype if dtype is None else dtype
-        shape = (self.config.depth, batch_size, self.config.heads, max_len, self.config.head_dim)
+        shape = (self.config.depth, batch_size, cast(int, self.config.kv_heads), max_len, self.config.head_dim)
         return KVCache(
-            k=torch.zeros(shape, device=device, dtype=dtype),  # (N, B, H, max_len, hd)
-            v=torch.zeros(shape, device=device, dtype=dtype),  # (N, B, H, max_len, hd)
+            k=torch.zeros(shape, device=device, dtype=dtype),  # (N, B, KV, max_len, hd)
+            v=torch.zeros(shape, device=device, dtype=dtype),  # (N, B, KV, max_len, hd)
             key_mask=torch.zeros(batch_size, max_len, device=device, dtype=torch.bool),  # (B, max_len)
         )
 

@@ -6,14 +6,15 @@ The shape notation and the conventions are those of :mod:`mmcore.backbone`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmcore.config import BackboneConfig
+from mmcore.config import BackboneConfig, RopeScaling
 
 __all__ = ["KVCache", "RotaryEmbedding", "Attention", "MLP", "Block", "apply_rotary", "make_norm", "split_heads"]
 
@@ -34,8 +35,8 @@ class KVCache:
     The single-token decode step keeps its own state for a cache (:mod:`mmcore.decode`).
     """
 
-    k: Tensor  # (N, B, H, max_len, hd) keys, after rotary embedding when positions="rope"
-    v: Tensor  # (N, B, H, max_len, hd) values
+    k: Tensor  # (N, B, KV, max_len, hd) keys, after rotary embedding when positions="rope"
+    v: Tensor  # (N, B, KV, max_len, hd) values (KV = kv_heads)
     key_mask: Tensor  # (B, max_len) bool, True = real token; slots >= length are False
     length: int = 0  # filled slots (a Python int, so shapes never depend on tensor data)
 
@@ -48,8 +49,8 @@ class KVCache:
         return self.k.shape[3]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write new ``k, v (B, H, L, hd)`` of ``layer`` at ``[length, length+L)``; return all
-        keys and values so far, each ``(B, H, length+L, hd)``. Does not advance ``length``
+        """Write new ``k, v (B, KV, L, hd)`` of ``layer`` at ``[length, length+L)``; return all
+        keys and values so far, each ``(B, KV, length+L, hd)``. Does not advance ``length``
         (:meth:`GPT.forward` does that once, after the last layer)."""
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length : end] = k
@@ -78,20 +79,24 @@ class KVCache:
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding tables, read at arbitrary ``positions (B, L)``.
 
-    Uses the "rotate half" convention of GPT-NeoX / Hugging Face LLaMA: the head
-    dimension is split into two halves ``(x1, x2)`` that rotate as complex pairs
-    ``(x1[i], x2[i])`` with frequency ``base ** (-2i / hd)``.
+    Frequency ``i`` (``0 <= i < hd/2``) is ``base ** (-2i / hd)``, scaled as ``scaling`` (a
+    :class:`~mmcore.config.RopeScaling`, or None) says. Which two entries of a head rotate
+    together at frequency ``i`` is :func:`apply_rotary`'s ``interleaved`` (the backbone's
+    ``rope_layout``).
 
     The cos/sin tables cover positions ``[0, context_length)`` and are non-persistent
     buffers (never saved; rebuilt by :meth:`reset_tables`, which :meth:`GPT.init_weights`
     calls). They are kept in float32 and cast to the activations' dtype on use.
     """
 
-    def __init__(self, head_dim: int, context_length: int, base: float = 10000.0) -> None:
+    def __init__(
+        self, head_dim: int, context_length: int, base: float = 10000.0, scaling: RopeScaling | None = None
+    ) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.context_length = context_length
         self.base = base
+        self.scaling = scaling
         self.register_buffer("cos", torch.empty(context_length, head_dim // 2), persistent=False)
         self.register_buffer("sin", torch.empty(context_length, head_dim // 2), persistent=False)
         if not self.cos.is_meta:
@@ -101,13 +106,36 @@ class RotaryEmbedding(nn.Module):
         """Recompute the non-persistent tables (after building on the meta device)."""
         self.reset_tables()
 
+    def inv_freq(self, device: torch.device | None = None) -> Tensor:
+        """The ``hd/2`` frequencies (float32), scaled as :attr:`scaling` says.
+
+        Computed in float32 with the operations, in the order, of Hugging Face's Llama rotary
+        embedding (``1 / base ** (2i / hd)``), so that loaded checkpoints match it to rounding.
+        """
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        inv_freq = 1.0 / (self.base**exponent)  # (hd/2,)
+        sc = self.scaling
+        if sc is None:
+            return inv_freq
+        if sc.type == "linear":
+            return inv_freq / sc.factor
+        # llama3: long wavelengths divided by factor, short ones kept, a smooth blend between
+        wavelen = 2 * math.pi / inv_freq
+        low_wavelen = sc.original_context_length / sc.low_freq_factor
+        high_wavelen = sc.original_context_length / sc.high_freq_factor
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / sc.factor, inv_freq)
+        smooth = (sc.original_context_length / wavelen - sc.low_freq_factor) / (
+            sc.high_freq_factor - sc.low_freq_factor
+        )
+        blended = (1 - smooth) * scaled / sc.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return torch.where(medium, blended, scaled)
+
     @torch.no_grad()
     def reset_tables(self) -> None:
         device = self.cos.device
-        half = self.head_dim // 2
-        inv_freq = self.base ** (-torch.arange(half, dtype=torch.float64, device=device) / half)  # (hd/2,)
-        t = torch.arange(self.context_length, dtype=torch.float64, device=device)  # (C,)
-        angles = torch.outer(t, inv_freq)  # (C, hd/2)
+        t = torch.arange(self.context_length, device=device).float()  # (C,)
+        angles = torch.outer(t, self.inv_freq(device))  # (C, hd/2), float32 as in transformers
         self.cos.copy_(angles.cos())
         self.sin.copy_(angles.sin())
 
@@ -118,19 +146,45 @@ class RotaryEmbedding(nn.Module):
         return cos, sin
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x (B, H, L, hd)`` by ``cos, sin (B, 1, L, hd/2)``."""
-    x1, x2 = x.chunk(2, dim=-1)  # (B, H, L, hd/2) each
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, H, L, hd)
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """Rotate ``x (..., L, hd)`` by ``cos, sin`` (broadcasting to ``(..., L, hd/2)``).
+
+    ``interleaved=False`` ("rotate half", GPT-NeoX and Hugging Face Llama): entry ``i`` and
+    entry ``i + hd/2`` form the pair rotated at frequency ``i``. ``interleaved=True`` (Meta's
+    Llama, GPT-J): entries ``2i`` and ``2i + 1``.
+    """
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., L, hd/2) each
+        return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)  # (..., L, hd)
+    x1, x2 = x.chunk(2, dim=-1)  # (..., L, hd/2) each
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (..., L, hd)
 
 
 def split_heads(
-    qkv: Tensor, heads: int, head_dim: int, rope: tuple[Tensor, Tensor] | None = None
+    qkv: Tensor,
+    heads: int,
+    head_dim: int,
+    rope: tuple[Tensor, Tensor] | None = None,
+    *,
+    kv_heads: int | None = None,
+    interleaved: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """A fused projection ``[q; k; v] (B, L, 3D)`` (GPT-2's ``c_attn`` layout) -> ``q, k, v``, each
-    ``(B, H, L, hd)``, with rotary embedding applied to ``q`` and ``k`` when ``rope`` (``cos, sin``
-    broadcasting to ``(B, 1, L, hd/2)``) is given."""
+    """A fused projection ``[q; k; v]`` -> ``q (B, H, L, hd)``, ``k, v (B, KV, L, hd)``.
+
+    ``qkv`` is ``(B, L, (H + 2 KV) hd)``: the ``H`` query heads, then the ``KV`` key heads, then
+    the ``KV`` value heads (``kv_heads``, default ``heads``: GPT-2's ``c_attn`` layout). Rotary
+    embedding is applied to ``q`` and ``k`` when ``rope`` (``cos, sin`` broadcasting to
+    ``(B, 1, L, hd/2)``) is given, in the layout ``interleaved`` names (:func:`apply_rotary`)."""
     B, L, _ = qkv.shape
+    kv = heads if kv_heads is None else kv_heads
+    if kv != heads:  # grouped-query attention: fewer key/value heads than query heads
+        q, k, v = qkv.split((heads * head_dim, kv * head_dim, kv * head_dim), dim=-1)
+        q = q.view(B, L, heads, head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = k.view(B, L, kv, head_dim).transpose(1, 2)  # (B, KV, L, hd)
+        v = v.view(B, L, kv, head_dim).transpose(1, 2)  # (B, KV, L, hd)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope, interleaved), apply_rotary(k, *rope, interleaved)
+        return q, k, v
     if L == 1:  # a decode step: the same values, strided as SDPA's one-query kernels run fastest
         t = qkv.view(B, 3, heads, 1, head_dim).transpose(0, 1)  # (3, B, H, 1, hd)
     else:
@@ -139,7 +193,7 @@ def split_heads(
         q, k, v = t.unbind(0)
         return q, k, v
     cos, sin = rope
-    q, k = apply_rotary(t[:2], cos, sin).unbind(0)  # (B, H, L, hd) each
+    q, k = apply_rotary(t[:2], cos, sin, interleaved).unbind(0)  # (B, H, L, hd) each
     return q, k, t[2]
 
 
@@ -157,25 +211,31 @@ def make_norm(config: BackboneConfig) -> nn.Module:
 class Attention(nn.Module):
     """Multi-head self-attention: one fused ``qkv`` projection, one SDPA call, ``proj``.
 
-    The fused ``qkv`` output is ``[q; k; v]`` (each ``D`` wide, heads contiguous inside
-    each), which is GPT-2's ``c_attn`` layout.
+    The fused ``qkv`` output is ``[q; k; v]``: ``q`` is ``D`` wide, ``k`` and ``v`` are
+    ``kv_heads * hd`` wide each, heads contiguous inside each (with ``kv_heads == heads``,
+    GPT-2's ``c_attn`` layout). With fewer key/value heads (grouped-query attention), query
+    head ``h`` reads key/value head ``h // (heads / kv_heads)``.
     """
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
         self.heads = config.heads
+        self.kv_heads = cast(int, config.kv_heads)
         self.head_dim = config.head_dim
+        self.interleaved = config.rope_layout == "interleaved"
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.width, 3 * config.width, bias=config.bias)
+        self.qkv = nn.Linear(config.width, config.width + 2 * config.kv_width, bias=config.attn_bias)
         self.proj = nn.Linear(config.width, config.width, bias=config.bias)
         self.resid_drop = nn.Dropout(config.dropout)
 
     def split(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``x (B, L, D)`` -> ``q, k, v``, each ``(B, H, L, hd)``, rotary applied to ``q`` and ``k``
+        """``x (B, L, D)`` -> ``q (B, H, L, hd)``, ``k, v (B, KV, L, hd)``, rotary applied to ``q`` and ``k``
         (``rope``: ``cos, sin (B, 1, L, hd/2)`` or None). The one place attention's inputs are
         made: :meth:`forward`, the decode step (through :func:`split_heads`) and
         :mod:`mmcore.explain` use it."""
-        return split_heads(self.qkv(x), self.heads, self.head_dim, rope)
+        return split_heads(
+            self.qkv(x), self.heads, self.head_dim, rope, kv_heads=self.kv_heads, interleaved=self.interleaved
+        )
 
     def forward(
         self,
@@ -194,9 +254,9 @@ class Attention(nn.Module):
         ``attn_mask`` and without cache). ``cache``/``layer``: where to store and read keys.
         """
         B, L, D = x.shape
-        q, k, v = self.split(x, rope)  # (B, H, L, hd) each
+        q, k, v = self.split(x, rope)  # q (B, H, L, hd), k and v (B, KV, L, hd)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, H, Lk, hd) each
+            k, v = cache.update(layer, k, v)  # (B, KV, Lk, hd) each
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -204,6 +264,7 @@ class Attention(nn.Module):
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
+            enable_gqa=self.kv_heads != self.heads,
         )  # (B, H, L, hd)
         y = y.transpose(1, 2).contiguous().view(B, L, D)  # (B, L, D)
         return self.resid_drop(self.proj(y))  # (B, L, D)
@@ -216,7 +277,7 @@ class MLP(nn.Module):
     * ``swiglu``: ``fc`` is fused, output ``[gate; up]`` (each ``hidden`` wide); the
       activation is ``silu(gate) * up``.
 
-    ``hidden = int(mlp_ratio * width)``.
+    ``hidden`` is the config's ``mlp_hidden`` (``int(mlp_ratio * width)`` unless given).
     """
 
     def __init__(self, config: BackboneConfig) -> None:

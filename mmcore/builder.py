@@ -220,7 +220,15 @@ def _load_sources(model: MultimodalGPT, spec: Spec, plans: Mapping[str, Any]) ->
             continue
         load_planned(model, plan)
         parts.append(
-            PartReport(section, plan.source, plan.format, tuple(plan.loaded), tuple(plan.fresh), tuple(plan.ignored))
+            PartReport(
+                section,
+                plan.source,
+                plan.format,
+                tuple(plan.loaded),
+                tuple(plan.fresh),
+                tuple(plan.ignored),
+                plan.note,
+            )
         )
     return LoadReport(tuple(parts))
 

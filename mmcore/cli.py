@@ -278,6 +278,13 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         help="text lengths fixed to the example record's (default: dynamic, up to each processor's max_length)",
     )
     ex.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx and onnxscript)")
+    ex.add_argument(
+        "--hf",
+        choices=("llama", "qwen2", "mistral"),
+        help="instead: write the backbone, text embedding and LM head as a Hugging Face folder of this family "
+        "(config.json and safetensors; mmcore.hf.export_hf)",
+    )
+    ex.add_argument("--max-shard-mb", type=float, help="with --hf: split the weights into shards of at most this size")
     ex.set_defaults(func=cmd_export)
 
     xp = sub.add_parser("explain", help="per-modality contributions to one prediction: JSON report and PNG")

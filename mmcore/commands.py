@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import first_party, install_target, read_catalog
-from .errors import MMCoreError, SpecError
+from .errors import InputError, MMCoreError, SpecError
 
 __all__ = [
     "cmd_build",
@@ -323,9 +323,22 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """torch.export (and ONNX) of a model directory's forward pass (mmcore.export)."""
+    """torch.export (and ONNX) of a model directory's forward pass (mmcore.export); with --hf, a
+    Hugging Face folder of the backbone, text embedding and LM head (mmcore.hf.export_hf)."""
     from .export import export_dir
 
+    if args.hf:
+        from .checkpoint import load
+        from .hf import export_hf
+
+        shard = None if args.max_shard_mb is None else int(args.max_shard_mb * 1024 * 1024)
+        try:
+            export_hf(load(args.model_dir), args.out, family=args.hf, max_shard_size=shard)
+        except ValueError as exc:  # what the family's layout cannot hold, named
+            raise InputError(f"export --hf {args.hf}: {exc}") from exc
+        files = sorted(p.name for p in Path(args.out).iterdir())
+        print(json.dumps({"format": "hf", "family": args.hf, "out": str(args.out), "files": files}, indent=2))
+        return 0
     report = export_dir(
         args.model_dir,
         args.out,

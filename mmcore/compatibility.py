@@ -92,13 +92,27 @@ def _check(model: MultimodalGPT, spec: Spec, *, read_weights: bool) -> tuple[lis
         from .weights import plan_weights
 
         shapes = unadapted_shapes(model)  # a built model's adapters aside: the names the files use
-        for section, core in spec.core_options().items():
+        options = spec.core_options()
+        for section, core in options.items():
             if core.weights_from is None:
                 continue
-            plan = plan_weights(model, section, core.weights_from, shapes)
-            for problem in plan.problems:
-                add(f"{section}.weights_from", problem)
-            plans[section] = plan
+            if section == "backbone" and core.weights_from.format == "hf":
+                from .hf import plan_hf
+
+                found = plan_hf(model, core.weights_from, shapes, spec)
+                for other in found:
+                    if other != section and options[other].weights_from is not None:
+                        add(
+                            f"{other}.weights_from",
+                            f"the backbone's model folder ({core.weights_from.path}) fills this component already; "
+                            "remove one of the two",
+                        )
+            else:
+                found = {section: plan_weights(model, section, core.weights_from, shapes)}
+            for where, plan in found.items():
+                for problem in plan.problems:
+                    add(f"{section}.weights_from", problem)
+                plans[where] = plan
     return issues, plans
 
 

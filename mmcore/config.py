@@ -6,7 +6,7 @@ Component configuration models subclass :class:`ComponentConfig`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,6 +21,7 @@ __all__ = [
     "CoreOptions",
     "LoraConfig",
     "WeightsSource",
+    "RopeScaling",
 ]
 
 
@@ -36,6 +37,35 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RopeScaling(BaseModel):
+    """``[backbone] rope_scaling``: how rotary frequencies are scaled (a checkpoint's ``rope_scaling``).
+
+    * ``linear``: every frequency divided by ``factor`` (positions stretched ``factor`` times).
+    * ``llama3``: Llama 3.1's rule: wavelengths shorter than ``original_context_length /
+      high_freq_factor`` are kept, those longer than ``original_context_length / low_freq_factor``
+      are divided by ``factor``, and the band between is interpolated smoothly.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["linear", "llama3"] = Field(description="The scaling rule: 'linear' or 'llama3'.")
+    factor: float = Field(gt=0, description="Scaling factor.")
+    low_freq_factor: float = Field(1.0, gt=0, description="llama3 only: the low-frequency factor.")
+    high_freq_factor: float = Field(4.0, gt=0, description="llama3 only: the high-frequency factor.")
+    original_context_length: int = Field(
+        8192, gt=0, description="llama3 only: the context length the model was pretrained with."
+    )
+
+    @model_validator(mode="after")
+    def _check_factors(self) -> "RopeScaling":
+        if self.type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(
+                f"rope_scaling: high_freq_factor ({self.high_freq_factor:g}) must exceed low_freq_factor "
+                f"({self.low_freq_factor:g})"
+            )
+        return self
+
+
 class BackboneConfig(BaseModel):
     """The GPT backbone: a pre-norm decoder-only transformer owned by the core.
 
@@ -48,6 +78,13 @@ class BackboneConfig(BaseModel):
     width: int = Field(256, gt=0, description="Model width D (embedding size); divisible by heads.")
     depth: int = Field(4, gt=0, description="Number of transformer blocks.")
     heads: int = Field(4, gt=0, description="Attention heads per block.")
+    kv_heads: int | None = Field(
+        None,
+        gt=0,
+        description="Key/value heads per block (grouped-query attention, as in Llama, Qwen2 and Mistral): each "
+        "serves heads / kv_heads query heads; heads must be a multiple of it. Default: heads (multi-head "
+        "attention). The KV cache holds kv_heads heads.",
+    )
     context_length: int = Field(
         256, gt=0, description="Longest fused sequence (all modalities plus text) the model accepts."
     )
@@ -58,6 +95,18 @@ class BackboneConfig(BaseModel):
         "learned", description="Learned absolute position embeddings (GPT-2), rotary (RoPE) or none."
     )
     rope_base: float = Field(10000.0, gt=0, description="Base frequency of rotary embeddings.")
+    rope_scaling: RopeScaling | None = Field(
+        None,
+        description="Rotary frequency scaling, as a checkpoint's rope_scaling says: none (default), "
+        "{type = 'linear', factor = F} or {type = 'llama3', factor, low_freq_factor, high_freq_factor, "
+        "original_context_length}.",
+    )
+    rope_layout: Literal["half", "interleaved"] = Field(
+        "half",
+        description="Which head-size entries rotate together: 'half' pairs entry i with i + hd/2 (GPT-NeoX and "
+        "Hugging Face Llama/Qwen2/Mistral checkpoints); 'interleaved' pairs 2i with 2i+1 (Meta's original Llama "
+        "and GPT-J layout).",
+    )
     mlp: Literal["gelu", "gelu_tanh", "swiglu"] = Field(
         "gelu",
         description="Feed-forward type: GELU (exact), GELU with tanh approximation (GPT-2's 'gelu_new'), "
@@ -66,7 +115,17 @@ class BackboneConfig(BaseModel):
     mlp_ratio: float = Field(
         4.0, gt=0, description="Hidden width of the feed-forward as a multiple of width (SwiGLU: use ~8/3)."
     )
+    mlp_hidden: int | None = Field(
+        None,
+        gt=0,
+        description="Hidden width of the feed-forward exactly (a checkpoint's intermediate_size); when given it "
+        "wins over mlp_ratio, which is set to mlp_hidden / width. Default: int(mlp_ratio * width).",
+    )
     bias: bool = Field(True, description="Bias in linear and normalisation layers (GPT-2: true).")
+    qkv_bias: bool | None = Field(
+        None,
+        description="Bias in the query/key/value projection alone (Qwen2: true with bias = false). Default: as bias.",
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention output, MLP and embeddings.")
     attention: Literal["causal", "prefix", "bidirectional"] = Field(
         "causal",
@@ -81,6 +140,23 @@ class BackboneConfig(BaseModel):
             raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
         if self.positions == "rope" and (self.width // self.heads) % 2:
             raise ValueError(f"rotary positions need an even head size; width/heads = {self.width // self.heads}")
+        if self.kv_heads is None:
+            object.__setattr__(self, "kv_heads", self.heads)  # filled in: always an int once validated
+        elif self.heads % self.kv_heads:
+            raise ValueError(
+                f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads}): each key/value head "
+                "serves the same number of query heads"
+            )
+        from_ratio = int(self.mlp_ratio * self.width)
+        if self.mlp_hidden is None:
+            object.__setattr__(self, "mlp_hidden", from_ratio)  # filled in: always an int once validated
+        elif "mlp_ratio" not in self.model_fields_set:
+            object.__setattr__(self, "mlp_ratio", self.mlp_hidden / self.width)
+        elif self.mlp_hidden not in (from_ratio, round(self.mlp_ratio * self.width)):
+            raise ValueError(
+                f"mlp_hidden ({self.mlp_hidden}) and mlp_ratio ({self.mlp_ratio:g}, which gives {from_ratio} at "
+                f"width {self.width}) disagree; give one of them"
+            )
         return self
 
     @property
@@ -88,8 +164,14 @@ class BackboneConfig(BaseModel):
         return self.width // self.heads
 
     @property
-    def mlp_hidden(self) -> int:
-        return int(self.mlp_ratio * self.width)
+    def kv_width(self) -> int:
+        """Width of the keys (and of the values): ``kv_heads * head_dim``."""
+        return cast(int, self.kv_heads) * self.head_dim
+
+    @property
+    def attn_bias(self) -> bool:
+        """Whether the query/key/value projection has a bias: ``qkv_bias``, else ``bias``."""
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
 
 class StageConfig(BaseModel):
@@ -442,7 +524,10 @@ class WeightsSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(description="A .safetensors file; a relative path resolves against the spec file's folder.")
+    path: str = Field(
+        description="A .safetensors file (a model folder with format = 'hf'); a relative path resolves against "
+        "the spec file's folder."
+    )
     prefix: dict[str, str] = Field(
         default_factory=dict,
         description='Key-prefix mapping, file -> component: {"vision_model." = ""} strips a prefix, '
@@ -451,11 +536,13 @@ class WeightsSource(BaseModel):
     ignore: list[str] = Field(
         default_factory=list, description="Glob patterns of file keys to leave out (e.g. a classifier: 'head.*')."
     )
-    format: Literal["auto", "mmcore", "gpt2"] = Field(
+    format: Literal["auto", "mmcore", "gpt2", "hf"] = Field(
         "auto",
         description="Key layout: 'mmcore' (the component's own parameter names), 'gpt2' (Hugging Face GPT-2, "
-        "backbone only: transposed Conv1D weights, transformer.h.N... names) or 'auto' (gpt2 when the backbone's "
-        "file looks like GPT-2, else mmcore).",
+        "backbone only: transposed Conv1D weights, transformer.h.N... names), 'hf' (backbone only: path is a "
+        "Hugging Face Llama, Qwen2 or Mistral folder, config.json and model.safetensors or its shards; it fills "
+        "the backbone, the LM head's text embedding and an untied LM head, and config.json is checked against "
+        "the spec) or 'auto' (gpt2 when the backbone's file looks like GPT-2, else mmcore).",
     )
     allow_missing: bool = Field(
         False,

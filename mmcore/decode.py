@@ -40,7 +40,7 @@ class _LayerParams(NamedTuple):
 
     ln_1_w: Tensor
     ln_1_b: Tensor | None
-    qkv_wt: Any  # Tensor (D, 3D)
+    qkv_wt: Any  # Tensor (D, D + 2 KV hd)
     qkv_b: Tensor | None
     proj_wt: Any  # Tensor (D, D)
     proj_b: Tensor | None
@@ -68,7 +68,9 @@ class _StepPlan(NamedTuple):
     eps: float | None
     mlp: str  # "gelu", "gelu_tanh" or "swiglu"
     heads: int
+    kv_heads: int
     head_dim: int
+    interleaved: bool  # rope_layout = "interleaved"
 
     def stale(self) -> bool:
         """A weight changed in place since the copies were made (e.g. an optimizer step)."""
@@ -248,7 +250,9 @@ def make_step_plan(self: Any) -> _StepPlan | None:
         eps=self.ln_f.eps,
         mlp=cfg.mlp,
         heads=cfg.heads,
+        kv_heads=cfg.kv_heads,
         head_dim=cfg.head_dim,
+        interleaved=cfg.rope_layout == "interleaved",
     )
 
 
@@ -263,7 +267,8 @@ def decode_step(self: Any, x: Tensor, cache: KVCache, context: Any, plan: _StepP
     caller has validated shapes and lengths.
     """
     B, _, D = x.shape
-    H, hd, rms, eps = plan.heads, plan.head_dim, plan.rms, plan.eps
+    H, KV, hd, rms, eps = plan.heads, plan.kv_heads, plan.head_dim, plan.rms, plan.eps
+    gqa = KV != H
     past = cache.length
     Lk = past + 1
     key_mask = cache.key_mask  # (B, max_len)
@@ -285,24 +290,25 @@ def decode_step(self: Any, x: Tensor, cache: KVCache, context: Any, plan: _StepP
     x = x.reshape(B, D)  # one row per sequence: the linears are plain addmm calls
     if plan.wpe is not None:
         x = x + plan.wpe[pos]  # (B, D)
+    rope: tuple[Tensor, Tensor] | None = None
     if plan.rope is not None:
         rows = B if st.padded else 1
         cos = plan.rope[0][pos].to(x.dtype).view(rows, 1, 1, hd // 2)  # broadcasts over [q; k], heads
         sin = plan.rope[1][pos].to(x.dtype).view(rows, 1, 1, hd // 2)
         rope = (cos, sin)
 
-    # Per layer, views of the cache's new slot (B, H, 1, hd) and of all filled slots (B, H, Lk, hd).
+    # Per layer, views of the cache's new slot (B, KV, 1, hd) and of all filled slots (B, KV, Lk, hd).
     # (unbind: one op for all layers; writing into its views is fine without autograd.)
     k_new, v_new = cache.k.narrow(3, past, 1).unbind(0), cache.v.narrow(3, past, 1).unbind(0)
     k_all, v_all = cache.k.narrow(3, 0, Lk).unbind(0), cache.v.narrow(3, 0, Lk).unbind(0)
     for i, p in enumerate(plan.layers):
         # --- attention: x + proj(sdpa(q, cached keys, cached values))
         h = _norm(x, p.ln_1_w, p.ln_1_b, eps, rms)  # (B, D)
-        qkv = _linear(h, p.qkv_wt, p.qkv_b).view(B, 1, 3 * D)  # [q; k; v]
-        q, k, v = split_heads(qkv, H, hd, rope if plan.rope is not None else None)  # (B, H, 1, hd) each
-        k_new[i].copy_(k)
+        qkv = _linear(h, p.qkv_wt, p.qkv_b).view(B, 1, -1)  # [q; k; v]
+        q, k, v = split_heads(qkv, H, hd, rope, kv_heads=KV, interleaved=plan.interleaved)  # q (B, H, 1, hd)
+        k_new[i].copy_(k)  # (B, KV, 1, hd)
         v_new[i].copy_(v)
-        y = F.scaled_dot_product_attention(q, k_all[i], v_all[i], attn_mask=attn_bias)  # (B, H, 1, hd)
+        y = F.scaled_dot_product_attention(q, k_all[i], v_all[i], attn_mask=attn_bias, enable_gqa=gqa)  # (B, H, 1, hd)
         x = x + _linear(y.reshape(B, D), p.proj_wt, p.proj_b)  # (B, D)
         # --- MLP: x + out(act(fc(x)))
         h = _linear(_norm(x, p.ln_2_w, p.ln_2_b, eps, rms), p.fc_wt, p.fc_b)  # (B, hidden or 2*hidden)

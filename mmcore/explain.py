@@ -147,6 +147,8 @@ class _AttentionRecorder:
             L = x.shape[1]
             with torch.no_grad():
                 q, k, _ = module.split(x, kwargs.get("rope"))  # (B, H, L, hd) each, as the attention computes them
+                group = q.shape[1] // k.shape[1]  # grouped-query attention: query heads per key head
+                k = k.repeat_interleave(group, dim=1)  # (B, KV, L, hd) -> (B, H, L, hd)
                 scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(module.head_dim)  # (B, H, L, L)
                 mask = kwargs.get("attn_mask")
                 if mask is None and kwargs.get("is_causal"):

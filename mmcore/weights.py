@@ -51,6 +51,8 @@ __all__ = [
     "part_keys",
     "plan_weights",
     "load_planned",
+    "folder_tensors",
+    "read_pieces",
 ]
 
 _GPT2_BLOCK = re.compile(r"^(transformer\.)?h\.\d+\.attn\.c_attn\.weight$")
@@ -94,6 +96,84 @@ def read_header(path: str | Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]
             raise ValueError(f"{p}: not a safetensors file (header entry {key!r} has no shape)")
         out[key] = (str(entry.get("dtype")), tuple(int(d) for d in entry["shape"]))
     return out, {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+def folder_tensors(directory: str | Path) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+    """``key -> (file, dtype, shape)`` for a model folder's safetensors weights, from headers alone.
+
+    The folder holds ``model.safetensors``, or the shards that ``model.safetensors.index.json``
+    lists (every file of its ``weight_map``; a key the index places in one file but found in
+    another, or in none, is an error). A folder with only pickle checkpoints (``*.bin``,
+    ``*.pt``) is refused with how to convert it.
+
+    Raises ``FileNotFoundError`` (no weights) or ``ValueError`` (a bad index or file).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: not a folder (a model folder with config.json and safetensors is expected)")
+    single, index = d / "model.safetensors", d / "model.safetensors.index.json"
+    if single.is_file():
+        files, weight_map = [single], None
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{index}: not a safetensors index (no weight_map of key -> file): {exc}") from None
+        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n]
+        if bad:
+            raise ValueError(f"{index}: shard names must be plain file names in the folder; got {bad[:3]}")
+        files = [d / n for n in names]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index} lists shard(s) missing from the folder: {', '.join(absent)}")
+    else:
+        pickles = sorted(p.name for p in [*d.glob("*.bin"), *d.glob("*.pt")])
+        hint = (
+            f" It has {', '.join(pickles)}: pickle checkpoints are never loaded (they can run arbitrary code). "
+            "Convert it to safetensors first, in a trusted environment: "
+            "AutoModelForCausalLM.from_pretrained(path).save_pretrained(path)."
+            if pickles
+            else ""
+        )
+        raise FileNotFoundError(f"no model.safetensors (or model.safetensors.index.json) in {d}.{hint}")
+    out: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
+    for f in files:
+        header, _ = read_header(f)
+        for key, (dtype, shape) in header.items():
+            if weight_map is not None and weight_map.get(key) != f.name:
+                raise ValueError(f"{f}: holds {key!r}, which {index.name} places in {weight_map.get(key)!r}")
+            out[key] = (f, dtype, shape)
+    if weight_map is not None:
+        lost = sorted(k for k in weight_map if k not in out)
+        if lost:
+            raise ValueError(f"{index.name} lists {len(lost)} key(s) no shard holds: {_listing(lost)}")
+    return out
+
+
+def read_pieces(pieces: Mapping[str, list[tuple[str, str]]]) -> Any:
+    """Yield ``(key, tensor)`` for ``{key: [(file, file key), ...]}``: each tensor read once, lazily
+    (one file key at a time, memory-mapped), the pieces concatenated along dim 0. Files stay
+    open until the last key is read. Errors name the file (:class:`~mmcore.errors.WeightsError`)."""
+    import contextlib
+
+    import torch
+    from safetensors import safe_open
+
+    from .errors import WeightsError
+
+    with contextlib.ExitStack() as stack:
+        handles: dict[str, Any] = {}
+        for key, parts in pieces.items():
+            tensors = []
+            for file, fk in parts:
+                try:
+                    if file not in handles:
+                        handles[file] = stack.enter_context(safe_open(file, framework="pt", device="cpu"))
+                    tensors.append(handles[file].get_tensor(fk))
+                except Exception as exc:  # SafetensorError, OSError
+                    raise WeightsError(f"reading {fk!r} from {file} failed: {type(exc).__name__}: {exc}") from exc
+            yield key, tensors[0] if len(tensors) == 1 else torch.cat(tensors, 0)
 
 
 # --- key spaces of the parts -------------------------------------------------------------------
@@ -147,7 +227,8 @@ def part_keys(model: Any, section: str, shapes: Mapping[str, tuple[int, ...]] | 
 class WeightsPlan:
     """What :func:`plan_weights` found for one section: the mapping, or the problems.
 
-    ``assign`` maps model keys to ``(file key, transpose)``; ``loaded``/``fresh`` are part keys;
+    ``assign`` maps model keys to ``(file key, transpose)`` in ``source``; ``pieces`` maps model keys
+    to tensors of a folder's files to concatenate; ``loaded``/``fresh`` are part keys;
     ``ignored`` is ``(file key, reason)``; ``problems`` are messages (empty: ready to load).
     """
 
@@ -159,6 +240,11 @@ class WeightsPlan:
     fresh: list[str] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: model key -> ``[(file, file key), ...]`` concatenated along dim 0 (a model folder's
+    #: shards, ``format = "hf"``); read by :func:`read_pieces`, beside ``assign``.
+    pieces: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    #: a line for the load report (a model folder: what its config.json describes)
+    note: str = ""
 
 
 def _gpt2_key(key: str, has_wte: bool) -> tuple[str | None, bool, str | None]:
@@ -215,6 +301,12 @@ def plan_weights(
     """Map a weights file's keys onto one section's component, reading the file's header only."""
     path = Path(source.path)
     plan = WeightsPlan(section, str(path), source.format)
+    if source.format == "hf":  # a model folder fills several sections: mmcore.hf.plan_hf plans it
+        plan.problems.append(
+            "format = 'hf' names a Hugging Face model folder; give it in [backbone] (it fills the text embedding "
+            "and the LM head too)"
+        )
+        return plan
     if shapes is None:
         shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     keys = part_keys(model, section, shapes)
@@ -231,9 +323,10 @@ def plan_weights(
         return plan
     problem = regular_file_problem(path)  # a folder or /dev/zero is named as such, and never read
     if problem is not None:
-        plan.problems.append(
-            f"{path}: {problem}" + ("; a safetensors file is expected" if problem.startswith("is ") else "")
-        )
+        hint = "; a safetensors file is expected" if problem.startswith("is ") else ""
+        if path.is_dir() and (path / "config.json").is_file():
+            hint = "; a Hugging Face model folder (Llama, Qwen2, Mistral) loads in [backbone] with format = 'hf'"
+        plan.problems.append(f"{path}: {problem}{hint}")
         return plan
     try:
         header, _ = read_header(path)
@@ -343,6 +436,16 @@ def load_planned(model: Any, plan: WeightsPlan) -> None:
 
     from .errors import WeightsError
 
+    if plan.pieces:  # a model folder: each tensor copied in as it is read (never two copies of the model)
+        targets = model.state_dict(keep_vars=True)
+        try:
+            with torch.no_grad():
+                for key, t in read_pieces(plan.pieces):
+                    targets[key].copy_(t)
+        except WeightsError as exc:
+            raise WeightsError(f"{plan.section}.weights_from: {exc}") from exc
+    if not plan.assign:
+        return
     state = {}
     try:
         with safe_open(plan.source, framework="pt", device="cpu") as f:
@@ -373,6 +476,7 @@ class PartReport:
         loaded: the component's keys read from the file.
         fresh: its keys that kept their initialisation.
         ignored: ``(file key, reason)`` for the file's keys that were not used.
+        note: one line about the source (a model folder: the sizes its config.json gave), or "".
     """
 
     section: str
@@ -381,6 +485,7 @@ class PartReport:
     loaded: tuple[str, ...] = ()
     fresh: tuple[str, ...] = ()
     ignored: tuple[tuple[str, str], ...] = ()
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -390,6 +495,7 @@ class PartReport:
             "loaded": list(self.loaded),
             "fresh": list(self.fresh),
             "ignored": [list(x) for x in self.ignored],
+            "note": self.note,
         }
 
 
@@ -450,6 +556,8 @@ class LoadReport:
         from .lora import condense
 
         for p in self.parts:
+            if p.note:
+                lines.append(f"  {p.section}: {p.note}")
             if p.source is not None and p.fresh:
                 lines.append(f"  {p.section}: fresh (not in the file): {condense(p.fresh, 6)}")
             reasons: dict[str, list[str]] = {}

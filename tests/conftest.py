@@ -153,3 +153,33 @@ def run_python(code: str, env: dict[str, str] | None = None) -> str:
     )
     assert res.returncode == 0, res.stderr
     return res.stdout
+
+
+def assert_greedy_matches_transformers(model: Any, hf: Any, use_cache: bool, label: str = "") -> None:
+    """``mmcore.generate`` on a composed model (a ``text`` input, an LM head) against transformers'
+    greedy ``generate`` on the same left-padded batch, for prompts of different lengths and for one
+    prompt alone (no padding). The reference must vary (8 distinct tokens or more, a different
+    continuation per prompt), so that a broken decoder cannot pass by emitting one token."""
+    import torch
+
+    import mmcore
+    from mmcore.generation import to_left_padding
+
+    pad = model.processors["text"].pad_id
+    for prompts in (["Hello", "A much longer prompt", "", "xyz"], ["A much longer prompt"]):
+        batch = model.preprocess([{"text": {"prompt": p}} for p in prompts], targets=())
+        cfg = mmcore.GenerationConfig(max_new_tokens=16, eos_id=-1, use_cache=use_cache)
+        ours = mmcore.generate(model, batch, cfg)
+        ids, mask = to_left_padding(batch.inputs["text"]["ids"], batch.inputs["text"]["mask"])
+        assert len(prompts) == 1 or not mask[:, 0].all()  # the batch is padded
+        with torch.no_grad():
+            theirs = hf.generate(
+                ids.masked_fill(~mask, pad),
+                attention_mask=mask.long(),
+                do_sample=False,
+                max_new_tokens=16,
+                pad_token_id=pad,
+            )[:, ids.shape[1] :].tolist()
+        assert len({t for row in theirs for t in row}) >= 8, theirs  # the reference varies
+        assert len({tuple(row) for row in theirs}) == len(prompts)
+        assert ours == theirs, (label, prompts)

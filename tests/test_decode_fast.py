@@ -112,6 +112,39 @@ def test_step_equals_general_path_for_every_option(norm, positions, mlp, bias, l
         torch.testing.assert_close(fast[i], full, atol=1e-5, rtol=0)
 
 
+LLAMA_FAMILY = dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, mlp_hidden=40)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(kv_heads=2),
+        dict(kv_heads=1, qkv_bias=True),
+        dict(kv_heads=2, rope_layout="interleaved"),
+        dict(kv_heads=4, rope_scaling={"type": "llama3", "factor": 4.0, "original_context_length": 16}),
+        dict(kv_heads=2, rope_scaling={"type": "linear", "factor": 2.0}, rope_layout="interleaved"),
+    ],
+    ids=["gqa", "mqa-qkv-bias", "gqa-interleaved", "llama3-scaling", "linear-scaling-interleaved"],
+)
+def test_step_equals_general_path_for_the_llama_family_options(options):
+    """Grouped-query attention (the cache holds kv_heads heads), both rotary layouts and scalings,
+    a q/k/v bias alone: the decode step equals the general path, and each row its sample alone."""
+    model = make(**LLAMA_FAMILY, **options)
+    idx, mask = left_padded_prompt()
+    steps = torch.randint(0, V, (3, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fast, slow, fast_cache, slow_cache = run_both(model, idx, mask, steps)
+    assert fast_cache.k.shape[2] == options["kv_heads"]
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    assert_same_cache(fast_cache, slow_cache)
+    assert state_of(fast_cache).plan is not None  # the step really ran
+    for i in range(3):
+        alone = torch.cat([idx[i][mask[i]], steps[i]])[None]
+        with torch.no_grad():
+            full = model(alone)[0, -steps.shape[1] :]
+        torch.testing.assert_close(fast[i], full, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 @torch.no_grad()
 def test_padding_written_after_steps_is_seen(positions):

@@ -13,6 +13,7 @@ import shutil
 import pytest
 import torch
 import transformers  # a test dependency (the parity reference): never skipped
+from conftest import assert_greedy_matches_transformers
 from safetensors.torch import load_file, save_file
 
 from mmcore.backbone import GPT
@@ -135,28 +136,8 @@ def test_generate_on_a_left_padded_batch_matches_transformers(composed, use_cach
     """``mmcore.generate`` on prompts of different lengths (left-padded inside generation), and
     on one prompt alone (no padding), gives transformers' greedy ``generate`` tokens on the same
     left-padded batch."""
-    import mmcore
-    from mmcore.generation import to_left_padding
-
     model, hf = composed
-    pad = model.processors["text"].pad_id
-    for prompts in (["Hello", "A much longer prompt", "", "xyz"], ["A much longer prompt"]):
-        batch = model.preprocess([{"text": {"prompt": p}} for p in prompts], targets=())
-        cfg = mmcore.GenerationConfig(max_new_tokens=16, eos_id=-1, use_cache=use_cache)
-        ours = mmcore.generate(model, batch, cfg)
-        ids, mask = to_left_padding(batch.inputs["text"]["ids"], batch.inputs["text"]["mask"])
-        assert len(prompts) == 1 or not mask[:, 0].all()  # the batch is padded
-        with torch.no_grad():
-            theirs = hf.generate(
-                ids.masked_fill(~mask, pad),
-                attention_mask=mask.long(),
-                do_sample=False,
-                max_new_tokens=16,
-                pad_token_id=pad,
-            )[:, ids.shape[1] :].tolist()
-        assert len({t for row in theirs for t in row}) >= 8, theirs  # the reference varies
-        assert len({tuple(row) for row in theirs}) == len(prompts)
-        assert ours == theirs, prompts
+    assert_greedy_matches_transformers(model, hf, use_cache, "gpt2")
 
 
 def test_gpt2model_layout_and_old_buffers_are_accepted(hf_dir, tmp_path):

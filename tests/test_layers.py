@@ -178,7 +178,7 @@ LAYERS: dict[str, set[str]] = {
     "parts": {"backbone", "blocks", "decode", "fusion", "fusion_xattn", "resampler", "projectors", "lora"},
     # a model from a spec, its weights and its directory; quantize is here because a model
     # directory may hold an int8 model, which checkpoint.load rebuilds
-    "composition": {"spec", "schema", "model", "builder", "compatibility", "weights", "gpt2", "checkpoint", "sharded", "quantize", "provenance"},
+    "composition": {"spec", "schema", "model", "builder", "compatibility", "weights", "gpt2", "hf", "checkpoint", "sharded", "quantize", "provenance"},
     # what is done with a model
     "workflows": {
         "data", "loader", "objectives", "trainer", "trainer_base", "trainer_dist", "trainer_optim", "trainer_data",

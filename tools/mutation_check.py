@@ -45,6 +45,7 @@ GPT2 = ("tests/test_gpt2_parity.py::test_generate_on_a_left_padded_batch_matches
 TORCHRUN = ("tests/test_training.py::test_torchrun_two_processes_match_one_process",)
 RESUME = ("tests/test_faults.py::test_sigkill_between_checkpoints_resumes_every_piece_of_state",)
 FSDP = ("tests/test_fsdp.py::test_fsdp_sharded_checkpoint_sigkill_resume_and_consolidate",)
+LLAMA = ("tests/test_llama_parity.py",)
 
 PATCHES = [
     # --- beam search (issue 15, item 1)
@@ -77,9 +78,9 @@ PATCHES = [
         "decode_no_cache",
         "decode step: attends only to the new token, ignoring every cached key",
         "mmcore/decode.py",
-        "        y = F.scaled_dot_product_attention(q, k_all[i], v_all[i], attn_mask=attn_bias)",
-        "        y = F.scaled_dot_product_attention(q, k_new[i], v_new[i])",
-        GEN + GPT2,
+        "        y = F.scaled_dot_product_attention(q, k_all[i], v_all[i], attn_mask=attn_bias, enable_gqa=gqa)",
+        "        y = F.scaled_dot_product_attention(q, k_new[i], v_new[i], enable_gqa=gqa)",
+        GEN + GPT2 + LLAMA,
     ),
     Patch(
         "decode_pos_padded",
@@ -197,6 +198,74 @@ PATCHES = [
         "        self.strict = _env_flag(ENV_STRICT) if strict is None else strict",
         "        self.strict = False if strict is None else strict",
         ("tests/test_plugins.py::test_strict_plugins_through_the_environment_variable",),
+    ),
+    # --- the LLaMA family (issue 19): grouped-query attention, rotary layout and scaling, biases
+    Patch(
+        "rope_interleaved",
+        "rotary: every checkpoint read in the interleaved layout instead of rotate-half",
+        "mmcore/blocks.py",
+        '        self.interleaved = config.rope_layout == "interleaved"\n',
+        "        self.interleaved = True\n",
+        LLAMA,
+    ),
+    Patch(
+        "gqa_tiled",
+        "grouped-query attention: key/value heads tiled (h % KV) instead of grouped (h // group)",
+        "mmcore/blocks.py",
+        "        if cache is not None:\n            k, v = cache.update(layer, k, v)  # (B, KV, Lk, hd) each\n",
+        "        if cache is not None:\n            k, v = cache.update(layer, k, v)  # (B, KV, Lk, hd) each\n"
+        "        g = self.heads // self.kv_heads\n        k, v = k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1)\n",
+        LLAMA,
+    ),
+    Patch(
+        "qkv_bias_dropped",
+        "Qwen2: the decode step leaves out the q/k/v bias",
+        "mmcore/decode.py",
+        "        qkv = _linear(h, p.qkv_wt, p.qkv_b).view(B, 1, -1)  # [q; k; v]\n",
+        "        qkv = _linear(h, p.qkv_wt, None).view(B, 1, -1)  # [q; k; v]\n",
+        LLAMA,
+    ),
+    Patch(
+        "llama3_scaling_ignored",
+        "rotary: llama3 frequency scaling not applied",
+        "mmcore/blocks.py",
+        "        if sc is None:\n            return inv_freq\n",
+        "        if sc is None or sc.type == 'llama3':\n            return inv_freq\n",
+        LLAMA,
+    ),
+    Patch(
+        "decode_rope_layout",
+        "decode step: the interleaved rotary layout read as rotate-half",
+        "mmcore/decode.py",
+        "kv_heads=KV, interleaved=plan.interleaved)",
+        "kv_heads=KV, interleaved=False)",
+        ("tests/test_decode_fast.py::test_step_equals_general_path_for_the_llama_family_options",),
+    ),
+    Patch(
+        "explain_gqa_tiled",
+        "explain: key heads tiled instead of grouped when recording attention maps",
+        "mmcore/explain.py",
+        "k = k.repeat_interleave(group, dim=1)",
+        "k = k.repeat(1, group, 1, 1)",
+        (
+            "tests/test_llama_parity.py::test_explanations_attention_maps_equal_transformers_with_grouped_query_attention",
+        ),
+    ),
+    Patch(
+        "hf_gate_up_swapped",
+        "hf loading: the SwiGLU gate and up projections concatenated in the wrong order",
+        "mmcore/hf.py",
+        '    "mlp.fc": ("mlp.gate_proj", "mlp.up_proj"),\n',
+        '    "mlp.fc": ("mlp.up_proj", "mlp.gate_proj"),\n',
+        LLAMA,
+    ),
+    Patch(
+        "hf_spec_check_skipped",
+        "hf loading: config.json is not compared with the spec's kv_heads",
+        "mmcore/hf.py",
+        '            "kv_heads",\n',
+        "",
+        LLAMA,
     ),
 ]
 
