@@ -28,6 +28,7 @@ from .commands import (
     cmd_train,
 )
 from .errors import MMCoreError
+from .interrupts import TrainingInterrupted
 
 __all__ = ["main", "catalog_path", "read_catalog"]
 
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {note}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C; a training run stopped on a signal: 128 + the signal
-        return int(getattr(exc, "exit_code", 130))
+        return exc.exit_code if isinstance(exc, TrainingInterrupted) else 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

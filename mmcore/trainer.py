@@ -58,6 +58,7 @@ from .trainer_log import METRICS, TrainerLog, _read_history  # noqa: F401  (re-e
 if TYPE_CHECKING:
     from .model import MultimodalGPT
     from .spec import Spec
+    from .types import ModelOutput
 
 __all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "train"]
 # Re-exported above, importable from here as before the split: DataError and the checkpoint
@@ -173,7 +174,7 @@ class Trainer(TrainerLog):
             with ctx:
                 with self._autocast():
                     total, count, out = task.objective.terms(self.wrapped, batch)
-                positions += _positions(out, batch)
+                positions += _positions(out)
                 self.scaler.scale(total.float() * task.config.loss_weight).backward()
             total_loss += total.detach().double()
             total_count += count.detach().double()
@@ -389,13 +390,11 @@ class Trainer(TrainerLog):
             self._save_best(metrics)
 
 
-def _positions(out: Any, batch: Any) -> torch.Tensor | int:
-    """The real positions of the fused sequence the backbone ran (``trainer_log.POSITIONS``); for an
-    objective whose output has no fused sequence, the real positions of the batch's inputs."""
-    mask = getattr(getattr(out, "sequence", None), "mask", None)
-    if mask is not None:
-        return mask.sum()
-    return sum(int(v["mask"].sum()) for v in batch.inputs.values() if "mask" in v) or batch.size
+def _positions(out: ModelOutput) -> torch.Tensor:
+    """The real positions of the fused sequence the backbone ran (``trainer_log.POSITIONS``): an
+    objective's ``terms`` returns the :class:`ModelOutput` (its contract), whose sequence mask
+    marks them."""
+    return out.sequence.mask.sum()
 
 
 def train(

@@ -34,6 +34,7 @@ NOT_COMPONENTS = {
     "_fit_start": "Trainer",
     "_last_checkpoint": "Trainer",
     "_tb": "Trainer",
+    "_bar": "Trainer (set when fit opens its log)",
     "backbone": "MultimodalGPT",
     "config": "GPT (trainer) / processor options (export)",
     "width": "BackboneConfig",
