@@ -109,7 +109,12 @@ class StageConfig(BaseModel):
         "stages that set theirs, in proportion to the summed sampling weights of the stage's tasks, so each unit "
         "of task weight gets about as many steps in every stage; a curriculum can then be written without numbers).",
     )
-    lr: float | None = Field(None, gt=0, description="Peak learning rate of this stage (default: training.lr).")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of this stage (default: training.lr; where training.lr is left to be "
+        "derived, stages after the first get half of it).",
+    )
     warmup_steps: int | None = Field(
         None, ge=0, description="Warmup steps of this stage (default: training.warmup_steps)."
     )
@@ -170,7 +175,8 @@ class TrainingConfig(BaseModel):
         None,
         gt=0,
         description="Peak learning rate. Default: derived from the backbone's width, 0.2 / width within "
-        "[1e-4, 3e-3] (2.1e-3 at width 96, 1.6e-3 at 128, 7.8e-4 at 256; docs/tuning.md); the run prints it.",
+        "[1e-4, 3e-3] (2.1e-3 at width 96, 1.6e-3 at 128, 7.8e-4 at 256; docs/tuning.md), and half of that in "
+        "[[training.stages]] after the first that set no lr; the run prints it.",
     )
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr (cosine/linear).")
     schedule: Literal["cosine", "linear", "constant"] = Field(
@@ -345,12 +351,25 @@ def derived_lr(width: int | None) -> float:
 
 
 def resolve_training(cfg: TrainingConfig, width: int | None) -> tuple[TrainingConfig, list[str]]:
-    """``cfg`` with the values the spec left unset (lr, warmup_steps) derived; and what was chosen, in words."""
+    """``cfg`` with the values the spec left unset (lr, warmup_steps) derived; and what was chosen, in words.
+
+    With [[training.stages]] and no training.lr, the first stage (and any that sets its own
+    lr) keeps its rate and every later stage without one runs at half the derived rate: on
+    the main job's curriculum without numbers that lifted the match (docs/tuning.md, round 8).
+    """
     update: dict[str, Any] = {}
     notes = []
     if cfg.lr is None:
         update["lr"] = derived_lr(width)
         notes.append(f"lr {update['lr']:.2g} (0.2 / backbone width {width}, within [1e-4, 3e-3])")
+        later = [i for i, s in enumerate(cfg.stages) if i > 0 and s.lr is None]
+        if later:  # later stages go on from weights the earlier ones trained: half the peak rate
+            half = update["lr"] / 2
+            update["stages"] = [
+                s.model_copy(update={"lr": half}) if i in later else s for i, s in enumerate(cfg.stages)
+            ]
+            names = ", ".join(cfg.stages[i].name or f"stage-{i + 1}" for i in later)
+            notes.append(f"lr {half:.2g} in {names} (half the first stage's: it goes on from trained weights)")
     if cfg.warmup_steps is None:
         update["warmup_steps"] = min(200, round(0.05 * cfg.steps))
         notes.append(f"warmup_steps {update['warmup_steps']} (5 % of {cfg.steps} steps, at most 200)")
