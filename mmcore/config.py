@@ -353,8 +353,8 @@ def derived_lr(width: int | None) -> float:
 def resolve_training(cfg: TrainingConfig, width: int | None) -> tuple[TrainingConfig, list[str]]:
     """``cfg`` with the values the spec left unset (lr, warmup_steps) derived; and what was chosen, in words.
 
-    With [[training.stages]] and no training.lr, the first stage (and any that sets its own
-    lr) keeps its rate and every later stage without one runs at half the derived rate: on
+    With [[training.stages]] and no training.lr, the first stage keeps the derived rate (or
+    its own) and every later stage without its own lr runs at half the derived rate: on
     the main job's curriculum without numbers that lifted the match (docs/tuning.md, round 8).
     """
     update: dict[str, Any] = {}
@@ -369,7 +369,7 @@ def resolve_training(cfg: TrainingConfig, width: int | None) -> tuple[TrainingCo
                 s.model_copy(update={"lr": half}) if i in later else s for i, s in enumerate(cfg.stages)
             ]
             names = ", ".join(cfg.stages[i].name or f"stage-{i + 1}" for i in later)
-            notes.append(f"lr {half:.2g} in {names} (half the first stage's: it goes on from trained weights)")
+            notes.append(f"lr {half:.2g} in {names} (half the derived lr: a later stage goes on from trained weights)")
     if cfg.warmup_steps is None:
         update["warmup_steps"] = min(200, round(0.05 * cfg.steps))
         notes.append(f"warmup_steps {update['warmup_steps']} (5 % of {cfg.steps} steps, at most 200)")
