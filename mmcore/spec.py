@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -334,7 +335,7 @@ def _task_weights(raw: Mapping[str, Any]) -> dict[str, float] | None:
     out = {}
     for name, section in tasks.items():
         w = section.get("weight", 1.0) if isinstance(section, Mapping) else 1.0
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and math.isfinite(w)):
             return None  # TaskConfig's validation names the bad weight
         out[str(name)] = float(w)
     return out
