@@ -111,10 +111,8 @@ SETTINGS: dict[str, dict[str, object]] = {
     "stages_batch32_steps1500": {
         "training": {"stages": [{"tasks": ["caption", "transcribe"]}, {}], "batch_size": 32, "steps": 1500}
     },
-    # round 8: the closing stage of the curriculum without numbers at half the derived lr (0.1 / width)
-    "no_training_numbers_3stages_last_lr_half": {
-        "training": {"stages": [{"tasks": ["caption"]}, {"tasks": ["transcribe"]}, {"lr": 0.1 / 96}]}
-    },
+    # round 8: the closing stage of the curriculum without numbers at half the derived lr (0.1 / width),
+    # before that became the default (round 9)
     "no_training_numbers_stages_last_lr_half": {
         "training": {"stages": [{"tasks": ["caption", "transcribe"]}, {"lr": 0.1 / 96}]}
     },
