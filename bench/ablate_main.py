@@ -105,6 +105,24 @@ SETTINGS: dict[str, dict[str, object]] = {
     # no [training] numbers at all: one stage (the default), or the curriculum's two stages without numbers
     "no_training_numbers": {"training": {}},
     "no_training_numbers_stages": {"training": {"stages": [{"tasks": ["caption", "transcribe"]}, {}]}},
+    # the same curriculum as the committed spec (each encoder alone, then all), without numbers
+    "no_training_numbers_3stages": {"training": {"stages": [{"tasks": ["caption"]}, {"tasks": ["transcribe"]}, {}]}},
+    # round 7: candidate defaults (batch and steps) under the curriculum without other numbers
+    "stages_batch32_steps1500": {
+        "training": {"stages": [{"tasks": ["caption", "transcribe"]}, {}], "batch_size": 32, "steps": 1500}
+    },
+    # round 8: the closing stage of the curriculum without numbers at half the derived lr (0.1 / width),
+    # before that became the default (round 9)
+    "no_training_numbers_stages_last_lr_half": {
+        "training": {"stages": [{"tasks": ["caption", "transcribe"]}, {"lr": 0.1 / 96}]}
+    },
+    "3stages_batch32_steps1500": {
+        "training": {
+            "stages": [{"tasks": ["caption"]}, {"tasks": ["transcribe"]}, {}],
+            "batch_size": 32,
+            "steps": 1500,
+        }
+    },
 }
 
 
@@ -171,10 +189,10 @@ def table(results: list[dict]) -> str:
     """Markdown tables of the results, one per tag (round), in the order they were run."""
     return tables_by_round(
         results,
-        "| setting | overrides | seed | steps | caption | transcription | match | s/step (under load) |\n"
+        "| setting | overrides | seed | steps x batch | caption | transcription | match | s/step (under load) |\n"
         "|---|---|---:|---:|---:|---:|---:|---:|",
         lambda r, ov: (
-            f"| {r['setting']} | {ov} | {r['seed']} | {'+'.join(map(str, r['stages']))} | "
+            f"| {r['setting']} | {ov} | {r['seed']} | {'+'.join(map(str, r['stages']))} x {r['batch_size']} | "
             f"{100 * r['caption_exact_match']:.1f} % | {100 * r['transcribe_exact_match']:.1f} % | "
             f"{100 * r['match_accuracy']:.1f} % | {r['seconds_per_step']:.3f} |"
         ),

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -335,7 +336,9 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
 
     training = None
     try:
-        training = TrainingConfig.model_validate(raw.get("training") or {})
+        training = TrainingConfig.model_validate(
+            raw.get("training") or {}, context={"task_weights": _task_weights(raw)}
+        )
     except ValidationError as exc:
         _pydantic_issues(exc, "training", TrainingConfig, add)
     tasks: dict[str, TaskConfig] = {}
@@ -380,6 +383,21 @@ def parse_spec(data: Mapping[str, Any], *, file: str | None = None, registry: Re
         file=file,
         backbone_core=bb_core,
     )
+
+
+def _task_weights(raw: Mapping[str, Any]) -> dict[str, float] | None:
+    """Each task's sampling weight as the spec writes it (1 where unset), for sharing the steps of
+    stages without steps; None where [tasks] is malformed (validation reports that on its own)."""
+    tasks = raw.get("tasks")
+    if not isinstance(tasks, Mapping) or not tasks:
+        return None
+    out = {}
+    for name, section in tasks.items():
+        w = section.get("weight", 1.0) if isinstance(section, Mapping) else 1.0
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and math.isfinite(w)):
+            return None  # TaskConfig's validation names the bad weight
+        out[str(name)] = float(w)
+    return out
 
 
 def _check_plan(training: TrainingConfig, tasks: list[str], add: Any) -> None:

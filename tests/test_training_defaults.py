@@ -33,3 +33,18 @@ def test_derived_lr_scales_with_width_and_explicit_values_win():
     assert (cfg.lr, cfg.warmup_steps, notes) == (5e-4, 7, [])
     cfg, notes = resolve_training(TrainingConfig(steps=10_000), 128)
     assert cfg.lr == pytest.approx(0.2 / 128) and cfg.warmup_steps == 200 and len(notes) == 2
+
+
+def test_stages_after_the_first_run_at_half_the_derived_lr():
+    """With [[training.stages]] and no training.lr, later stages without their own lr go on at
+    half the derived rate (the first keeps it; a stage's own lr and a set training.lr win)."""
+    stages = [{"tasks": ["a"]}, {}, {"lr": 5e-3}, {"name": "last"}]
+    cfg, notes = resolve_training(TrainingConfig(steps=400, stages=stages), 100)
+    assert [s.lr for s in cfg.stages] == [None, pytest.approx(1e-3), 5e-3, pytest.approx(1e-3)]
+    assert cfg.lr == pytest.approx(2e-3)
+    assert any("lr 0.001 in stage-2, last (half the derived lr" in n for n in notes)
+    from mmcore.schedule import plan_stages
+
+    assert [s.lr for s in plan_stages(cfg, ["a", "b"])] == pytest.approx([2e-3, 1e-3, 5e-3, 1e-3])
+    cfg, _ = resolve_training(TrainingConfig(steps=400, lr=3e-3, stages=stages), 100)
+    assert [s.lr for s in cfg.stages] == [None, None, 5e-3, None] and cfg.lr == 3e-3

@@ -173,9 +173,18 @@ STAGES = [
 
 
 def test_stages_without_steps_share_the_runs_steps(tmp_path):
-    """A curriculum written without numbers: stages that leave steps out split training.steps."""
+    """A curriculum written without numbers: stages that leave steps out split training.steps, in
+    proportion to their tasks' summed weights (a stage of one task gets a third of what a stage
+    of that task and one of weight 2 gets); a TrainingConfig made outside a spec knows no
+    weights and splits equally."""
     spec = mmcore.parse_spec(_spec(tmp_path, {"stages": [{"tasks": ["b"]}, {}]}, ("a", "b")))
-    assert [s.steps for s in spec.training.stages] == [500, 500] and spec.training.steps == 1000
+    assert [s.steps for s in spec.training.stages] == [500, 1000] and spec.training.steps == 1500
+    data = _spec(tmp_path, {"steps": 900, "stages": [{"tasks": ["b"]}, {"tasks": ["a"]}, {}]}, ("a", "b"))
+    data["tasks"]["a"]["weight"] = 2.0
+    spec = mmcore.parse_spec(data)
+    assert [s.steps for s in spec.training.stages] == [150, 300, 450] and spec.training.steps == 900
+    data["training"]["stages"][1]["steps"] = 100  # set steps are kept; the others share the rest
+    assert [s.steps for s in mmcore.parse_spec(data).training.stages] == [200, 100, 600]
     cfg = TrainingConfig(steps=1200, stages=[{"tasks": ["a"], "steps": 401}, {}, {}])
     assert [s.steps for s in cfg.stages] == [401, 400, 399] and cfg.steps == 1200
     assert [s.steps for s in plan_stages(resolve_training(cfg, 64)[0], ["a"])] == [401, 400, 399]
@@ -213,7 +222,8 @@ def test_a_plan_needs_a_resolved_config():
         plan_stages(TrainingConfig(stages=STAGES), ["a", "b"])
     cfg, _ = resolve_training(TrainingConfig(stages=STAGES, max_time="10s"), 64)
     stages = plan_stages(cfg, ["a", "b"])
-    assert [(s.lr, s.warmup_steps) for s in stages] == [(1e-2, 2), (cfg.lr, cfg.warmup_steps)]
+    # a later stage without its own lr goes on at half the derived one (test_training_defaults.py)
+    assert [(s.lr, s.warmup_steps) for s in stages] == [(1e-2, 2), (cfg.lr / 2, cfg.warmup_steps)]
     assert [s.deadline for s in stages] == [4.0, 10.0]
     unvalidated = TrainingConfig.model_construct(**{**dict(cfg), "max_time": "10s"})
     with pytest.raises(MMCoreError, match=r"training.max_time '10s' was not validated"):
