@@ -242,12 +242,17 @@ def _spec_for(directory: Path, manifest: dict[str, Any], registry: Any) -> Spec:
         if need:
             raise ModelDirError(
                 f"{directory}: this model needs components that are not installed: "
-                + "; ".join(f'{comp} (pip install "{dist}")' for comp, dist in need)
+                + "; ".join(f"{comp} ({advice})" for comp, advice in need)
             ) from exc
         raise
 
 
 def _missing_plugins(exc: SpecError, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """(component, how to install it) for each component the spec names that no installed
+    plugin provides, with the advice :func:`provenance.install_advice` gives (a pinned pip
+    command for a published plugin, where the saving machine had it from for another)."""
+    from .provenance import install_advice
+
     comps = manifest.get("components") or {}
     out = []
     for issue in exc.issues:
@@ -255,9 +260,8 @@ def _missing_plugins(exc: SpecError, manifest: dict[str, Any]) -> list[tuple[str
             for key, source in comps.items():
                 name = key.split(":", 1)[1]
                 if f"{name!r}" in issue.message:
-                    parts = str(source).split(" ")
-                    pin = f"{parts[0]}=={parts[1]}" if len(parts) == 2 else parts[0]
-                    out.append((key, pin))
+                    dist, _, version = str(source).partition(" ")
+                    out.append((key, install_advice(dist, version or None, manifest)))
     return out
 
 

@@ -36,6 +36,15 @@ __all__ = ["main", "catalog_path", "read_catalog"]
 # --- parser -----------------------------------------------------------------------------
 
 
+def _no_verify(p: argparse.ArgumentParser) -> None:
+    """``--no-verify`` on a command that loads a model directory (commands._verify reads it)."""
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="load the model without checking its files against the manifest's checksums (a warning says so)",
+    )
+
+
 def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     """The ``mmcore`` parser; installed plugins add their commands unless ``with_plugins`` is False."""
     from .version import __version__
@@ -146,11 +155,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         help="write every record's prediction and reference (with its file:line) here, as JSONL",
     )
     e.add_argument("--out", help="write the JSON here too")
-    e.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="load the model without checking its files against the manifest's checksums (a warning says so)",
-    )
+    _no_verify(e)
     e.set_defaults(func=cmd_eval)
 
     g = sub.add_parser(
@@ -212,11 +217,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         "--scale", type=int, default=1, help="enlarge written outputs that have a size (images) this many times"
     )
     g.add_argument("--device", default=None)
-    g.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="load the model without checking its files against the manifest's checksums (a warning says so)",
-    )
+    _no_verify(g)
     g.set_defaults(func=cmd_generate)
 
     np_ = sub.add_parser(
@@ -244,11 +245,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     qz.add_argument(
         "--parts", default="backbone,encoders,projectors", help="comma-separated parts whose linear layers to quantize"
     )
-    qz.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="load the model without checking its files against the manifest's checksums (a warning says so)",
-    )
+    _no_verify(qz)
     qz.set_defaults(func=cmd_quantize)
 
     cs = sub.add_parser("consolidate", help="turn a sharded checkpoint of an FSDP run into an ordinary model directory")
@@ -286,6 +283,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         "(config.json and safetensors; mmcore.hf.export_hf)",
     )
     ex.add_argument("--max-shard-mb", type=float, help="with --hf: split the weights into shards of at most this size")
+    _no_verify(ex)
     ex.set_defaults(func=cmd_export)
 
     xp = sub.add_parser("explain", help="per-modality contributions to one prediction: JSON report and PNG")
@@ -295,6 +293,7 @@ def make_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     xp.add_argument("--head", help="the head to explain (default: a classifier if any, else the LM head)")
     xp.add_argument("--target", help="class index, or for an LM head the text to score (default: the prediction)")
     xp.add_argument("--layers", help="backbone layers whose attention to draw, e.g. 0,-1 (default: last)")
+    _no_verify(xp)
     xp.set_defaults(func=cmd_explain)
 
     if with_plugins:

@@ -333,7 +333,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         shard = None if args.max_shard_mb is None else int(args.max_shard_mb * 1024 * 1024)
         try:
-            export_hf(load(args.model_dir), args.out, family=args.hf, max_shard_size=shard)
+            export_hf(load(args.model_dir, verify=_verify(args)), args.out, family=args.hf, max_shard_size=shard)
         except ValueError as exc:  # what the family's layout cannot hold, named
             raise InputError(f"export --hf {args.hf}: {exc}") from exc
         files = sorted(p.name for p in Path(args.out).iterdir())
@@ -347,6 +347,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         onnx=args.onnx,
         dynamic_batch=not args.static,
         dynamic_length=not args.static_length,
+        verify=_verify(args),
     )
     print(json.dumps(report, indent=2))
     return 0
@@ -364,6 +365,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         head=args.head,
         target=args.target,
         layers=layers,
+        verify=_verify(args),
     )
     print(json.dumps(report.summary(), indent=2))
     return 0

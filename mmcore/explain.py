@@ -399,12 +399,14 @@ def explain_dir(
     head: str | None = None,
     target: Any = None,
     layers: Sequence[int] | None = None,
+    verify: bool = True,
 ) -> Explanation:
-    """``mmcore explain``: load a model directory, explain ``record``, write the files to ``out``."""
+    """``mmcore explain``: load a model directory, explain ``record``, write the files to ``out``.
+    ``verify=False`` loads it without checking its checksums (``--no-verify``)."""
     from .checkpoint import load
     from .data import resolve_record
 
-    model = load(model_dir)
+    model = load(model_dir, verify=verify)
     base = record.get("__base__")
     rec = {k: v for k, v in record.items() if k != "__base__"}
     modalities = {k: getattr(e, "modality", "") for k, e in model.encoders.items()}

@@ -377,14 +377,16 @@ def export_dir(
     onnx: bool = False,
     dynamic_batch: bool = True,
     dynamic_length: bool = True,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """``mmcore export``: export a model directory, check the program (and the ONNX file) against
     eager mode on the example batch, on a batch of another size and (dynamic lengths) on a batch
-    whose texts are longer than the example's, and write ``export.json``."""
+    whose texts are longer than the example's, and write ``export.json``. ``verify=False`` loads
+    the directory without checking its checksums (``--no-verify``)."""
     from .checkpoint import load
     from .io import atomic_write_text
 
-    model = load(model_dir).eval()
+    model = load(model_dir, verify=verify).eval()
     records = None
     if record is not None:
         base = record.get("__base__")

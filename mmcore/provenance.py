@@ -117,7 +117,7 @@ def origin(dist: str) -> str | None:
     return str(url) if isinstance(url, str) and url else None
 
 
-def _advice(dist: str, version: str | None, manifest: Mapping[str, Any]) -> str:
+def install_advice(dist: str, version: str | None, manifest: Mapping[str, Any]) -> str:
     """How to install ``dist`` for a model saved with it: the pinned command for a first-party
     plugin (registry.toml); for another, also where the saving machine had it from."""
     from .catalog import first_party
@@ -171,7 +171,8 @@ def check(manifest: Mapping[str, Any], where: str, core_version: str) -> None:
         found = installed(dist)
         if found is None:
             problems.append(
-                f"{dist} {version or ''} is not installed: ".replace("  ", " ") + _advice(dist, version, manifest)
+                f"{dist} {version or ''} is not installed: ".replace("  ", " ")
+                + install_advice(dist, version, manifest)
             )
             continue
         current, requires = found

@@ -211,6 +211,17 @@ def test_a_checksum_mismatch_says_what_to_do_and_no_verify_loads_with_a_warning(
         mmcore.load(model_dir)
     assert main(["generate", str(model_dir), "--prompt", "cat", "--max-new-tokens", "2", "--no-verify"]) == 0
     assert "loading without checking its files against the manifest's checksums" in capsys.readouterr().err
+    # every command that loads a model directory takes it, explain and export included
+    record = json.dumps({"text": "cat"})
+    assert main(["explain", str(model_dir), record]) == 1
+    assert "What to do" in capsys.readouterr().err
+    assert main(["explain", str(model_dir), record, "--no-verify"]) == 0
+    assert "loading without checking" in capsys.readouterr().err
+    for command in ("eval", "generate", "quantize", "export", "explain"):
+        assert (
+            "--no-verify"
+            in make_parser(with_plugins=False)._subparsers._group_actions[0].choices[command].format_help()
+        )
 
 
 def test_the_manifest_lists_a_component_once_and_advice_for_an_unpublished_plugin(tmp_path, manager, monkeypatch):
@@ -250,3 +261,21 @@ def test_a_record_without_a_required_input_is_a_bad_record_naming_the_field(tmp_
     assert not isinstance(ds[0], BadRecord)
     assert str(ds[1]) == f"{data}:2 field 'text': missing: the task reads this input; the record has ['title']"
     assert not isinstance(ManifestDataset(data, model.processors, mods, targets=())[1], BadRecord)
+
+
+def test_a_model_naming_an_unknown_component_says_where_its_plugin_came_from(tmp_path, manager):
+    """The second way a missing plugin shows (the spec names a component no installed plugin
+    provides, e.g. loaded with ``check_versions=False``) gives the same advice as the version check."""
+    from mmcore.errors import ModelDirError
+
+    out = mmcore.save(mmcore.build(spec_dict(tmp_path, {})), tmp_path / "m")
+    spec_text = (out / "spec.toml").read_text()
+    (out / "spec.toml").write_text(spec_text.replace('"text.bytes"', '"tabular.bytes"'))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["components"]["encoder:tabular.bytes"] = "mmcore-tabular 0.1.0"
+    manifest["distributions"]["mmcore-tabular"] = {"version": "0.1.0", "origin": "file:///src/mmcore-tabular"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        ModelDirError, match=r"encoder:tabular.bytes \(it is not a published .* from file:///src/mmcore-tab"
+    ):
+        mmcore.load(out, verify=False, check_versions=False)
