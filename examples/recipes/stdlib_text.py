@@ -136,13 +136,16 @@ def docstrings(module_name: str) -> list[str]:
             mod = importlib.import_module(module_name)
     except Exception:
         return []
-    seen, out = set(), []
+    # Dedupe by the text itself: inspect.getdoc returns a fresh string each call, so ids would
+    # be reused after garbage collection and drop docstrings at random (run-to-run drift).
+    seen: set[str] = set()
+    out: list[str] = []
 
     def add(obj: object) -> None:
         doc = inspect.getdoc(obj)
-        if not doc or id(doc) in seen:
+        if not doc or doc in seen:
             return
-        seen.add(id(doc))
+        seen.add(doc)
         for para in doc.split("\n\n"):
             text = " ".join(para.split())
             if len(text) >= 60 and not text.startswith((">>>", "...")):
