@@ -65,6 +65,8 @@ SETTINGS: dict[str, dict[str, object]] = {
     "bpe=8000": {"bpe": 8000},
     "label_smoothing=0.1": {"heads.*.label_smoothing": 0.1},
     "weight_decay=0.1": {"training.weight_decay": 0.1},
+    "positions=rope": {"backbone.positions": "rope"},
+    "positions=learned": {"backbone.positions": "learned"},
 }
 
 
