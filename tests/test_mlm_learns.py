@@ -5,8 +5,8 @@ copied from its left neighbour, a masked upper-case one only from its RIGHT neig
 a causal model cannot see. A tiny model trained with ``mlm`` must recover both.
 
 The tiny model uses rotary positions: with learned absolute positions a bidirectional model
-finds its neighbours far more slowly (about 68 % instead of 100 % of the upper-case letters
-after the same 400 steps), the plateau that held examples/stdlib_mlm.toml near 24 %.
+finds its neighbours far more slowly (44 % masked accuracy instead of 89 % after the same
+400 steps, seed 0, measured with this file's spec), the plateau that held examples/stdlib_mlm.toml near 24 %.
 """
 
 from __future__ import annotations
