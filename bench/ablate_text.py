@@ -78,8 +78,11 @@ def set_dotted(d: dict, key: str, value: object) -> None:
             for sub in d.values():
                 set_dotted(sub, ".".join(path[i + 1 :] + [last]), value)
             return
-        d = d.setdefault(k, {})
-    d[last] = value
+        d = d[int(k)] if isinstance(d, list) else d.setdefault(k, {})  # a list: an index (training.stages.0)
+    if value is None:  # remove the key (e.g. a stage's option)
+        d.pop(last, None)
+    else:
+        d[last] = value
 
 
 def bpe_tokenizer(train_file: Path, vocab: int) -> Path:
@@ -101,7 +104,11 @@ def bpe_tokenizer(train_file: Path, vocab: int) -> Path:
 def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int) -> dict:
     data = tomllib.loads((ROOT / "examples" / RECIPES[recipe][0]).read_text())
     data.setdefault("training", {})
-    data["training"].update({"steps": steps, "log_every": 10**6, "seed": seed})
+    data["training"].update({"log_every": 10**6, "seed": seed})
+    if data["training"].get("stages"):  # as `mmcore train --steps`: the last stage's steps
+        data["training"]["stages"][-1]["steps"] = steps
+    else:
+        data["training"]["steps"] = steps
     for k in ("checkpoint_every", "eval_every"):
         data["training"].pop(k, None)
     for k, v in copy.deepcopy(overrides).items():
@@ -155,6 +162,7 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
 
     spec_file, task, metric = RECIPES[recipe]
     data = build_spec(recipe, steps, overrides, seed)
+    stages = data["training"].get("stages") or []
     torch.manual_seed(seed)
     spec = parse_spec(data, file=str(ROOT / "examples" / spec_file))
     t0 = time.perf_counter()
@@ -175,6 +183,7 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
         "overrides": overrides,
         "seed": seed,
         "steps": spec.training.steps,
+        **({"stages": {st.get("name", str(i)): st["steps"] for i, st in enumerate(stages)}} if stages else {}),
         "batch_size": spec.training.batch_size,
         "metric": metric,
         "value": round(float(ev[metric]), 4),
