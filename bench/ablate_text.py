@@ -29,6 +29,10 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from ablate_digits import tables_by_round  # noqa: E402
+from ablate_digits import write_docs as write_tables  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results_ablate_text.json"
 
 #: recipe -> (spec, task, metric key in the trainer's eval)
@@ -208,40 +212,34 @@ def fmt(metric: str, value: float) -> str:
     return f"{value:.2f}" if metric == "perplexity" else f"{100 * value:.1f} %"
 
 
+def steps_cell(r: dict) -> str:
+    """``steps x batch``; a staged run's stages as ``800 + 400 x 16``."""
+    steps = " + ".join(str(v) for v in r["stages"].values()) if r.get("stages") else str(r["steps"])
+    return f"{steps} x {r['batch_size']}"
+
+
 def table(results: list[dict]) -> str:
     """Markdown tables of one recipe's results, one per tag (round), in the order they were run."""
-    out = []
-    for tag in dict.fromkeys(r.get("tag", "") for r in results):
-        rows = [r for r in results if r.get("tag", "") == tag]
-        metric = rows[0]["metric"].replace("_", " ")
-        out += [
-            f"**{tag}**" if tag else "",
-            "",
-            f"| setting | overrides | seed | steps x batch | parameters | held-out {metric} | final train loss "
-            "| train minutes (under load) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in r["overrides"].items()) or "(base)"
-            out.append(
-                f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} x {r['batch_size']} | {r['parameters']:,} | "
-                f"{fmt(r['metric'], r['value'])} | {r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
-            )
-        out.append("")
-    return "\n".join(out)
+    metric = results[0]["metric"].replace("_", " ")
+    return tables_by_round(
+        results,
+        f"| setting | overrides | seed | steps x batch | parameters | held-out {metric} | final train loss "
+        "| train minutes (under load) |\n|---|---|---:|---:|---:|---:|---:|---:|",
+        lambda r, ov: (
+            f"| {r['setting']} | {ov} | {r['seed']} | {steps_cell(r)} | {r['parameters']:,} | "
+            f"{fmt(r['metric'], r['value'])} | {r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
+        ),
+    )
 
 
 def write_docs(results: list[dict]) -> None:
-    from mmcore.checkpoint import atomic_write_text
-
-    text = DOC.read_text()
+    """docs/tuning.md's table of each recipe, between its markers (ablate_digits.write_docs)."""
     for recipe in dict.fromkeys(r["recipe"] for r in results):
         begin, end = markers(recipe)
-        if begin not in text:
+        if begin not in DOC.read_text():
             raise SystemExit(f"{DOC}: no {begin!r} marker for recipe {recipe!r}; add the section first")
-        start, stop = text.index(begin) + len(begin), text.index(end)
-        text = text[:start] + "\n" + table([r for r in results if r["recipe"] == recipe]) + text[stop:]
-    atomic_write_text(DOC, text)
+        rows = [r for r in results if r["recipe"] == recipe]
+        write_tables(rows, begin, end, tables=table)
 
 
 def parse_setting(name: str) -> dict[str, object]:
