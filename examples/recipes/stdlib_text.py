@@ -20,7 +20,8 @@ Writes, under --out (default: examples/data/stdlib):
     python examples/recipes/stdlib_text.py --train lm runs/stdlib_lm
     python examples/recipes/stdlib_text.py --train topics runs/stdlib_topics
 
-``--train topics DIR`` trains examples/stdlib_topics.toml (from scratch) into DIR and writes
+``--train topics DIR`` trains examples/stdlib_topics.toml into DIR (its two stages: masked-LM
+pretraining on ``corpus_topics_pretrain.txt``, then the labels) and writes
 ``examples/results/stdlib_topics.json`` beside the topic baselines. Its BPE tokenizer
 (``examples/tokenizers/stdlib_topics/tokenizer.json``, 2,000 tokens) was trained on
 ``topics_train.jsonl`` only; ``--train-tokenizer`` retrains it.
