@@ -29,6 +29,10 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from ablate_digits import tables_by_round  # noqa: E402
+from ablate_digits import write_docs as write_tables  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results_ablate_text.json"
 
 #: recipe -> (spec, task, metric key in the trainer's eval)
@@ -65,6 +69,8 @@ SETTINGS: dict[str, dict[str, object]] = {
     "bpe=8000": {"bpe": 8000},
     "label_smoothing=0.1": {"heads.*.label_smoothing": 0.1},
     "weight_decay=0.1": {"training.weight_decay": 0.1},
+    "positions=rope": {"backbone.positions": "rope"},
+    "positions=learned": {"backbone.positions": "learned"},
 }
 
 
@@ -76,8 +82,11 @@ def set_dotted(d: dict, key: str, value: object) -> None:
             for sub in d.values():
                 set_dotted(sub, ".".join(path[i + 1 :] + [last]), value)
             return
-        d = d.setdefault(k, {})
-    d[last] = value
+        d = d[int(k)] if isinstance(d, list) else d.setdefault(k, {})  # a list: an index (training.stages.0)
+    if value is None:  # remove the key (e.g. a stage's option)
+        d.pop(last, None)
+    else:
+        d[last] = value
 
 
 def bpe_tokenizer(train_file: Path, vocab: int) -> Path:
@@ -99,7 +108,11 @@ def bpe_tokenizer(train_file: Path, vocab: int) -> Path:
 def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int) -> dict:
     data = tomllib.loads((ROOT / "examples" / RECIPES[recipe][0]).read_text())
     data.setdefault("training", {})
-    data["training"].update({"steps": steps, "log_every": 10**6, "seed": seed})
+    data["training"].update({"log_every": 10**6, "seed": seed})
+    if data["training"].get("stages"):  # as `mmcore train --steps`: the last stage's steps
+        data["training"]["stages"][-1]["steps"] = steps
+    else:
+        data["training"]["steps"] = steps
     for k in ("checkpoint_every", "eval_every"):
         data["training"].pop(k, None)
     for k, v in copy.deepcopy(overrides).items():
@@ -153,6 +166,7 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
 
     spec_file, task, metric = RECIPES[recipe]
     data = build_spec(recipe, steps, overrides, seed)
+    stages = data["training"].get("stages") or []
     torch.manual_seed(seed)
     spec = parse_spec(data, file=str(ROOT / "examples" / spec_file))
     t0 = time.perf_counter()
@@ -173,6 +187,7 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
         "overrides": overrides,
         "seed": seed,
         "steps": spec.training.steps,
+        **({"stages": {st.get("name", str(i)): st["steps"] for i, st in enumerate(stages)}} if stages else {}),
         "batch_size": spec.training.batch_size,
         "metric": metric,
         "value": round(float(ev[metric]), 4),
@@ -197,40 +212,34 @@ def fmt(metric: str, value: float) -> str:
     return f"{value:.2f}" if metric == "perplexity" else f"{100 * value:.1f} %"
 
 
+def steps_cell(r: dict) -> str:
+    """``steps x batch``; a staged run's stages as ``800 + 400 x 16``."""
+    steps = " + ".join(str(v) for v in r["stages"].values()) if r.get("stages") else str(r["steps"])
+    return f"{steps} x {r['batch_size']}"
+
+
 def table(results: list[dict]) -> str:
     """Markdown tables of one recipe's results, one per tag (round), in the order they were run."""
-    out = []
-    for tag in dict.fromkeys(r.get("tag", "") for r in results):
-        rows = [r for r in results if r.get("tag", "") == tag]
-        metric = rows[0]["metric"].replace("_", " ")
-        out += [
-            f"**{tag}**" if tag else "",
-            "",
-            f"| setting | overrides | seed | steps x batch | parameters | held-out {metric} | final train loss "
-            "| train minutes (under load) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in r["overrides"].items()) or "(base)"
-            out.append(
-                f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} x {r['batch_size']} | {r['parameters']:,} | "
-                f"{fmt(r['metric'], r['value'])} | {r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
-            )
-        out.append("")
-    return "\n".join(out)
+    metric = results[0]["metric"].replace("_", " ")
+    return tables_by_round(
+        results,
+        f"| setting | overrides | seed | steps x batch | parameters | held-out {metric} | final train loss "
+        "| train minutes (under load) |\n|---|---|---:|---:|---:|---:|---:|---:|",
+        lambda r, ov: (
+            f"| {r['setting']} | {ov} | {r['seed']} | {steps_cell(r)} | {r['parameters']:,} | "
+            f"{fmt(r['metric'], r['value'])} | {r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
+        ),
+    )
 
 
 def write_docs(results: list[dict]) -> None:
-    from mmcore.checkpoint import atomic_write_text
-
-    text = DOC.read_text()
+    """docs/tuning.md's table of each recipe, between its markers (ablate_digits.write_docs)."""
     for recipe in dict.fromkeys(r["recipe"] for r in results):
         begin, end = markers(recipe)
-        if begin not in text:
+        if begin not in DOC.read_text():
             raise SystemExit(f"{DOC}: no {begin!r} marker for recipe {recipe!r}; add the section first")
-        start, stop = text.index(begin) + len(begin), text.index(end)
-        text = text[:start] + "\n" + table([r for r in results if r["recipe"] == recipe]) + text[stop:]
-    atomic_write_text(DOC, text)
+        rows = [r for r in results if r["recipe"] == recipe]
+        write_tables(rows, begin, end, tables=table)
 
 
 def parse_setting(name: str) -> dict[str, object]:

@@ -2,8 +2,10 @@
 
 The classic recipe: pretrain a GPT with the language-model objective (examples/stdlib_lm.toml),
 then fine-tune it on a labelled task with AdamW and cross-entropy. The classifier spec
-(examples/stdlib_topics.toml) has the same backbone and text encoder, so their weights come
-from the pretrained model directory; the classification head starts fresh.
+(examples/stdlib_topics.toml) must have the same backbone and text encoder, so that their
+weights come from the pretrained model directory; the heads start fresh. Only the spec's last
+training stage runs (examples/stdlib_topics.toml's own first stage is the pretraining this
+script replaces).
 
     python examples/recipes/stdlib_text.py
     mmcore train examples/stdlib_lm.toml --out runs/stdlib_lm
@@ -37,7 +39,18 @@ def main() -> None:
     print(f"loaded {len(shared)} tensors from {args.pretrained}; fresh: {sorted(missing)}")
     if unexpected:
         raise SystemExit(f"unexpected keys: {unexpected}")
-    result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=args.out).fit()
+    training = spec.training
+    if training.stages:  # the last stage only: the weights are pretrained already
+        last = training.stages[-1]
+        options = training.model_dump(exclude={"stages", "steps"}, exclude_unset=True)
+        options.update(steps=last.steps or training.steps, lr=last.lr or training.lr)
+        if last.warmup_steps is not None:
+            options["warmup_steps"] = last.warmup_steps
+        training = type(training).model_validate(options)
+        tasks = {k: v for k, v in spec.tasks.items() if last.tasks is None or k in last.tasks}
+    else:
+        tasks = spec.tasks
+    result = mmcore.Trainer(model, tasks, training, out_dir=args.out).fit()
     print(result.eval)
 
 

@@ -7,6 +7,8 @@ Writes, under --out (default: examples/data/stdlib):
 * ``topics_train.jsonl`` / ``topics_eval.jsonl`` -- topic classification: a docstring
   paragraph and the domain of the module it documents (text, network, concurrency,
   numbers); a seeded random 20 % of the paragraphs are held out;
+* ``corpus_topics_pretrain.txt`` -- ``corpus_train.txt`` without the topic eval paragraphs:
+  the unlabelled text the topics spec pretrains on before it learns the labels;
 * ``baselines.json`` -- the unigram perplexity of the eval corpus under the training
   corpus' byte frequencies (add-one smoothing, the byte tokenizer's framing) and the
   majority-class accuracy of the topic eval set, and the classical baselines
@@ -18,7 +20,8 @@ Writes, under --out (default: examples/data/stdlib):
     python examples/recipes/stdlib_text.py --train lm runs/stdlib_lm
     python examples/recipes/stdlib_text.py --train topics runs/stdlib_topics
 
-``--train topics DIR`` trains examples/stdlib_topics.toml (from scratch) into DIR and writes
+``--train topics DIR`` trains examples/stdlib_topics.toml into DIR (its two stages: masked-LM
+pretraining on ``corpus_topics_pretrain.txt``, then the labels) and writes
 ``examples/results/stdlib_topics.json`` beside the topic baselines. Its BPE tokenizer
 (``examples/tokenizers/stdlib_topics/tokenizer.json``, 2,000 tokens) was trained on
 ``topics_train.jsonl`` only; ``--train-tokenizer`` retrains it.
@@ -136,13 +139,16 @@ def docstrings(module_name: str) -> list[str]:
             mod = importlib.import_module(module_name)
     except Exception:
         return []
-    seen, out = set(), []
+    # Dedupe by the text itself: inspect.getdoc returns a fresh string each call, so ids would
+    # be reused after garbage collection and drop docstrings at random (run-to-run drift).
+    seen: set[str] = set()
+    out: list[str] = []
 
     def add(obj: object) -> None:
         doc = inspect.getdoc(obj)
-        if not doc or id(doc) in seen:
+        if not doc or doc in seen:
             return
-        seen.add(id(doc))
+        seen.add(doc)
         for para in doc.split("\n\n"):
             text = " ".join(para.split())
             if len(text) >= 60 and not text.startswith((">>>", "...")):
@@ -200,6 +206,11 @@ def main() -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows_train)
     with open(out / "topics_eval.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows_eval)
+    # The topics spec's pretraining text: the training corpus without the topic eval paragraphs
+    # (the corpus is split by module, the topics by paragraph, so corpus_train.txt holds them).
+    held = {r["text"] for r in rows_eval}
+    pretrain = [t for t in train if t[:400] not in held]
+    (out / "corpus_topics_pretrain.txt").write_text("\n".join(pretrain) + "\n", encoding="utf-8")
     if args.train_tokenizer:
         from language_id import train_tokenizer
 
@@ -228,6 +239,7 @@ def main() -> None:
         "topics_train": len(rows_train),
         "topics_eval": len(rows_eval),
         "topics_eval_counts": dict(topic_counts),
+        "corpus_topics_pretrain_docs": len(pretrain),
         "majority_accuracy": max(topic_counts.values()) / len(rows_eval),
         "chance_accuracy": 1 / len(TOPICS),
         "python": sys.version.split()[0],
@@ -264,9 +276,11 @@ def train_and_report(objective: str, out_dir: str, baselines: dict) -> None:
     torch.manual_seed(spec.training.seed)
     model = mmcore.build(spec)
     result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
-    (ev,) = result.eval.values()
+    ev = result.eval["topics" if objective == "topics" else "pretrain"]
     run = {
-        "steps": spec.training.steps,
+        "steps": result.steps,
+        "stages": [{"name": s.name, "tasks": s.tasks, "steps": s.steps} for s in spec.training.stages],
+        "stop_reason": result.stop_reason,
         "batch_size": spec.training.batch_size,
         "precision": spec.training.precision,
         "threads": torch.get_num_threads(),
