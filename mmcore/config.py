@@ -93,7 +93,10 @@ class BackboneConfig(BaseModel):
     norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="Normalisation layer.")
     norm_eps: float = Field(1e-5, gt=0, description="Epsilon of the normalisation layers.")
     positions: Literal["learned", "rope", "none"] = Field(
-        "learned", description="Learned absolute position embeddings (GPT-2), rotary (RoPE) or none."
+        "learned",
+        description="Learned absolute position embeddings (GPT-2), rotary (RoPE) or none. Left unset in a spec "
+        "with a task whose objective predicts tokens from both sides (mlm) and no weights_from: rope (a bidirectional model with "
+        "learned positions stalls: docs/tuning.md).",
     )
     rope_base: float = Field(10000.0, gt=0, description="Base frequency of rotary embeddings.")
     rope_scaling: RopeScaling | None = Field(

@@ -19,7 +19,7 @@ import torch
 
 import mmcore
 from mmcore.objectives import make_objective
-from mmcore.spec import parse_spec
+from mmcore.spec import parse_spec, parse_spec_text
 
 
 def pair_corpus(path: Path, lines: int = 300, seed: int = 0) -> Path:
@@ -28,12 +28,15 @@ def pair_corpus(path: Path, lines: int = 300, seed: int = 0) -> Path:
     return path
 
 
-def tiny_spec(corpus: Path, steps: int = 1, positions: str = "rope") -> mmcore.Spec:
+def tiny_spec(
+    corpus: Path, steps: int = 1, positions: str | None = "rope", objective: str = "mlm", attention: str | None = None
+) -> mmcore.Spec:
+    backbone = {"width": 32, "depth": 2, "heads": 2, "context_length": 32, "positions": positions}
     return parse_spec(
         {
             "spec_version": 1,
             "name": "pairs",
-            "backbone": {"width": 32, "depth": 2, "heads": 2, "context_length": 32, "positions": positions},
+            "backbone": {k: v for k, v in backbone.items() if v is not None},
             "encoders": {"text": {"component": "text.bytes", "max_length": 32}},
             "heads": {"lm": {"component": "lm"}},
             "training": {
@@ -45,9 +48,26 @@ def tiny_spec(corpus: Path, steps: int = 1, positions: str = "rope") -> mmcore.S
                 "progress": False,
                 "eval_batches": 8,
             },
-            "tasks": {"m": {"objective": "mlm", "train": str(corpus), "eval": str(corpus)}},
+            "tasks": {
+                "m": {"objective": objective, "train": str(corpus), "eval": str(corpus)}
+                | ({"attention": attention} if attention else {})
+            },
         }
     )
+
+
+def test_a_bidirectional_task_gets_rotary_positions_when_the_spec_leaves_them_unset(tmp_path):
+    """The default that carries over: learned positions stall a masked LM (docs/tuning.md), so a
+    spec that does not choose gets rotary ones for it; a spec that chooses keeps its choice, and a
+    causal task keeps the GPT-2 default. The saved spec says what was chosen."""
+    corpus = pair_corpus(tmp_path / "pairs.txt", lines=8)
+    chosen = tiny_spec(corpus, positions=None)
+    assert chosen.backbone.positions == "rope"
+    assert parse_spec_text(chosen.to_toml()).backbone.positions == "rope"
+    assert tiny_spec(corpus, positions="learned").backbone.positions == "learned"
+    assert tiny_spec(corpus, positions=None, objective="lm").backbone.positions == "learned"
+    # a task that only reads bidirectionally (as the main job's match does) is not a masked LM
+    assert tiny_spec(corpus, positions=None, objective="lm", attention="bidirectional").backbone.positions == "learned"
 
 
 def test_the_logits_at_a_masked_token_depend_on_its_right_neighbour(tmp_path):
