@@ -140,6 +140,31 @@ def exact_match(model: Any, digits: Path, records: list[dict]) -> float:
     return sum(p.strip() == r["target"] for p, r in zip(preds, records, strict=True)) / len(records)
 
 
+def captioners(
+    folder: Path,
+    work: Path,
+    digits: Path,
+    *,
+    stage1_steps: int,
+    stage2_steps: int,
+    overrides: list[str] = (),
+    scratch: bool = True,
+) -> dict[str, Any]:
+    """Caption with the LM in ``folder`` in two stages (``work/stage1``, ``work/stage2``) and,
+    with ``scratch``, train the same captioner from scratch for ``stage1_steps + stage2_steps``
+    (``work/scratch``). Returns the models by name, ``seconds`` and ``eval`` (each run's training
+    time and held-out metrics by name)."""
+    out: dict[str, Any] = {"seconds": {}, "eval": {}}
+    spec1 = caption_spec(folder, digits, stage1_steps, overrides)
+    out["stage1"] = _train(spec1, work / "stage1", out["seconds"], out["eval"])
+    spec2 = caption_spec(folder, digits, stage2_steps, [*overrides, *stage_two_overrides(work / "stage1")])
+    out["stage2"] = _train(spec2, work / "stage2", out["seconds"], out["eval"])
+    if scratch:
+        spec0 = caption_spec(None, digits, stage1_steps + stage2_steps, overrides)
+        out["scratch"] = _train(spec0, work / "scratch", out["seconds"], out["eval"])
+    return out
+
+
 def pipeline(
     work: Path,
     corpus: Path,
@@ -151,32 +176,41 @@ def pipeline(
     lm_overrides: list[str] = (),
     caption_overrides: list[str] = (),
     scratch: bool = True,
-) -> dict:
-    """Pretrain and export the LM, caption with it in two stages, and (``scratch``) train the same
-    captioner from scratch for ``stage1_steps + stage2_steps``. Returns the models and timings
-    (``lm``, ``stage1``, ``stage2``, ``scratch``: models; ``folder``: the exported LM; ``seconds``
-    and ``eval``: each run's training time and held-out metrics by name)."""
-    out: dict[str, Any] = {"seconds": {}, "eval": {}}
-    out["folder"] = folder = pretrain_lm(work, corpus, lm_steps, out, lm_overrides)
-    spec1 = caption_spec(folder, digits, stage1_steps, caption_overrides)
-    out["stage1"] = _train(spec1, work / "stage1", out["seconds"], out["eval"])
-    spec2 = caption_spec(folder, digits, stage2_steps, [*caption_overrides, *stage_two_overrides(work / "stage1")])
-    out["stage2"] = _train(spec2, work / "stage2", out["seconds"], out["eval"])
-    if scratch:
-        spec0 = caption_spec(None, digits, stage1_steps + stage2_steps, caption_overrides)
-        out["scratch"] = _train(spec0, work / "scratch", out["seconds"], out["eval"])
+) -> dict[str, Any]:
+    """The whole recipe once: pretrain and export the LM (:func:`pretrain_lm`), then
+    :func:`captioners`. Returns theirs, with ``lm`` (the model) and ``folder`` (its export)."""
+    lm: dict[str, Any] = {"seconds": {}, "eval": {}}
+    folder = pretrain_lm(work, corpus, lm_steps, lm, lm_overrides)
+    out = captioners(
+        folder,
+        work,
+        digits,
+        stage1_steps=stage1_steps,
+        stage2_steps=stage2_steps,
+        overrides=caption_overrides,
+        scratch=scratch,
+    )
+    out.update(lm=lm["lm"], folder=folder)
+    out["seconds"].update(lm["seconds"])
+    out["eval"].update(lm["eval"])
     return out
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default="runs/llava_digits", help="model directories (lm, lm_hf, stage1, stage2, scratch)")
+    p.add_argument("--work", default="runs/llava_digits", help="model directories (lm, lm_hf, seed<N>/{stage1,...})")
     p.add_argument("--lm-steps", type=int, help="pretraining steps (default: examples/llava_lm.toml's)")
     p.add_argument("--stage1-steps", type=int, default=300)
     p.add_argument("--stage2-steps", type=int, default=300)
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the captioning runs (one pretrained LM for all)")
     p.add_argument("--no-results", action="store_true", help="do not write examples/results/llava_digits.json")
     args = p.parse_args(argv)
     sys.path.insert(0, str(HERE))
+    import torch
     from baselines import image_classifiers, load_pixels, pct, read_jsonl, write_results
 
     import mmcore
@@ -190,27 +224,48 @@ def main(argv: list[str] | None = None) -> dict:
         digits_av.main(["--out", str(digits)])
     lm_steps = args.lm_steps or mmcore.load_spec(LM_SPEC).training.steps
     work = Path(args.work)
-    run = pipeline(
-        work, corpus, digits, lm_steps=lm_steps, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps
-    )
+    lm: dict[str, Any] = {"seconds": {}, "eval": {}}
+    folder = pretrain_lm(work, corpus, lm_steps, lm)
     train, test = read_jsonl(digits / "caption_train.jsonl"), read_jsonl(digits / "caption_eval.jsonl")
-    held_out = {k: exact_match(run[k], digits, test) for k in ("stage1", "stage2", "scratch")}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    per_seed = []
+    for seed in seeds:
+        run = captioners(
+            folder,
+            work / f"seed{seed}",
+            digits,
+            stage1_steps=args.stage1_steps,
+            stage2_steps=args.stage2_steps,
+            overrides=[f"training.seed={seed}"],
+        )
+        row = {k: exact_match(run[k], digits, test) for k in ("stage1", "stage2", "scratch")}
+        row.update(seed=seed, train_seconds_under_load={k: round(v, 1) for k, v in run["seconds"].items()})
+        print(json.dumps(row), flush=True)
+        per_seed.append(row)
     classical = image_classifiers(
         load_pixels([digits / r["image"] for r in train]),
         [r["target"] for r in train],
         load_pixels([digits / r["image"] for r in test]),
         [r["target"] for r in test],
     )
-    steps = args.stage1_steps + args.stage2_steps
+    avg = {k: mean([r[k] for r in per_seed]) for k in ("stage1", "stage2", "scratch")}
     results = {
         "specs": ["examples/llava_lm.toml", "examples/llava_digits.toml"],
         "data": f"digits_av.py: {len(train)} training, {len(test)} held-out images; stdlib_text.py corpus",
-        "metric": "exact match of the greedy caption (8 new tokens) on the held-out images",
-        "pretrained_lm": {"steps": lm_steps, "eval": run["eval"]["lm"]},
-        "stage1_frozen_lm": {"steps": args.stage1_steps, "exact_match": held_out["stage1"]},
-        "stage2_lora": {"steps": args.stage2_steps, "exact_match": held_out["stage2"]},
-        "scratch": {"steps": steps, "exact_match": held_out["scratch"]},
-        "train_seconds_under_load": {k: round(v, 1) for k, v in run["seconds"].items()},
+        "metric": "exact match of the greedy caption (8 new tokens) on the held-out images, mean over seeds",
+        "threads": torch.get_num_threads(),
+        "pretrained_lm": {
+            "steps": lm_steps,
+            "eval": lm["eval"]["lm"],
+            "train_seconds_under_load": round(lm["seconds"]["lm"], 1),
+        },
+        "steps": {
+            "stage1": args.stage1_steps,
+            "stage2": args.stage2_steps,
+            "scratch": args.stage1_steps + args.stage2_steps,
+        },
+        "mean_exact_match": avg,
+        "seeds": per_seed,
         "baselines": {
             "chance": 0.1,
             "logistic_regression_pixels": classical["logistic_regression_pixels"],
@@ -223,9 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
             "llava_digits",
             results,
             {
-                "mmcore pretrained LM, stage 1": pct(held_out["stage1"]),
-                "mmcore pretrained LM, stage 2": pct(held_out["stage2"]),
-                "mmcore from scratch": pct(held_out["scratch"]),
+                "mmcore pretrained LM, stage 1": pct(avg["stage1"]),
+                "mmcore pretrained LM, stage 2": pct(avg["stage2"]),
+                "mmcore from scratch": pct(avg["scratch"]),
                 "logistic regression": pct(classical["logistic_regression_pixels"]),
             },
         )
