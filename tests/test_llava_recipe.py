@@ -86,3 +86,41 @@ def test_pretrain_export_load_then_frozen_lm_stage_then_lora_stage(tmp_path):
     held_out = [json.loads(x) for x in (digits / "caption_eval.jsonl").read_text().splitlines()]
     scores = recipe.caption_scores(run["stage2"], digits, held_out)
     assert 0.0 <= scores["exact_match"] <= scores["first_word"] <= 1.0 and len(scores["examples"]) == 4
+
+
+def test_the_captioning_spec_loads_a_transformers_llama_folder_unchanged(tmp_path):
+    """The recipe's captioning spec, as committed, reads a folder transformers wrote
+    (``save_pretrained`` of a random LlamaForCausalLM with the spec's sizes): the folder a user
+    with a real checkpoint points it at. The LM then computes what transformers computes."""
+    import transformers
+
+    import mmcore
+
+    config = transformers.LlamaConfig(
+        vocab_size=264,  # text.bytes' ids
+        hidden_size=96,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    _, digits = _data(tmp_path)
+    model = mmcore.build(recipe.caption_spec(tmp_path / "llama", digits, 1))
+    assert model.load_report is not None and "LlamaForCausalLM" in str(model.load_report)
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits
+        table = model.encoders["text"].token_embedding
+        got = model.backbone(embeds=table(ids)) @ table.weight.T  # the tied head's logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not {n for n in trainable if n.startswith(("backbone.", "encoders.text."))}, "the LM is not frozen"
+    assert any(n.startswith("projectors.image.") for n in trainable), "the projector does not train"
