@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
 import torch
 from conftest import EXAMPLES
 
@@ -39,7 +38,6 @@ def _data(tmp_path):
     return corpus, digits
 
 
-@pytest.mark.slow
 def test_pretrain_export_load_then_frozen_lm_stage_then_lora_stage(tmp_path):
     corpus, digits = _data(tmp_path)
     caption = [*TINY_LM, "training.warmup_steps=1", "training.log_every=1", "encoders.image.dim=16"]
