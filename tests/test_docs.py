@@ -440,8 +440,9 @@ def test_distill_recipe_trains_the_rows_the_table_shows(tmp_path):
 
 
 def test_translation_and_digit_strings_sections_state_their_sources():
-    """docs/tasks.md: the translation baseline row is examples/results/translation_baselines.json
-    and the page says plainly that its mmcore figures have no committed results file; the digit
+    """docs/tasks.md: the translation baseline row is examples/results/translation_baselines.json,
+    mmcore's rows examples/results/translation.json and the sample translations rows of
+    examples/results/translation_predictions.jsonl (all written by translation.py --train); the digit
     strings table is examples/results/digit_strings_baselines.json, and until the recipe has
     written examples/results/digit_strings.json the section says that mmcore has no figure."""
     mt = _json("examples/results/translation_baselines.json")
@@ -449,7 +450,21 @@ def test_translation_and_digit_strings_sections_state_their_sources():
     assert _rows(section)["copy the source"][:2] == [mt["figures"]["copy BLEU"], mt["figures"]["copy chrF"]]
     flat = " ".join(section.split())
     assert f"{mt['data']['train']:,} training and {mt['data']['eval']} held-out pairs" in flat
-    assert "The mmcore figures are not reproduced by a committed results file" in flat
+    # mmcore's rows are examples/results/translation.json, the samples rows of the predictions file
+    mm = _json("examples/results/translation.json")["figures"]
+    rows = _rows(section)
+    greedy, beams = rows["mmcore, 2,500 steps, greedy"], rows["mmcore, 2,500 steps, 4 beams"]
+    assert greedy[:3] == [mm[f"mmcore greedy {k}"] for k in ("BLEU", "chrF", "exact")]
+    assert beams[:3] == [mm[f"mmcore 4 beams {k}"] for k in ("BLEU", "chrF", "exact")]
+    assert greedy[3] == mm["mmcore held-out perplexity"]
+    import json
+
+    predictions = ROOT / "examples" / "results" / "translation_predictions.jsonl"
+    written = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    by_source = {r["source"].replace("|", "\\|"): [r["prediction"], r["reference"]] for r in written}
+    samples = {k: v for k, v in rows.items() if len(v) == 2 and k != "English"}  # the 3-column table
+    assert len(samples) == 8 and all(by_source[k] == v for k, v in samples.items()), samples
+    assert f"four of the {sum(r['exact'] for r in written)} it gets exactly right" in flat
     strings = _json("examples/results/digit_strings_baselines.json")
     section = _section("docs/tasks.md", "## Several objects in one picture")
     row = _rows(section)["RBF SVM on each 8x8 cell (told where each digit is)"]

@@ -197,6 +197,31 @@ def main() -> None:
             train_and_report(args.spec, args.train, args.steps, out / "mt_eval.jsonl", stats)
 
 
+def commit_predictions(src: Path) -> Path:
+    """Copy the 4-beam predictions (one JSON line per held-out pair: where, the English source,
+    prediction, reference, exact) to examples/results/translation_predictions.jsonl, each ``where`` relative to the
+    checkout, so the samples docs/tasks.md shows are checked against a committed file."""
+    from mmcore import atomic_write_text
+
+    root = Path(__file__).resolve().parents[2]
+    rows, sources = [], {}
+    for line in src.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        path, _, number = row["where"].rpartition(":")
+        if path not in sources:
+            sources[path] = Path(path).read_text(encoding="utf-8").splitlines()
+        english = json.loads(sources[path][int(number) - 1])["text"]
+        where = f"{Path(path).resolve().relative_to(root)}:{number}"
+        rows.append(
+            json.dumps(
+                {"where": where, "source": english} | {k: v for k, v in row.items() if k != "where"}, ensure_ascii=False
+            )
+        )
+    dst = root / "examples" / "results" / "translation_predictions.jsonl"
+    atomic_write_text(dst, "\n".join(rows) + "\n")
+    return dst
+
+
 def train_and_report(spec_path: str, out_dir: str, steps: int | None, eval_file: Path, stats: dict) -> None:
     """Train the spec, score the held-out pairs greedy and with 4 beams, and write
     examples/results/translation.json (mmcore beside the copy baseline of the same pairs)."""
@@ -222,6 +247,7 @@ def train_and_report(spec_path: str, out_dir: str, steps: int | None, eval_file:
             predictions=Path(out_dir) / f"predictions_{beams}.jsonl",
         )
         scores[beams] = {**res["metrics"], "seconds": time.perf_counter() - t1}
+    commit_predictions(Path(out_dir) / "predictions_4.jsonl")
     ev = result.eval.get("translate", {})
     copy = stats["copy_source_baseline"]
     figures = {"copy BLEU": f"{copy['bleu']:.1f}", "copy chrF": f"{copy['chrf']:.1f}"}
