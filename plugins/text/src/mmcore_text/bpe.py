@@ -11,6 +11,15 @@ Special tokens. The tokenizer always has :data:`SPECIAL_TOKENS` as *special* tok
 :attr:`BPETokenizer.added_special_tokens` lists them). GPT-2's ``<|endoftext|>``, when
 present, is the ``<eos>`` (no ``<eos>`` is added then).
 
+Roles instead of appended tokens. A published tokenizer (Llama 3's) already holds its own
+special tokens inside the checkpoint's vocabulary; appending :data:`SPECIAL_TOKENS` would
+push the vocabulary past the embedding's rows. ``BPETokenizer(..., roles={"bos":
+"<|begin_of_text|>", "eos": "<|end_of_text|>"})`` maps mmcore's roles (:data:`ROLES`) onto
+special tokens the file already has and appends nothing. Rules for roles left out:
+``pad`` is ``eos`` (as Hugging Face does); ``mask``, ``sep`` and the modality boundaries
+have no id (``None``), and what needs them (masked-LM, a prompt/target sample, an image
+input) is refused with an error naming the option.
+
 Special tokens exist only as ids: the text ``"<eos>"`` in a record is encoded as plain
 text (``Tokenizer.encode_special_tokens = True``), so record text cannot inject them.
 
@@ -31,8 +40,17 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from mmcore import InputError, atomic_write_text
 
 from ._common import TokenizerBase
+from .config import ROLES, roles_problem
 
-__all__ = ["BPETokenizer", "train_bpe", "SPECIAL_TOKENS", "EOS_ALIASES", "MIN_VOCAB_SIZE", "TOKENIZER_JSON"]
+__all__ = [
+    "BPETokenizer",
+    "train_bpe",
+    "SPECIAL_TOKENS",
+    "ROLES",
+    "EOS_ALIASES",
+    "MIN_VOCAB_SIZE",
+    "TOKENIZER_JSON",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +119,18 @@ class BPETokenizer(TokenizerBase):
             were added (empty for a tokenizer :func:`train_bpe` wrote).
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, source: str = "<tokenizer>"):
+    def __init__(self, tokenizer: Tokenizer, *, source: str = "<tokenizer>", roles: dict[str, str] | None = None):
         self.source = source
+        self.roles = _check_roles(roles, source)
         text = tokenizer.to_str()
         self._setup(Tokenizer.from_str(text), json.loads(text))
 
     # --- construction ------------------------------------------------------------------
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> "BPETokenizer":
+    def from_file(cls, path: str | os.PathLike[str], *, roles: dict[str, str] | None = None) -> "BPETokenizer":
         """Read a tokenizer.json. A relative path is resolved against the current directory.
+        ``roles``: see the module docstring (None: :data:`SPECIAL_TOKENS` are appended as needed).
 
         Raises :class:`~mmcore.errors.InputError` naming the file when it is missing,
         unreadable, not valid JSON, not a tokenizer the library can load, or not byte-level BPE.
@@ -128,10 +148,10 @@ class BPETokenizer(TokenizerBase):
             ) from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: cannot read the tokenizer file: {exc}") from exc
-        return cls.from_str(text, source=path)
+        return cls.from_str(text, source=path, roles=roles)
 
     @classmethod
-    def from_str(cls, text: str, *, source: str = "<string>") -> "BPETokenizer":
+    def from_str(cls, text: str, *, source: str = "<string>", roles: dict[str, str] | None = None) -> "BPETokenizer":
         """Build from the text of a tokenizer.json; errors name ``source``."""
         try:
             data = json.loads(text)
@@ -145,6 +165,7 @@ class BPETokenizer(TokenizerBase):
             raise InputError(f"{source}: not a valid tokenizer.json: {exc}") from exc
         self = cls.__new__(cls)
         self.source = source
+        self.roles = _check_roles(roles, source)
         self._setup(tok, data)
         return self
 
@@ -153,6 +174,10 @@ class BPETokenizer(TokenizerBase):
         tok.no_truncation()
         tok.no_padding()
         specials = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        if self.roles is not None:  # the file's own special tokens take the roles: nothing is appended
+            self.added_special_tokens = ()
+            self._set_tokenizer(tok)
+            return
         has_eos = any(name in specials for name in EOS_ALIASES)
         missing = [s for s in SPECIAL_TOKENS if s not in specials and not (s == "<eos>" and has_eos)]
         if missing:
@@ -175,6 +200,10 @@ class BPETokenizer(TokenizerBase):
                 f"{self.source}: token ids reach {self._vocab_size - 1} for {len(vocab)} tokens; ids must run from 0 "
                 f"with few gaps (the embedding table would have {self._vocab_size} rows)"
             )
+        self._inside: bytearray | None = None  # token id -> 1 when it starts inside a character
+        if self.roles is not None:
+            self._ids = self._role_ids(self.roles)
+            return
         eos = next((name for name in EOS_ALIASES if name in self._special), None)
         lacking = [name for name in SPECIAL_TOKENS if name != "<eos>" and name not in self._special]
         if eos is None or lacking:  # a vocabulary entry took a special token's id
@@ -186,7 +215,21 @@ class BPETokenizer(TokenizerBase):
         self._ids["<eos>"] = self._special[eos]
         if len(set(self._ids.values())) != len(self._ids):
             raise InputError(f"{self.source}: special tokens share ids: {self._ids}")
-        self._inside: bytearray | None = None  # token id -> 1 when it starts inside a character
+
+    def _role_ids(self, roles: dict[str, str]) -> dict[str, int | None]:
+        """``<role token>`` -> id from ``roles``; pad defaults to eos, other roles left out have none."""
+        ids: dict[str, int | None] = {}
+        for role, token in roles.items():
+            if token not in self._special:
+                known = ", ".join(list(self._special)[:12]) + (" ..." if len(self._special) > 12 else "")
+                raise InputError(
+                    f"{self.source}: special_tokens.{role} = {token!r} is not a special token of the tokenizer "
+                    f"(its special tokens: {known or '(none)'})"
+                )
+            ids[ROLES[role]] = self._special[token]
+        for token in SPECIAL_TOKENS:
+            ids.setdefault(token, ids["<eos>"] if token == "<pad>" else None)
+        return ids
 
     def _check_layout(self, tok: Tokenizer, data: dict[str, Any]) -> None:
         problems = []
@@ -217,11 +260,17 @@ class BPETokenizer(TokenizerBase):
     # --- pickling ------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"source": self.source, "added": self.added_special_tokens, "json": self._tok.to_str()}
+        return {
+            "source": self.source,
+            "added": self.added_special_tokens,
+            "roles": self.roles,
+            "json": self._tok.to_str(),
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.source = state["source"]
         self.added_special_tokens = tuple(state["added"])
+        self.roles = state.get("roles")
         self._set_tokenizer(Tokenizer.from_str(state["json"]))
 
     # --- vocabulary ----------------------------------------------------------------------
@@ -238,30 +287,38 @@ class BPETokenizer(TokenizerBase):
 
     @property
     def pad_id(self) -> int:
-        return self._ids["<pad>"]
+        """The id of ``<pad>`` (with ``roles``: the pad role's token, else eos's)."""
+        return self._ids["<pad>"]  # type: ignore[return-value]  # pad always has an id
 
     @property
     def bos_id(self) -> int:
-        return self._ids["<bos>"]
+        return self._ids["<bos>"]  # type: ignore[return-value]  # bos always has an id
 
     @property
     def eos_id(self) -> int:
         """The id of ``<eos>``, or of GPT-2's ``<|endoftext|>`` when the tokenizer has no ``<eos>``."""
-        return self._ids["<eos>"]
+        return self._ids["<eos>"]  # type: ignore[return-value]  # eos always has an id
 
     @property
-    def mask_id(self) -> int:
+    def mask_id(self) -> int | None:
+        """The id of ``<mask>``; None when ``roles`` names no mask token."""
         return self._ids["<mask>"]
 
     @property
-    def sep_id(self) -> int:
+    def sep_id(self) -> int | None:
+        """The id of ``<sep>``; None when ``roles`` names no sep token."""
         return self._ids["<sep>"]
 
     @property
     def special_tokens(self) -> dict[str, int]:
         """Every special token of the tokenizer, text -> id (a copy): :data:`SPECIAL_TOKENS`
-        (``<eos>`` may be ``<|endoftext|>`` instead) and any others the file declares."""
-        return dict(self._special)
+        (``<eos>`` may be ``<|endoftext|>`` instead) and any others the file declares. With
+        ``roles``, the roles that have an id are listed under their mmcore names too
+        (``"<bos>"``: the id of ``<|begin_of_text|>``), so what asks for ``<mask>`` finds it or not."""
+        out = dict(self._special)
+        if self.roles is not None:
+            out.update({name: i for name, i in self._ids.items() if i is not None and name not in out})
+        return out
 
     def token_id(self, token: str) -> int | None:
         """The id of a token given as the tokenizer writes it (``"<image>"``, ``"Ġthe"``), or None."""
@@ -330,6 +387,16 @@ class BPETokenizer(TokenizerBase):
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self._vocab_size}, source={self.source!r})"
+
+
+def _check_roles(roles: Any, source: str) -> dict[str, str] | None:
+    """``roles`` checked (see :func:`~mmcore_text.config.roles_problem`): None or a copy."""
+    if roles is None:
+        return None
+    problem = roles_problem(roles)
+    if problem:
+        raise InputError(f"{source}: {problem}")
+    return dict(roles)
 
 
 def train_bpe(

@@ -14,7 +14,39 @@ from pydantic import Field, model_validator
 
 from mmcore import ComponentConfig
 
-__all__ = ["ByteTextConfig", "BPETextConfig", "TextOptions"]
+__all__ = ["ByteTextConfig", "BPETextConfig", "TextOptions", "ROLES", "REQUIRED_ROLES", "roles_problem"]
+
+#: mmcore's special-token roles, as ``text.bpe``'s ``special_tokens`` option names them -> the
+#: token that plays the role in a tokenizer mmcore makes.
+ROLES: dict[str, str] = {
+    "pad": "<pad>",
+    "bos": "<bos>",
+    "eos": "<eos>",
+    "mask": "<mask>",
+    "sep": "<sep>",
+    "image": "<image>",
+    "image_end": "</image>",
+    "audio": "<audio>",
+    "audio_end": "</audio>",
+}
+#: Roles ``special_tokens`` must name: every sample starts with bos, generation stops at eos.
+REQUIRED_ROLES = ("bos", "eos")
+
+
+def roles_problem(roles: Any) -> str | None:
+    """What is wrong with a ``special_tokens`` mapping (role -> token string), or None."""
+    if not isinstance(roles, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in roles.items()):
+        return f"special_tokens must map role names to token strings, got {roles!r}"
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        return f"special_tokens has unknown roles {unknown}; valid roles: {', '.join(ROLES)}"
+    lacking = [r for r in REQUIRED_ROLES if r not in roles]
+    if lacking:
+        return (
+            f"special_tokens must name {' and '.join(REQUIRED_ROLES)} (lacking: {', '.join(lacking)}); "
+            'e.g. special_tokens = {bos = "<|begin_of_text|>", eos = "<|end_of_text|>"}'
+        )
+    return None
 
 
 class TextOptions(ComponentConfig):
@@ -89,6 +121,15 @@ class BPETextConfig(TextOptions):
         "included), read from `tokenizer` when the spec is validated and written into resolved and saved "
         "specs. May be larger than the tokenizer's vocabulary (padding), never smaller.",
     )
+    special_tokens: dict[str, str] | None = Field(
+        None,
+        description="mmcore's special-token roles mapped onto special tokens the tokenizer already has, e.g. "
+        '{bos = "<|begin_of_text|>", eos = "<|end_of_text|>"} for Llama 3: then nothing is appended and the '
+        "vocabulary stays the file's (a checkpoint's). Roles: pad, bos, eos, mask, sep, image, image_end, audio, "
+        "audio_end; bos and eos are required. pad left out is eos; mask, sep and the modality boundaries left "
+        "out have no id, and what needs them (the mlm objective, {prompt, target} samples, image or audio "
+        "inputs) is refused. Left out: the special tokens are appended as `tokenizer` says.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -99,8 +140,11 @@ class BPETextConfig(TextOptions):
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
             data = {**data, "tokenizer": path}
+        roles = data.get("special_tokens")
+        if roles is not None and roles_problem(roles):
+            raise ValueError(roles_problem(roles))
         if data.get("vocab_size") is None and isinstance(path, str):
             from .bpe import BPETokenizer  # imports `tokenizers`, not torch
 
-            data = {**data, "vocab_size": BPETokenizer.from_file(path).vocab_size}
+            data = {**data, "vocab_size": BPETokenizer.from_file(path, roles=roles).vocab_size}
         return data

@@ -280,6 +280,12 @@ class TokenTextProcessor(Processor):
                 raise InputError(f"{_at(where)}{self.name} expects {key!r} to be a str, got {type(v).__name__}")
         head = [self.bos_id] if self.add_bos else []
         tail = [self.eos_id] if self.add_eos and target is not None else []
+        if sep and self.sep_id is None:
+            raise InputError(
+                f"{_at(where)}{self.name}: a {{'prompt', 'target'}} sample is joined by <sep>, and the tokenizer "
+                'has none: name one in the encoder\'s special_tokens option (sep = "<|...|>"), or give a '
+                "generation prompt as {'prompt': ..., 'sep': false}"
+            )
         mid = [self.sep_id] if sep else []
         budget = self.max_length - len(head) - len(mid) - len(tail)
         p = self._ids(prompt, where, "prompt", budget)
@@ -437,6 +443,7 @@ class BPETextProcessor(TokenTextProcessor):
             config = BPETextConfig.model_validate(dict(config))
         self.tokenizer_path = os.path.abspath(config.tokenizer)
         self._vocab_size = config.vocab_size
+        self._roles = config.special_tokens
         super().__init__(None, config)
         if self._vocab_size is None:  # a config made with model_construct: read the file now
             self._vocab_size = self.tokenizer.vocab_size
@@ -448,7 +455,7 @@ class BPETextProcessor(TokenTextProcessor):
             from .bpe import BPETokenizer
 
             try:
-                tok = BPETokenizer.from_file(self.tokenizer_path)
+                tok = BPETokenizer.from_file(self.tokenizer_path, roles=self._roles)
             except InputError as exc:
                 exc.add_note(
                     f"the {self.name} processor reads its tokenizer file on first use; a saved model's processor "
@@ -513,7 +520,7 @@ class BPETextProcessor(TokenTextProcessor):
         if not os.path.isfile(path):
             raise ModelDirError(f"{path}: missing; the {self.name} processor needs it")
         try:
-            tok = BPETokenizer.from_file(path)
+            tok = BPETokenizer.from_file(path, roles=self._roles)
         except InputError as exc:
             raise ModelDirError(str(exc)) from exc
         if tok.vocab_size > self.vocab_size:
