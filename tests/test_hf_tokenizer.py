@@ -172,3 +172,78 @@ def test_a_saved_model_keeps_the_roles(folder, tmp_path):
     proc = again.processors["text"]
     assert proc.vocab_size == vocab and proc.pad_id == proc.eos_id == model.processors["text"].eos_id
     assert proc.encode(STRINGS[2]) == model.processors["text"].encode(STRINGS[2])
+
+
+def _qwen2_like() -> Tokenizer:
+    """Byte-level BPE behind an NFC normalizer (Qwen2's layout)."""
+    from tokenizers import normalizers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=360, min_frequency=2, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in ("<|endoftext|>", "<|im_start|>")])
+    return tok
+
+
+def _llama2_like() -> Tokenizer:
+    """Sentencepiece-style BPE (Llama 2 / Mistral): "▁" for spaces, byte fallback, no ByteLevel."""
+    from tokenizers import normalizers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, fuse_unk=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        min_frequency=2,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        show_progress=False,
+    )
+    tok.train_from_iterator([t.replace(" ", "▁") for t in CORPUS[:3]] * 20, trainer)
+    data = json.loads(tok.to_str())  # the 256 <0xXX> byte tokens are plain vocabulary, as in Llama 2's file
+    vocab = data["model"]["vocab"]
+    vocab.update({f"<0x{b:02X}>": len(vocab) + b for b in range(256)})
+    return Tokenizer.from_str(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "make, roles",
+    [
+        (_qwen2_like, {"bos": "<|im_start|>", "eos": "<|endoftext|>"}),
+        (_llama2_like, {"bos": "<s>", "eos": "</s>"}),
+    ],
+    ids=["qwen2-nfc", "llama2-byte-fallback"],
+)
+def test_published_layouts_encode_and_decode_like_transformers(make, roles, tmp_path):
+    from mmcore_text.bpe import BPETokenizer
+
+    path = tmp_path / "tokenizer.json"
+    make().save(str(path))
+    with pytest.raises(InputError, match="special_tokens option"):  # without roles: still refused
+        BPETokenizer.from_file(path)
+    ours = BPETokenizer.from_file(path, roles=roles)
+    ref = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    nfd = "cafe\u0301 de\u0301ja\u0300"  # NFC composes these; the sentencepiece kind keeps them
+    for s in [*STRINGS[:3], nfd, "ǅ 日本日本"]:
+        ids = ours.encode(s)
+        assert ids == ref.encode(s, add_special_tokens=False), s
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True)
+    if make is _llama2_like:
+        assert any(ref.convert_ids_to_tokens(i).startswith("<0x") for i in ours.encode("日本"))  # byte fallback used
+        ids = ours.encode("日本日本")
+        inside = [ours.starts_inside_char(i) for i in ids]
+        assert inside == [False] + [False, True, True] * 4  # "▁", then 3 byte tokens a character
+        assert ours.decode(ours.encode_batch(["日本日本"], max_length=5)[0][0]) == "日"  # never half a character
+    else:
+        assert ours.decode(ours.encode(nfd)) == "café déjà"  # normalized, as transformers does

@@ -66,6 +66,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<audio>",
     "</audio>",
 )
+#: Normalizers a byte-fallback (sentencepiece kind) tokenizer may have with ``roles``.
+PIECE_NORMALIZERS = frozenset({"NFC", "Prepend", "Replace"})
 #: Tokens that serve as ``<eos>``, by preference: ours, then GPT-2's.
 EOS_ALIASES: tuple[str, ...] = ("<eos>", "<|endoftext|>")
 #: The smallest vocabulary :func:`train_bpe` accepts: the 256 byte symbols and the special tokens.
@@ -232,28 +234,59 @@ class BPETokenizer(TokenizerBase):
         return ids
 
     def _check_layout(self, tok: Tokenizer, data: dict[str, Any]) -> None:
+        """Refuse what mmcore cannot use; set ``self._byte_fallback`` (the sentencepiece kind).
+
+        Without ``roles``: byte-level BPE only, no normalizer. With ``roles`` (a published
+        tokenizer, used exactly as the ``tokenizers`` library encodes and decodes it): also an
+        NFC normalizer (Qwen2), and the sentencepiece kind (Llama 2, Mistral): BPE with byte
+        fallback over all 256 ``<0xXX>`` tokens, a Metaspace pre-tokenizer or the
+        Prepend/Replace("▁") normalizer."""
         problems = []
+        self._byte_fallback = False
         if not isinstance(tok.model, models.BPE):
             problems.append(f"its model is {type(tok.model).__name__}, not BPE")
         elif data["model"].get("dropout") not in (None, 0, 0.0):
             problems.append("it uses BPE dropout (encoding would not be deterministic)")
-        if data.get("normalizer") is not None:
-            problems.append("it has a normalizer, which alters text (decode(encode(text)) would differ from text)")
-        levels = [p for p in _components(data.get("pre_tokenizer"), "pretokenizers") if p.get("type") == "ByteLevel"]
-        if not levels:
-            problems.append("its pre-tokenizer is not ByteLevel")
-        elif any(p.get("add_prefix_space") for p in levels):
-            problems.append("its ByteLevel pre-tokenizer adds a prefix space (decoding would not give the text back)")
-        if not any(d.get("type") == "ByteLevel" for d in _components(data.get("decoder"), "decoders")):
-            problems.append("its decoder is not ByteLevel")
-        if not problems:
-            vocab = tok.get_vocab(with_added_tokens=False)
-            lacking = [c for c in _UNICODE_TO_BYTE if c not in vocab]
-            if lacking:
+        published = self.roles is not None
+        norms = {n.get("type") for n in _components(data.get("normalizer"), "normalizers")}
+        if published and data["model"].get("byte_fallback"):
+            self._byte_fallback = True
+            if norms - PIECE_NORMALIZERS:
                 problems.append(
-                    f"its vocabulary lacks {len(lacking)} of the 256 byte symbols, so some text cannot be encoded "
-                    "(train with initial_alphabet=pre_tokenizers.ByteLevel.alphabet())"
+                    f"its normalizers {sorted(norms - PIECE_NORMALIZERS)} are not among {sorted(PIECE_NORMALIZERS)}"
                 )
+            vocab = tok.get_vocab(with_added_tokens=False)
+            lacking = [b for b in range(256) if f"<0x{b:02X}>" not in vocab]
+            if lacking:
+                problems.append(f"its byte fallback lacks {len(lacking)} of the 256 <0xXX> tokens")
+        else:
+            if norms and not (published and norms <= {"NFC"}):
+                problems.append(
+                    "it has a normalizer, which alters text (decode(encode(text)) would differ from text)"
+                    + ("" if published else "; with the special_tokens option an NFC normalizer is accepted")
+                )
+            levels = [
+                p for p in _components(data.get("pre_tokenizer"), "pretokenizers") if p.get("type") == "ByteLevel"
+            ]
+            if not levels:
+                problems.append(
+                    "its pre-tokenizer is not ByteLevel"
+                    + ("" if published else " (a sentencepiece kind needs the special_tokens option)")
+                )
+            elif any(p.get("add_prefix_space") for p in levels):
+                problems.append(
+                    "its ByteLevel pre-tokenizer adds a prefix space (decoding would not give the text back)"
+                )
+            if not any(d.get("type") == "ByteLevel" for d in _components(data.get("decoder"), "decoders")):
+                problems.append("its decoder is not ByteLevel")
+            if not problems:
+                vocab = tok.get_vocab(with_added_tokens=False)
+                lacking = [c for c in _UNICODE_TO_BYTE if c not in vocab]
+                if lacking:
+                    problems.append(
+                        f"its vocabulary lacks {len(lacking)} of the 256 byte symbols, so some text cannot be "
+                        "encoded (train with initial_alphabet=pre_tokenizers.ByteLevel.alphabet())"
+                    )
         if problems:
             raise InputError(f"{self.source}: not a byte-level BPE tokenizer mmcore can use: " + "; ".join(problems))
 
@@ -264,6 +297,7 @@ class BPETokenizer(TokenizerBase):
             "source": self.source,
             "added": self.added_special_tokens,
             "roles": self.roles,
+            "byte_fallback": self._byte_fallback,
             "json": self._tok.to_str(),
         }
 
@@ -271,6 +305,7 @@ class BPETokenizer(TokenizerBase):
         self.source = state["source"]
         self.added_special_tokens = tuple(state["added"])
         self.roles = state.get("roles")
+        self._byte_fallback = state.get("byte_fallback", False)
         self._set_tokenizer(Tokenizer.from_str(state["json"]))
 
     # --- vocabulary ----------------------------------------------------------------------
@@ -333,7 +368,10 @@ class BPETokenizer(TokenizerBase):
             for token, i in self._tok.get_vocab(with_added_tokens=False).items():
                 if i in added or not token:
                     continue
-                b = _UNICODE_TO_BYTE.get(token[0])
+                if self._byte_fallback:  # text pieces start characters; <0xXX> tokens are bytes
+                    b = int(token[3:5], 16) if len(token) == 6 and token.startswith("<0x") else None
+                else:
+                    b = _UNICODE_TO_BYTE.get(token[0])
                 table[i] = b is not None and b & 0xC0 == 0x80
             self._inside = table
         return 0 <= token_id < len(self._inside) and bool(self._inside[token_id])
