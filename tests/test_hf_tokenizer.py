@@ -108,7 +108,7 @@ def test_special_tokens_map_roles_onto_the_folders_tokens_and_encode_like_transf
         ids = proc.encode(s)
         want = ref.encode(s, add_special_tokens=False, split_special_tokens=True)
         assert ids == want, s
-        assert proc.decode(ids) == s == ref.decode(want)
+        assert proc.decode(ids) == s == ref.decode(want) == proc.decode([bos, *ids, eos])
     assert len(proc.encode(STRINGS[0])) < len(STRINGS[0].encode())  # merges are used: not bytes
     # a sample is framed with the folder's own tokens; transformers prepends the same bos
     batch = model.preprocess([{"text": STRINGS[0]}], targets=())

@@ -108,7 +108,9 @@ class BPETokenizer(TokenizerBase):
     ``BPETokenizer(tokenizers.Tokenizer)``. The tokenizer must be byte-level BPE
     (``models.BPE``, a ``ByteLevel`` pre-tokenizer without ``add_prefix_space`` and a
     ``ByteLevel`` decoder, no normalizer, no BPE dropout) and cover all 256 byte symbols;
-    otherwise :class:`~mmcore.errors.InputError` names the source and the reason.
+    otherwise :class:`~mmcore.errors.InputError` names the source and the reason. With
+    ``roles`` (a published tokenizer) an NFC normalizer and the sentencepiece kind (BPE with
+    byte fallback over all 256 ``<0xXX>`` tokens) are accepted too; see :meth:`_check_layout`.
     Truncation and padding stored in the file are switched off (the processor does both).
     The wrapped tokenizer is copied, never modified.
 

@@ -112,7 +112,7 @@ class BPETextConfig(TextOptions):
         description="Path to a byte-level BPE tokenizer.json (`mmcore tokenizer train` writes one; GPT-2's "
         "layout works too). A relative path is resolved against the current working directory. Missing "
         "special tokens (<pad>, <bos>, <eos>, <mask>, <sep>, <image>, </image>, <audio>, </audio>) are added; "
-        "GPT-2's <|endoftext|> serves as <eos>.",
+        "GPT-2's <|endoftext|> serves as <eos>. With special_tokens, nothing is added.",
     )
     vocab_size: int | None = Field(
         None,
