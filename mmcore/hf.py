@@ -504,7 +504,15 @@ def plan_hf(
     else:
         rows = shapes[emb_keys[EMBEDDING]][0]
         if rows != vocab:
-            diffs.append(f"vocabulary (encoders.{text}): spec {rows}, config.json vocab_size {vocab}")
+            diffs.append(
+                f"vocabulary (encoders.{text}): spec {rows}, config.json vocab_size {vocab}"
+                + (
+                    " (a tokenizer that appends special tokens outgrows the checkpoint's vocabulary: map the "
+                    "roles onto the tokenizer's own, text.bpe's special_tokens option)"
+                    if rows > vocab
+                    else ""
+                )
+            )
     head_key = None
     if head is not None:
         head_keys = part_keys(model, f"heads.{head}", shapes)
