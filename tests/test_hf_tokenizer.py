@@ -250,3 +250,26 @@ def test_published_layouts_encode_and_decode_like_transformers(make, roles, tmp_
         assert ours.decode(ours.encode_batch(["日本日本"], max_length=5)[0][0]) == "日"  # never half a character
     else:
         assert ours.decode(ours.encode(nfd)) == "café déjà"  # normalized, as transformers does
+
+
+def test_auto_reads_the_roles_from_tokenizer_config_json(folder, tmp_path):
+    path, _, _ = folder
+    with pytest.raises(SpecError, match="tokenizer_config.json, which is missing"):
+        mmcore.build(_spec(tmp_path, path, 'special_tokens = "auto"\n'))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"bos_token": SPECIALS[0], "eos_token": {"content": SPECIALS[1], "special": True}, "pad_token": None}
+        )
+    )
+    try:
+        model = mmcore.build(_spec(tmp_path, path, 'special_tokens = "auto"\n'))
+        proc = model.processors["text"]
+        ref = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+        assert (proc.bos_id, proc.eos_id, proc.pad_id) == tuple(ref.convert_tokens_to_ids([*SPECIALS[:2], SPECIALS[1]]))
+        # the resolved spec records the roles, so a saved model needs no tokenizer_config.json
+        assert model.spec.encoders["text"].options.special_tokens == {"bos": SPECIALS[0], "eos": SPECIALS[1]}
+        (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": SPECIALS[1]}))
+        with pytest.raises(SpecError, match="names no bos_token"):
+            mmcore.build(_spec(tmp_path, path, 'special_tokens = "auto"\n'))
+    finally:
+        (path / "tokenizer_config.json").unlink()

@@ -14,7 +14,15 @@ from pydantic import Field, model_validator
 
 from mmcore import ComponentConfig
 
-__all__ = ["ByteTextConfig", "BPETextConfig", "TextOptions", "ROLES", "REQUIRED_ROLES", "roles_problem"]
+__all__ = [
+    "ByteTextConfig",
+    "BPETextConfig",
+    "TextOptions",
+    "ROLES",
+    "REQUIRED_ROLES",
+    "roles_problem",
+    "roles_from_folder",
+]
 
 #: mmcore's special-token roles, as ``text.bpe``'s ``special_tokens`` option names them -> the
 #: token that plays the role in a tokenizer mmcore makes.
@@ -47,6 +55,46 @@ def roles_problem(roles: Any) -> str | None:
             'e.g. special_tokens = {bos = "<|begin_of_text|>", eos = "<|end_of_text|>"}'
         )
     return None
+
+
+#: The file beside a Hugging Face tokenizer.json that names its special tokens.
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def roles_from_folder(tokenizer: str) -> dict[str, str]:
+    """``special_tokens = "auto"``: the roles named by the ``<role>_token`` entries (``bos_token``,
+    ``eos_token``, ``pad_token``, ``mask_token``, ``sep_token``; a string or ``{content = ...}``)
+    of the tokenizer_config.json beside ``tokenizer``. Raises ValueError naming the file when
+    it is missing, not JSON, or names no bos or eos token."""
+    import json
+
+    path = os.path.join(os.path.dirname(os.path.abspath(tokenizer)), HF_TOKENIZER_CONFIG)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f'special_tokens = "auto" reads {path}, which is missing; name the roles instead, e.g. '
+            'special_tokens = {bos = "<|begin_of_text|>", eos = "<|end_of_text|>"}'
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read it as JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    roles = {}
+    for role in ("pad", "bos", "eos", "mask", "sep"):
+        value = data.get(f"{role}_token")
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and value:
+            roles[role] = value
+    lacking = [r for r in REQUIRED_ROLES if r not in roles]
+    if lacking:
+        raise ValueError(
+            f"{path}: names no {' or '.join(f'{r}_token' for r in lacking)}; give the roles in the encoder's "
+            "special_tokens option instead (bos and eos are required)"
+        )
+    return roles
 
 
 class TextOptions(ComponentConfig):
@@ -121,14 +169,16 @@ class BPETextConfig(TextOptions):
         "included), read from `tokenizer` when the spec is validated and written into resolved and saved "
         "specs. May be larger than the tokenizer's vocabulary (padding), never smaller.",
     )
-    special_tokens: dict[str, str] | None = Field(
+    special_tokens: dict[str, str] | Literal["auto"] | None = Field(
         None,
         description="mmcore's special-token roles mapped onto special tokens the tokenizer already has, e.g. "
         '{bos = "<|begin_of_text|>", eos = "<|end_of_text|>"} for Llama 3: then nothing is appended and the '
         "vocabulary stays the file's (a checkpoint's). Roles: pad, bos, eos, mask, sep, image, image_end, audio, "
         "audio_end; bos and eos are required. pad left out is eos; mask, sep and the modality boundaries left "
         "out have no id, and what needs them (the mlm objective, {prompt, target} samples, image or audio "
-        "inputs) is refused. Left out: the special tokens are appended as `tokenizer` says.",
+        'inputs) is refused. "auto": the roles the bos_token, eos_token, pad_token, mask_token and sep_token '
+        "entries of the tokenizer_config.json beside `tokenizer` name, written into resolved and saved specs. "
+        "Left out: the special tokens are appended as `tokenizer` says.",
     )
 
     @model_validator(mode="before")
@@ -141,6 +191,9 @@ class BPETextConfig(TextOptions):
             path = os.fspath(path)
             data = {**data, "tokenizer": path}
         roles = data.get("special_tokens")
+        if roles == "auto" and isinstance(path, str):
+            roles = roles_from_folder(path)
+            data = {**data, "special_tokens": roles}
         if roles is not None and roles_problem(roles):
             raise ValueError(roles_problem(roles))
         if data.get("vocab_size") is None and isinstance(path, str):
