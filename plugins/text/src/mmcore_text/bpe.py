@@ -178,8 +178,8 @@ class BPETokenizer(TokenizerBase):
         tok.no_truncation()
         tok.no_padding()
         specials = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        self.added_special_tokens: tuple[str, ...] = ()
         if self.roles is not None:  # the file's own special tokens take the roles: nothing is appended
-            self.added_special_tokens = ()
             self._set_tokenizer(tok)
             return
         has_eos = any(name in specials for name in EOS_ALIASES)
@@ -187,7 +187,7 @@ class BPETokenizer(TokenizerBase):
         if missing:
             tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in missing])
             log.info("%s: added the special tokens %s", self.source, " ".join(missing))
-        self.added_special_tokens: tuple[str, ...] = tuple(missing)
+        self.added_special_tokens = tuple(missing)
         self._set_tokenizer(tok)
 
     def _set_tokenizer(self, tok: Tokenizer) -> None:
@@ -250,7 +250,7 @@ class BPETokenizer(TokenizerBase):
         elif data["model"].get("dropout") not in (None, 0, 0.0):
             problems.append("it uses BPE dropout (encoding would not be deterministic)")
         published = self.roles is not None
-        norms = {n.get("type") for n in _components(data.get("normalizer"), "normalizers")}
+        norms = {str(n.get("type")) for n in _components(data.get("normalizer"), "normalizers")}
         if published and data["model"].get("byte_fallback"):
             self._byte_fallback = True
             if norms - PIECE_NORMALIZERS:
@@ -258,9 +258,9 @@ class BPETokenizer(TokenizerBase):
                     f"its normalizers {sorted(norms - PIECE_NORMALIZERS)} are not among {sorted(PIECE_NORMALIZERS)}"
                 )
             vocab = tok.get_vocab(with_added_tokens=False)
-            lacking = [b for b in range(256) if f"<0x{b:02X}>" not in vocab]
-            if lacking:
-                problems.append(f"its byte fallback lacks {len(lacking)} of the 256 <0xXX> tokens")
+            no_piece = [b for b in range(256) if f"<0x{b:02X}>" not in vocab]
+            if no_piece:
+                problems.append(f"its byte fallback lacks {len(no_piece)} of the 256 <0xXX> tokens")
         else:
             if norms and not (published and norms <= {"NFC"}):
                 problems.append(
