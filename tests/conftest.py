@@ -139,6 +139,27 @@ def plugin_module():
     return make_plugin_module
 
 
+def single_thread_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process of a test: one thread, unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def train_cmd(spec: Path, out: Path) -> list[str]:
+    """``mmcore train SPEC --out OUT`` as a real process of this environment."""
+    return [sys.executable, "-m", "mmcore", "train", str(spec), "--out", str(out)]
+
+
+def torchrun(script: Path, *args: str, port: int, timeout: int = 300) -> Any:
+    """Run ``script args`` under ``torch.distributed.run`` with 2 processes (gloo on CPU) on
+    ``port``, one thread each; returns the CompletedProcess (stdout and stderr as text)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    return subprocess.run(
+        [*cmd, str(script), *args], env=single_thread_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
 def run_python(code: str, env: dict[str, str] | None = None) -> str:
     """Run ``code`` in a fresh interpreter of this environment; return stdout."""
     import subprocess

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun
 
 import mmcore
 from mmcore.config import TaskConfig
@@ -203,11 +204,7 @@ def test_metric_states_are_summed_across_processes(tmp_path, manager):
     write(tmp_path / "train.jsonl", rows(7, outputs=2))
     (tmp_path / "eval.py").write_text(_SHARDED_EVAL, encoding="utf-8")
     spec = regression_spec(tmp_path, outputs=2)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [*cmd, str(tmp_path / "eval.py"), json.dumps(spec)], capture_output=True, text=True, env=env, timeout=300
-    )
+    res = torchrun(tmp_path / "eval.py", json.dumps(spec), port=29547)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["sharded"]["samples"] == got["whole"]["samples"] == 7

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, single_thread_env, torchrun, train_cmd
 
 import mmcore
 from mmcore.errors import MMCoreError
@@ -23,10 +23,6 @@ from mmcore.interrupts import GracefulStop, TrainingInterrupted
 from mmcore.trainer import Trainer
 
 CORPUS = (ROOT / "mmcore" / "errors.py").read_text()
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _data(tmp: Path) -> tuple[Path, Path]:
@@ -54,10 +50,6 @@ def _spec_toml(tmp: Path, training: str, evals: bool = False) -> Path:
     return spec
 
 
-def _train_cmd(spec: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "mmcore", "train", str(spec), "--out", str(out)]
-
-
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -74,7 +66,7 @@ def interrupt_case(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interrupt")
     spec = _spec_toml(tmp, f"steps = {STEPS}\nlog_every = 1\nprogress = false\ncheckpoint_every = 0\nnum_workers = 1")
     ref = tmp / "ref"
-    subprocess.run(_train_cmd(spec, ref), check=True, env=_env(), capture_output=True, timeout=300)
+    subprocess.run(train_cmd(spec, ref), check=True, env=single_thread_env(), capture_output=True, timeout=300)
     return spec, ref
 
 
@@ -89,8 +81,8 @@ def test_a_signal_finishes_the_step_saves_and_the_rerun_resumes_bit_exact(interr
     spec, ref = interrupt_case
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        _train_cmd(spec, out),
-        env=_env(),
+        train_cmd(spec, out),
+        env=single_thread_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -117,7 +109,7 @@ def test_a_signal_finishes_the_step_saves_and_the_rerun_resumes_bit_exact(interr
     assert _metrics(out)[-1]["step"] == step  # the step in progress was finished and logged
     assert not (out / "model.safetensors").exists()  # an interrupted run is not a finished model
 
-    res = subprocess.run(_train_cmd(spec, out), env=_env(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(train_cmd(spec, out), env=single_thread_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming from {out / 'checkpoints' / name} at step {step}" in res.stderr
     a, b = mmcore.load(ref).state_dict(), mmcore.load(out).state_dict()
@@ -171,7 +163,7 @@ def test_a_second_sigint_stops_a_real_run_at_once_without_saving(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_STEPS, str(spec), "--out", str(out)],
-        env=_env(),
+        env=single_thread_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -235,14 +227,7 @@ def test_under_torchrun_every_process_stops_after_the_same_step(tmp_path):
     )
     script, out = tmp_path / "rank_signal.py", tmp_path / "out"
     script.write_text(RANK_SIGNAL)
-    res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
-        + [str(script), str(spec), str(out)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    res = torchrun(script, str(spec), str(out), port=29523, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     status = [json.loads((out / f"status-{r}.json").read_text()) for r in (0, 1)]
     assert status == [{"step": 3, "exit_code": 143}] * 2  # rank 0 got no signal and stopped with rank 1
@@ -300,7 +285,7 @@ def _run_in_pty(cmd: list[str], rows: int = 40, cols: int = 120, timeout: float 
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env={**_env(), "TERM": "xterm"})
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env={**single_thread_env(), "TERM": "xterm"})
     os.close(slave)
     chunks, deadline = [], time.time() + timeout
     while time.time() < deadline:
@@ -323,7 +308,7 @@ def _run_in_pty(cmd: list[str], rows: int = 40, cols: int = 120, timeout: float 
 @pytest.mark.slow
 def test_a_terminal_shows_a_live_bar_with_eval_results_above_it(tmp_path):
     spec = _spec_toml(tmp_path, "steps = 40\nlog_every = 5\neval_every = 20\neval_batches = 2", evals=True)
-    raw = _run_in_pty(_train_cmd(spec, tmp_path / "out"), cols=120)
+    raw = _run_in_pty(train_cmd(spec, tmp_path / "out"), cols=120)
     screen = _screen(raw, 120)
     (tmp_path / "screen.txt").write_text("\n".join(screen))
     bars = [i for i, line in enumerate(screen) if line.startswith("train ")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, single_thread_env, torchrun, train_cmd
 
 import mmcore
 from mmcore.data import ManifestDataset
@@ -246,14 +245,6 @@ def test_multitask_reports_metrics_per_task(tmp_path, manager):
     assert {"pretrain", "sentiment"} <= trained
 
 
-def _train_cmd(spec: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "mmcore", "train", str(spec), "--out", str(out)]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     import tomllib  # noqa: F401  (the spec below is written as TOML)
 
@@ -268,9 +259,11 @@ def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
         + f'[tasks.lm]\nobjective = "mlm"\ntrain = "{corpus}"\n'
     )
     full = tmp_path / "full"
-    subprocess.run(_train_cmd(spec, full), check=True, env=_env(), capture_output=True, timeout=300)
+    subprocess.run(train_cmd(spec, full), check=True, env=single_thread_env(), capture_output=True, timeout=300)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(spec, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(spec, killed), env=single_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     latest = killed / "checkpoints" / "latest"
     while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step-00000015"):
@@ -278,7 +271,7 @@ def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest.exists(), "no checkpoint was written before the kill"
-    res = subprocess.run(_train_cmd(spec, killed), env=_env(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(train_cmd(spec, killed), env=single_thread_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "resuming from" in res.stderr
     a, b = mmcore.load(full).state_dict(), mmcore.load(killed).state_dict()
@@ -332,15 +325,10 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     script = tmp_path / "recording_train.py"
     script.write_text(RECORDING_TRAIN)
     one, two = tmp_path / "one", tmp_path / "two"  # separate output folders
-    subprocess.run([sys.executable, str(script), str(spec), str(one)], check=True, env=_env(), capture_output=True)
-    res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-        + [str(script), str(spec), str(two)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    subprocess.run(
+        [sys.executable, str(script), str(spec), str(one)], check=True, env=single_thread_env(), capture_output=True
     )
+    res = torchrun(script, str(spec), str(two), port=29517)
     assert res.returncode == 0, res.stderr[-3000:]
 
     state = json.loads((two / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
