@@ -284,3 +284,25 @@ def test_timm_meta_build_and_buffer_reset():
     batch = p.collate([p(gradient()), None])
     torch.testing.assert_close(meta(batch).embeds, enc(batch).embeds)
     assert copy.deepcopy(meta)(batch).embeds.shape == enc(batch).embeds.shape
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_conv_stem_layers_widen_what_a_patch_token_sees(layers):
+    """Each 3x3 stem layer lets a patch token see one more pixel beyond its patch's border."""
+    cfg = PatchEncoderConfig(image_size=16, patch_size=4, channels=1, dim=16, depth=0, heads=2, stem_layers=layers)
+    enc = PatchEncoder(cfg).eval()
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in enc.stem) == layers
+    x = torch.rand(1, 1, 16, 16)
+    first = enc({"pixels": x}).embeds[0, 0]  # the top-left patch: rows and columns 0-3
+    for distance in (1, 2, 3):  # a pixel `distance` columns right of the patch's border
+        moved = x.clone()
+        moved[0, 0, 1, 3 + distance] += 1.0
+        changed = not torch.allclose(enc({"pixels": moved}).embeds[0, 0], first)
+        assert changed == (distance <= layers), (layers, distance)
+
+
+def test_conv_stem_channels():
+    enc = PatchEncoder(
+        PatchEncoderConfig(image_size=8, patch_size=4, channels=1, dim=16, depth=0, heads=2, stem_channels=12)
+    )
+    assert enc.stem[0].out_channels == 12 and enc.patch_embed.in_channels == 12

@@ -220,6 +220,17 @@ class PatchEncoderConfig(ImageOptions):
         "small convolutional stem that sees across patch borders: +3 points of held-out caption accuracy on the "
         "digits at the same step budget, docs/tuning.md); 'patch', one linear map per patch (plain ViT).",
     )
+    stem_layers: int = Field(
+        1,
+        ge=1,
+        description="With stem = 'conv': how many 3x3 convolutions (each followed by GELU) run before the "
+        "patches. More layers see larger strokes before the image is cut into patches.",
+    )
+    stem_channels: int | None = Field(
+        None,
+        ge=1,
+        description="With stem = 'conv': the channels of each stem convolution; unset, max(8, dim // 2).",
+    )
     dim: int = Field(128, ge=1, description="Token width (the encoder's out_dim); divisible by heads.")
     depth: int = Field(2, ge=0, description="Number of pre-norm transformer blocks.")
     heads: int = Field(4, ge=1, description="Attention heads per block.")

@@ -98,7 +98,8 @@ class PatchEncoder(Encoder):
 
     Attributes:
         patch_embed: ``Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)`` (with
-            ``stem = "conv"``: ``Conv2d(dim // 2, ...)`` after ``stem``, a 3x3 conv + GELU).
+            ``stem = "conv"``: ``Conv2d(stem_channels, ...)`` after ``stem``, ``stem_layers`` 3x3
+            convolutions, each followed by GELU; ``stem_channels`` defaults to ``max(8, dim // 2)``).
         grid_shape: (rows, columns) of patches.
         pos_embed: (1, N, dim) learned position embedding (normal init, std 0.02).
         blocks: ``depth`` pre-norm :class:`Block` s (attention through
@@ -131,9 +132,12 @@ class PatchEncoder(Encoder):
             config.channels, config.dim, kernel_size=config.patch_size, stride=config.patch_size
         )
         self.stem: nn.Module | None = None
-        if config.stem == "conv":  # a 3x3 convolution (and GELU) sees across patch borders first
-            hidden = max(8, config.dim // 2)
-            self.stem = nn.Sequential(nn.Conv2d(config.channels, hidden, 3, padding=1), nn.GELU())
+        if config.stem == "conv":  # 3x3 convolutions (each with GELU) see across patch borders first
+            hidden = config.stem_channels or max(8, config.dim // 2)
+            layers: list[nn.Module] = []
+            for i in range(config.stem_layers):
+                layers += [nn.Conv2d(config.channels if i == 0 else hidden, hidden, 3, padding=1), nn.GELU()]
+            self.stem = nn.Sequential(*layers)
             self.patch_embed = nn.Conv2d(hidden, config.dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, config.dim))
         self.pos_drop = nn.Dropout(config.dropout)
