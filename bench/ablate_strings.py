@@ -63,6 +63,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "stem_layers=1": {"encoders.image.stem_layers": 1},
     "stem_layers=2": {"encoders.image.stem_layers": 2},
     "stem_layers=3": {"encoders.image.stem_layers": 3},
+    "stem_layers=4": {"encoders.image.stem_layers": 4},
     "stem_channels=16": {"encoders.image.stem_channels": 16},
     "stem_channels=64": {"encoders.image.stem_channels": 64},
     # widths
@@ -76,6 +77,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "lr=2e-3": {"training.lr": 2e-3},
     "lr=3e-3": {"training.lr": 3e-3},
     "batch=64": {"training.batch_size": 64},
+    "stem_layers=4,lr=3e-3": {"encoders.image.stem_layers": 4, "training.lr": 3e-3},
     # regularisation
     "augment_shift": {"encoders.image.augment": ["shift"], "encoders.image.augment_shift": 0.03},
     "dropout=0.1": {"backbone.dropout": 0.1},
