@@ -489,6 +489,12 @@ def test_translation_and_digit_strings_sections_state_their_sources():
     assert rows[label] == [trained["figures"]["mmcore string"], trained["figures"]["mmcore digit"]]
     margin = trained["mmcore"]["string"] - trained["baselines"]["rbf_svm_per_cell_string"]
     assert f"the stronger one (the RBF SVM) by {100 * margin:.1f} points" in flat
+    seed1 = [
+        r
+        for r in _json("bench/results_ablate_strings.json")
+        if r["setting"] == "base" and r["steps"] == spec["training"]["steps"] and r["seed"] == 1
+    ]
+    assert f"a second seed of the same spec: {_pct(seed1[-1]['string'], 1)}" in flat
     assert f"one thread, it took {trained['mmcore']['train_seconds_under_load']:.0f} s" in flat
 
 
