@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 from conftest import ROOT
@@ -443,8 +444,8 @@ def test_translation_and_digit_strings_sections_state_their_sources():
     """docs/tasks.md: the translation baseline row is examples/results/translation_baselines.json,
     mmcore's rows examples/results/translation.json and the sample translations rows of
     examples/results/translation_predictions.jsonl (all written by translation.py --train); the digit
-    strings table is examples/results/digit_strings_baselines.json, and until the recipe has
-    written examples/results/digit_strings.json the section says that mmcore has no figure."""
+    strings baselines are examples/results/digit_strings_baselines.json and
+    mmcore's row is examples/results/digit_strings.json (digit_strings.py --train), for the spec's steps."""
     mt = _json("examples/results/translation_baselines.json")
     section = _section("docs/tasks.md", "## Machine translation, English to Spanish")
     assert _rows(section)["copy the source"][:2] == [mt["figures"]["copy BLEU"], mt["figures"]["copy chrF"]]
@@ -467,15 +468,34 @@ def test_translation_and_digit_strings_sections_state_their_sources():
     assert f"four of the {sum(r['exact'] for r in written)} it gets exactly right" in flat
     strings = _json("examples/results/digit_strings_baselines.json")
     section = _section("docs/tasks.md", "## Several objects in one picture")
-    row = _rows(section)["RBF SVM on each 8x8 cell (told where each digit is)"]
-    assert row == [strings["figures"]["svm string"], strings["figures"]["svm digit"]]
+    rows = _rows(section)
+    assert rows["RBF SVM on each 8x8 cell (told where each digit is)"] == [
+        strings["figures"]["svm string"],
+        strings["figures"]["svm digit"],
+    ]
+    assert rows["logistic regression on each 8x8 cell (told where each digit is)"] == [
+        strings["figures"]["logistic regression string"],
+        strings["figures"]["logistic regression digit"],
+    ]
     flat = " ".join(section.split())
     assert f"{strings['strings']['train']:,} training strips, {strings['strings']['eval']} held out" in flat
-    if (ROOT / "examples" / "results" / "digit_strings.json").exists():
-        for figure in _json("examples/results/digit_strings.json")["figures"].values():
-            assert figure in flat
-    else:
-        assert "mmcore has no figure here yet" in flat
+    # mmcore's row is examples/results/digit_strings.json (digit_strings.py --train), trained on the same
+    # split as the baselines file's (the same baseline figures), for the steps the spec holds
+    trained = _json("examples/results/digit_strings.json")
+    assert trained["baselines"] == strings["baselines"]
+    spec = tomllib.loads((ROOT / "examples" / "digit_strings.toml").read_text())
+    assert trained["mmcore"]["steps"] == spec["training"]["steps"]
+    label = f"mmcore, {spec['training']['steps']:,} steps of {spec['training']['batch_size']} (examples/results/digit_strings.json)"
+    assert rows[label] == [trained["figures"]["mmcore string"], trained["figures"]["mmcore digit"]]
+    margin = trained["mmcore"]["string"] - trained["baselines"]["rbf_svm_per_cell_string"]
+    assert f"the stronger one (the RBF SVM) by {100 * margin:.1f} points" in flat
+    seed1 = [
+        r
+        for r in _json("bench/results_ablate_strings.json")
+        if r["setting"] == "base" and r["steps"] == spec["training"]["steps"] and r["seed"] == 1
+    ]
+    assert f"a second seed of the same spec: {_pct(seed1[-1]['string'], 1)}" in flat
+    assert f"one thread, it took {trained['mmcore']['train_seconds_under_load']:.0f} s" in flat
 
 
 def test_readme_quotes_the_main_jobs_results():
