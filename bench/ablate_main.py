@@ -124,6 +124,19 @@ SETTINGS: dict[str, dict[str, object]] = {
             "steps": 1500,
         }
     },
+    # round 10: a deeper convolutional stem before the image patches, and its init (init.stem re-initialises
+    # the stem after the build; the spec's stem_init = "fan_in" is the same init, adopted in round 11)
+    "stem_layers=2": {"encoders.image.stem_layers": 2},
+    "stem_layers=3": {"encoders.image.stem_layers": 3},
+    "stem_layers=2_fan_in": {"encoders.image.stem_layers": 2, "init.stem": "fan_in"},
+    "stem_layers=3_fan_in": {"encoders.image.stem_layers": 3, "init.stem": "fan_in"},
+    "stem_layers=2_fan_in_300_150_950": {
+        "encoders.image.stem_layers": 2,
+        "init.stem": "fan_in",
+        "training.stages.0.steps": 300,
+        "training.stages.1.steps": 150,
+        "training.stages.2.steps": 950,
+    },
 }
 
 
