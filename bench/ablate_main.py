@@ -12,6 +12,8 @@ training seconds under whatever load the machine had and the load average) and
     # rounds 4-5 and 6 (docs/tuning.md) ran on earlier plans of the spec:
     OMP_NUM_THREADS=1 python bench/ablate_main.py --base-plan round4 --only base no_reset
     OMP_NUM_THREADS=1 python bench/ablate_main.py --base-plan round6 --only caption_then_transcribe
+    # seconds per step of each setting's whole plan, side by side (-> results_ablate_main_step_time.json)
+    OMP_NUM_THREADS=1 python bench/ablate_main.py --step-time --only base stem_layers=2
     python bench/ablate_main.py --list
     python bench/ablate_main.py --write-docs
 
