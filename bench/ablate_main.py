@@ -12,11 +12,14 @@ training seconds under whatever load the machine had and the load average) and
     # rounds 4-5 and 6 (docs/tuning.md) ran on earlier plans of the spec:
     OMP_NUM_THREADS=1 python bench/ablate_main.py --base-plan round4 --only base no_reset
     OMP_NUM_THREADS=1 python bench/ablate_main.py --base-plan round6 --only caption_then_transcribe
+    # seconds per step of each setting's whole plan, side by side (-> results_ablate_main_step_time.json)
+    OMP_NUM_THREADS=1 python bench/ablate_main.py --step-time --only base stem_layers=2
     python bench/ablate_main.py --list
     python bench/ablate_main.py --write-docs
 
 A setting is a name from ``SETTINGS``, or ad-hoc ``k=v,k=v`` (dotted keys, JSON values);
-``training.stages`` replaces the whole list. ``--base k=v`` changes the base itself.
+``training.stages`` replaces the whole list; ``init.stem`` (``"fan_in"`` or ``"std=0.02"``)
+re-initialises the image encoder's stem convolutions after the model is built. ``--base k=v`` changes the base itself.
 """
 
 from __future__ import annotations
@@ -123,7 +126,27 @@ SETTINGS: dict[str, dict[str, object]] = {
             "steps": 1500,
         }
     },
+    # round 10: a deeper convolutional stem before the image patches, and its init (init.stem re-initialises
+    # the stem after the build; the spec's stem_init = "fan_in" is the same init, adopted in round 11)
+    "stem_layers=2": {"encoders.image.stem_layers": 2},
+    "stem_layers=3": {"encoders.image.stem_layers": 3},
+    "stem_layers=2_fan_in": {"encoders.image.stem_layers": 2, "init.stem": "fan_in"},
+    "stem_layers=3_fan_in": {"encoders.image.stem_layers": 3, "init.stem": "fan_in"},
+    "stem_layers=2_fan_in_300_150_950": {
+        "encoders.image.stem_layers": 2,
+        "init.stem": "fan_in",
+        "training.stages.0.steps": 300,
+        "training.stages.1.steps": 150,
+        "training.stages.2.steps": 950,
+    },
 }
+
+
+def overrides_of(name: str) -> dict[str, object]:
+    """A setting's overrides: its entry in ``SETTINGS``, or an ad-hoc ``k=v,k=v`` (JSON values)."""
+    if name in SETTINGS:
+        return SETTINGS[name]
+    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
 
 
 def spec_data(overrides: dict[str, object], base_extra: dict[str, object], seed: int) -> dict:
@@ -143,6 +166,29 @@ def spec_data(overrides: dict[str, object], base_extra: dict[str, object], seed:
     return data
 
 
+def reinit_stem(model, how: str) -> int:
+    """Re-initialise every ``vision.patch`` stem convolution: ``fan_in`` (Kaiming normal for the
+    GELU that follows, zero bias) or ``std=<s>`` (truncated normal of that std, the plugin's own
+    init at 0.02). Returns how many convolutions it changed. A setting names it as ``init.stem``."""
+    import torch
+    from mmcore_vision.patch import PatchEncoder
+
+    n = 0
+    for enc in (m for m in model.modules() if isinstance(m, PatchEncoder) and m.stem is not None):
+        for conv in (m for m in enc.stem.modules() if isinstance(m, torch.nn.Conv2d)):
+            if how == "fan_in":
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            elif how.startswith("std="):
+                torch.nn.init.trunc_normal_(conv.weight, std=float(how[4:]))
+            else:
+                raise ValueError(f"init.stem = {how!r}: expected 'fan_in' or 'std=<float>'")
+            torch.nn.init.zeros_(conv.bias)
+            n += 1
+    if not n:
+        raise ValueError("init.stem: the spec has no vision.patch encoder with a conv stem")
+    return n
+
+
 def run_one(name: str, overrides: dict, base_extra: dict, seed: int) -> dict:
     import torch
 
@@ -153,8 +199,18 @@ def run_one(name: str, overrides: dict, base_extra: dict, seed: int) -> dict:
     from demo import exact_match
 
     torch.manual_seed(seed)
-    spec = parse_spec(spec_data(overrides, base_extra, seed), file=str(SPEC))
+    merged = {**base_extra, **overrides}
+    inits = {k: v for k, v in merged.items() if k.startswith("init.")}
+    spec_over = {k: v for k, v in overrides.items() if k not in inits}
+    spec_base = {k: v for k, v in base_extra.items() if k not in inits}
+    spec = parse_spec(spec_data(spec_over, spec_base, seed), file=str(SPEC))
     model = mmcore.build(spec)
+    for k, v in inits.items():
+        if k != "init.stem":
+            raise ValueError(f"{k}: the only init setting is init.stem")
+        with torch.random.fork_rng():  # the training's random stream stays the one without the setting
+            torch.manual_seed(seed + 1)
+            reinit_stem(model, v)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     result = mmcore.Trainer(model, spec.tasks, spec.training).fit()
@@ -176,6 +232,55 @@ def run_one(name: str, overrides: dict, base_extra: dict, seed: int) -> dict:
         "seconds_per_step": round(train_s / spec.training.steps, 4),
         "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "threads": torch.get_num_threads(),
+    }
+
+
+STEP_TIMES = ROOT / "bench" / "results_ablate_main_step_time.json"
+
+
+def plan_step_time(names: list[str], base_extra: dict, steps: int = 20, rounds: int = 2) -> dict:
+    """Seconds per training step of each setting's whole plan, side by side in one process.
+
+    For every stage of a setting's plan it builds a one-stage trainer of that stage's tasks and
+    times ``steps`` of its steps after one warm-up step; the plan's figure is the mean over its
+    stages weighted by their steps. The settings take turns ``rounds`` times (so each sees the
+    same machine load); ``ratio`` is each setting's s/step over the first's.
+    """
+    import torch
+
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    per: dict[str, list[float]] = {n: [] for n in names}
+    plans: dict[str, list[int]] = {}
+    for _ in range(rounds):
+        for name in names:
+            over = overrides_of(name)
+            over = {k: v for k, v in over.items() if not k.startswith("init.")}  # the init costs no time per step
+            spec = parse_spec(spec_data(over, base_extra, 0), file=str(SPEC))
+            stages = spec.training.stages
+            plans[name] = [st.steps for st in stages] or [spec.training.steps]
+            total = 0.0
+            for st in stages or [None]:
+                data = spec_data(over, base_extra, 0)
+                tasks = (st.tasks if st is not None and st.tasks else None) or list(spec.tasks)
+                data["training"].update(stages=[{"tasks": tasks, "steps": steps + 1, "lr": 1e-3}], progress=False)
+                one = parse_spec(data, file=str(SPEC))
+                trainer = mmcore.Trainer(mmcore.build(one), one.tasks, one.training)
+                trainer.train_step()  # warm-up
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    trainer.train_step()
+                total += (time.perf_counter() - t0) / steps * (st.steps if st is not None else spec.training.steps)
+            per[name].append(total / sum(plans[name]))
+    first = sum(per[names[0]])
+    return {
+        "seconds_per_step": per,
+        "plan_steps": plans,
+        "ratio": {n: round(sum(v) / first, 3) for n, v in per.items()},
+        "threads": torch.get_num_threads(),
+        "load_average": round(os.getloadavg()[0], 2),
+        "note": "shared machine, under load: only the ratios mean something",
     }
 
 
@@ -209,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true")
     p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument(
+        "--step-time",
+        action="store_true",
+        help=f"time the --only settings' training steps side by side (first = reference) -> {STEP_TIMES.name}",
+    )
     args = p.parse_args(argv)
     if args.write_docs:
         write_docs(json.loads(Path(args.out).read_text()), BEGIN, END, table)
@@ -225,16 +335,19 @@ def main(argv: list[str] | None = None) -> int:
     base_extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
     if args.base_plan:
         base_extra = {"training.stages": BASE_PLANS[args.base_plan], **base_extra}
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else []
     from mmcore.checkpoint import atomic_write_text
 
+    if args.step_time:
+        r = {"tag": args.tag, **plan_step_time(args.only or ["base"], base_extra)}
+        print(json.dumps(r), flush=True)
+        times = json.loads(STEP_TIMES.read_text()) if STEP_TIMES.exists() else []
+        atomic_write_text(STEP_TIMES, json.dumps([*times, r], indent=1) + "\n")
+        return 0
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else []
+
     for name in args.only or list(SETTINGS):
-        overrides = (
-            SETTINGS[name]
-            if name in SETTINGS
-            else {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
-        )
+        overrides = overrides_of(name)
         for seed in args.seeds:
             r = run_one(name, overrides, base_extra, seed)
             r["tag"] = args.tag

@@ -306,3 +306,27 @@ def test_conv_stem_channels():
         PatchEncoderConfig(image_size=8, patch_size=4, channels=1, dim=16, depth=0, heads=2, stem_channels=12)
     )
     assert enc.stem[0].out_channels == 12 and enc.patch_embed.in_channels == 12
+
+
+@pytest.mark.parametrize("init", ["normal", "fan_in"])
+def test_conv_stem_init_sets_the_scale_a_stem_passes_on(init):
+    """stem_init = "fan_in" starts each stem convolution at std sqrt(2 / fan_in), so two layers pass on a
+    signal of about their input's scale; "normal" (std 0.02) passes on a small fraction of it."""
+    torch.manual_seed(0)
+    cfg = PatchEncoderConfig(
+        image_size=16, patch_size=4, channels=1, dim=32, depth=0, heads=2, stem_layers=2, stem_init=init
+    )
+    enc = PatchEncoder(cfg)
+    convs = [m for m in enc.stem if isinstance(m, torch.nn.Conv2d)]
+    x = torch.randn(64, 1, 16, 16)
+    with torch.no_grad():
+        out_std = float(enc.stem(x).std())
+    if init == "fan_in":
+        for conv in convs:
+            fan_in = conv.in_channels * 9
+            assert abs(float(conv.weight.std()) - (2 / fan_in) ** 0.5) < 0.25 * (2 / fan_in) ** 0.5
+        assert out_std > 0.3, out_std
+    else:
+        assert all(abs(float(c.weight.std()) - 0.02) < 0.005 for c in convs)
+        assert out_std < 0.01, out_std
+    assert all(float(c.bias.abs().max()) == 0.0 for c in convs)

@@ -99,7 +99,8 @@ class PatchEncoder(Encoder):
     Attributes:
         patch_embed: ``Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)`` (with
             ``stem = "conv"``: ``Conv2d(stem_channels, ...)`` after ``stem``, ``stem_layers`` 3x3
-            convolutions, each followed by GELU; ``stem_channels`` defaults to ``max(8, dim // 2)``).
+            convolutions, each followed by GELU; ``stem_channels`` defaults to ``max(8, dim // 2)``;
+            ``stem_init = "fan_in"`` starts them at Kaiming normal, otherwise std 0.02 like the rest).
         grid_shape: (rows, columns) of patches.
         pos_embed: (1, N, dim) learned position embedding (normal init, std 0.02).
         blocks: ``depth`` pre-norm :class:`Block` s (attention through
@@ -157,6 +158,10 @@ class PatchEncoder(Encoder):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.stem is not None and self.config.stem_init == "fan_in":  # keeps the scale through the GELUs
+            for m in self.stem.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
     def forward(self, inputs: dict[str, Tensor]) -> Tokens:
         pixels = check_pixels(inputs.get("pixels"), self.channels, self.size, "vision.patch")
