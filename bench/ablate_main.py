@@ -139,6 +139,17 @@ SETTINGS: dict[str, dict[str, object]] = {
         "training.stages.1.steps": 150,
         "training.stages.2.steps": 950,
     },
+    # round 12 (on round 6's spec, one stem layer at the std-0.02 init): fewer, larger image tokens after a
+    # deeper stem, as bench/ablate_strings.py found for the digit strings. The scan at its own 8x8 (the area
+    # filter undoes digits_av.py's 2x upscale exactly), one 8x8 patch: one image token per picture.
+    "native_8x8_one_token": {
+        "encoders.image.image_size": 8,
+        "encoders.image.resize": "squash",
+        "encoders.image.interpolation": "area",
+        "encoders.image.patch_size": 8,
+        "encoders.image.stem_layers": 3,
+    },
+    "patch8_stem3": {"encoders.image.patch_size": 8, "encoders.image.stem_layers": 3},  # 16x16, 4 tokens
 }
 
 
