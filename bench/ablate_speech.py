@@ -38,6 +38,7 @@ A = "encoders.audio."
 #: setting name -> overrides (dotted key -> value) on the base spec.
 SETTINGS: dict[str, dict[str, object]] = {
     "base": {},
+    "steps=1600": {"training.steps": 1600},
     "lr=1e-3": {"training.lr": 1e-3},
     "lr=3e-3": {"training.lr": 3e-3},
     "schedule=linear": {"training.schedule": "linear"},
@@ -56,7 +57,8 @@ SETTINGS: dict[str, dict[str, object]] = {
     "n_mels=64": {A + "n_mels": 64},
     "encoder_depth=3": {A + "depth": 3},
     "width=128": {"backbone.width": 128, A + "dim": 128},
-    "dropout=0.1": {"backbone.dropout": 0.1},
+    "dropout=0.1": {"backbone.dropout": 0.1, A + "dropout": 0.1},
+    "spec_augment=strong": {A + "freq_masks": 2, A + "freq_mask_width": 8, A + "time_masks": 2, A + "time_mask_width": 15},
     "batch=64": {"training.batch_size": 64},
 }
 
