@@ -58,7 +58,12 @@ SETTINGS: dict[str, dict[str, object]] = {
     "encoder_depth=3": {A + "depth": 3},
     "width=128": {"backbone.width": 128, A + "dim": 128},
     "dropout=0.1": {"backbone.dropout": 0.1, A + "dropout": 0.1},
-    "spec_augment=strong": {A + "freq_masks": 2, A + "freq_mask_width": 8, A + "time_masks": 2, A + "time_mask_width": 15},
+    "spec_augment=strong": {
+        A + "freq_masks": 2,
+        A + "freq_mask_width": 8,
+        A + "time_masks": 2,
+        A + "time_mask_width": 15,
+    },
     "batch=64": {"training.batch_size": 64},
 }
 
