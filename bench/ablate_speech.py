@@ -7,7 +7,7 @@ and reports the share transcribed exactly. Runs go one after the other in this p
 results are appended to ``bench/results_ablate_speech.json`` (one entry per run: exact match,
 steps, seconds under whatever load the machine had) and ``docs/tuning.md`` quotes that file.
 
-    OMP_NUM_THREADS=1 python bench/ablate_speech.py --tag "round 1" --only base schedule=linear
+    OMP_NUM_THREADS=1 python bench/ablate_speech.py --steps 800 --tag "round 1" --only base schedule=linear
     python bench/ablate_speech.py --write-docs      # docs/tuning.md's speech table, from the results file
 
 A setting is a name from ``SETTINGS`` or inline dotted overrides (``training.lr=0.003,backbone.depth=2``,
