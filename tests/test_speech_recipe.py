@@ -37,3 +37,19 @@ def test_whole_voices_are_held_out_and_the_clips_read(tmp_path, manager):
     for r in rows["train"][:4] + rows["eval"][:2]:
         features = proc(str(tmp_path / r["audio"]))["features"]  # within the spec's max_seconds
         assert features.shape[0] == 40 and features.shape[1] > 20  # real speech, not an empty file
+
+
+def test_the_speech_tuning_table_is_its_ablation_results_file():
+    """docs/tuning.md's speech table is what bench/ablate_speech.py --write-docs writes from its results file."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("_bench_ablate_speech", ROOT / "bench" / "ablate_speech.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results = json.loads((ROOT / "bench" / "results_ablate_speech.json").read_text())
+    page = (ROOT / "docs" / "tuning.md").read_text()
+    written = page.split(mod.BEGIN, 1)[1].split(mod.END, 1)[0]
+    assert written.strip() == mod.table(results).strip(), "run `python bench/ablate_speech.py --write-docs`"
+    assert any(r["setting"] == "base" for r in results)

@@ -140,24 +140,31 @@ def baseline(data: Path, spec_path: Path) -> dict:
     return out
 
 
-def train_and_evaluate(data: Path, spec_path: Path, out: Path) -> dict:
+def exact_match(model, data: Path) -> float:
+    """Share of the held-out clips whose greedy transcript is exactly the utterance."""
+    from mmcore.generation import GenerationConfig, generate_for_records
+
+    rows = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
+    gen = GenerationConfig(max_new_tokens=16)
+    model.eval()
+    preds = generate_for_records(model, [{"audio": r["audio"]} for r in rows], base=data, config=gen, batch_size=64)
+    return sum(p.strip() == r["target"] for p, r in zip(preds, rows, strict=True)) / len(rows)
+
+
+def train_and_evaluate(data: Path, spec, out: Path | None) -> dict:
+    """Train ``spec`` (a path or a loaded spec), then transcribe the held-out clips."""
     import torch
 
     import mmcore
-    from mmcore.generation import GenerationConfig, generate_for_records
 
-    torch.manual_seed(0)
-    spec = mmcore.load_spec(spec_path)
+    spec = mmcore.load_spec(spec) if isinstance(spec, (str, Path)) else spec
+    torch.manual_seed(spec.training.seed)
     model = mmcore.build(spec)
     t0 = time.perf_counter()
     result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out, resume=False).fit()
     seconds = time.perf_counter() - t0
-    rows = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
-    gen = GenerationConfig(max_new_tokens=16)
-    preds = generate_for_records(model, [{"audio": r["audio"]} for r in rows], base=data, config=gen, batch_size=64)
-    exact = sum(p.strip() == r["target"] for p, r in zip(preds, rows, strict=True)) / len(rows)
     return {
-        "exact_match": exact,
+        "exact_match": exact_match(model, data),
         "eval_loss": result.eval["transcribe"]["loss"],
         "steps": result.steps,
         "train_seconds_under_load": round(seconds, 1),

@@ -107,3 +107,83 @@ def test_noise_option_is_validated():
         AudioProcessorConfig(noise_snr_db=(30, 10))
     with pytest.raises(ValidationError):
         AudioProcessorConfig(gain_db=-1)
+
+
+def test_speed_perturb_changes_tempo_and_pitch_together_within_the_range():
+    n = SR  # one second of a 500 Hz tone
+    x = torch.sin(2 * math.pi * 500 * torch.arange(n, dtype=torch.float64) / SR)
+    factors = []
+    for seed in range(30):
+        y = dsp.augment_waveform(x, SR, speed_perturb=0.2, generator=torch.Generator().manual_seed(seed))
+        s = n / y.shape[0]  # the length says the factor drawn
+        assert 0.8 - 1e-3 <= s <= 1.2 + 1e-3
+        spectrum = torch.fft.rfft(y * torch.hann_window(y.shape[0], dtype=torch.float64)).abs()
+        peak_hz = float(spectrum.argmax()) * SR / y.shape[0]
+        assert peak_hz == pytest.approx(500 * s, abs=3)  # the pitch moved by the same factor
+        factors.append(s)
+    assert min(factors) < 0.85 and max(factors) > 1.15  # the whole range
+    slow = dsp.change_speed(x, 0.5, max_samples=n + 10)
+    assert slow.shape[0] == n + 10  # a slowed clip is cut at max_samples
+    assert torch.allclose(slow[::2][:100], x[:100])  # half speed: every input sample, in order
+
+
+def test_processor_speed_perturb_keeps_the_clip_within_max_seconds():
+    audio = burst(n=SR).numpy().astype(np.float32)
+    opts = {"sample_rate": SR, "n_fft": 200, "hop_length": 80, "n_mels": 32, "max_seconds": 1.0}
+    clean = AudioProcessor(AudioProcessorConfig(**opts))(audio)["features"]
+    p = AudioProcessor(AudioProcessorConfig(**opts, speed_perturb=0.3))
+    assert torch.equal(p(audio)["features"], clean)  # evaluation: never perturbed
+    p.training = True
+    frames = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        frames.add(p(audio)["features"].shape[1])
+    assert max(frames) == clean.shape[1] and min(frames) < clean.shape[1] * 0.85  # faster: shorter; slower: cut
+    with pytest.raises(ValidationError):
+        AudioProcessorConfig(speed_perturb=1.0)
+
+
+def test_processor_caches_the_resampled_signal_of_a_file(tmp_path, monkeypatch):
+    import pickle
+
+    import soundfile as sf
+    from mmcore_audio import processor as processor_module
+
+    rate = 11025  # the processor resamples it to SR
+    paths = []
+    for i, freq in enumerate((300.0, 700.0)):
+        t = np.arange(rate // 2) / rate
+        paths.append(tmp_path / f"{i}.wav")
+        sf.write(paths[-1], (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, subtype="PCM_16")
+    opts = {"sample_rate": SR, "n_fft": 200, "hop_length": 80, "n_mels": 32, "max_seconds": 1.0}
+    plain = AudioProcessor(AudioProcessorConfig(**opts, cache_mb=0))
+    cached = AudioProcessor(AudioProcessorConfig(**opts))
+    reads = []
+    real_decode = processor_module.decode
+    monkeypatch.setattr(processor_module, "decode", lambda v, **kw: reads.append(v) or real_decode(v, **kw))
+    first = cached(str(paths[0]))["features"]
+    assert torch.equal(first, plain(str(paths[0]))["features"]) and cached.cached_clips == 1
+    reads.clear()
+    again = cached(str(paths[0]))["features"]
+    assert reads == [] and torch.equal(again, first)  # from memory, the same features
+    cached.training = True  # augmentation still draws afresh on the cached signal
+    cached_aug = AudioProcessor(AudioProcessorConfig(**opts, gain_db=6.0))
+    cached_aug.training = True
+    torch.manual_seed(0)
+    a = cached_aug(str(paths[0]))["features"]
+    torch.manual_seed(1)
+    assert not torch.equal(cached_aug(str(paths[0]))["features"], a)
+    # a file that changes is read again
+    sf.write(paths[0], np.zeros(rate // 4, dtype=np.float32) + 0.1, rate, subtype="PCM_16")
+    reads.clear()
+    cached.training = False
+    changed = cached(str(paths[0]))["features"]
+    assert len(reads) == 1 and changed.shape[1] < first.shape[1]
+    # least recently used out first, within cache_mb; not pickled
+    one_clip = AudioProcessor(AudioProcessorConfig(**opts, cache_mb=4 * (SR // 2) / 1e6))  # 0.5 s of float32
+    one_clip(str(paths[0]))
+    one_clip(str(paths[1]))
+    reads.clear()
+    one_clip(str(paths[1]))
+    assert one_clip.cached_clips == 1 and reads == []  # the older clip made room
+    assert pickle.loads(pickle.dumps(one_clip)).cached_clips == 0

@@ -63,6 +63,13 @@ class AudioProcessorConfig(ComponentConfig):
         "which a clip counts as clipped: a warning naming the record, or an error with reject_clipped.",
     )
     reject_clipped: bool = Field(False, description="Reject clipped clips with an error instead of warning.")
+    cache_mb: float = Field(
+        512.0,
+        ge=0,
+        description="Keep the decoded, resampled signal of files read by path in memory, up to this many megabytes "
+        "per process (least recently used out first; keyed by path, size and modification time), so a file read "
+        "again (the next epoch) is neither decoded nor resampled again; the features are identical. 0: off.",
+    )
     # --- features ---------------------------------------------------------------------
     n_fft: int = Field(400, ge=8, description="FFT size and Hann window length of the STFT (400 = 25 ms at 16 kHz).")
     hop_length: int = Field(160, ge=1, description="Samples between STFT frames (160 = 10 ms at 16 kHz).")
@@ -85,6 +92,14 @@ class AudioProcessorConfig(ComponentConfig):
     )
     whisper_scale: bool = Field(True, description="Map the log10-mel features x to (x + 4) / 4, as Whisper does.")
     # --- augmentation -----------------------------------------------------------------
+    speed_perturb: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Augmentation while training: play the clip s times as fast, s drawn uniformly from "
+        "[1 - speed_perturb, 1 + speed_perturb] (tempo and pitch change together, like a new speaker's voice; "
+        "a slowed clip is cut at max_seconds), before the other augmentations; 0: off.",
+    )
     shift_seconds: float = Field(
         0.0,
         ge=0,

@@ -39,6 +39,7 @@ __all__ = [
     "log_mel",
     "spec_augment",
     "augment_waveform",
+    "change_speed",
 ]
 
 #: Zero crossings of the sinc on each side of the centre, counted at the lower rate.
@@ -326,11 +327,17 @@ def augment_waveform(
     shift_seconds: float = 0.0,
     gain_db: float = 0.0,
     noise_snr_db: tuple[float, float] | None = None,
+    speed_perturb: float = 0.0,
+    max_samples: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Random time shift, gain and additive white noise on one (N,) signal; returns a new tensor.
+    """Random speed, time shift, gain and additive white noise on one (N,) signal; returns a new tensor.
 
     In this order, each only when its option is on:
+
+    * speed: played ``s ~ U(1 - speed_perturb, 1 + speed_perturb)`` times as fast
+      (:func:`change_speed`: tempo and pitch together; the clip becomes N / s samples long,
+      cut at ``max_samples``);
 
     * shift: the samples move by ``k ~ U{-K..K}`` with ``K = round(shift_seconds *
       sample_rate)`` (later for k > 0); the clip keeps its length, zeros fill the gap;
@@ -342,6 +349,9 @@ def augment_waveform(
     worker and the trainer from ``training.seed``).
     """
     out = wave.clone()
+    if speed_perturb > 0:
+        s = float(torch.empty((), dtype=torch.float64).uniform_(-speed_perturb, speed_perturb, generator=generator))
+        out = change_speed(out, 1.0 + s, max_samples)
     n = out.shape[0]
     k_max = int(round(shift_seconds * sample_rate))
     if k_max > 0 and n:
@@ -362,3 +372,23 @@ def augment_waveform(
         noise = torch.randn(n, generator=generator, dtype=out.dtype)
         out = out + noise * math.sqrt(power / 10 ** (snr / 10))
     return out
+
+
+def change_speed(wave: Tensor, factor: float, max_samples: int | None = None) -> Tensor:
+    """``wave`` played ``factor`` times as fast: (round(N / factor),) samples, at most ``max_samples``.
+
+    Tempo and pitch change together (as a tape played faster), like Kaldi's speed
+    perturbation: output sample m is the input at time ``m * factor``, by linear
+    interpolation between its two neighbours (an augmentation, not a band-limited
+    resampler: a little aliasing is harmless here). A longer result is cut at ``max_samples``.
+    """
+    n = wave.shape[0]
+    if factor == 1.0 or n < 2:
+        return wave.clone()
+    m = max(1, round(n / factor))
+    if max_samples is not None:
+        m = min(m, max_samples)
+    pos = (torch.arange(m, dtype=torch.float64) * factor).clamp(max=n - 1)
+    lo = pos.floor().long().clamp(max=n - 2)
+    frac = (pos - lo).to(wave.dtype)
+    return wave[lo] * (1 - frac) + wave[lo + 1] * frac

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,8 +64,9 @@ class AudioProcessor(Processor):
        naming ``where`` and the fraction, or ``InputError`` with ``reject_clipped``;
     4. resample to ``sample_rate`` (windowed-sinc, :func:`mmcore_audio.dsp.resample`);
     5. normalise (``peak``, ``rms`` or ``none``);
-    6. only while ``training`` is True: random time shift (``shift_seconds``), gain
-       (``gain_db``) and white noise (``noise_snr_db``), each when its option is on
+    6. only while ``training`` is True: random speed (``speed_perturb``; the clip stays
+       within ``max_seconds``), time shift (``shift_seconds``), gain (``gain_db``) and
+       white noise (``noise_snr_db``), each when its option is on
        (:func:`~mmcore_audio.dsp.augment_waveform`);
     7. log-mel features in float64 (:func:`~mmcore_audio.dsp.mel_power`,
        :func:`~mmcore_audio.dsp.log_mel`): ``T = ceil(N / hop_length)`` frames for N samples;
@@ -71,6 +74,15 @@ class AudioProcessor(Processor):
 
     Random draws come from torch's global generator, which the DataLoader seeds per worker
     process and the trainer from ``training.seed``: augmentation is reproducible.
+
+    Steps 1-4 give the same signal every time a file is read, and they are most of the
+    cost (decoding, and resampling, e.g. 22,050 Hz synthesiser output to 16 kHz): for a
+    value that is a file path the processor keeps their result, the resampled mono
+    signal, in memory, up to ``cache_mb`` megabytes per process (least recently used
+    first out), keyed by the file's absolute path, size and modification time, so a file
+    that changes is read again. The features are the same with or without the cache;
+    the clipping warning is given the first time a file is read. The cache is not pickled:
+    each DataLoader worker fills its own.
 
     ``collate(samples)`` -> ``{"features": (B, n_mels, T) float32, "frames": (B,) long,
     "mask": (B, T) bool}``: right-padded with zeros to the longest clip (T >= 1); ``None``
@@ -82,6 +94,23 @@ class AudioProcessor(Processor):
     def __init__(self, config: AudioProcessorConfig | Mapping[str, Any] | None = None):
         self.config = _processor_options(config)
         self.training = False
+        self._cache: OrderedDict[tuple[str, int, int], Tensor] = OrderedDict()
+        self._cache_bytes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"], state["_cache_bytes"] = OrderedDict(), 0  # each process fills its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_cache", OrderedDict())
+        self.__dict__.setdefault("_cache_bytes", 0)
+
+    @property
+    def cached_clips(self) -> int:
+        """How many files' resampled signals the cache holds now (see the class)."""
+        return len(self._cache)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -117,12 +146,16 @@ class AudioProcessor(Processor):
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         c = self.config
-        clip = decode(value, sample_rate=c.sample_rate, max_seconds=c.max_seconds, where=where)
-        self._check_levels(clip, where)
-        wave = self.waveform(clip)
-        if self.training and (c.shift_seconds or c.gain_db or c.noise_snr_db is not None):
+        wave = self._normalized(self._resampled_value(value, where))
+        if self.training and (c.shift_seconds or c.gain_db or c.noise_snr_db is not None or c.speed_perturb):
             wave = dsp.augment_waveform(
-                wave, c.sample_rate, shift_seconds=c.shift_seconds, gain_db=c.gain_db, noise_snr_db=c.noise_snr_db
+                wave,
+                c.sample_rate,
+                shift_seconds=c.shift_seconds,
+                gain_db=c.gain_db,
+                noise_snr_db=c.noise_snr_db,
+                speed_perturb=c.speed_perturb,
+                max_samples=math.ceil(c.max_seconds * c.sample_rate - 1e-9),
             )
         mel = dsp.mel_power(
             wave,
@@ -149,10 +182,47 @@ class AudioProcessor(Processor):
 
     def waveform(self, clip: Decoded) -> Tensor:
         """A decoded clip resampled to ``sample_rate`` and normalised: (N,) float64."""
-        c = self.config
+        return self._normalized(self._resampled(clip))
+
+    def _resampled(self, clip: Decoded) -> Tensor:
         wave = torch.from_numpy(clip.mono)
-        if clip.sample_rate != c.sample_rate:
-            wave = dsp.resample(wave, clip.sample_rate, c.sample_rate)
+        if clip.sample_rate != self.config.sample_rate:
+            wave = dsp.resample(wave, clip.sample_rate, self.config.sample_rate)
+        return wave
+
+    def _resampled_value(self, value: Any, where: str) -> Tensor:
+        """Steps 1-4 for one value: decoded, checked, mixed down and resampled; from the cache when it can."""
+        c = self.config
+        key = None
+        if c.cache_mb > 0 and isinstance(value, (str, os.PathLike)):
+            try:
+                st = os.stat(value)
+                key = (os.path.abspath(value), st.st_size, st.st_mtime_ns)
+            except OSError:
+                key = None  # decode names the problem
+            if key is not None and key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        clip = decode(value, sample_rate=c.sample_rate, max_seconds=c.max_seconds, where=where)
+        self._check_levels(clip, where)
+        wave = self._resampled(clip)
+        if key is not None:
+            self._remember(key, wave)
+        return wave
+
+    def _remember(self, key: tuple[str, int, int], wave: Tensor) -> None:
+        size = wave.numel() * wave.element_size()
+        budget = self.config.cache_mb * 1e6
+        if size > budget:
+            return
+        while self._cache and self._cache_bytes + size > budget:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.numel() * old.element_size()
+        self._cache[key] = wave
+        self._cache_bytes += size
+
+    def _normalized(self, wave: Tensor) -> Tensor:
+        c = self.config
         wave = wave.to(torch.float64)
         if c.normalize == "peak":
             peak = wave.abs().max()

@@ -1,0 +1,163 @@
+"""Ablation of the speech recipe: what makes a small GPT transcribe unheard voices.
+
+Each run trains ``examples/speech_words.toml``'s model for a FIXED number of steps (``--steps``;
+default: the spec's), from one setting changed against the base (the committed spec plus
+``--base``), then greedy-transcribes the 360 held-out clips (12 voices the model never heard)
+and reports the share transcribed exactly. Runs go one after the other in this process;
+results are appended to ``bench/results_ablate_speech.json`` (one entry per run: exact match,
+steps, seconds under whatever load the machine had) and ``docs/tuning.md`` quotes that file.
+
+    OMP_NUM_THREADS=1 python bench/ablate_speech.py --steps 800 --tag "round 1" --only base schedule=linear
+    python bench/ablate_speech.py --write-docs      # docs/tuning.md's speech table, from the results file
+
+A setting is a name from ``SETTINGS`` or inline dotted overrides (``training.lr=0.003,backbone.depth=2``,
+JSON values). The recipe's data must exist (``python examples/recipes/speech_words.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "examples" / "recipes"))
+from ablate_digits import tables_by_round  # noqa: E402
+from ablate_digits import write_docs as write_tables  # noqa: E402
+from ablate_text import set_dotted  # noqa: E402
+
+SPEC = ROOT / "examples" / "speech_words.toml"
+DATA = ROOT / "examples" / "data" / "speech_words"
+RESULTS = ROOT / "bench" / "results_ablate_speech.json"
+A = "encoders.audio."
+
+#: setting name -> overrides (dotted key -> value) on the base spec.
+SETTINGS: dict[str, dict[str, object]] = {
+    "base": {},
+    "steps=1600": {"training.steps": 1600},
+    "lr=1e-3": {"training.lr": 1e-3},
+    "lr=3e-3": {"training.lr": 3e-3},
+    "schedule=linear": {"training.schedule": "linear"},
+    "label_smoothing=0.1": {"heads.lm.label_smoothing": 0.1},
+    "no_augmentation": {
+        A + "shift_seconds": 0.0,
+        A + "gain_db": 0.0,
+        A + "noise_snr_db": None,
+        A + "spec_augment": False,
+        A + "speed_perturb": 0.0,
+    },
+    "no_spec_augment": {A + "spec_augment": False},
+    "speed_perturb=0.1": {A + "speed_perturb": 0.1},
+    "speed_perturb=0.2": {A + "speed_perturb": 0.2},
+    "hop=480": {A + "hop_length": 480, A + "max_frames": 67},
+    "n_mels=64": {A + "n_mels": 64},
+    "encoder_depth=3": {A + "depth": 3},
+    "width=128": {"backbone.width": 128, A + "dim": 128},
+    "dropout=0.1": {"backbone.dropout": 0.1, A + "dropout": 0.1},
+    "spec_augment=strong": {
+        A + "freq_masks": 2,
+        A + "freq_mask_width": 8,
+        A + "time_masks": 2,
+        A + "time_mask_width": 15,
+    },
+    "batch=64": {"training.batch_size": 64},
+}
+
+
+def build_spec(steps: int | None, overrides: dict[str, object], seed: int) -> dict:
+    data = tomllib.loads(SPEC.read_text())
+    data["training"].update({"log_every": 10**6, "seed": seed})
+    if steps:
+        data["training"]["steps"] = steps
+    for k, v in overrides.items():
+        set_dotted(data, k, v)
+    return data
+
+
+def run_one(name: str, overrides: dict, steps: int | None, base_extra: dict, seed: int) -> dict:
+    import speech_words
+    import torch
+
+    from mmcore.spec import parse_spec
+
+    data = build_spec(steps, {**base_extra, **overrides}, seed)
+    spec = parse_spec(data, file=str(SPEC))
+    mm = speech_words.train_and_evaluate(DATA, spec, None)
+    return {
+        "setting": name,
+        "overrides": overrides,
+        "base": base_extra,
+        "seed": seed,
+        "steps": mm["steps"],
+        "batch_size": spec.training.batch_size,
+        "exact_match": round(mm["exact_match"], 4),
+        "eval_loss": round(mm["eval_loss"], 4),
+        "train_seconds": mm["train_seconds_under_load"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+BEGIN, END = (
+    "<!-- ablate_speech: begin (written by bench/ablate_speech.py --write-docs) -->",
+    "<!-- ablate_speech: end -->",
+)
+
+
+def table(results: list[dict]) -> str:
+    return tables_by_round(
+        results,
+        "| setting | overrides | seed | steps | exact match (360 clips) | eval loss | train minutes (under load) |\n"
+        "|---|---|---:|---:|---:|---:|---:|",
+        lambda r, ov: (
+            f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} | {100 * r['exact_match']:.1f} % | "
+            f"{r['eval_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default: the spec's)")
+    p.add_argument("--only", nargs="*", help="settings to run (default: all)")
+    p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every run")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 2')")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's speech table")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if args.write_docs:
+        write_tables(json.loads(Path(args.out).read_text()), BEGIN, END, table)
+        return 0
+    if args.list:
+        for k, v in SETTINGS.items():
+            print(f"{k:24} {v}")
+        return 0
+    if not (DATA / "eval.jsonl").exists():
+        sys.exit(f"no data in {DATA}: run python examples/recipes/speech_words.py first")
+    base_extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
+    out = Path(args.out)
+    from mmcore import atomic_write_text
+
+    for name in args.only or list(SETTINGS):
+        overrides = (
+            SETTINGS[name]
+            if name in SETTINGS
+            else {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
+        )
+        for seed in args.seeds:
+            r = run_one(name, overrides, args.steps, base_extra, seed)
+            r["tag"] = args.tag
+            print(json.dumps(r), flush=True)
+            results = json.loads(out.read_text()) if out.exists() else []
+            atomic_write_text(out, json.dumps([*results, r], indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
