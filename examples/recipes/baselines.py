@@ -247,3 +247,27 @@ def write_results(name: str, results: dict, figures: dict[str, str]) -> Path:
     atomic_write_text(path, json.dumps({"figures": figures, **results}, indent=2, default=float) + "\n")
     print(f"results -> {path}")
     return path
+
+
+def other_seeds(spec, seeds: Sequence[int], task: str, metric: str = "accuracy") -> list[dict]:
+    """Train ``spec`` again from each of ``seeds`` (no output folder), for the results file's spread.
+
+    Each run is the recipe with only ``training.seed`` changed (initialisation, data order, masking);
+    returns one ``{"seed", metric, "macro_f1", "train_seconds"}`` per seed, in order.
+    """
+    import time
+
+    import torch
+
+    import mmcore
+
+    out = []
+    for seed in seeds:
+        run = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": seed})})
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        model = mmcore.build(run)
+        ev = mmcore.Trainer(model, run.tasks, run.training, resume=False).fit().eval[task]
+        out.append({"seed": seed, **ev, "train_seconds": time.perf_counter() - t0})
+        print(f"seed {seed}: {metric} {ev[metric]:.4f}", flush=True)
+    return out
