@@ -250,6 +250,41 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
     }
 
 
+#: recipe -> its results file, written by the recipe script (examples/recipes/*.py --train)
+RECIPE_RESULTS: dict[str, str] = {"language_id": "language_id.json", "topics": "stdlib_topics.json"}
+
+
+def recipe_rows(recipe: str, setting: str) -> list[dict]:
+    """Rows for the committed spec's own runs, read from the results file its recipe script wrote
+    (the spec's seed and ``other_seeds``), so the recipe's final setting is in the table as run."""
+    import mmcore
+
+    spec_file, task, metric = RECIPES[recipe]
+    spec = mmcore.load_spec(ROOT / "examples" / spec_file)
+    res = json.loads((ROOT / "examples" / "results" / RECIPE_RESULTS[recipe]).read_text())
+    parameters = sum(p.numel() for p in mmcore.build(spec).parameters())
+    stages = {st.name or str(i): st.steps for i, st in enumerate(spec.training.stages)}
+    runs = [res["mmcore"], *res.get("other_seeds", [])]
+    return [
+        {
+            "recipe": recipe,
+            "setting": setting,
+            "overrides": {"recipe": f"examples/{spec_file}"},
+            "seed": run["seed"],
+            "steps": spec.training.steps,
+            **({"stages": stages} if stages else {}),
+            "batch_size": spec.training.batch_size,
+            "metric": metric,
+            "value": round(float(run[metric]), 4),
+            "final_loss": round(run["final_train_loss"], 4),
+            "parameters": parameters,
+            "train_seconds": round(run["train_seconds_under_load"], 1),
+            "threads": res["mmcore"]["threads"],
+        }
+        for run in runs
+    ]
+
+
 DOC = ROOT / "docs" / "tuning.md"
 
 
@@ -311,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true")
     p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument(
+        "--record-recipe",
+        metavar="SETTING",
+        help="append the committed spec's runs from its results file (the recipe script's --train) as rows "
+        "named SETTING, instead of training",
+    )
     args = p.parse_args(argv)
     if args.write_docs:
         write_docs(json.loads(Path(args.out).read_text()))
@@ -324,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(out.read_text()) if out.exists() else []
     from mmcore.checkpoint import atomic_write_text
 
+    if args.record_recipe:
+        for r in recipe_rows(args.recipe, args.record_recipe):
+            r["tag"] = args.tag
+            print(json.dumps(r), flush=True)
+            results.append(r)
+        atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+        return 0
     for name in args.only or list(SETTINGS):
         overrides = {**base, **parse_setting(name)}
         for seed in args.seeds:

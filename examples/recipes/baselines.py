@@ -253,8 +253,9 @@ def other_seeds(spec, seeds: Sequence[int], task: str, metric: str = "accuracy")
     """Train ``spec`` again from each of ``seeds`` (no output folder), for the results file's spread.
 
     Each run is the recipe with only ``training.seed`` changed (initialisation, data order, masking);
-    returns one ``{"seed", metric, "macro_f1", "train_seconds"}`` per seed, in order.
+    returns one ``{"seed", <the task's eval metrics>, "final_train_loss", "train_seconds_under_load"}`` per seed.
     """
+    import dataclasses
     import time
 
     import torch
@@ -263,11 +264,19 @@ def other_seeds(spec, seeds: Sequence[int], task: str, metric: str = "accuracy")
 
     out = []
     for seed in seeds:
-        run = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": seed})})
+        run = dataclasses.replace(spec, training=spec.training.model_copy(update={"seed": seed}))
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         model = mmcore.build(run)
-        ev = mmcore.Trainer(model, run.tasks, run.training, resume=False).fit().eval[task]
-        out.append({"seed": seed, **ev, "train_seconds": time.perf_counter() - t0})
+        result = mmcore.Trainer(model, run.tasks, run.training, resume=False).fit()
+        ev = result.eval[task]
+        out.append(
+            {
+                "seed": seed,
+                **ev,
+                "final_train_loss": result.final_loss,
+                "train_seconds_under_load": time.perf_counter() - t0,
+            }
+        )
         print(f"seed {seed}: {metric} {ev[metric]:.4f}", flush=True)
     return out

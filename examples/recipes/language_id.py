@@ -172,6 +172,7 @@ def train_and_report(spec_path: str, out_dir: str, stats: dict, seeds: list[int]
                 "batch_size": spec.training.batch_size,
                 "threads": torch.get_num_threads(),
                 "train_seconds_under_load": train_seconds,
+                "final_train_loss": result.final_loss,
                 **ev,
             },
             "other_seeds": others,

@@ -299,6 +299,7 @@ def train_and_report(objective: str, out_dir: str, baselines: dict, seeds: list[
         "precision": spec.training.precision,
         "threads": torch.get_num_threads(),
         "train_seconds_under_load": train_seconds,
+        "final_train_loss": result.final_loss,
         **ev,
     }
     if objective == "topics":
