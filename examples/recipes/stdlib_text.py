@@ -289,7 +289,6 @@ def train_and_report(objective: str, out_dir: str, baselines: dict, seeds: list[
     task = "topics" if objective == "topics" else "pretrain"
     ev = result.eval[task]
     train_seconds = time.perf_counter() - t0
-    others = other_seeds(spec, seeds, task) if seeds else []
     run = {
         "seed": spec.training.seed,
         "steps": result.steps,
@@ -302,36 +301,46 @@ def train_and_report(objective: str, out_dir: str, baselines: dict, seeds: list[
         "final_train_loss": result.final_loss,
         **ev,
     }
-    if objective == "topics":
-        topics = baselines["topics_classical"]
-        figures = {
-            "majority": pct(baselines["majority_accuracy"]),
-            "char n-gram naive Bayes": pct(topics["char_1_4gram_tfidf_naive_bayes"]["accuracy"]),
-            "word tf-idf logistic regression": pct(topics["word_tfidf_logistic_regression"]["accuracy"]),
-            "mmcore": pct(ev["accuracy"]),
-            **{f"mmcore, seed {o['seed']}": pct(o["accuracy"]) for o in others},
-        }
-        base = {"majority": baselines["majority_accuracy"], "eval_counts": baselines["topics_eval_counts"], **topics}
-    elif objective == "lm":
-        figures = {
-            "unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
-            "byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
-            "mmcore": f"{ev['perplexity']:.2f}",
-        }
-        base = {k: baselines[k] for k in ("unigram_eval_perplexity", "byte_5gram_eval_perplexity")}
-    else:
-        mb = baselines["masked_bytes"]
-        figures = {
-            "most frequent byte": pct(mb["most_frequent_byte"]),
-            "cloze byte n-gram": pct(mb["cloze_2+2_byte_ngram"]),
-            "mmcore": pct(ev["masked_accuracy"]),
-        }
-        base = mb
-    write_results(
-        f"stdlib_{objective}",
-        {"mmcore": run, **({"other_seeds": others} if others else {}), "baselines": base},
-        figures,
-    )
+
+    def write(others: list[dict]) -> None:
+        if objective == "topics":
+            topics = baselines["topics_classical"]
+            figures = {
+                "majority": pct(baselines["majority_accuracy"]),
+                "char n-gram naive Bayes": pct(topics["char_1_4gram_tfidf_naive_bayes"]["accuracy"]),
+                "word tf-idf logistic regression": pct(topics["word_tfidf_logistic_regression"]["accuracy"]),
+                "mmcore": pct(ev["accuracy"]),
+                **{f"mmcore, seed {o['seed']}": pct(o["accuracy"]) for o in others},
+            }
+            base = {
+                "majority": baselines["majority_accuracy"],
+                "eval_counts": baselines["topics_eval_counts"],
+                **topics,
+            }
+        elif objective == "lm":
+            figures = {
+                "unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
+                "byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
+                "mmcore": f"{ev['perplexity']:.2f}",
+            }
+            base = {k: baselines[k] for k in ("unigram_eval_perplexity", "byte_5gram_eval_perplexity")}
+        else:
+            mb = baselines["masked_bytes"]
+            figures = {
+                "most frequent byte": pct(mb["most_frequent_byte"]),
+                "cloze byte n-gram": pct(mb["cloze_2+2_byte_ngram"]),
+                "mmcore": pct(ev["masked_accuracy"]),
+            }
+            base = mb
+        write_results(
+            f"stdlib_{objective}",
+            {"mmcore": run, **({"other_seeds": others} if others else {}), "baselines": base},
+            figures,
+        )
+
+    write([])  # the spec's own run first: a results file even if the other seeds are cut short
+    if seeds:
+        write(other_seeds(spec, seeds, task))
 
 
 if __name__ == "__main__":
