@@ -275,7 +275,7 @@ def recipe_rows(recipe: str, setting: str) -> list[dict]:
             **({"stages": stages} if stages else {}),
             "batch_size": spec.training.batch_size,
             "metric": metric,
-            "value": round(float(run[metric]), 4),
+            "value": round(float(run[metric]), 6),  # 6 places: the table rounds as tasks.md does
             "final_loss": round(run["final_train_loss"], 4),
             "parameters": parameters,
             "train_seconds": round(run["train_seconds_under_load"], 1),
