@@ -116,7 +116,7 @@ def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int)
     for k in ("checkpoint_every", "eval_every"):
         data["training"].pop(k, None)
     for k, v in copy.deepcopy(overrides).items():
-        if k not in ("bpe", "pretrain_steps"):
+        if k not in ("bpe", "pretrain_steps", "label_stage_only"):
             set_dotted(data, k, v)
     if "bpe" in overrides:
         enc = data["encoders"]["text"]
@@ -158,6 +158,49 @@ def pretrain(data: dict, task: str, steps: int, seed: int, spec_file: Path):
     return model
 
 
+def staged_pretrained(data: dict, seed: int, spec_file: Path):
+    """The weights after every stage but the last of a staged spec (``data``), trained once per seed and cached.
+
+    ``label_stage_only = true`` runs only the last stage from these weights (with the stage's own settings, a
+    fresh optimizer), so settings of the labelled stage are compared on the same pretrained model, for a
+    fraction of the time. The cache (safetensors, under the data folder) is keyed by everything the earlier
+    stages read: backbone, encoders, heads, their tasks, the training section and the seed.
+    """
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    stages = data["training"]["stages"]
+    early = [t for st in stages[:-1] for t in st.get("tasks", [])]
+    key_src = {
+        "backbone": data["backbone"],
+        "encoders": data["encoders"],
+        "heads": {h: data["heads"][h] for h in {data["tasks"][t].get("head") for t in early} if h in data["heads"]},
+        "tasks": {t: data["tasks"][t] for t in early},
+        "training": {k: v for k, v in data["training"].items() if k != "stages"},
+        "stages": stages[:-1],
+        "seed": seed,
+    }
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
+    cache = spec_file.parent / "data" / "pretrained_cache" / f"{spec_file.stem}_{key}.safetensors"
+    if not cache.exists():
+        pre = copy.deepcopy(data)
+        pre["training"]["stages"] = stages[:-1]
+        torch.manual_seed(seed)
+        spec = parse_spec(pre, file=str(spec_file))
+        model = mmcore.build(spec)
+        mmcore.Trainer(model, spec.tasks, spec.training).fit()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, cache)
+    return load_file(str(cache))
+
+
 def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> dict:
     import torch
 
@@ -173,8 +216,17 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
     pretrained = None
     if overrides.get("pretrain_steps"):
         pretrained = pretrain(data, task, int(overrides["pretrain_steps"]), seed, ROOT / "examples" / spec_file)
+    state = None
+    if overrides.get("label_stage_only"):  # the earlier stages' weights, cached; train the last stage alone
+        state = staged_pretrained(data, seed, ROOT / "examples" / spec_file)
+        data["training"]["stages"] = stages = stages[-1:]
+        data["training"]["stages"][0]["reset_optimizer"] = False  # a new run: the optimizer starts fresh anyway
+        spec = parse_spec(data, file=str(ROOT / "examples" / spec_file))
+        t0 = time.perf_counter()  # the time of the last stage alone
     torch.manual_seed(seed)
     model = mmcore.build(spec)
+    if state is not None:
+        model.load_state_dict(state)
     if pretrained is not None:  # encoders and backbone from the LM, a fresh head (as finetune_topics.py does)
         shared = {k: v for k, v in pretrained.state_dict().items() if k.startswith(("encoders.", "backbone."))}
         model.load_state_dict(shared, strict=False)
@@ -196,6 +248,41 @@ def run_one(recipe: str, name: str, overrides: dict, steps: int, seed: int) -> d
         "train_seconds": round(train_s, 1),
         "threads": torch.get_num_threads(),
     }
+
+
+#: recipe -> its results file, written by the recipe script (examples/recipes/*.py --train)
+RECIPE_RESULTS: dict[str, str] = {"language_id": "language_id.json", "topics": "stdlib_topics.json"}
+
+
+def recipe_rows(recipe: str, setting: str) -> list[dict]:
+    """Rows for the committed spec's own runs, read from the results file its recipe script wrote
+    (the spec's seed and ``other_seeds``), so the recipe's final setting is in the table as run."""
+    import mmcore
+
+    spec_file, task, metric = RECIPES[recipe]
+    spec = mmcore.load_spec(ROOT / "examples" / spec_file)
+    res = json.loads((ROOT / "examples" / "results" / RECIPE_RESULTS[recipe]).read_text())
+    parameters = sum(p.numel() for p in mmcore.build(spec).parameters())
+    stages = {st.name or str(i): st.steps for i, st in enumerate(spec.training.stages)}
+    runs = [res["mmcore"], *res.get("other_seeds", [])]
+    return [
+        {
+            "recipe": recipe,
+            "setting": setting,
+            "overrides": {"recipe": f"examples/{spec_file}"},
+            "seed": run["seed"],
+            "steps": spec.training.steps,
+            **({"stages": stages} if stages else {}),
+            "batch_size": spec.training.batch_size,
+            "metric": metric,
+            "value": round(float(run[metric]), 6),  # 6 places: the table rounds as tasks.md does
+            "final_loss": round(run["final_train_loss"], 4),
+            "parameters": parameters,
+            "train_seconds": round(run["train_seconds_under_load"], 1),
+            "threads": res["mmcore"]["threads"],
+        }
+        for run in runs
+    ]
 
 
 DOC = ROOT / "docs" / "tuning.md"
@@ -259,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true")
     p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument(
+        "--record-recipe",
+        metavar="SETTING",
+        help="append the committed spec's runs from its results file (the recipe script's --train) as rows "
+        "named SETTING, instead of training",
+    )
     args = p.parse_args(argv)
     if args.write_docs:
         write_docs(json.loads(Path(args.out).read_text()))
@@ -272,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(out.read_text()) if out.exists() else []
     from mmcore.checkpoint import atomic_write_text
 
+    if args.record_recipe:
+        for r in recipe_rows(args.recipe, args.record_recipe):
+            r["tag"] = args.tag
+            print(json.dumps(r), flush=True)
+            results.append(r)
+        atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+        return 0
     for name in args.only or list(SETTINGS):
         overrides = {**base, **parse_setting(name)}
         for seed in args.seeds:

@@ -247,3 +247,36 @@ def write_results(name: str, results: dict, figures: dict[str, str]) -> Path:
     atomic_write_text(path, json.dumps({"figures": figures, **results}, indent=2, default=float) + "\n")
     print(f"results -> {path}")
     return path
+
+
+def other_seeds(spec, seeds: Sequence[int], task: str, metric: str = "accuracy") -> list[dict]:
+    """Train ``spec`` again from each of ``seeds`` (no output folder), for the results file's spread.
+
+    Each run is the recipe with only ``training.seed`` changed (initialisation, data order, masking);
+    returns one ``{"seed", <the task's eval metrics>, "final_train_loss", "train_seconds_under_load"}`` per seed.
+    """
+    import dataclasses
+    import time
+
+    import torch
+
+    import mmcore
+
+    out = []
+    for seed in seeds:
+        run = dataclasses.replace(spec, training=spec.training.model_copy(update={"seed": seed}))
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        model = mmcore.build(run)
+        result = mmcore.Trainer(model, run.tasks, run.training, resume=False).fit()
+        ev = result.eval[task]
+        out.append(
+            {
+                "seed": seed,
+                **ev,
+                "final_train_loss": result.final_loss,
+                "train_seconds_under_load": time.perf_counter() - t0,
+            }
+        )
+        print(f"seed {seed}: {metric} {ev[metric]:.4f}", flush=True)
+    return out

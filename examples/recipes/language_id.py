@@ -85,6 +85,13 @@ def main() -> None:
     p.add_argument("--train", metavar="DIR", help="also train examples/language_id.toml into DIR and write the results")
     p.add_argument("--spec", default=str(Path(__file__).resolve().parent.parent / "language_id.toml"))
     p.add_argument(
+        "--other-seeds",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="with --train: also train the spec from these seeds (the results file's spread; default: 1)",
+    )
+    p.add_argument(
         "--train-tokenizer",
         action="store_true",
         help=f"retrain the spec's BPE tokenizer on the training split into {TOKENIZER.parent} (the committed one came "
@@ -131,15 +138,16 @@ def main() -> None:
     atomic_write_text(out / "baselines.json", json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
     if args.train:
-        train_and_report(args.spec, args.train, stats)
+        train_and_report(args.spec, args.train, stats, args.other_seeds)
 
 
-def train_and_report(spec_path: str, out_dir: str, stats: dict) -> None:
-    """Train the spec, then write examples/results/language_id.json (mmcore next to the baselines)."""
+def train_and_report(spec_path: str, out_dir: str, stats: dict, seeds: list[int]) -> None:
+    """Train the spec (its own seed into ``out_dir``, then each of ``seeds`` again without an output folder),
+    then write examples/results/language_id.json (mmcore next to the baselines, the other seeds beside)."""
     import time
 
     import torch
-    from baselines import pct, write_results
+    from baselines import other_seeds, pct, write_results
 
     import mmcore
 
@@ -149,6 +157,8 @@ def train_and_report(spec_path: str, out_dir: str, stats: dict) -> None:
     model = mmcore.build(spec)
     result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
     ev = result.eval["language"]
+    train_seconds = time.perf_counter() - t0
+    others = other_seeds(spec, seeds, "language")
     nb = stats["classical"]["char_1_4gram_tfidf_naive_bayes"]
     lr = stats["classical"]["word_tfidf_logistic_regression"]
     write_results(
@@ -157,12 +167,15 @@ def train_and_report(spec_path: str, out_dir: str, stats: dict) -> None:
             "eval_strings": stats["eval"],
             "train_strings": stats["train"],
             "mmcore": {
+                "seed": spec.training.seed,
                 "steps": spec.training.steps,
                 "batch_size": spec.training.batch_size,
                 "threads": torch.get_num_threads(),
-                "train_seconds": time.perf_counter() - t0,
+                "train_seconds_under_load": train_seconds,
+                "final_train_loss": result.final_loss,
                 **ev,
             },
+            "other_seeds": others,
             "baselines": {"majority": stats["majority_accuracy"], **stats["classical"]},
         },
         {
@@ -170,6 +183,7 @@ def train_and_report(spec_path: str, out_dir: str, stats: dict) -> None:
             "char 1-4-gram tf-idf + naive Bayes": pct(nb["accuracy"]),
             "word tf-idf + logistic regression": pct(lr["accuracy"]),
             "mmcore": pct(ev["accuracy"]),
+            **{f"mmcore, seed {o['seed']}": pct(o["accuracy"]) for o in others},
         },
     )
 

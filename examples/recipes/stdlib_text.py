@@ -176,6 +176,13 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "stdlib"))
     p.add_argument("--train", nargs=2, metavar=("RECIPE", "DIR"), help="lm, mlm or topics, and the model directory")
     p.add_argument(
+        "--other-seeds",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="with --train topics: also train the spec from these seeds (the results file's spread; default: 1)",
+    )
+    p.add_argument(
         "--train-tokenizer",
         action="store_true",
         help=f"retrain the topics spec's BPE tokenizer into {TOPICS_TOKENIZER}",
@@ -259,15 +266,18 @@ def main() -> None:
     atomic_write_text(out / "baselines.json", json.dumps(baselines, indent=2) + "\n")
     print(json.dumps(baselines, indent=2))
     if args.train:
-        train_and_report(args.train[0], args.train[1], baselines)
+        train_and_report(args.train[0], args.train[1], baselines, args.other_seeds if args.train[0] == "topics" else [])
 
 
-def train_and_report(objective: str, out_dir: str, baselines: dict) -> None:
-    """Train examples/stdlib_{objective}.toml, write examples/results/stdlib_{objective}.json."""
+def train_and_report(objective: str, out_dir: str, baselines: dict, seeds: list[int] = ()) -> None:
+    """Train examples/stdlib_{objective}.toml, write examples/results/stdlib_{objective}.json.
+
+    ``seeds``: train the spec again from each (no output folder); their figures go beside the spec's own.
+    """
     import time
 
     import torch
-    from baselines import pct, write_results
+    from baselines import other_seeds, pct, write_results
 
     import mmcore
 
@@ -276,42 +286,61 @@ def train_and_report(objective: str, out_dir: str, baselines: dict) -> None:
     torch.manual_seed(spec.training.seed)
     model = mmcore.build(spec)
     result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
-    ev = result.eval["topics" if objective == "topics" else "pretrain"]
+    task = "topics" if objective == "topics" else "pretrain"
+    ev = result.eval[task]
+    train_seconds = time.perf_counter() - t0
     run = {
+        "seed": spec.training.seed,
         "steps": result.steps,
         "stages": [{"name": s.name, "tasks": s.tasks, "steps": s.steps} for s in spec.training.stages],
         "stop_reason": result.stop_reason,
         "batch_size": spec.training.batch_size,
         "precision": spec.training.precision,
         "threads": torch.get_num_threads(),
-        "train_seconds": time.perf_counter() - t0,
+        "train_seconds_under_load": train_seconds,
+        "final_train_loss": result.final_loss,
         **ev,
     }
-    if objective == "topics":
-        topics = baselines["topics_classical"]
-        figures = {
-            "majority": pct(baselines["majority_accuracy"]),
-            "char n-gram naive Bayes": pct(topics["char_1_4gram_tfidf_naive_bayes"]["accuracy"]),
-            "word tf-idf logistic regression": pct(topics["word_tfidf_logistic_regression"]["accuracy"]),
-            "mmcore": pct(ev["accuracy"]),
-        }
-        base = {"majority": baselines["majority_accuracy"], "eval_counts": baselines["topics_eval_counts"], **topics}
-    elif objective == "lm":
-        figures = {
-            "unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
-            "byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
-            "mmcore": f"{ev['perplexity']:.2f}",
-        }
-        base = {k: baselines[k] for k in ("unigram_eval_perplexity", "byte_5gram_eval_perplexity")}
-    else:
-        mb = baselines["masked_bytes"]
-        figures = {
-            "most frequent byte": pct(mb["most_frequent_byte"]),
-            "cloze byte n-gram": pct(mb["cloze_2+2_byte_ngram"]),
-            "mmcore": pct(ev["masked_accuracy"]),
-        }
-        base = mb
-    write_results(f"stdlib_{objective}", {"mmcore": run, "baselines": base}, figures)
+
+    def write(others: list[dict]) -> None:
+        if objective == "topics":
+            topics = baselines["topics_classical"]
+            figures = {
+                "majority": pct(baselines["majority_accuracy"]),
+                "char n-gram naive Bayes": pct(topics["char_1_4gram_tfidf_naive_bayes"]["accuracy"]),
+                "word tf-idf logistic regression": pct(topics["word_tfidf_logistic_regression"]["accuracy"]),
+                "mmcore": pct(ev["accuracy"]),
+                **{f"mmcore, seed {o['seed']}": pct(o["accuracy"]) for o in others},
+            }
+            base = {
+                "majority": baselines["majority_accuracy"],
+                "eval_counts": baselines["topics_eval_counts"],
+                **topics,
+            }
+        elif objective == "lm":
+            figures = {
+                "unigram": f"{baselines['unigram_eval_perplexity']:.1f}",
+                "byte 5-gram": f"{baselines['byte_5gram_eval_perplexity']:.2f}",
+                "mmcore": f"{ev['perplexity']:.2f}",
+            }
+            base = {k: baselines[k] for k in ("unigram_eval_perplexity", "byte_5gram_eval_perplexity")}
+        else:
+            mb = baselines["masked_bytes"]
+            figures = {
+                "most frequent byte": pct(mb["most_frequent_byte"]),
+                "cloze byte n-gram": pct(mb["cloze_2+2_byte_ngram"]),
+                "mmcore": pct(ev["masked_accuracy"]),
+            }
+            base = mb
+        write_results(
+            f"stdlib_{objective}",
+            {"mmcore": run, **({"other_seeds": others} if others else {}), "baselines": base},
+            figures,
+        )
+
+    write([])  # the spec's own run first: a results file even if the other seeds are cut short
+    if seeds:
+        write(other_seeds(spec, seeds, task))
 
 
 if __name__ == "__main__":
