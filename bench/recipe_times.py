@@ -23,6 +23,7 @@ machine. Recipes whose data is missing are skipped with the command that makes i
     python bench/recipe_times.py                        # every recipe, 2 threads
     python bench/recipe_times.py --only digits_av speech_words --threads 2
     python bench/recipe_times.py --json bench/results_recipe_times.json
+    python bench/recipe_times.py --write-docs           # docs/tasks.md's table, from that file
 """
 
 from __future__ import annotations
@@ -149,6 +150,47 @@ def time_recipe(name: str, recipe: Recipe, steps: int, warmup: int) -> dict:
     }
 
 
+DOC = ROOT / "docs" / "tasks.md"
+BEGIN = "<!-- recipe_times: begin (written by bench/recipe_times.py --write-docs) -->"
+END = "<!-- recipe_times: end -->"
+RESULTS = ROOT / "bench" / "results_recipe_times.json"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def table(results: dict) -> str:
+    """docs/tasks.md's table of the recipes' training times, from a results file of this script."""
+    lines = [
+        f"Estimated on {results['threads']} thread{'s' if results['threads'] != 1 else ''} (load average {results['load_average_before']} before, "
+        f"{results['load_average_after']} after; bench/results_recipe_times.json):",
+        "",
+        "| recipe | steps x batch | training, estimated | budget | |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, row in results["recipes"].items():
+        if "skipped" in row:
+            lines.append(f"| `{name}` | | not measured: {row['skipped']} | | |")
+            continue
+        steps = "+".join(f"{s['steps']:,}" for s in row["stages"])
+        verdict = "within" if row["within_budget"] else "**over**"
+        lines.append(
+            f"| `{row['spec']}` | {steps} x {row['batch_size']} | {_minutes(row['estimated_train_seconds'])} "
+            f"| {_minutes(row['budget_seconds'])} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(results: dict) -> None:
+    """Rewrite docs/tasks.md between BEGIN and END with :func:`table`."""
+    from mmcore import atomic_write_text
+
+    text = DOC.read_text()
+    start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
+    atomic_write_text(DOC, text[:start] + "\n" + table(results) + text[stop:])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=sorted(RECIPES), help="these recipes (default: all)")
@@ -156,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per stage (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
     p.add_argument("--json", type=Path, help="write the results here (atomically)")
+    p.add_argument("--write-docs", action="store_true", help=f"rewrite docs/tasks.md's table from {RESULTS.name}")
     args = p.parse_args(argv)
+    if args.write_docs:
+        write_docs(json.loads(RESULTS.read_text()))
+        return 0
 
     import torch
 
