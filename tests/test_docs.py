@@ -309,12 +309,20 @@ def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
     def pct(x: float) -> str:
         return f"{100 * x:.1f} %"
 
+    image = tomllib.loads((ROOT / "examples" / "image_text.toml").read_text())["encoders"]["image"]
+    tokens = (image["image_size"] // image["patch_size"]) ** 2
+    assert f"{tokens} image tokens" in section, f"the section does not say the spec's {tokens} image tokens"
     base = results["baselines"]
     for figure in (base["chance"], base["most_frequent_caption"]["exact_match"], base["logistic_regression_on_pixels"]):
         assert pct(figure) in section
     for run in results["fusions"]:
         row = next(line for line in section.splitlines() if line.startswith(f"| `{run['fusion']}`"))
         assert pct(run["exact_match"]) in row and pct(run["without_image"]) in row and str(run["steps"]) in row
+    # the std-0.02 stem's run, which the section quotes to say why the spec starts the stem at fan-in scale
+    normal = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions_stem_normal.json").read_text())
+    assert normal["overrides"] == ['encoders.image.stem_init="normal"'], normal["overrides"]
+    for run in normal["fusions"]:
+        assert f"`{run['fusion']}` {pct(run['exact_match'])}" in section, run["fusion"]
 
 
 def test_task_figures_quote_the_results_files():

@@ -119,6 +119,8 @@ def test_the_captioning_spec_loads_a_transformers_llama_folder_unchanged(tmp_pat
         table = model.encoders["text"].token_embedding
         got = model.backbone(embeds=table(ids)) @ table.weight.T  # the tied head's logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    image = model.encoders["image"]  # the main job's reading of a scan: one token after three 3x3 convolutions
+    assert image.num_tokens == 1 and image.config.stem_layers == 3, image
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not {n for n in trainable if n.startswith(("backbone.", "encoders.text."))}, "the LM is not frozen"
     assert any(n.startswith("projectors.image.") for n in trainable), "the projector does not train"
