@@ -160,6 +160,12 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _overrides(overrides: dict) -> str:
+    return (
+        " (" + ", ".join(f"`{k} = {v}`" for k, v in overrides.items()) + ", as the recipe runs it)" if overrides else ""
+    )
+
+
 def table(results: dict) -> str:
     """docs/tasks.md's table of the recipes' training times, from a results file of this script."""
     lines = [
@@ -176,7 +182,7 @@ def table(results: dict) -> str:
         steps = "+".join(f"{s['steps']:,}" for s in row["stages"])
         verdict = "within" if row["within_budget"] else "**over**"
         lines.append(
-            f"| `{row['spec']}` | {steps} x {row['batch_size']} | {_minutes(row['estimated_train_seconds'])} "
+            f"| `{row['spec']}`{_overrides(row['overrides'])} | {steps} x {row['batch_size']} | {_minutes(row['estimated_train_seconds'])} "
             f"| {_minutes(row['budget_seconds'])} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
