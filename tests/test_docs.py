@@ -570,7 +570,6 @@ def test_recipe_times_table_is_its_results_file():
     bench/results_recipe_times.json (--write-docs), and it covers every recipe the script knows."""
     import importlib.util
     import json
-
     import sys
 
     spec = importlib.util.spec_from_file_location("_bench_recipe_times", ROOT / "bench" / "recipe_times.py")
