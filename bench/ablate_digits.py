@@ -181,6 +181,28 @@ def table(results: list[dict]) -> str:
     )
 
 
+def parse_setting(name: str, settings: dict[str, dict[str, object]]) -> dict[str, object]:
+    """A named setting's overrides, or an inline ``k=v,k=v`` one (dotted keys, JSON values)."""
+    if name in settings:
+        return settings[name]
+    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
+
+
+def run_settings(names: list[str], seeds: list[int], run, out: str | Path, tag: str) -> None:
+    """``run(name, seed)`` for every setting and seed, each result tagged, printed and appended to
+    the JSON list in ``out`` as soon as it is made (atomically: a long ablation keeps what finished)."""
+    from mmcore import atomic_write_text
+
+    out = Path(out)
+    for name in names:
+        for seed in seeds:
+            r = run(name, seed)
+            r["tag"] = tag
+            print(json.dumps(r), flush=True)
+            results = json.loads(out.read_text()) if out.exists() else []
+            atomic_write_text(out, json.dumps([*results, r], indent=1) + "\n")
+
+
 def write_docs(results: list[dict], begin: str = BEGIN, end: str = END, tables=None) -> None:
     """Rewrite docs/tuning.md between the markers ``begin`` and ``end`` with ``tables(results)``."""
     from mmcore import atomic_write_text
@@ -218,22 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     for kv in args.base:
         k, v = kv.split("=", 1)
         base_extra[k] = json.loads(v)
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else []
-    for name in args.only or list(SETTINGS):
-        overrides = (
-            SETTINGS[name]
-            if name in SETTINGS
-            else dict((k, json.loads(v)) for k, v in (kv.split("=", 1) for kv in name.split(",")))
-        )
-        for seed in args.seeds:
-            r = run_one(name, overrides, args.steps, base_extra, seed)
-            r["tag"] = args.tag
-            print(json.dumps(r), flush=True)
-            results.append(r)
-            from mmcore import atomic_write_text  # noqa: PLC0415
-
-            atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    run_settings(
+        args.only or list(SETTINGS),
+        args.seeds,
+        lambda name, seed: run_one(name, parse_setting(name, SETTINGS), args.steps, base_extra, seed),
+        args.out,
+        args.tag,
+    )
     return 0
 
 

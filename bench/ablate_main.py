@@ -39,7 +39,7 @@ RESULTS = ROOT / "bench" / "results_ablate_main.json"
 DATA = ROOT / "examples" / "data" / "digits_av"
 
 sys.path.insert(0, str(ROOT / "bench"))
-from ablate_digits import set_dotted, tables_by_round, write_docs  # noqa: E402
+from ablate_digits import run_settings, set_dotted, tables_by_round, write_docs  # noqa: E402
 
 _ONE_STAGE = {"training.stages": [], "training.steps": 1200, "training.lr": 2e-3, "training.warmup_steps": 25}
 
@@ -354,17 +354,13 @@ def main(argv: list[str] | None = None) -> int:
         times = json.loads(STEP_TIMES.read_text()) if STEP_TIMES.exists() else []
         atomic_write_text(STEP_TIMES, json.dumps([*times, r], indent=1) + "\n")
         return 0
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else []
-
-    for name in args.only or list(SETTINGS):
-        overrides = overrides_of(name)
-        for seed in args.seeds:
-            r = run_one(name, overrides, base_extra, seed)
-            r["tag"] = args.tag
-            print(json.dumps(r), flush=True)
-            results.append(r)
-            atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    run_settings(
+        args.only or list(SETTINGS),
+        args.seeds,
+        lambda name, seed: run_one(name, overrides_of(name), base_extra, seed),
+        args.out,
+        args.tag,
+    )
     return 0
 
 

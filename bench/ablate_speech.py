@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "examples" / "recipes"))
-from ablate_digits import tables_by_round  # noqa: E402
+from ablate_digits import parse_setting, run_settings, tables_by_round  # noqa: E402
 from ablate_digits import write_docs as write_tables  # noqa: E402
 from ablate_text import set_dotted  # noqa: E402
 
@@ -141,20 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"no data in {DATA}: run python examples/recipes/speech_words.py first")
     base_extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
     out = Path(args.out)
-    from mmcore import atomic_write_text
 
-    for name in args.only or list(SETTINGS):
-        overrides = (
-            SETTINGS[name]
-            if name in SETTINGS
-            else {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
-        )
-        for seed in args.seeds:
-            r = run_one(name, overrides, args.steps, base_extra, seed)
-            r["tag"] = args.tag
-            print(json.dumps(r), flush=True)
-            results = json.loads(out.read_text()) if out.exists() else []
-            atomic_write_text(out, json.dumps([*results, r], indent=1) + "\n")
+    run_settings(
+        args.only or list(SETTINGS),
+        args.seeds,
+        lambda name, seed: run_one(name, parse_setting(name, SETTINGS), args.steps, base_extra, seed),
+        out,
+        args.tag,
+    )
     return 0
 
 

@@ -37,7 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "examples" / "recipes"))
 
-from ablate_digits import set_dotted, tables_by_round  # noqa: E402
+from ablate_digits import parse_setting, run_settings, set_dotted, tables_by_round  # noqa: E402
 from ablate_digits import write_docs as write_between  # noqa: E402
 
 SPEC = ROOT / "examples" / "digit_strings.toml"
@@ -91,12 +91,6 @@ def spec_data(steps: int, base: dict[str, object], overrides: dict[str, object],
     for k, v in [*base.items(), *copy.deepcopy(overrides).items()]:
         set_dotted(data, k, v)
     return data
-
-
-def parse_setting(name: str) -> dict[str, object]:
-    if name in SETTINGS:
-        return SETTINGS[name]
-    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
 
 
 def run_one(name: str, overrides: dict, steps: int, base: dict, seed: int) -> dict:
@@ -218,15 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         import digit_strings
 
         digit_strings.main(["--out", str(DATA)])
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else []
-    for name in args.only or list(SETTINGS):
-        for seed in args.seeds:
-            r = run_one(name, parse_setting(name), args.steps, base, seed)
-            r["tag"] = args.tag
-            print(json.dumps(r), flush=True)
-            results.append(r)
-            atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    run_settings(
+        args.only or list(SETTINGS),
+        args.seeds,
+        lambda name, seed: run_one(name, parse_setting(name, SETTINGS), args.steps, base, seed),
+        args.out,
+        args.tag,
+    )
     return 0
 
 

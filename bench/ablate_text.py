@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from ablate_digits import tables_by_round  # noqa: E402
+from ablate_digits import parse_setting, run_settings, tables_by_round  # noqa: E402
 from ablate_digits import write_docs as write_tables  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results_ablate_text.json"
@@ -329,12 +329,6 @@ def write_docs(results: list[dict]) -> None:
         write_tables(rows, begin, end, tables=table)
 
 
-def parse_setting(name: str) -> dict[str, object]:
-    if name in SETTINGS:
-        return SETTINGS[name]
-    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in name.split(","))}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", choices=sorted(RECIPES), default="language_id")
@@ -360,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in SETTINGS.items():
             print(f"{k:24} {v}")
         return 0
-    base = parse_setting(args.base) if args.base else {}
+    base = parse_setting(args.base, SETTINGS) if args.base else {}
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else []
     from mmcore.checkpoint import atomic_write_text
@@ -372,14 +366,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
         atomic_write_text(out, json.dumps(results, indent=1) + "\n")
         return 0
-    for name in args.only or list(SETTINGS):
-        overrides = {**base, **parse_setting(name)}
-        for seed in args.seeds:
-            r = run_one(args.recipe, name, overrides, args.steps, seed)
-            r["tag"] = args.tag
-            print(json.dumps(r), flush=True)
-            results.append(r)
-            atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    run_settings(
+        args.only or list(SETTINGS),
+        args.seeds,
+        lambda name, seed: run_one(args.recipe, name, {**base, **parse_setting(name, SETTINGS)}, args.steps, seed),
+        out,
+        args.tag,
+    )
     return 0
 
 
