@@ -139,6 +139,22 @@ def plugin_module():
     return make_plugin_module
 
 
+def load_script(relpath: str) -> ModuleType:
+    """A script of the checkout (under bench/, tools/ or examples/recipes/), imported as a module
+    named after its path, so a test can call its functions; registered in ``sys.modules`` since
+    dataclasses look their module up."""
+    import importlib.util
+
+    name = "_script_" + relpath.replace("/", "_").removesuffix(".py")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def single_thread_env(**extra: str) -> dict[str, str]:
     """The environment for a child process of a test: one thread, unbuffered output."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
