@@ -134,13 +134,21 @@ def lr_at(cfg: TrainingConfig, stage: Stage, local_step: int, used_time: float |
     (cosine, linear or constant) from the stage's lr down to ``lr * min_lr_ratio``, over the
     stage's steps or, when larger, over its time: the decay fraction is the larger of
     ``(local_step - warmup) / (steps - warmup)`` and the same fraction of the progress in time.
+    With a time budget the warmup, too, is the larger of its step and time fractions: it ends
+    after ``warmup_steps`` steps or once the stage has used ``warmup_steps / steps`` of its time,
+    whichever comes first (a slow run that manages fewer steps than planned still reaches the
+    peak rate, at the same point of its budget).
     """
     lr, warmup = stage.lr, stage.warmup_steps
     if warmup and local_step < warmup:
-        return lr * (local_step + 1) / warmup
+        done = (local_step + 1) / warmup
+        if used_time is not None:
+            done = max(done, used_time * stage.steps / warmup)
+        if done < 1:
+            return lr * done
     if cfg.schedule == "constant":
         return lr
-    t = min(1.0, (local_step - warmup) / max(1, stage.steps - warmup))
+    t = min(1.0, max(0.0, (local_step - warmup) / max(1, stage.steps - warmup)))
     if used_time is not None:
         start = warmup / stage.steps  # the progress at which warmup ends
         t = max(t, min(1.0, (used_time - start) / (1.0 - start)) if start < 1 else 1.0)

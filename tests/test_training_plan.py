@@ -316,6 +316,18 @@ def test_max_time_stops_cleanly_with_the_schedule_over_the_budget(tmp_path, mana
     assert lrs[-1] < 0.25 * cfg.lr < lr_at(cfg, tr.plan.stages[0], 5)  # decayed over the budget, not over 100 steps
 
 
+def test_with_a_time_budget_the_warmup_ends_by_time_too():
+    """A run slower than planned (fewer steps in its budget than training.steps) still reaches its
+    peak rate once warmup_steps / steps of the time has passed, not only after warmup_steps steps."""
+    cfg = TrainingConfig(steps=1500, lr=1e-3, warmup_steps=75, max_time=120)
+    (stage,) = plan_stages(cfg, ["a"])
+    assert lr_at(cfg, stage, 9) == pytest.approx(1e-3 * 10 / 75)  # no budget: by steps alone
+    assert lr_at(cfg, stage, 9, 0.025) == pytest.approx(0.5e-3)  # half of the warmup's time: half the rate
+    assert lr_at(cfg, stage, 9, 0.05) == pytest.approx(1e-3)  # its time is up at step 10: the peak
+    assert lr_at(cfg, stage, 9, 0.525) == pytest.approx(1e-3 - 0.9e-3 * 0.5)  # then decays over the time left
+    assert lr_at(cfg, stage, 60, 0.01) == pytest.approx(1e-3 * 61 / 75)  # a fast run: by steps, as before
+
+
 def test_max_time_shares_the_budget_among_stages(tmp_path, manager):
     cfg = {"stages": [{"tasks": ["b"], "steps": 10}, {"steps": 30}], "max_time": 8.0}
     tr = _timed(_trainer, tmp_path, cfg, tasks=("a", "b"))
