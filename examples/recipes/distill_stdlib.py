@@ -1,4 +1,4 @@
-"""Distil the stdlib language model into a 7x smaller student, against the same student alone.
+"""Distil the stdlib language model into a 2.3x smaller student, against the same student alone.
 
     python examples/recipes/stdlib_text.py                        # the data and its baselines
     python examples/recipes/distill_stdlib.py --train-teacher     # teacher, students, results
@@ -9,7 +9,7 @@ must hold a trained model already (``mmcore train examples/stdlib_lm.toml --out 
 
 Then trains the student of examples/stdlib_lm_distill.toml once alone (the ``teacher`` option
 removed) and once per distillation variant (``--variant ALPHA,T,HIDDEN``; by default the spec's
-own setting only: at the spec's 3,500 steps each distilled student takes about 7 idle minutes, so
+own setting only: at the spec's 2,500 steps a distilled student takes about 5 idle minutes, so
 soft-target-only variants are asked for by name), each with the same seed, data order and
 schedule, and evaluates the teacher and every student on the whole held-out corpus
 (``evaluate_dir``). ``--teacher-only`` trains the teacher, records its run beside it
