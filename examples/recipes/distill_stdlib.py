@@ -1,4 +1,4 @@
-"""Distil the stdlib language model into a 7x smaller student, against the same student alone.
+"""Distil the stdlib language model into a 2.3x smaller student, against the same student alone.
 
     python examples/recipes/stdlib_text.py                        # the data and its baselines
     python examples/recipes/distill_stdlib.py --train-teacher     # teacher, students, results
@@ -9,8 +9,11 @@ must hold a trained model already (``mmcore train examples/stdlib_lm.toml --out 
 
 Then trains the student of examples/stdlib_lm_distill.toml once alone (the ``teacher`` option
 removed) and once per distillation variant (``--variant ALPHA,T,HIDDEN``; by default the spec's
-own setting and two with soft targets only), each with the same seed, data order and schedule,
-and evaluates the teacher and every student on the whole held-out corpus (``evaluate_dir``).
+own setting only: at the spec's 2,500 steps a distilled student takes about 5 idle minutes, so
+soft-target-only variants are asked for by name), each with the same seed, data order and
+schedule, and evaluates the teacher and every student on the whole held-out corpus
+(``evaluate_dir``). ``--teacher-only`` trains the teacher, records its run beside it
+(``teacher_run.json``) and stops; a later run without ``--train-teacher`` reports that record.
 
 Writes runs/stdlib_distill/report.json and, unless ``--no-results``, the committed results file
 examples/results/distill_stdlib.json (``baselines.write_results``): parameters, model.safetensors sizes, held-out perplexity,
@@ -36,6 +39,8 @@ import mmcore
 from mmcore.evaluate import evaluate_dir
 
 HERE = Path(__file__).resolve().parent.parent
+#: beside the teacher's model: its training run as --train-teacher measured it (steps, wall time)
+TEACHER_RUN = "teacher_run.json"
 
 
 def variant_label(alpha: float, temperature: float, hidden: float) -> str:
@@ -82,11 +87,28 @@ def sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def recorded_teacher_run(teacher_dir: Path) -> dict:
+    """What ``--train-teacher`` (or ``--teacher-only``) recorded of the teacher in ``teacher_dir``: its
+    spec, precision, steps and wall time, if the model there is still the one it trained (same
+    model.safetensors); otherwise a note that the teacher's training is not known here."""
+    record_file = teacher_dir / TEACHER_RUN
+    if record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if record.pop("model_sha256", None) == sha256(str(teacher_dir / "model.safetensors")):
+            return record
+    return {"spec": None, "note": "trained before this run, not by this script; its wall time is not known here"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", default=str(HERE / "stdlib_lm_distill.toml"))
     p.add_argument("--teacher-spec", default=str(HERE / "stdlib_lm.toml"), help="what --train-teacher trains")
     p.add_argument("--train-teacher", action="store_true", help="train the teacher first (into the spec's teacher)")
+    p.add_argument(
+        "--teacher-only",
+        action="store_true",
+        help="train the teacher (as --train-teacher) and stop; a later run without the flag reuses it and its record",
+    )
     p.add_argument("--out", default="runs/stdlib_distill")
     p.add_argument("--steps", type=int, help="override the student's training.steps")
     p.add_argument(
@@ -95,7 +117,7 @@ def main() -> None:
         action="append",
         metavar="ALPHA,T,HIDDEN",
         help="a distilled student's distill_alpha, distill_temperature and distill_hidden (repeatable; "
-        "default: the spec's own, then soft targets only at the spec's alpha and T, and at alpha 0.5, T 2)",
+        "default: the spec's own; e.g. --variant 0.9,1,1 --variant 0.9,1,0 --variant 0.5,2,0 adds soft targets only)",
     )
     p.add_argument("--no-results", action="store_true", help="write runs/.../report.json only")
     args = p.parse_args()
@@ -114,11 +136,7 @@ def main() -> None:
             f"{baselines_file} describes {baselines.get('corpus_eval_docs')} held-out documents, {task.eval} "
             f"holds {eval_docs}: rerun python examples/recipes/stdlib_text.py"
         )
-    variants = args.variant or [
-        (task.distill_alpha, task.distill_temperature, task.distill_hidden),
-        (task.distill_alpha, task.distill_temperature, 0.0),
-        (0.5, 2.0, 0.0),
-    ]
+    variants = args.variant or [(task.distill_alpha, task.distill_temperature, task.distill_hidden)]
     training = spec.training.model_copy(update={"steps": args.steps} if args.steps else {})
     out = Path(args.out)
     load_before = os.getloadavg()[0]
@@ -139,7 +157,7 @@ def main() -> None:
         },
         "baselines": {k: baselines[k] for k in ("unigram_eval_perplexity", "byte_5gram_eval_perplexity")},
     }
-    if args.train_teacher:
+    if args.train_teacher or args.teacher_only:
         tspec = mmcore.load_spec(args.teacher_spec)
         print(f"teacher: {args.teacher_spec} -> {teacher_dir}", flush=True)
         teacher_run = {
@@ -147,8 +165,13 @@ def main() -> None:
             "precision": tspec.training.precision,
             **train(tspec, teacher_dir),
         }
+        record = {**teacher_run, "model_sha256": sha256(str(teacher_dir / "model.safetensors"))}
+        mmcore.atomic_write_text(teacher_dir / TEACHER_RUN, json.dumps(record, indent=2) + "\n")
+        if args.teacher_only:
+            print(f"teacher trained; its run is in {teacher_dir / TEACHER_RUN}", flush=True)
+            return
     elif (teacher_dir / "model.safetensors").is_file():
-        teacher_run = {"spec": None, "note": "trained before this run; its wall time is not known here"}
+        teacher_run = recorded_teacher_run(teacher_dir)
     else:
         raise SystemExit(f"no teacher at {teacher_dir}: pass --train-teacher, or train examples/stdlib_lm.toml there")
     report["teacher"] = {"dir": str(teacher_dir), **teacher_run, **describe(teacher_dir, task.eval)}
@@ -173,15 +196,23 @@ def main() -> None:
             **describe(run_dir, task.eval),
         }
         print(label, report["students"][label], flush=True)
+        # written after every student: a run stopped part-way keeps the students it finished
+        write_report(report, out, None if args.no_results else baselines, planned=list(runs))
+
+
+def write_report(report: dict, out: Path, baselines: dict | None, planned: list[str]) -> None:
+    """Compare the finished students with the one trained alone and write runs/.../report.json and,
+    given ``baselines``, the results file (``baselines.write_results``). ``planned``: every
+    student's label, so the report says which are still to come."""
     alone = report["students"]["student alone"]
     for row in report["students"].values():
         row["perplexity_vs_alone"] = round(row["eval"]["perplexity"] / alone["eval"]["perplexity"] - 1, 4)
         row["seconds_per_step_vs_alone"] = round(row["seconds_per_step"] / alone["seconds_per_step"], 2)
+    report["students_not_trained_yet"] = [label for label in planned if label not in report["students"]]
     report["environment"]["load_average_after"] = round(os.getloadavg()[0], 2)
     out.mkdir(parents=True, exist_ok=True)
     mmcore.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    if not args.no_results:
+    if baselines is not None:
         from baselines import write_results  # examples/recipes/baselines.py, beside this script
 
         figures = {
