@@ -79,6 +79,7 @@ _STDLIB = "python examples/recipes/stdlib_text.py"
 # the caption runs are timed with the spec's backbone at random init (weights_from removed).
 _LLAVA = {"backbone.weights_from": None, "encoders.text.weights_from": None}
 _LORA = {"backbone.train": "lora", "backbone.lora": {"rank": 8, "alpha": 16}}
+_DISTILL = [f"tasks.pretrain.{k}" for k in ("teacher", "distill_alpha", "distill_temperature", "distill_hidden")]
 _SCRATCH = {"backbone.train": "full", "encoders.text.train": "full"}
 
 RECIPES: dict[str, Recipe] = {
@@ -102,6 +103,17 @@ RECIPES: dict[str, Recipe] = {
     ),
     "text_to_image": _one("text_to_image.toml", 600, "python examples/recipes/text_to_image.py"),
     "diabetes_regression": _one("diabetes_regression.toml", 600, "python examples/recipes/diabetes_regression.py"),
+    # distill_stdlib.py: the spec's student alone (no teacher), then distilled from runs/stdlib_lm (the
+    # teacher is the stdlib_lm recipe, timed on its own row)
+    "stdlib_lm_distill": Recipe(
+        (
+            Training("stdlib_lm_distill.toml", dict.fromkeys(_DISTILL), label="student alone"),
+            Training("stdlib_lm_distill.toml", label="distilled"),
+        ),
+        600,
+        f"{_STDLIB} && python examples/recipes/distill_stdlib.py --teacher-only",
+        script="distill_stdlib.py",
+    ),
     "llava_digits": Recipe(
         (
             Training("llava_lm.toml", label="pretrained LM"),
@@ -127,7 +139,8 @@ def _set(data: dict, dotted: str, value: object) -> None:
 
 
 def _data_files(spec) -> list[Path]:
-    return [Path(p) for t in spec.tasks.values() for p in (t.train, t.eval) if p]
+    """What the run reads: its tasks' data, and a distilled task's teacher (a model directory)."""
+    return [Path(p) for t in spec.tasks.values() for p in (t.train, t.eval, t.teacher) if p]
 
 
 def stage_seconds(
