@@ -52,6 +52,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "fan_in": {"encoders.image.stem_init": "fan_in"},
     "stem_layers=2,fan_in": {"encoders.image.stem_layers": 2, "encoders.image.stem_init": "fan_in"},
     "stem_layers=3,fan_in": {"encoders.image.stem_layers": 3, "encoders.image.stem_init": "fan_in"},
+    "patch=4": {"encoders.image.patch_size": 4},
     "patch=8": {"encoders.image.patch_size": 8},
     "patch=8,stem_layers=3,fan_in": {
         "encoders.image.patch_size": 8,
@@ -215,29 +216,44 @@ BEGIN, END = (
 
 def table(results: list[dict]) -> str:
     base = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    views = {
+        "pixels": "on the 3,072 RGB pixels",
+        "distance_from_median": "on each pixel's distance from the picture's median colour (colour-blind: the "
+        "letter's shape)",
+    }
+    found = [
+        f"{v} {100 * base[f'logistic_regression_{k}']:.1f} %"
+        for k, v in views.items()
+        if f"logistic_regression_{k}" in base
+    ]
     head = ""
-    if base:
+    if found:
         head = (
-            f"Classical baseline on the same split (bench/results_glyphs_baselines.json): logistic regression "
-            f"on the 3,072 RGB pixels {100 * base['logistic_regression_pixels']:.1f} %, on each pixel's distance "
-            f"from the picture's median colour (colour-blind: the letter's shape) "
-            f"{100 * base['logistic_regression_distance_from_median']:.1f} % (chance {100 * base['chance']:.0f} %).\n\n"
+            "Classical baseline on the same split (bench/results_glyphs_baselines.json): logistic regression "
+            f"{', '.join(found)} (chance {100 * base['chance']:.0f} %).\n\n"
         )
 
+    first_base = {}  # the base the round's heading names (its first row's)
+    for r in results:
+        first_base.setdefault(r.get("tag", ""), r.get("base") or {})
+
     def row(r: dict, ov: str) -> str:
-        what = "plain PyTorch CNN (`small_cnn`, Adam 1e-3, batch 64)" if r["setting"] == "cnn" else ov
-        tokens = r.get("image_tokens", "")
+        if r["setting"] == "cnn":
+            ov = "plain PyTorch CNN (`small_cnn`, Adam 1e-3, batch 64)"
+        elif (r.get("base") or {}) != first_base[r.get("tag", "")]:  # a base the heading does not name
+            ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in {**r["base"], **r["overrides"]}.items())
         load = "-".join(f"{x:.1f}" for x in r["load_average"])
         return (
-            f"| {r['setting']} | {what} | {tokens} | {r['seed']} | {r['steps']} x {r['batch_size']} | "
-            f"{r['budget_seconds'] / r['steps']:.3f} | **{100 * r['accuracy']:.1f} %** | {load} |"
+            f"| {r['setting']} | {ov} | {r.get('image_tokens', '')} | {r['seed']} | {r['budget_seconds'] / 60:g} min | "
+            f"{r['steps']} x {r['batch_size']} | {r['budget_seconds'] / r['steps']:.3f} | "
+            f"**{100 * r['accuracy']:.1f} %** | {load} |"
         )
 
     return head + tables_by_round(
         results,
-        "| setting | model / overrides of the docs-only spec | image tokens | seed | steps x batch in the budget "
+        "| setting | model / overrides of the docs-only spec | image tokens | seed | wall budget | steps x batch in it "
         "| budget s / step (under load) | held-out accuracy | load average (start-end) |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         row,
     )
 
