@@ -1,0 +1,306 @@
+"""A new image task from the docs alone: mmcore against a plain PyTorch CNN, same data, same time.
+
+The task is ``bench/glyphs_data.py``'s (ten capital letters drawn at random sizes, angles,
+positions and colours on 32x32 pictures; 5,000 training, 1,000 held-out). The mmcore model is
+``bench/glyphs.toml``, written from the docs only: components, task and data, no
+``[training]``; each run adds only ``training.max_time`` (the wall budget, ``--budget``
+seconds) and the seed, plus one setting of the vision encoder changed against the plugin's
+defaults. The plain PyTorch model (``SmallCNN``: three 3x3 convolutions with ReLU and 2x2
+max pooling, one linear layer; Adam at 1e-3, batch 64, no augmentation, no schedule) trains
+for the same wall budget on the same thread count. Both report held-out accuracy at the end
+of the budget, the steps they made and the machine's load average, so runs made side by side
+(alternated: ``--only cnn base --seeds 0 1`` runs cnn 0, base 0, cnn 1, base 1) compare under
+the same load.
+
+    python bench/ablate_glyphs.py --baselines          # logistic regression on the pixels
+    OMP_NUM_THREADS=1 nice python bench/ablate_glyphs.py --only cnn base --seeds 0 1 --tag "round 1"
+    python bench/ablate_glyphs.py --write-docs         # docs/tuning.md's last section
+
+Results are appended to ``bench/results_ablate_glyphs.json`` (the baselines:
+``bench/results_glyphs_baselines.json``). A setting is ``cnn``, a name from ``SETTINGS`` or
+``k=v,k=v`` dotted overrides of the spec (JSON values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from ablate_digits import parse_setting, run_settings, set_dotted, tables_by_round  # noqa: E402
+from ablate_digits import write_docs as write_between  # noqa: E402
+from glyphs_data import DATA, LETTERS  # noqa: E402
+
+SPEC = HERE / "glyphs.toml"
+RESULTS = HERE / "results_ablate_glyphs.json"
+BASELINES = HERE / "results_glyphs_baselines.json"
+
+#: setting name -> overrides (dotted key -> value) on the docs-only spec; "cnn" is the plain PyTorch CNN.
+SETTINGS: dict[str, dict[str, object]] = {
+    "base": {},
+    "stem_layers=2": {"encoders.image.stem_layers": 2},
+    "stem_layers=3": {"encoders.image.stem_layers": 3},
+    "fan_in": {"encoders.image.stem_init": "fan_in"},
+    "stem_layers=2,fan_in": {"encoders.image.stem_layers": 2, "encoders.image.stem_init": "fan_in"},
+    "stem_layers=3,fan_in": {"encoders.image.stem_layers": 3, "encoders.image.stem_init": "fan_in"},
+    "patch=4": {"encoders.image.patch_size": 4},
+    "patch=8": {"encoders.image.patch_size": 8},
+    "patch=8,stem_layers=3,fan_in": {
+        "encoders.image.patch_size": 8,
+        "encoders.image.stem_layers": 3,
+        "encoders.image.stem_init": "fan_in",
+    },
+    "stem=patch": {"encoders.image.stem": "patch"},
+    "encoder_dim=64": {"encoders.image.dim": 64},
+    "encoder_depth=1": {"encoders.image.depth": 1},
+    # the backbone: the docs' default GPT (width 256, depth 4) against the main job's (width 96, depth 3)
+    "backbone=96x3": {"backbone.width": 96, "backbone.depth": 3},
+}
+
+
+def ensure_data() -> Path:
+    if not (DATA / "eval.jsonl").exists():
+        import glyphs_data
+
+        glyphs_data.main(["--out", str(DATA)])
+    return DATA
+
+
+def load_split(split: str):
+    """(N, 32, 32, 3) uint8 pixels and (N,) class indices of a split, in manifest order."""
+    import numpy as np
+    from PIL import Image
+
+    rows = [json.loads(line) for line in (DATA / f"{split}.jsonl").read_text().splitlines()]
+    x = np.stack([np.asarray(Image.open(DATA / r["image"]).convert("RGB")) for r in rows])
+    return x, np.array([LETTERS.index(r["label"]) for r in rows])
+
+
+def baselines() -> dict:
+    """Logistic regression, fitted on the training split, on two views of each picture: the 3,072
+    RGB pixels scaled to [0, 1], and each pixel's distance from the picture's median colour (the
+    background), which no longer depends on the colours chosen: the letter's shape, wherever it is."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    xt, yt = load_split("train")
+    xe, ye = load_split("eval")
+
+    def shape(x):
+        x = x.astype(np.float32) / 255
+        return np.linalg.norm(x - np.median(x, axis=(1, 2), keepdims=True), axis=-1).reshape(len(x), -1)
+
+    out: dict = {"train": len(xt), "eval": len(xe), "chance": 1 / len(LETTERS)}
+    for name, f in (("pixels", lambda x: x.reshape(len(x), -1) / 255), ("distance_from_median", shape)):
+        t0 = time.perf_counter()
+        lr = LogisticRegression(max_iter=1000, C=1.0).fit(f(xt), yt)
+        out[f"logistic_regression_{name}"] = float(np.mean(lr.predict(f(xe)) == ye))
+        out[f"fit_seconds_under_load_{name}"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def small_cnn(classes: int):
+    """The plain PyTorch baseline: 3 convolutions (32, 64, 128 channels) + max pooling + a linear layer."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x16
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
+        nn.Flatten(), nn.Linear(128 * 4 * 4, classes),
+    )  # fmt: skip
+
+
+def run_cnn(seed: int, budget: float) -> dict:
+    """Train ``small_cnn`` with Adam (lr 1e-3, batch 64) for ``budget`` seconds of wall clock."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    xt, yt = load_split("train")
+    xe, ye = load_split("eval")
+
+    def tensor(x):
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - 0.5
+
+    xt, yt, xe, ye = tensor(xt), torch.from_numpy(yt), tensor(xe), torch.from_numpy(ye)
+    model = small_cnn(len(LETTERS))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    steps, t0, load0 = 0, time.perf_counter(), os.getloadavg()[0]
+    model.train()
+    while time.perf_counter() - t0 < budget:
+        for idx in torch.randperm(len(xt), generator=gen).split(64):
+            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            if time.perf_counter() - t0 >= budget:
+                break
+    train_s = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(xe).argmax(-1) == ye).float().mean())
+    return {
+        "setting": "cnn",
+        "overrides": {},
+        "seed": seed,
+        "steps": steps,
+        "batch_size": 64,
+        "accuracy": round(acc, 4),
+        "final_loss": round(float(loss), 4),
+        "budget_seconds": budget,
+        "train_seconds_under_load": round(train_s, 1),
+        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def spec_data(overrides: dict, seed: int, budget: float, base: dict | None = None) -> dict:
+    data = tomllib.loads(SPEC.read_text())
+    data["training"] = {"max_time": budget, "seed": seed, "progress": False, "log_every": 10**6}
+    for k, v in [*(base or {}).items(), *copy.deepcopy(overrides).items()]:
+        set_dotted(data, k, v)
+    return data
+
+
+def run_mmcore(name: str, overrides: dict, seed: int, budget: float, base: dict | None = None) -> dict:
+    import torch
+
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    spec = parse_spec(spec_data(overrides, seed, budget, base), file=str(SPEC))
+    torch.manual_seed(seed)
+    model = mmcore.build(spec)
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    result = mmcore.Trainer(model, spec.tasks, spec.training).fit()
+    train_s = time.perf_counter() - t0  # includes the final evaluation of the 1,000 held-out pictures
+    return {
+        "setting": name,
+        "overrides": overrides,
+        "base": base or {},
+        "seed": seed,
+        "steps": result.steps,
+        "batch_size": spec.training.batch_size,
+        "accuracy": round(result.eval["letter"]["accuracy"], 4),
+        "final_loss": round(result.final_loss, 4),
+        "stop_reason": result.stop_reason,
+        "budget_seconds": budget,
+        "fit_seconds_with_eval": round(train_s, 1),
+        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "threads": torch.get_num_threads(),
+        "image_tokens": model.encoders["image"].num_tokens,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+DOC = ROOT / "docs" / "tuning.md"
+BEGIN, END = (
+    "<!-- ablate_glyphs: begin (written by bench/ablate_glyphs.py --write-docs) -->",
+    "<!-- ablate_glyphs: end -->",
+)
+
+
+def table(results: list[dict]) -> str:
+    base = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    views = {
+        "pixels": "on the 3,072 RGB pixels",
+        "distance_from_median": "on each pixel's distance from the picture's median colour (colour-blind: the "
+        "letter's shape)",
+    }
+    found = [
+        f"{v} {100 * base[f'logistic_regression_{k}']:.1f} %"
+        for k, v in views.items()
+        if f"logistic_regression_{k}" in base
+    ]
+    head = ""
+    if found:
+        head = (
+            "Classical baseline on the same split (bench/results_glyphs_baselines.json): logistic regression "
+            f"{', '.join(found)} (chance {100 * base['chance']:.0f} %).\n\n"
+        )
+
+    first_base = {}  # the base the round's heading names (its first row's)
+    for r in results:
+        first_base.setdefault(r.get("tag", ""), r.get("base") or {})
+
+    def row(r: dict, ov: str) -> str:
+        if r["setting"] == "cnn":
+            ov = "plain PyTorch CNN (`small_cnn`, Adam 1e-3, batch 64)"
+        elif (r.get("base") or {}) != first_base[r.get("tag", "")]:  # a base the heading does not name
+            ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in {**r["base"], **r["overrides"]}.items())
+        load = "-".join(f"{x:.1f}" for x in r["load_average"])
+        return (
+            f"| {r['setting']} | {ov} | {r.get('image_tokens', '')} | {r['seed']} | {r['budget_seconds'] / 60:g} min | "
+            f"{r['steps']} x {r['batch_size']} | {r['budget_seconds'] / r['steps']:.3f} | "
+            f"**{100 * r['accuracy']:.1f} %** | {load} |"
+        )
+
+    return head + tables_by_round(
+        results,
+        "| setting | model / overrides of the docs-only spec | image tokens | seed | wall budget | steps x batch in it "
+        "| budget s / step (under load) | held-out accuracy | load average (start-end) |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        row,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", type=float, default=120.0, help="wall-clock seconds of training per run")
+    p.add_argument("--only", nargs="*", help="settings to run, alternated per seed (default: cnn and base)")
+    p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every mmcore run")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 1')")
+    p.add_argument("--baselines", action="store_true", help="fit the classical baseline and write its file")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's last section's tables")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    from mmcore import atomic_write_text
+
+    if args.write_docs:
+        write_between(json.loads(Path(args.out).read_text()), BEGIN, END, table)
+        return 0
+    if args.list:
+        for k, v in SETTINGS.items():
+            print(f"{k:32} {v}")
+        return 0
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ensure_data()
+    if args.baselines:
+        result = baselines()
+        atomic_write_text(BASELINES, json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result))
+        return 0
+
+    base = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
+
+    def run(name: str, seed: int) -> dict:
+        if name == "cnn":
+            return run_cnn(seed, args.budget)
+        return run_mmcore(name, parse_setting(name, SETTINGS), seed, args.budget, base)
+
+    for seed in args.seeds:  # alternate: every setting of seed 0, then of seed 1, ...
+        run_settings(args.only or ["cnn", "base"], [seed], run, args.out, args.tag)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
