@@ -313,11 +313,23 @@ def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
     tokens = (image["image_size"] // image["patch_size"]) ** 2
     assert f"{tokens} image tokens" in section, f"the section does not say the spec's {tokens} image tokens"
     base = results["baselines"]
-    for figure in (base["chance"], base["most_frequent_caption"]["exact_match"], base["logistic_regression_on_pixels"]):
-        assert pct(figure) in section
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    for label, figure in (
+        ("chance (10 digits)", base["chance"]),
+        (
+            f'most frequent training caption ("{base["most_frequent_caption"]["caption"]}")',
+            base["most_frequent_caption"]["exact_match"],
+        ),
+        ("logistic regression on the 256 pixels (scikit-learn)", base["logistic_regression_on_pixels"]),
+        ("RBF SVM on the 256 pixels (scikit-learn)", base["rbf_svm_on_pixels"]),
+    ):
+        assert label in rows and f"| {pct(figure)} |" in rows[label], f"the row {label!r} does not quote {pct(figure)}"
+    assert len({run["seed"] for run in results["fusions"]}) >= 2, "each fusion is reported on two seeds"
     for run in results["fusions"]:
-        row = next(line for line in section.splitlines() if line.startswith(f"| `{run['fusion']}`"))
-        assert pct(run["exact_match"]) in row and pct(run["without_image"]) in row and str(run["steps"]) in row
+        label = f"| `{run['fusion']}`, seed {run['seed']},"
+        row = next((line for line in section.splitlines() if line.startswith(label)), None)
+        assert row is not None, f"no row {label!r} in docs/tasks.md's image + text table"
+        assert pct(run["exact_match"]) in row and pct(run["without_image"]) in row and f"{run['steps']:,}" in row
     # the std-0.02 stem's run, which the section quotes to say why the spec starts the stem at fan-in scale
     normal = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions_stem_normal.json").read_text())
     assert normal["overrides"] == ['encoders.image.stem_init="normal"'], normal["overrides"]

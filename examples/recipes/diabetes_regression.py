@@ -9,10 +9,16 @@ split's mean and deviation:
 
 ``--train DIR`` also trains examples/diabetes_regression.toml (``encoder:features``,
 ``head:regress``, ``objective:regression``) into DIR, evaluates it with ``mmcore eval``'s code
-path, fits ``sklearn.linear_model.LinearRegression`` on the same training split, and writes
-``examples/results/diabetes_regression.json``: both models' held-out R², MSE and MAE.
+path, trains the spec again from the other ``--seeds``, fits scikit-learn's ``LinearRegression``
+and ``RidgeCV`` (its penalty chosen by cross-validation on the training split) on the same split,
+and writes ``examples/results/diabetes_regression.json``: every model's held-out R², MSE and MAE.
+
+``--search`` chooses the spec's training settings without looking at the held-out patients:
+it trains each candidate of ``SEARCH`` on 274 of the 342 training patients and scores it on the
+other 68 (two seeds each), writing ``examples/recipes/results/diabetes_search.json``.
 
     python examples/recipes/diabetes_regression.py --train runs/diabetes
+    python examples/recipes/diabetes_regression.py --search
 """
 
 from __future__ import annotations
@@ -42,13 +48,35 @@ def write_split(out: Path, seed: int = 0) -> dict:
     return {"X_train": Xs[train], "y_train": y[train], "X_eval": Xs[test], "y_eval": y[test]}
 
 
-def linear_baseline(split: dict) -> dict:
-    from sklearn.linear_model import LinearRegression
+def linear_baselines(split: dict) -> dict:
+    """Held-out R², MSE and MAE of least squares and of ridge regression (RidgeCV: the penalty
+    picked by leave-one-out cross-validation on the training split from 1e-3 to 1e3)."""
+    import numpy as np
+    from sklearn.linear_model import LinearRegression, RidgeCV
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-    pred = LinearRegression().fit(split["X_train"], split["y_train"]).predict(split["X_eval"])
     y = split["y_eval"]
-    return {"r2": r2_score(y, pred), "mse": mean_squared_error(y, pred), "mae": mean_absolute_error(y, pred)}
+    out = {}
+    for name, model in (
+        ("linear_regression", LinearRegression()),
+        ("ridge_cv", RidgeCV(alphas=np.logspace(-3, 3, 61))),
+    ):
+        pred = model.fit(split["X_train"], split["y_train"]).predict(split["X_eval"])
+        out[name] = {"r2": r2_score(y, pred), "mse": mean_squared_error(y, pred), "mae": mean_absolute_error(y, pred)}
+        if name == "ridge_cv":
+            out[name]["alpha"] = float(model.alpha_)
+    return out
+
+
+#: ``--search``'s candidates: spec overrides (``KEY=VALUE``, as for ``mmcore train --set``) on the spec.
+SEARCH: dict[str, list[str]] = {
+    "spec": [],
+    "steps=300": ["training.steps=300"],
+    "weight_decay=0.3": ["training.weight_decay=0.3"],
+    "dropout=0.3": ["backbone.dropout=0.3"],
+    "width=64": ["backbone.width=64", "backbone.heads=4"],
+    "loss=mae": ['tasks.progression.options={loss = "mae"}'],
+}
 
 
 def main() -> None:
@@ -57,42 +85,100 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE.parent / "data" / "diabetes"))
     p.add_argument("--train", metavar="DIR", help="also train the spec into DIR and write the results file")
     p.add_argument("--spec", default=str(HERE.parent / "diabetes_regression.toml"))
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="--train: the seeds (the first saved in DIR)"
+    )
+    p.add_argument("--search", action="store_true", help="score SEARCH's candidates on a split of the training data")
+    p.add_argument("--only", nargs="*", help="--search: these candidates of SEARCH (none: the linear baselines only)")
     args = p.parse_args()
     split = write_split(Path(args.out))
-    base = linear_baseline(split)
-    print(json.dumps({"linear_regression": base}, indent=2))
+    base = linear_baselines(split)
+    print(json.dumps(base, indent=2))
+    if args.search:
+        search(args.spec, Path(args.out), list(SEARCH) if args.only is None else args.only)
     if args.train:
-        train_and_report(args.spec, args.train, Path(args.out), base)
+        train_and_report(args.spec, args.train, Path(args.out), base, args.seeds)
 
 
-def train_and_report(spec_path: str, out_dir: str, data: Path, base: dict) -> None:
+def search(spec_path: str, data: Path, names: list[str], seeds: tuple[int, ...] = (0, 1)) -> None:
+    """Train each candidate on 274 of the training patients, score R² on the other 68 (seeded split)."""
+    import random
+
+    import torch
+    from baselines import read_jsonl
+
+    import mmcore
+    from mmcore import atomic_write_text
+
+    rows = read_jsonl(data / "train.jsonl")
+    random.Random(1).shuffle(rows)
+    inner = data / "search"
+    inner.mkdir(exist_ok=True)
+    for name, part in (("train", rows[:274]), ("eval", rows[274:])):
+        atomic_write_text(inner / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in part))
+    out_path = HERE / "results" / "diabetes_search.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    xy = {
+        f"{k}_{n}": [r[f] for r in part]
+        for n, part in (("train", rows[:274]), ("eval", rows[274:]))
+        for k, f in (("X", "features"), ("y", "y"))
+    }
+    results["linear baselines on the same 274 / 68 patients"] = linear_baselines(xy)
+    atomic_write_text(out_path, json.dumps(results, indent=2) + "\n")
+    for name in names:
+        r2 = []
+        for seed in seeds:
+            sets = [*SEARCH[name], f"training.seed={seed}"]
+            sets += [
+                f'tasks.progression.train="{inner / "train.jsonl"}"',
+                f'tasks.progression.eval="{inner / "eval.jsonl"}"',
+            ]
+            spec = mmcore.load_spec(spec_path, overrides=sets)
+            torch.manual_seed(seed)
+            result = mmcore.Trainer(mmcore.build(spec), spec.tasks, spec.training).fit()
+            r2.append(result.eval["progression"]["r2"])
+        results[name] = {"overrides": SEARCH[name], "seeds": list(seeds), "r2": r2, "mean_r2": sum(r2) / len(r2)}
+        print(name, json.dumps(results[name]), flush=True)
+        atomic_write_text(out_path, json.dumps(results, indent=2) + "\n")
+
+
+def train_and_report(spec_path: str, out_dir: str, data: Path, base: dict, seeds: list[int]) -> None:
     import time
 
     import torch
-    from baselines import write_results
+    from baselines import other_seeds, write_results
 
     import mmcore
     from mmcore.evaluate import evaluate_dir
 
-    spec = mmcore.load_spec(spec_path)
+    spec = mmcore.load_spec(spec_path, overrides=[f"training.seed={seeds[0]}"])
     t0 = time.perf_counter()
-    torch.manual_seed(spec.training.seed)
+    torch.manual_seed(seeds[0])
     model = mmcore.build(spec)
     result = mmcore.Trainer(model, spec.tasks, spec.training, out_dir=out_dir, resume=False).fit()
     seconds = time.perf_counter() - t0
     ev = evaluate_dir(out_dir, data / "eval.jsonl")["metrics"]  # the saved model directory, as `mmcore eval` reads it
+    runs = [
+        {"seed": seeds[0], **ev, "train_seconds_under_load": seconds},
+        *other_seeds(spec, seeds[1:], "progression", "r2"),
+    ]
+    mean = {k: sum(r[k] for r in runs) / len(runs) for k in ("r2", "mae")}
+    lin, ridge = base["linear_regression"], base["ridge_cv"]
     write_results(
         "diabetes_regression",
         {
             "split": {"train": 342, "eval": 100, "seed": 0},
-            "mmcore": {"steps": result.steps, "train_seconds": seconds, **ev},
-            "baselines": {"linear_regression": base},
+            "mmcore": {"steps": result.steps, "seeds": runs, "mean": mean},
+            "baselines": base,
         },
         {
-            "linear regression R²": f"{base['r2']:.3f}",
-            "mmcore R²": f"{ev['r2']:.3f}",
-            "linear regression MAE": f"{base['mae']:.1f}",
-            "mmcore MAE": f"{ev['mae']:.1f}",
+            "linear regression R²": f"{lin['r2']:.3f}",
+            "ridge regression R²": f"{ridge['r2']:.3f}",
+            "mmcore R² (mean of the seeds)": f"{mean['r2']:.3f}",
+            "mmcore R² per seed": " / ".join(f"{r['r2']:.3f}" for r in runs),
+            "linear regression MAE": f"{lin['mae']:.1f}",
+            "ridge regression MAE": f"{ridge['mae']:.1f}",
+            "mmcore MAE (mean of the seeds)": f"{mean['mae']:.1f}",
         },
     )
 
