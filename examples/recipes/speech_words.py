@@ -10,7 +10,9 @@ Then computes the classical baseline on the same split: logistic regression on l
 statistics (each band's mean and standard deviation over the clip, and its mean over four
 equal time segments), features from the same audio processor the model uses. With
 ``--train`` it also trains the spec, generates a transcript for every held-out clip, and
-writes both figures to examples/results/speech_words.json.
+writes both figures to examples/results/speech_words.json; then trains the same spec again from
+each of ``--other-seeds`` (default: seed 1; only ``training.seed`` changes) and records each
+seed's figure beside the first, rewriting the results file after every run.
 
     python examples/recipes/speech_words.py            # data + baseline
     python examples/recipes/speech_words.py --train    # + train, evaluate, write the results
