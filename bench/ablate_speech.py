@@ -10,6 +10,7 @@ steps, seconds under whatever load the machine had) and ``docs/tuning.md`` quote
     OMP_NUM_THREADS=1 python bench/ablate_speech.py --steps 800 --tag "round 1" --only base schedule=linear
     python bench/ablate_speech.py --write-docs      # docs/tuning.md's speech table, from the results file
     python bench/ablate_speech.py --from-recipe --tag "round 3"   # rows for the runs of speech_words.py --train
+    python bench/ablate_speech.py --misses runs/speech_words   # what a saved model gets wrong
 
 ``--from-recipe`` runs nothing: it appends the recipe script's own runs (every seed it trained, read from
 ``examples/results/speech_words.json``) as rows, so the final setting's figures are not trained twice.
@@ -128,6 +129,31 @@ def recipe_rows(recipe: dict) -> list[dict]:
     ]
 
 
+MISSES = ROOT / "bench" / "results_speech_misses.json"
+
+
+def write_misses(model_dir: Path, out: Path = MISSES) -> dict:
+    """The held-out clips a saved model (``mmcore.load``) transcribes wrongly, by utterance."""
+    from collections import Counter
+
+    import speech_words
+
+    import mmcore
+
+    rows = speech_words.transcribe(mmcore.load(model_dir), DATA)
+    misses = [r for r in rows if r["transcript"] != r["target"]]
+    result = {
+        "model": str(model_dir),
+        "clips": len(rows),
+        "exact_match": round(1 - len(misses) / len(rows), 4),
+        "misses_by_utterance": dict(Counter(r["target"] for r in misses).most_common()),
+        "misses": [{k: r[k] for k in ("voice", "audio", "target", "transcript")} for r in misses],
+    }
+    mmcore.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["misses_by_utterance"]))
+    return result
+
+
 BEGIN, END = (
     "<!-- ablate_speech: begin (written by bench/ablate_speech.py --write-docs) -->",
     "<!-- ablate_speech: end -->",
@@ -161,7 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"append the runs of `speech_words.py --train` (every seed in {RECIPE_RESULTS.name}) as rows, tagged",
     )
+    p.add_argument(
+        "--misses",
+        metavar="MODEL_DIR",
+        help=f"transcribe the held-out clips with a saved model; write the ones it gets wrong to {MISSES.name}",
+    )
     args = p.parse_args(argv)
+    if args.misses:
+        write_misses(Path(args.misses))
+        return 0
     if args.write_docs:
         write_tables(json.loads(Path(args.out).read_text()), BEGIN, END, table)
         return 0

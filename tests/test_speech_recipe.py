@@ -100,3 +100,23 @@ def test_the_recipes_runs_become_rows_of_the_ablation_table():
     assert [(r["seed"], r["exact_match"]) for r in rows] == [(0, 0.9972), (1, 1.0)]
     text = mod.table([{**r, "tag": "round 3"} for r in rows])
     assert "| 0 | 4800 | 99.7 % |" in text and "| 1 | 4800 | 100.0 % |" in text
+
+
+def test_the_misses_of_a_saved_model_are_written_by_utterance(tmp_path, monkeypatch):
+    """bench/ablate_speech.py --misses: only the wrong transcripts, counted per utterance."""
+    import mmcore
+
+    mod = _ablate_speech()
+    rows = [
+        {"voice": "a", "audio": "1.wav", "target": "up", "transcript": "go up"},
+        {"voice": "b", "audio": "2.wav", "target": "up", "transcript": "up"},
+        {"voice": "c", "audio": "3.wav", "target": "up", "transcript": "go"},
+        {"voice": "c", "audio": "4.wav", "target": "seven two", "transcript": "seven"},
+    ]
+    monkeypatch.setattr(mmcore, "load", lambda path: "model")
+    monkeypatch.setattr(recipe, "transcribe", lambda model, data: rows)
+    monkeypatch.setitem(sys.modules, "speech_words", recipe)
+    mod.write_misses(tmp_path / "run", tmp_path / "misses.json")
+    written = json.loads((tmp_path / "misses.json").read_text())
+    assert written["exact_match"] == 0.25 and written["misses_by_utterance"] == {"up": 2, "seven two": 1}
+    assert [m["audio"] for m in written["misses"]] == ["1.wav", "3.wav", "4.wav"]

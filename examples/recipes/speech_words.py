@@ -142,15 +142,21 @@ def baseline(data: Path, spec_path: Path) -> dict:
     return out
 
 
-def exact_match(model, data: Path) -> float:
-    """Share of the held-out clips whose greedy transcript is exactly the utterance."""
+def transcribe(model, data: Path) -> list[dict]:
+    """Each held-out record (audio, target, voice) with the model's greedy ``transcript``."""
     from mmcore.generation import GenerationConfig, generate_for_records
 
     rows = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
     gen = GenerationConfig(max_new_tokens=16)
     model.eval()
     preds = generate_for_records(model, [{"audio": r["audio"]} for r in rows], base=data, config=gen, batch_size=64)
-    return sum(p.strip() == r["target"] for p, r in zip(preds, rows, strict=True)) / len(rows)
+    return [{**r, "transcript": p.strip()} for p, r in zip(preds, rows, strict=True)]
+
+
+def exact_match(model, data: Path) -> float:
+    """Share of the held-out clips whose greedy transcript is exactly the utterance."""
+    rows = transcribe(model, data)
+    return sum(r["transcript"] == r["target"] for r in rows) / len(rows)
 
 
 def train_and_evaluate(data: Path, spec, out: Path | None, seed: int | None = None) -> dict:
