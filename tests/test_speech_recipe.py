@@ -36,7 +36,7 @@ def test_whole_voices_are_held_out_and_the_clips_read(tmp_path, manager):
     proc = mmcore.build(mmcore.load_spec(EXAMPLES / "speech_words.toml")).processors["audio"]
     for r in rows["train"][:4] + rows["eval"][:2]:
         features = proc(str(tmp_path / r["audio"]))["features"]  # within the spec's max_seconds
-        assert features.shape[0] == 40 and features.shape[1] > 20  # real speech, not an empty file
+        assert features.shape[0] == 40 and features.shape[1] > 10  # real speech (> 0.3 s), not an empty file
 
 
 def test_the_speech_tuning_table_is_its_ablation_results_file():
