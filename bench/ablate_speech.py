@@ -9,6 +9,11 @@ steps, seconds under whatever load the machine had) and ``docs/tuning.md`` quote
 
     OMP_NUM_THREADS=1 python bench/ablate_speech.py --steps 800 --tag "round 1" --only base schedule=linear
     python bench/ablate_speech.py --write-docs      # docs/tuning.md's speech table, from the results file
+    python bench/ablate_speech.py --from-recipe --tag "round 3"   # rows for the runs of speech_words.py --train
+    python bench/ablate_speech.py --misses runs/speech_words   # what a saved model gets wrong
+
+``--from-recipe`` runs nothing: it appends the recipe script's own runs (every seed it trained, read from
+``examples/results/speech_words.json``) as rows, so the final setting's figures are not trained twice.
 
 A setting is a name from ``SETTINGS`` or inline dotted overrides (``training.lr=0.003,backbone.depth=2``,
 JSON values). The recipe's data must exist (``python examples/recipes/speech_words.py``).
@@ -101,6 +106,54 @@ def run_one(name: str, overrides: dict, steps: int | None, base_extra: dict, see
     }
 
 
+RECIPE_RESULTS = ROOT / "examples" / "results" / "speech_words.json"
+
+
+def recipe_rows(recipe: dict) -> list[dict]:
+    """One row per seed the recipe script trained (``mmcore`` and ``other_seeds`` of its results file):
+    the committed spec as it stands, so no overrides."""
+    return [
+        {
+            "setting": "final (speech_words.py --train)",
+            "overrides": {},
+            "base": {},
+            "seed": run["seed"],
+            "steps": run["steps"],
+            "batch_size": run["batch_size"],
+            "exact_match": round(run["exact_match"], 4),
+            "eval_loss": round(run["eval_loss"], 4),
+            "train_seconds": run["train_seconds_under_load"],
+            "threads": run["threads"],
+        }
+        for run in [recipe["mmcore"], *recipe.get("other_seeds", [])]
+    ]
+
+
+MISSES = ROOT / "bench" / "results_speech_misses.json"
+
+
+def write_misses(model_dir: Path, out: Path = MISSES) -> dict:
+    """The held-out clips a saved model (``mmcore.load``) transcribes wrongly, by utterance."""
+    from collections import Counter
+
+    import speech_words
+
+    import mmcore
+
+    rows = speech_words.transcribe(mmcore.load(model_dir), DATA)
+    misses = [r for r in rows if r["transcript"] != r["target"]]
+    result = {
+        "model": str(model_dir),
+        "clips": len(rows),
+        "exact_match": round(1 - len(misses) / len(rows), 4),
+        "misses_by_utterance": dict(Counter(r["target"] for r in misses).most_common()),
+        "misses": [{k: r[k] for k in ("voice", "audio", "target", "transcript")} for r in misses],
+    }
+    mmcore.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["misses_by_utterance"]))
+    return result
+
+
 BEGIN, END = (
     "<!-- ablate_speech: begin (written by bench/ablate_speech.py --write-docs) -->",
     "<!-- ablate_speech: end -->",
@@ -129,9 +182,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true")
     p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's speech table")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument(
+        "--from-recipe",
+        action="store_true",
+        help=f"append the runs of `speech_words.py --train` (every seed in {RECIPE_RESULTS.name}) as rows, tagged",
+    )
+    p.add_argument(
+        "--misses",
+        metavar="MODEL_DIR",
+        help=f"transcribe the held-out clips with a saved model; write the ones it gets wrong to {MISSES.name}",
+    )
     args = p.parse_args(argv)
+    if args.misses:
+        write_misses(Path(args.misses))
+        return 0
     if args.write_docs:
         write_tables(json.loads(Path(args.out).read_text()), BEGIN, END, table)
+        return 0
+    if args.from_recipe:
+        rows = recipe_rows(json.loads(RECIPE_RESULTS.read_text()))
+        run_settings(["final"], list(range(len(rows))), lambda name, i: rows[i], Path(args.out), args.tag)
         return 0
     if args.list:
         for k, v in SETTINGS.items():
