@@ -71,6 +71,19 @@ SETTINGS: dict[str, dict[str, object]] = {
     "weight_decay=0.1": {"training.weight_decay": 0.1},
     "positions=rope": {"backbone.positions": "rope"},
     "positions=learned": {"backbone.positions": "learned"},
+    # language ID: a masked-LM stage on the catalogs' unlabelled strings (langid_unlabelled.txt: every string
+    # but the held-out ones), then the labels (3,000 steps) read bidirectionally, as the topics recipe does
+    "langid_pretrain=mlm": {
+        "heads.lm": {"component": "lm"},
+        "tasks.pretrain": {"objective": "mlm", "head": "lm", "train": "data/language_id/langid_unlabelled.txt"},
+        "tasks.language.head": "language",
+        "tasks.language.attention": "bidirectional",
+        "training.steps": None,
+        "training.stages": [
+            {"name": "pretrain", "tasks": ["pretrain"], "steps": 1000},
+            {"name": "language", "tasks": ["language"], "steps": 3000, "reset_optimizer": True},
+        ],
+    },
 }
 
 

@@ -9,6 +9,9 @@ of 20-300 characters, balances the classes, and splits each language's first 1,5
 held-out strings stay those of the 1,500-per-language draw:
 
 * ``langid_train.jsonl`` / ``langid_eval.jsonl``: ``{"text": "...", "label": "de"}``
+* ``langid_unlabelled.txt``: every string of the five catalogs that is not a held-out string (under any
+  language), one a line, without labels: the spec's masked-LM pretraining text (about 100,000 strings,
+  the training strings among them, and the strings past each language's draw);
 * ``baselines.json``: majority-class and chance accuracy of the eval split, and the
   classical baselines trained on the same training split (examples/recipes/baselines.py):
   character 1-4-gram tf-idf + naive Bayes, word tf-idf + logistic regression.
@@ -102,8 +105,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = {"train": [], "eval": []}
     counts = {}
+    catalogs = {lang: strings(lang, Path(args.locale_dir)) for lang in LANGS}
     for lang in LANGS:
-        texts = strings(lang, Path(args.locale_dir))
+        texts = list(catalogs[lang])
         texts.sort(key=lambda t: hashlib.sha256(t.encode()).hexdigest())  # seeded shuffle
         n_train = max(args.per_language, args.train_per_language)
         counts[lang] = min(len(texts), n_train)
@@ -117,6 +121,11 @@ def main() -> None:
         rs.sort(key=lambda r: hashlib.sha256(r["text"].encode()).hexdigest())
         with open(out / f"langid_{split}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rs)
+    held = {r["text"] for r in rows["eval"]}
+    unlabelled = sorted(
+        {t for texts in catalogs.values() for t in texts} - held, key=lambda t: hashlib.sha256(t.encode()).hexdigest()
+    )
+    (out / "langid_unlabelled.txt").write_text("\n".join(unlabelled) + "\n", encoding="utf-8")
     if args.train_tokenizer:
         print(f"tokenizer -> {train_tokenizer([r['text'] for r in rows['train']], 4000, TOKENIZER.parent)}")
     ev = [r["label"] for r in rows["eval"]]
