@@ -12,9 +12,11 @@ times one evaluation as the trainer runs it. The estimate of one training run is
     sum over stages of (the stage's steps x its median seconds per step)
       + evaluations x seconds per evaluation   (every eval_every steps, and one at the end)
 
-and a recipe script that trains several runs (one per fusion, per seed, per stage of a
-pipeline: `image_text_fusions`, `llava_digits`) is the sum of its runs' estimates, each times
-how often the script makes it; the budget is for all of them together.
+and a recipe script that trains several runs (one per fusion, per stage of a pipeline:
+`image_text_fusions`, `llava_digits`, `stdlib_lm_distill`) is the sum of its runs' estimates,
+each times how often the script makes it; the budget is for all of them together. It is the
+budget of one seed: scripts that train the same spec again from other seeds, to show how far
+a figure moves (`--seeds`, `--other-seeds`), repeat the recipe and are not counted.
 
 For a recipe whose processor caches decoded inputs (the speech recipe's audio), the first pass
 over the training data is slower than the rest: it is timed whole (those steps at their
@@ -74,8 +76,8 @@ def _one(spec: str, budget_s: float, makes_data: str, overrides: dict | None = N
 
 _DIGITS = "python examples/recipes/digits_av.py"
 _STDLIB = "python examples/recipes/stdlib_text.py"
-# examples/recipes/llava_digits.py: pretrain the LM once, then per seed (0, 1, 2) stage 1 (LM frozen),
-# stage 2 (LoRA) and the same captioner from scratch. The LM's weights do not change a step's cost, so
+# examples/recipes/llava_digits.py: pretrain the LM once, then stage 1 (LM frozen), stage 2 (LoRA) and the
+# same captioner from scratch (for each of its seeds: one seed is the budget's). The LM's weights do not change a step's cost, so
 # the caption runs are timed with the spec's backbone at random init (weights_from removed).
 _LLAVA = {"backbone.weights_from": None, "encoders.text.weights_from": None}
 _LORA = {"backbone.train": "lora", "backbone.lora": {"rank": 8, "alpha": 16}}
@@ -117,9 +119,9 @@ RECIPES: dict[str, Recipe] = {
     "llava_digits": Recipe(
         (
             Training("llava_lm.toml", label="pretrained LM"),
-            Training("llava_digits.toml", {**_LLAVA, "training.steps": 300}, times=3, label="stage 1"),
-            Training("llava_digits.toml", {**_LLAVA, **_LORA, "training.steps": 300}, times=3, label="stage 2"),
-            Training("llava_digits.toml", {**_LLAVA, **_SCRATCH, "training.steps": 600}, times=3, label="scratch"),
+            Training("llava_digits.toml", {**_LLAVA, "training.steps": 300}, label="stage 1"),
+            Training("llava_digits.toml", {**_LLAVA, **_LORA, "training.steps": 300}, label="stage 2"),
+            Training("llava_digits.toml", {**_LLAVA, **_SCRATCH, "training.steps": 600}, label="scratch"),
         ),
         600,
         f"{_STDLIB} && {_DIGITS}",
