@@ -64,6 +64,16 @@ SETTINGS: dict[str, dict[str, object]] = {
     "encoder_depth=1": {"encoders.image.depth": 1},
     # the backbone: the docs' default GPT (width 256, depth 4) against the main job's (width 96, depth 3)
     "backbone=96x3": {"backbone.width": 96, "backbone.depth": 3},
+    # a convolutional encoder instead of the patch ViT: timm's ResNet-10-T from random init, reading the
+    # pictures at their 32x32 (unset, vision.timm resizes to the model's pretrained size, 176 here), its
+    # penultimate stage (stride 16: 2x2 = 4 image tokens), every residual block live from step one
+    "timm=resnet10t": {
+        "encoders.image.component": "vision.timm",
+        "encoders.image.model": "resnet10t",
+        "encoders.image.image_size": 32,
+        "encoders.image.features": -2,
+        "encoders.image.model_args": {"zero_init_last": False},
+    },
 }
 
 

@@ -553,8 +553,8 @@ def test_readme_quotes_the_main_jobs_results():
 
 
 def test_tuning_tables_are_written_from_the_ablation_results():
-    """docs/tuning.md's ablation tables are exactly what bench/ablate_digits.py and bench/ablate_text.py
-    write from their committed results files (--write-docs): a figure edited by hand, or a results file
+    """docs/tuning.md's ablation tables are exactly what bench/ablate_digits.py, ablate_main.py,
+    ablate_text.py and ablate_glyphs.py write from their committed results files (--write-docs): a figure edited by hand, or a results file
     rerun without rewriting the page, fails here."""
     import importlib.util
     import json
@@ -563,12 +563,12 @@ def test_tuning_tables_are_written_from_the_ablation_results():
     page = (ROOT / "docs" / "tuning.md").read_text()
     checked = 0
     sys.path.insert(0, str(ROOT / "bench"))  # ablate_main imports ablate_digits
-    for name in ("ablate_digits", "ablate_main", "ablate_text"):
+    for name in ("ablate_digits", "ablate_main", "ablate_text", "ablate_glyphs"):
         spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "bench" / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         results = json.loads((ROOT / "bench" / f"results_{name}.json").read_text())
-        if name in ("ablate_digits", "ablate_main"):
+        if name in ("ablate_digits", "ablate_main", "ablate_glyphs"):
             sections = [((mod.BEGIN, mod.END), results)]
         else:
             recipes = dict.fromkeys(r["recipe"] for r in results)
