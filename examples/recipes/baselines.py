@@ -249,6 +249,17 @@ def write_results(name: str, results: dict, figures: dict[str, str]) -> Path:
     return path
 
 
+def add_other_seeds_option(parser, when: str = "--train") -> None:
+    """The recipes' ``--other-seeds`` option: the seeds :func:`other_seeds` trains the spec from again."""
+    parser.add_argument(
+        "--other-seeds",
+        type=int,
+        nargs="*",
+        default=[1],
+        help=f"with {when}: also train the spec from these seeds (the results file's spread; default: 1)",
+    )
+
+
 def other_seeds(spec, seeds: Sequence[int], task: str, metric: str = "accuracy") -> list[dict]:
     """Train ``spec`` again from each of ``seeds`` (no output folder), for the results file's spread.
 

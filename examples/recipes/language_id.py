@@ -87,13 +87,9 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "language_id"))
     p.add_argument("--train", metavar="DIR", help="also train examples/language_id.toml into DIR and write the results")
     p.add_argument("--spec", default=str(Path(__file__).resolve().parent.parent / "language_id.toml"))
-    p.add_argument(
-        "--other-seeds",
-        type=int,
-        nargs="*",
-        default=[1],
-        help="with --train: also train the spec from these seeds (the results file's spread; default: 1)",
-    )
+    from baselines import add_other_seeds_option
+
+    add_other_seeds_option(p)
     p.add_argument(
         "--train-tokenizer",
         action="store_true",

@@ -195,13 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", action="store_true", help="also train examples/speech_words.toml and write results")
     p.add_argument("--model-out", default="runs/speech_words", help="model directory (with --train)")
-    p.add_argument(
-        "--other-seeds",
-        type=int,
-        nargs="*",
-        default=[1],
-        help="with --train: also train the spec from these seeds (the results file's spread; default: 1)",
-    )
+    from baselines import add_other_seeds_option
+
+    add_other_seeds_option(p)
     args = p.parse_args(argv)
     data = Path(args.out)
     stats = make_data(data, args.seed, args.takes, args.eval_voices)

@@ -175,13 +175,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "stdlib"))
     p.add_argument("--train", nargs=2, metavar=("RECIPE", "DIR"), help="lm, mlm or topics, and the model directory")
-    p.add_argument(
-        "--other-seeds",
-        type=int,
-        nargs="*",
-        default=[1],
-        help="with --train topics: also train the spec from these seeds (the results file's spread; default: 1)",
-    )
+    from baselines import add_other_seeds_option
+
+    add_other_seeds_option(p, "--train topics")
     p.add_argument(
         "--train-tokenizer",
         action="store_true",
