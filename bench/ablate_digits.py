@@ -212,23 +212,44 @@ def write_docs(results: list[dict], begin: str = BEGIN, end: str = END, tables=N
     atomic_write_text(DOC, text[:start] + "\n" + (tables or table)(results) + text[stop:])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--only", nargs="*", help="settings to run (default: all)")
+def add_ablation_options(
+    p: argparse.ArgumentParser,
+    results: Path,
+    only_help: str = "settings to run (default: all)",
+    write_docs_help: str = "rewrite docs/tuning.md's tables from the results file",
+) -> None:
+    """The command-line options every ablation script shares: which settings, a base every run
+    starts from, the seeds, a tag, --list, --write-docs and the results file."""
+    p.add_argument("--only", nargs="*", help=only_help)
     p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every run")
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
     p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 2')")
     p.add_argument("--list", action="store_true")
-    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--write-docs", action="store_true", help=write_docs_help)
+    p.add_argument("--out", default=str(results))
+
+
+def parse_base(items: list[str]) -> dict[str, object]:
+    """``--base`` items (``k=v``, JSON values) as overrides."""
+    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in items)}
+
+
+def print_settings(settings: dict[str, dict], width: int = 24) -> None:
+    """``--list``: each setting's name and overrides."""
+    for k, v in settings.items():
+        print(f"{k:{width}} {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=400)
+    add_ablation_options(p, RESULTS)
     args = p.parse_args(argv)
     if args.write_docs:
         write_docs(json.loads(Path(args.out).read_text()))
         return 0
     if args.list:
-        for k, v in SETTINGS.items():
-            print(f"{k:24} {v}")
+        print_settings(SETTINGS)
         return 0
     sys.path.insert(0, str(ROOT / "examples" / "recipes"))
     import digits_av
@@ -236,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = ROOT / "examples" / "data" / "digits_av"
     if not (data_dir / "caption_eval.jsonl").exists():
         digits_av.main(["--out", str(data_dir)])
-    base_extra = {}
-    for kv in args.base:
-        k, v = kv.split("=", 1)
-        base_extra[k] = json.loads(v)
+    base_extra = parse_base(args.base)
     run_settings(
         args.only or list(SETTINGS),
         args.seeds,

@@ -36,7 +36,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from ablate_digits import parse_setting, run_settings, set_dotted, tables_by_round  # noqa: E402
+from ablate_digits import (  # noqa: E402
+    add_ablation_options,
+    parse_base,
+    parse_setting,
+    print_settings,
+    run_settings,
+    set_dotted,
+    tables_by_round,
+)
 from ablate_digits import write_docs as write_between  # noqa: E402
 from glyphs_data import DATA, LETTERS  # noqa: E402
 
@@ -271,14 +279,13 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=120.0, help="wall-clock seconds of training per run")
-    p.add_argument("--only", nargs="*", help="settings to run, alternated per seed (default: cnn and base)")
-    p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every mmcore run")
-    p.add_argument("--seeds", type=int, nargs="*", default=[0])
-    p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 1')")
     p.add_argument("--baselines", action="store_true", help="fit the classical baseline and write its file")
-    p.add_argument("--list", action="store_true")
-    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's last section's tables")
-    p.add_argument("--out", default=str(RESULTS))
+    add_ablation_options(
+        p,
+        RESULTS,
+        only_help="settings to run, alternated per seed (default: cnn and base)",
+        write_docs_help="rewrite docs/tuning.md's last section's tables",
+    )
     args = p.parse_args(argv)
     from mmcore import atomic_write_text
 
@@ -286,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         write_between(json.loads(Path(args.out).read_text()), BEGIN, END, table)
         return 0
     if args.list:
-        for k, v in SETTINGS.items():
-            print(f"{k:32} {v}")
+        print_settings(SETTINGS, 32)
         return 0
     import torch
 
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    base = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
+    base = parse_base(args.base)
 
     def run(name: str, seed: int) -> dict:
         if name == "cnn":

@@ -39,7 +39,15 @@ RESULTS = ROOT / "bench" / "results_ablate_main.json"
 DATA = ROOT / "examples" / "data" / "digits_av"
 
 sys.path.insert(0, str(ROOT / "bench"))
-from ablate_digits import run_settings, set_dotted, tables_by_round, write_docs  # noqa: E402
+from ablate_digits import (  # noqa: E402
+    add_ablation_options,
+    parse_base,
+    print_settings,
+    run_settings,
+    set_dotted,
+    tables_by_round,
+    write_docs,
+)
 
 _ONE_STAGE = {"training.stages": [], "training.steps": 1200, "training.lr": 2e-3, "training.warmup_steps": 25}
 
@@ -321,14 +329,8 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", help="settings to run (default: all)")
-    p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every run")
+    add_ablation_options(p, RESULTS)
     p.add_argument("--base-plan", choices=sorted(BASE_PLANS), help="an earlier round's [[training.stages]] as base")
-    p.add_argument("--seeds", type=int, nargs="*", default=[0])
-    p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 4')")
-    p.add_argument("--list", action="store_true")
-    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
-    p.add_argument("--out", default=str(RESULTS))
     p.add_argument(
         "--step-time",
         action="store_true",
@@ -339,15 +341,14 @@ def main(argv: list[str] | None = None) -> int:
         write_docs(json.loads(Path(args.out).read_text()), BEGIN, END, table)
         return 0
     if args.list:
-        for k, v in SETTINGS.items():
-            print(f"{k:24} {v}")
+        print_settings(SETTINGS)
         return 0
     sys.path.insert(0, str(ROOT / "examples" / "recipes"))
     import digits_av
 
     if not (DATA / "match_eval.jsonl").exists():
         digits_av.main(["--out", str(DATA)])
-    base_extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
+    base_extra = parse_base(args.base)
     if args.base_plan:
         base_extra = {"training.stages": BASE_PLANS[args.base_plan], **base_extra}
     from mmcore.checkpoint import atomic_write_text

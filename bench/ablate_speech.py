@@ -31,7 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "examples" / "recipes"))
-from ablate_digits import parse_setting, run_settings, tables_by_round  # noqa: E402
+from ablate_digits import (  # noqa: E402
+    add_ablation_options,
+    parse_base,
+    parse_setting,
+    print_settings,
+    run_settings,
+    tables_by_round,
+)
 from ablate_digits import write_docs as write_tables  # noqa: E402
 from ablate_text import set_dotted  # noqa: E402
 
@@ -175,13 +182,7 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=None, help="steps per run (default: the spec's)")
-    p.add_argument("--only", nargs="*", help="settings to run (default: all)")
-    p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every run")
-    p.add_argument("--seeds", type=int, nargs="*", default=[0])
-    p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 2')")
-    p.add_argument("--list", action="store_true")
-    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's speech table")
-    p.add_argument("--out", default=str(RESULTS))
+    add_ablation_options(p, RESULTS, write_docs_help="rewrite docs/tuning.md's speech table")
     p.add_argument(
         "--from-recipe",
         action="store_true",
@@ -204,12 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         run_settings(["final"], list(range(len(rows))), lambda name, i: rows[i], Path(args.out), args.tag)
         return 0
     if args.list:
-        for k, v in SETTINGS.items():
-            print(f"{k:24} {v}")
+        print_settings(SETTINGS)
         return 0
     if not (DATA / "eval.jsonl").exists():
         sys.exit(f"no data in {DATA}: run python examples/recipes/speech_words.py first")
-    base_extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
+    base_extra = parse_base(args.base)
     out = Path(args.out)
 
     run_settings(

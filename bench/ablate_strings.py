@@ -37,7 +37,15 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "examples" / "recipes"))
 
-from ablate_digits import parse_setting, run_settings, set_dotted, tables_by_round  # noqa: E402
+from ablate_digits import (  # noqa: E402
+    add_ablation_options,
+    parse_base,
+    parse_setting,
+    print_settings,
+    run_settings,
+    set_dotted,
+    tables_by_round,
+)
 from ablate_digits import write_docs as write_between  # noqa: E402
 
 SPEC = ROOT / "examples" / "digit_strings.toml"
@@ -184,14 +192,8 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--only", nargs="*", help="settings to run (default: all)")
-    p.add_argument("--base", nargs="*", default=[], help="dotted k=v (JSON values) applied to every run")
-    p.add_argument("--seeds", type=int, nargs="*", default=[0])
-    p.add_argument("--tag", default="", help="label stored with each result (e.g. 'round 2')")
     p.add_argument("--time", nargs="*", metavar="SETTING", help="measure s/step of these settings vs the demo")
-    p.add_argument("--list", action="store_true")
-    p.add_argument("--write-docs", action="store_true", help="rewrite docs/tuning.md's tables from the results file")
-    p.add_argument("--out", default=str(RESULTS))
+    add_ablation_options(p, RESULTS)
     args = p.parse_args(argv)
     from mmcore import atomic_write_text
 
@@ -199,10 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         write_between(json.loads(Path(args.out).read_text()), BEGIN, END, table)
         return 0
     if args.list:
-        for k, v in SETTINGS.items():
-            print(f"{k:24} {v}")
+        print_settings(SETTINGS)
         return 0
-    base = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.base)}
+    base = parse_base(args.base)
     if args.time is not None:
         result = step_times(args.time or ["base"], base)
         atomic_write_text(TIMES, json.dumps(result, indent=1) + "\n")
