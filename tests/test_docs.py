@@ -624,3 +624,16 @@ def test_recipe_times_table_is_its_results_file():
             assert abs(total - run["estimated_train_seconds"]) < 0.2, name
         assert abs(mod.recipe_seconds(row["trainings"]) - row["estimated_train_seconds"]) < 0.2, name
         assert row["within_budget"] == (row["estimated_train_seconds"] <= row["budget_seconds"]), name
+
+
+def test_diabetes_search_table_is_its_results_file():
+    """docs/tasks.md's table of the diabetes settings search shows every candidate of
+    examples/recipes/results/diabetes_search.json with its per-seed and mean R²."""
+    search = _json("examples/recipes/results/diabetes_search.json")
+    rows = _rows(_section("docs/tasks.md", "## Regression on tabular data"))
+    linear = search.pop("linear baselines on the same 274 / 68 patients")
+    assert search, "the search results file lists no candidate"
+    for name, result in search.items():
+        assert rows.get(name) == [" / ".join(f"{r:.3f}" for r in result["r2"]), f"{result['mean_r2']:.3f}"], name
+    pair = f"{linear['linear_regression']['r2']:.3f} / {linear['ridge_cv']['r2']:.3f}"
+    assert rows["LinearRegression / RidgeCV on the same 274 / 68 patients"][0] == pair

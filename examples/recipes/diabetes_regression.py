@@ -15,7 +15,7 @@ and writes ``examples/results/diabetes_regression.json``: every model's held-out
 
 ``--search`` chooses the spec's training settings without looking at the held-out patients:
 it trains each candidate of ``SEARCH`` on 274 of the 342 training patients and scores it on the
-other 68 (two seeds each), writing ``examples/recipes/results/diabetes_search.json``.
+other 68 (four seeds each), writing ``examples/recipes/results/diabetes_search.json``.
 
     python examples/recipes/diabetes_regression.py --train runs/diabetes
     python examples/recipes/diabetes_regression.py --search
@@ -71,6 +71,10 @@ def linear_baselines(split: dict) -> dict:
 #: ``--search``'s candidates: spec overrides (``KEY=VALUE``, as for ``mmcore train --set``) on the spec.
 SEARCH: dict[str, list[str]] = {
     "spec": [],
+    "init 0.02 (before)": ["encoders.features.bias_std=0.02", "encoders.features.weight_std=0.02"],
+    "bias_std=3.0": ["encoders.features.bias_std=3.0"],
+    "weight_std=0.3": ["encoders.features.weight_std=0.3"],
+    "steps=1200": ["training.steps=1200"],
     "steps=300": ["training.steps=300"],
     "weight_decay=0.3": ["training.weight_decay=0.3"],
     "dropout=0.3": ["backbone.dropout=0.3"],
@@ -100,7 +104,7 @@ def main() -> None:
         train_and_report(args.spec, args.train, Path(args.out), base, args.seeds)
 
 
-def search(spec_path: str, data: Path, names: list[str], seeds: tuple[int, ...] = (0, 1)) -> None:
+def search(spec_path: str, data: Path, names: list[str], seeds: tuple[int, ...] = (0, 1, 2, 3)) -> None:
     """Train each candidate on 274 of the training patients, score R² on the other 68 (seeded split)."""
     import random
 

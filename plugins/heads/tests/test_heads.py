@@ -400,3 +400,37 @@ def test_regress_head_predicts_in_target_units_and_learns_on_standardised_target
     torch.testing.assert_close(total, (z - (ys - head.target_mean) / head.target_std).pow(2).sum())
     assert float(count) == 6
     assert "target_mean" in head.state_dict() and "target_std" in head.state_dict()  # saved with the model
+
+
+def _normalised_token_linearity(**options) -> float:
+    """How linear in x (R² of a straight-line fit, over every token dimension) the layer-normalised
+    tokens of ``encoder:features`` are, for x from -3 to 3: what the backbone's norms first see."""
+    from mmcore_heads.config import FeaturesEncoderConfig
+    from mmcore_heads.features import FeaturesEncoder
+
+    torch.manual_seed(0)
+    enc = FeaturesEncoder(FeaturesEncoderConfig(features=4, **options), width=32)
+    x = torch.linspace(-3, 3, 61)
+    with torch.no_grad():
+        tokens = enc({"x": x[:, None].expand(-1, 4), "mask": torch.ones(61, 4, dtype=torch.bool)}).embeds
+    t = F.layer_norm(tokens, (32,)).reshape(61, -1)
+    line = torch.stack([x, torch.ones_like(x)], 1)
+    residual = t - line @ torch.linalg.lstsq(line, t).solution
+    return float(1 - residual.pow(2).sum() / (t - t.mean(0)).pow(2).sum())
+
+
+def test_features_encoder_starts_near_linear_in_each_feature():
+    """The default init (bias 1.0, weight 0.1) keeps a normalised token nearly linear in its value,
+    so the model starts near a linear model; at 0.02 for both (the backbone's scale) the norm
+    squashes the value towards its sign. The options set the scales they name."""
+    from mmcore_heads.config import FeaturesEncoderConfig
+    from mmcore_heads.features import FeaturesEncoder
+
+    assert _normalised_token_linearity() > 0.97
+    assert _normalised_token_linearity(bias_std=0.02, weight_std=0.02) < 0.9
+    torch.manual_seed(0)
+    enc = FeaturesEncoder(FeaturesEncoderConfig(features=64, bias_std=0.5, weight_std=0.05), width=64)
+    assert enc.bias.std().item() == pytest.approx(0.5, rel=0.05)
+    assert enc.weight.std().item() == pytest.approx(0.05, rel=0.05)
+    with pytest.raises(ValidationError):
+        FeaturesEncoderConfig(features=3, bias_std=0)

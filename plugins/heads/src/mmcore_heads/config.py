@@ -116,3 +116,15 @@ class FeaturesEncoderConfig(ComponentConfig):
     """Options of ``encoder:features``: a fixed-length vector of numbers per record (tabular data)."""
 
     features: int = Field(..., ge=1, description="How many numbers each record's field holds.")
+    bias_std: float = Field(
+        1.0,
+        gt=0,
+        description="Initial standard deviation of each feature's bias b_k (its identity). Against a small weight "
+        "it keeps a token's normalised value close to linear in x_k at the start, so the model begins near a "
+        "linear model (diabetes: validation R² 0.43 -> 0.52 against 0.02 for both; docs/tasks.md).",
+    )
+    weight_std: float = Field(
+        0.1,
+        gt=0,
+        description="Initial standard deviation of each feature's weight w_k (the direction its value moves the token).",
+    )

@@ -49,7 +49,14 @@ class FeaturesProcessor(Processor):
 
 class FeaturesEncoder(Encoder):
     """One token per feature: ``x_k * w_k + b_k`` (learned (K, D) ``weight`` and ``bias``,
-    as in FT-Transformer's feature tokenizer). ``num_tokens = features``."""
+    as in FT-Transformer's feature tokenizer). ``num_tokens = features``.
+
+    Initialisation: ``b_k ~ N(0, bias_std²)``, ``w_k ~ N(0, weight_std²)`` (1.0 and 0.1 by
+    default). With the bias ten times the weight, the normalisation every block and the final
+    norm apply to a token is close to linear in a standardised ``x_k``: the model starts near a
+    linear (additive) model of the features and learns what is not linear from there. At 0.02
+    for both, as for the backbone's own weights, the normalised token is about ``sign(x_k)``: a
+    squashed value the model has to unlearn (docs/tasks.md, the diabetes search)."""
 
     modality = "features"
 
@@ -57,8 +64,8 @@ class FeaturesEncoder(Encoder):
         super().__init__()
         self.out_dim = int(width)
         self.num_tokens = int(config.features)
-        self.weight = nn.Parameter(torch.randn(self.num_tokens, width) * 0.02)
-        self.bias = nn.Parameter(torch.randn(self.num_tokens, width) * 0.02)
+        self.weight = nn.Parameter(torch.randn(self.num_tokens, width) * config.weight_std)
+        self.bias = nn.Parameter(torch.randn(self.num_tokens, width) * config.bias_std)
 
     def forward(self, inputs: dict[str, Tensor]) -> Tokens:
         x = inputs["x"].to(self.weight.dtype)  # (B, K)
