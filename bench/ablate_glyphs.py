@@ -82,7 +82,11 @@ SETTINGS: dict[str, dict[str, object]] = {
         "encoders.image.features": -2,
         "encoders.image.model_args": {"zero_init_last": False},
     },
+    # the classify head's pooling: its default reads the last token, the image's end boundary, which
+    # starts as the same learned vector for every picture; "mean" averages the image tokens themselves
+    "pooling=mean": {"heads.letter.pooling": "mean"},
 }
+SETTINGS["timm=resnet10t,pooling=mean"] = {**SETTINGS["timm=resnet10t"], **SETTINGS["pooling=mean"]}
 
 
 def ensure_data() -> Path:
