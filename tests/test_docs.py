@@ -330,6 +330,11 @@ def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
         row = next((line for line in section.splitlines() if line.startswith(label)), None)
         assert row is not None, f"no row {label!r} in docs/tasks.md's image + text table"
         assert pct(run["exact_match"]) in row and pct(run["without_image"]) in row and f"{run['steps']:,}" in row
+    # the run without dropout (the spec before it), which the section quotes to say why the spec has it
+    before = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions_no_dropout.json").read_text())
+    for fusion in dict.fromkeys(run["fusion"] for run in before["fusions"]):
+        figures = " / ".join(pct(run["exact_match"]) for run in before["fusions"] if run["fusion"] == fusion)
+        assert f"`{fusion}` {figures}" in " ".join(section.split()), f"the section does not quote {fusion} {figures}"
     # the std-0.02 stem's run, which the section quotes to say why the spec starts the stem at fan-in scale
     normal = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions_stem_normal.json").read_text())
     assert normal["overrides"] == ['encoders.image.stem_init="normal"'], normal["overrides"]
