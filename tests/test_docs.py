@@ -330,6 +330,15 @@ def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
         row = next((line for line in section.splitlines() if line.startswith(label)), None)
         assert row is not None, f"no row {label!r} in docs/tasks.md's image + text table"
         assert pct(run["exact_match"]) in row and pct(run["without_image"]) in row and f"{run['steps']:,}" in row
+    # the run without dropout (the spec before it), which the section quotes to say why the spec has it
+    before = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions_no_dropout.json").read_text())
+    for fusion in dict.fromkeys(run["fusion"] for run in before["fusions"]):
+        figures = " / ".join(pct(run["exact_match"]) for run in before["fusions"] if run["fusion"] == fusion)
+        assert f"`{fusion}` {figures}" in " ".join(section.split()), f"the section does not quote {fusion} {figures}"
+    longer = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions_early_2500.json").read_text())
+    assert {run["steps"] for run in longer["fusions"]} == {2500}, "the file is the 2,500-step run"
+    figures = " / ".join(pct(run["exact_match"]) for run in longer["fusions"])
+    assert "2,500 steps with dropout" in section and f"{figures} (seeds 0 / 1)" in " ".join(section.split()), figures
     # the std-0.02 stem's run, which the section quotes to say why the spec starts the stem at fan-in scale
     normal = json.loads((ROOT / "examples" / "recipes" / "results" / "image_text_fusions_stem_normal.json").read_text())
     assert normal["overrides"] == ['encoders.image.stem_init="normal"'], normal["overrides"]
