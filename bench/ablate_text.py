@@ -84,6 +84,9 @@ SETTINGS: dict[str, dict[str, object]] = {
             {"name": "language", "tasks": ["language"], "steps": 3000, "reset_optimizer": True},
         ],
     },
+    # topics: the labelled stage keeps the masked-LM task beside the labels (one task a step, drawn by the tasks'
+    # weights, so 800 steps hold about 400 of each), against the labels alone memorising the training paragraphs
+    "topics_stage2+mlm": {"training.stages.1.tasks": ["topics", "pretrain"], "training.stages.1.steps": 800},
 }
 
 
@@ -194,7 +197,8 @@ def staged_pretrained(data: dict, seed: int, spec_file: Path):
         "encoders": data["encoders"],
         "heads": {h: data["heads"][h] for h in {data["tasks"][t].get("head") for t in early} if h in data["heads"]},
         "tasks": {t: data["tasks"][t] for t in early},
-        "training": {k: v for k, v in data["training"].items() if k != "stages"},
+        # training.ema changes what is evaluated and saved, not the weights the earlier stages train
+        "training": {k: v for k, v in data["training"].items() if k not in ("stages", "ema")},
         "stages": stages[:-1],
         "seed": seed,
     }
