@@ -10,7 +10,7 @@ steps, seconds under whatever load the machine had) and ``docs/tuning.md`` quote
     OMP_NUM_THREADS=1 python bench/ablate_speech.py --steps 800 --tag "round 1" --only base schedule=linear
     python bench/ablate_speech.py --write-docs      # docs/tuning.md's speech table, from the results file
     python bench/ablate_speech.py --from-recipe --tag "round 3"   # rows for the runs of speech_words.py --train
-    python bench/ablate_speech.py --misses runs/speech_words   # what a saved model gets wrong
+    python bench/ablate_speech.py --misses runs/speech_words   # what a saved model gets wrong, token by token
 
 ``--from-recipe`` runs nothing: it appends the recipe script's own runs (every seed it trained, read from
 ``examples/results/speech_words.json``) as rows, so the final setting's figures are not trained twice.
@@ -139,22 +139,69 @@ def recipe_rows(recipe: dict) -> list[dict]:
 MISSES = ROOT / "bench" / "results_speech_misses.json"
 
 
-def write_misses(model_dir: Path, out: Path = MISSES) -> dict:
-    """The held-out clips a saved model (``mmcore.load``) transcribes wrongly, by utterance."""
+def greedy_steps(model, rows: list[dict], max_new_tokens: int = 16) -> list[list[list]]:
+    """Each record's greedy decoding step by step: ``[chosen, p, runner-up, p]`` per generated token
+    (characters; ``<eos>`` for the end), the model's probabilities after the clip (and the tokens chosen
+    before). What a miss looked like to the model: a confident wrong first letter, or a late end."""
+    import torch
+
+    from mmcore.generation import GenerationConfig, _Decoder, _enders, _Runner
+    from mmcore.prompting import prompt_records
+
+    recs = [{"audio": str(DATA / r["audio"]), "text": ""} for r in rows]
+    batch = model.preprocess(prompt_records(model, recs, text_input="text", separator=True), targets=())
+    model.eval()
+    dec = _Decoder(model, "text", None, None)
+    enders = _enders(dec, GenerationConfig(), torch.device("cpu"))
+    ends = set() if enders is None else set(enders.tolist())
+
+    def name(i: int) -> str:
+        return "<eos>" if i in ends else dec.proc.decode([i], skip_special=False)
+
+    out: list[list[list]] = [[] for _ in rows]
+    with torch.no_grad():
+        x, mask, prefix_len, context = dec.prompt(batch)
+        runner = _Runner(dec, x, mask, prefix_len, context, x.shape[1] + max_new_tokens, True, dec.count(batch))
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        last = runner.step(None)
+        for _ in range(max_new_tokens):
+            probs = dec.logits(last).softmax(-1)
+            top = probs.topk(2, -1)
+            for i in torch.nonzero(~done).flatten().tolist():
+                (a, b), (pa, pb) = top.indices[i].tolist(), top.values[i].tolist()
+                out[i].append([name(a), round(pa, 4), name(b), round(pb, 4)])
+            nxt = top.indices[:, 0]
+            done |= torch.isin(nxt, enders) if enders is not None else torch.zeros_like(done)
+            if bool(done.all()):
+                break
+            last = runner.step(nxt)
+    return out
+
+
+def write_misses(model_dir: Path, out: Path = MISSES, also: str = "up") -> dict:
+    """The held-out clips a saved model (``mmcore.load``) transcribes wrongly, by utterance, each with
+    its greedy steps (:func:`greedy_steps`); and the steps of every held-out clip of ``also``."""
     from collections import Counter
 
     import speech_words
 
     import mmcore
 
-    rows = speech_words.transcribe(mmcore.load(model_dir), DATA)
+    model = mmcore.load(model_dir)
+    rows = speech_words.transcribe(model, DATA)
     misses = [r for r in rows if r["transcript"] != r["target"]]
+    keys = ("voice", "audio", "target", "transcript")
+    shown = misses + [r for r in rows if r["target"] == also and r not in misses]
+    steps = greedy_steps(model, shown)
     result = {
         "model": str(model_dir),
         "clips": len(rows),
         "exact_match": round(1 - len(misses) / len(rows), 4),
         "misses_by_utterance": dict(Counter(r["target"] for r in misses).most_common()),
-        "misses": [{k: r[k] for k in ("voice", "audio", "target", "transcript")} for r in misses],
+        "misses": [{**{k: r[k] for k in keys}, "steps": st} for r, st in zip(misses, steps, strict=False)],
+        f"every {also!r}": [
+            {**{k: r[k] for k in keys}, "steps": st} for r, st in zip(shown, steps, strict=False) if r["target"] == also
+        ],
     }
     mmcore.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["misses_by_utterance"]))
