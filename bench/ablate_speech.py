@@ -264,13 +264,24 @@ def onset_cut_probe(out: Path = ONSET, seconds: float = 0.1) -> dict:
 
     train, held = ([json.loads(x) for x in (DATA / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "eval"))
     ytr, yev = [r["target"] for r in train], np.array([r["target"] for r in held])
+    lead: dict[str, list[float]] = {}
+    for r in train + held:
+        wave = proc._normalized(proc._resampled_value(str(DATA / r["audio"]), ""))
+        lead.setdefault(r["target"], []).append(1000 * dsp.leading_silence(wave) / c.sample_rate)
     xev, clean = feats(held, lambda w: w), feats(train, lambda w: w)
     copies = {
         "as they are": None,
         f"+ a copy with the first {seconds:g} s cut (length kept)": lambda w: torch.cat([w[k:], w.new_zeros(k)]),
         f"+ a copy delayed by {seconds:g} s of silence": lambda w: torch.cat([w.new_zeros(k), w]),
     }
-    result: dict = {"what": onset_cut_probe.__doc__.split("\n")[0], "clips": len(held), "runs": {}}
+    result: dict = {
+        "what": onset_cut_probe.__doc__.split("\n")[0],
+        "leading_silence_ms (min, max over all clips; dsp.leading_silence)": {
+            u: [round(min(v), 1), round(max(v), 1)] for u, v in sorted(lead.items(), key=lambda kv: max(kv[1]))
+        },
+        "clips": len(held),
+        "runs": {},
+    }
     for name, edit in copies.items():
         x, y = (clean, ytr) if edit is None else (np.vstack([clean, feats(train, edit)]), ytr * 2)
         pred = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000)).fit(x, y).predict(xev)
