@@ -11,6 +11,7 @@ steps, seconds under whatever load the machine had) and ``docs/tuning.md`` quote
     python bench/ablate_speech.py --write-docs      # docs/tuning.md's speech table, from the results file
     python bench/ablate_speech.py --from-recipe --tag "round 3"   # rows for the runs of speech_words.py --train
     python bench/ablate_speech.py --misses runs/speech_words   # what a saved model gets wrong, token by token
+    python bench/ablate_speech.py --misses runs/speech_words_seed1 --misses-out bench/results_speech_misses_seed1.json
     python bench/ablate_speech.py --onset-probe    # no GPT: onset-cut training copies vs the baseline
 
 ``--from-recipe`` runs nothing: it appends the recipe script's own runs (every seed it trained, read from
@@ -332,12 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f'no GPT: does a classifier trained on onset-cut clips confuse "up"? writes {ONSET.name}',
     )
+    p.add_argument("--misses-out", default=str(MISSES), help="where --misses writes (default: %(default)s)")
     args = p.parse_args(argv)
     if args.onset_probe:
         onset_cut_probe()
         return 0
     if args.misses:
-        write_misses(Path(args.misses))
+        write_misses(Path(args.misses), Path(args.misses_out))
         return 0
     if args.write_docs:
         write_tables(json.loads(Path(args.out).read_text()), BEGIN, END, table)
