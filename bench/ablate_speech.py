@@ -10,7 +10,9 @@ steps, seconds under whatever load the machine had) and ``docs/tuning.md`` quote
     OMP_NUM_THREADS=1 python bench/ablate_speech.py --steps 800 --tag "round 1" --only base schedule=linear
     python bench/ablate_speech.py --write-docs      # docs/tuning.md's speech table, from the results file
     python bench/ablate_speech.py --from-recipe --tag "round 3"   # rows for the runs of speech_words.py --train
-    python bench/ablate_speech.py --misses runs/speech_words   # what a saved model gets wrong
+    python bench/ablate_speech.py --misses runs/speech_words   # what a saved model gets wrong, token by token
+    python bench/ablate_speech.py --misses runs/speech_words_seed1 --misses-out bench/results_speech_misses_seed1.json
+    python bench/ablate_speech.py --onset-probe    # no GPT: onset-cut training copies vs the baseline
 
 ``--from-recipe`` runs nothing: it appends the recipe script's own runs (every seed it trained, read from
 ``examples/results/speech_words.json``) as rows, so the final setting's figures are not trained twice.
@@ -139,25 +141,158 @@ def recipe_rows(recipe: dict) -> list[dict]:
 MISSES = ROOT / "bench" / "results_speech_misses.json"
 
 
-def write_misses(model_dir: Path, out: Path = MISSES) -> dict:
-    """The held-out clips a saved model (``mmcore.load``) transcribes wrongly, by utterance."""
+def token_name(proc, i: int, ends: set[int]) -> str:
+    """A generated token as :func:`greedy_steps` shows it: ``<eos>`` for an end, its text, or
+    ``<id N>`` when it has none on its own (a byte of a multi-byte character)."""
+    if i in ends:
+        return "<eos>"
+    text = proc.decode([i], skip_special=False)
+    return text if text and text != "\ufffd" else f"<id {i}>"
+
+
+def greedy_steps(model, rows: list[dict], base: Path = DATA, max_new_tokens: int = 16) -> list[list[list]]:
+    """Each record's greedy decoding step by step: ``[chosen, p, runner-up, p]`` per generated token
+    (characters; ``<eos>`` for the end), the model's probabilities after the clip (and the tokens chosen
+    before). What a miss looked like to the model: a confident wrong first letter, or a late end."""
+    import torch
+
+    from mmcore.generation import GenerationConfig, _Decoder, _enders, _Runner
+    from mmcore.prompting import prompt_records
+
+    recs = [{"audio": str(base / r["audio"]), "text": ""} for r in rows]
+    batch = model.preprocess(prompt_records(model, recs, text_input="text", separator=True), targets=())
+    model.eval()
+    dec = _Decoder(model, "text", None, None)
+    enders = _enders(dec, GenerationConfig(), torch.device("cpu"))
+    ends = set() if enders is None else set(enders.tolist())
+
+    def name(i: int) -> str:
+        return token_name(dec.proc, i, ends)
+
+    out: list[list[list]] = [[] for _ in rows]
+    with torch.no_grad():
+        x, mask, prefix_len, context = dec.prompt(batch)
+        runner = _Runner(dec, x, mask, prefix_len, context, x.shape[1] + max_new_tokens, True, dec.count(batch))
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        last = runner.step(None)
+        for _ in range(max_new_tokens):
+            probs = dec.logits(last).softmax(-1)
+            top = probs.topk(2, -1)
+            for i in torch.nonzero(~done).flatten().tolist():
+                (a, b), (pa, pb) = top.indices[i].tolist(), top.values[i].tolist()
+                out[i].append([name(a), round(pa, 4), name(b), round(pb, 4)])
+            nxt = top.indices[:, 0]
+            done |= torch.isin(nxt, enders) if enders is not None else torch.zeros_like(done)
+            if bool(done.all()):
+                break
+            last = runner.step(nxt)
+    return out
+
+
+def write_misses(model_dir: Path, out: Path = MISSES, also: str = "up") -> dict:
+    """The held-out clips a saved model (``mmcore.load``) transcribes wrongly, by utterance, each with
+    its greedy steps (:func:`greedy_steps`); and the steps of every held-out clip of ``also``."""
     from collections import Counter
 
     import speech_words
 
     import mmcore
 
-    rows = speech_words.transcribe(mmcore.load(model_dir), DATA)
+    model = mmcore.load(model_dir)
+    rows = speech_words.transcribe(model, DATA)
     misses = [r for r in rows if r["transcript"] != r["target"]]
+    keys = ("voice", "audio", "target", "transcript")
+    shown = misses + [r for r in rows if r["target"] == also and r not in misses]
+    steps = greedy_steps(model, shown)
     result = {
         "model": str(model_dir),
         "clips": len(rows),
         "exact_match": round(1 - len(misses) / len(rows), 4),
         "misses_by_utterance": dict(Counter(r["target"] for r in misses).most_common()),
-        "misses": [{k: r[k] for k in ("voice", "audio", "target", "transcript")} for r in misses],
+        "misses": [{**{k: r[k] for k in keys}, "steps": st} for r, st in zip(misses, steps, strict=False)],
+        f"every {also!r}": [
+            {**{k: r[k] for k in keys}, "steps": st} for r, st in zip(shown, steps, strict=False) if r["target"] == also
+        ],
     }
     mmcore.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["misses_by_utterance"]))
+    return result
+
+
+ONSET = ROOT / "bench" / "results_speech_onset_cut.json"
+
+
+def onset_cut_probe(out: Path = ONSET, seconds: float = 0.1) -> dict:
+    """Does training on clips whose onset was cut teach a classifier to hear "up" as a clipped "go up"?
+
+    No GPT trained: the recipe's baseline (logistic regression on log-mel mean+std+4 segments, the
+    spec's own processor) fitted on the training clips as they are, plus a copy of each clip (a) with
+    its first ``seconds`` cut and the length kept (the time shift before this round, k < 0) or (b)
+    delayed by ``seconds`` of silence (the shift now); each scored on the held-out clips, with its
+    confusions (target -> prediction)."""
+    from collections import Counter
+
+    import numpy as np
+    import speech_words
+    import torch
+    from mmcore_audio import dsp
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    import mmcore
+
+    proc = mmcore.build(mmcore.load_spec(SPEC)).processors["audio"]
+    c, k = proc.config, round(seconds * proc.config.sample_rate)
+
+    def feats(rows: list[dict], edit) -> np.ndarray:
+        out = []
+        for r in rows:
+            w = edit(proc._normalized(proc._resampled_value(str(DATA / r["audio"]), "")))
+            mel = dsp.mel_power(
+                w,
+                c.sample_rate,
+                n_fft=c.n_fft,
+                hop_length=c.hop_length,
+                n_mels=c.n_mels,
+                f_min=c.f_min,
+                f_max=c.f_max,
+                pad_mode=c.pad_mode,
+            )
+            f = dsp.log_mel(mel, dynamic_range=c.dynamic_range or None, whisper_scale=c.whisper_scale)
+            out.append(speech_words.statistics(f.to(torch.float32)))  # as the processor gives them
+        return np.stack(out)
+
+    train, held = ([json.loads(x) for x in (DATA / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "eval"))
+    ytr, yev = [r["target"] for r in train], np.array([r["target"] for r in held])
+    lead: dict[str, list[float]] = {}
+    for r in train + held:
+        wave = proc._normalized(proc._resampled_value(str(DATA / r["audio"]), ""))
+        lead.setdefault(r["target"], []).append(1000 * dsp.leading_silence(wave) / c.sample_rate)
+    xev, clean = feats(held, lambda w: w), feats(train, lambda w: w)
+    copies = {
+        "as they are": None,
+        f"+ a copy with the first {seconds:g} s cut (length kept)": lambda w: torch.cat([w[k:], w.new_zeros(k)]),
+        f"+ a copy delayed by {seconds:g} s of silence": lambda w: torch.cat([w.new_zeros(k), w]),
+    }
+    result: dict = {
+        "what": onset_cut_probe.__doc__.split("\n")[0],
+        "leading_silence_ms (min, max over all clips; dsp.leading_silence)": {
+            u: [round(min(v), 1), round(max(v), 1)] for u, v in sorted(lead.items(), key=lambda kv: max(kv[1]))
+        },
+        "clips": len(held),
+        "runs": {},
+    }
+    for name, edit in copies.items():
+        x, y = (clean, ytr) if edit is None else (np.vstack([clean, feats(train, edit)]), ytr * 2)
+        pred = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000)).fit(x, y).predict(xev)
+        wrong = Counter(f"{a} -> {b}" for a, b in zip(yev, pred, strict=True) if a != b)
+        result["runs"][name] = {
+            "exact_match": round(float((pred == yev).mean()), 4),
+            "confusions": dict(wrong.most_common()),
+        }
+        print(f"{name}: {(pred == yev).mean():.1%} {dict(wrong)}")
+    mmcore.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -193,9 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MODEL_DIR",
         help=f"transcribe the held-out clips with a saved model; write the ones it gets wrong to {MISSES.name}",
     )
+    p.add_argument(
+        "--onset-probe",
+        action="store_true",
+        help=f'no GPT: does a classifier trained on onset-cut clips confuse "up"? writes {ONSET.name}',
+    )
+    p.add_argument("--misses-out", default=str(MISSES), help="where --misses writes (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.onset_probe:
+        onset_cut_probe()
+        return 0
     if args.misses:
-        write_misses(Path(args.misses))
+        write_misses(Path(args.misses), Path(args.misses_out))
         return 0
     if args.write_docs:
         write_tables(json.loads(Path(args.out).read_text()), BEGIN, END, table)

@@ -116,7 +116,42 @@ def test_the_misses_of_a_saved_model_are_written_by_utterance(tmp_path, monkeypa
     monkeypatch.setattr(mmcore, "load", lambda path: "model")
     monkeypatch.setattr(recipe, "transcribe", lambda model, data: rows)
     monkeypatch.setitem(sys.modules, "speech_words", recipe)
+    monkeypatch.setattr(mod, "greedy_steps", lambda model, shown: [[[r["audio"], 0.9, "x", 0.1]] for r in shown])
     mod.write_misses(tmp_path / "run", tmp_path / "misses.json")
     written = json.loads((tmp_path / "misses.json").read_text())
     assert written["exact_match"] == 0.25 and written["misses_by_utterance"] == {"up": 2, "seven two": 1}
     assert [m["audio"] for m in written["misses"]] == ["1.wav", "3.wav", "4.wav"]
+    assert all(m["steps"][0][0] == m["audio"] for m in written["misses"])  # each with its own steps
+    assert [m["audio"] for m in written["every 'up'"]] == ["1.wav", "3.wav", "2.wav"]  # misses first
+    assert all(m["steps"][0][0] == m["audio"] for m in written["every 'up'"])
+
+
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (Debian: apt-get install espeak-ng)"
+)
+def test_the_greedy_steps_are_the_greedy_transcript_with_its_probabilities(tmp_path):
+    """--misses' token-by-token view decodes what generation decodes, with the top-2 probabilities."""
+    import torch
+
+    import mmcore
+    from mmcore.generation import GenerationConfig, generate
+    from mmcore.prompting import prompt_records
+
+    mod = _ablate_speech()
+    recipe.make_data(tmp_path, takes=1, eval_voices=1, accents=["en-us"], utterances=["up", "go up"])
+    rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()][:3]
+    torch.manual_seed(0)
+    model = mmcore.build(mmcore.load_spec(EXAMPLES / "speech_words.toml"))
+    with torch.no_grad():  # random weights large enough that the greedy tokens differ from step to step
+        for q in model.parameters():
+            q.normal_(0, 0.5)
+    steps = mod.greedy_steps(model, rows, base=tmp_path, max_new_tokens=6)
+    recs = [{"audio": str(tmp_path / r["audio"]), "text": ""} for r in rows]
+    batch = model.preprocess(prompt_records(model, recs, text_input="text", separator=True), targets=())
+    ids = generate(model, batch, GenerationConfig(max_new_tokens=6), text_input="text")
+    proc, ends = model.processors["text"], {model.processors["text"].eos_id}
+    assert len({tuple(row) for row in ids}) > 1 or len(set(ids[0])) > 1  # not one token everywhere
+    for st, row in zip(steps, ids, strict=True):
+        names = [mod.token_name(proc, int(i), ends) for i in row]
+        assert [t for t, *_ in st] == names[: len(st)] and 1 <= len(st) <= 6
+        assert all(1 >= p1 >= p2 >= 0 for _, p1, _, p2 in st)

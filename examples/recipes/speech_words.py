@@ -115,12 +115,17 @@ def _features(rows: list[dict], base: Path, spec_path: Path):
     import mmcore
 
     proc = mmcore.build(mmcore.load_spec(spec_path)).processors["audio"]
-    out = []
-    for r in rows:
-        f = proc(str(base / r["audio"]))["features"].double()  # (n_mels, T)
-        segments = [s.mean(1) for s in f.tensor_split(4, dim=1)]
-        out.append(np.concatenate([f.mean(1).numpy(), f.std(1).numpy(), *(s.numpy() for s in segments)]))
-    return np.stack(out)
+    return np.stack([statistics(proc(str(base / r["audio"]))["features"]) for r in rows])
+
+
+def statistics(features):
+    """One clip's (n_mels, T) log-mel features -> the baseline's vector: each band's mean and standard
+    deviation over the clip, then its mean over each of four equal time segments (6 x n_mels)."""
+    import numpy as np
+
+    f = features.double()
+    segments = [s.mean(1) for s in f.tensor_split(4, dim=1)]
+    return np.concatenate([f.mean(1).numpy(), f.std(1).numpy(), *(s.numpy() for s in segments)])
 
 
 def baseline(data: Path, spec_path: Path) -> dict:

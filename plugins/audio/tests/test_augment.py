@@ -27,18 +27,38 @@ def onset(x: torch.Tensor) -> int:
     return int(torch.nonzero(x.abs() > 1e-12)[0])
 
 
-def test_shift_moves_the_samples_within_the_range_and_keeps_the_length():
-    x = burst()
+def test_shift_moves_the_sound_within_the_range_into_its_silence_and_changes_the_length():
+    x = burst()  # 1,600 samples (0.2 s) of silence before the burst, 2,000 after
     seen = set()
     for seed in range(40):
         y = dsp.augment_waveform(x, SR, shift_seconds=0.05, generator=torch.Generator().manual_seed(seed))
         k = onset(y) - onset(x)
-        assert y.shape == x.shape and abs(k) <= 400  # 0.05 s at 8 kHz
-        assert torch.equal(y[onset(y) : onset(y) + 400], x[1600:2000])  # the same samples, moved
+        assert abs(k) <= 400 and y.shape[0] == x.shape[0] + k  # 0.05 s at 8 kHz; silence added or dropped in front
+        assert torch.equal(y[onset(y) :], x[1600:])  # the same samples, moved, none cut
         seen.add(k)
     assert len(seen) > 20 and min(seen) < 0 < max(seen)  # both ways, many offsets
-    y = dsp.augment_waveform(x, SR, shift_seconds=1.0, generator=torch.Generator().manual_seed(3))
-    assert y.shape == x.shape  # a shift longer than the clip still keeps the length
+    x, n = burst(n=2400), 2400  # 400 samples of silence after the burst
+    for seed in range(10):  # a clip made longer is cut at max_samples
+        y = dsp.augment_waveform(x, SR, shift_seconds=0.1, max_samples=n, generator=torch.Generator().manual_seed(seed))
+        assert y.shape[0] <= n and torch.equal(y[onset(y) :], x[1600 : 1600 + y.shape[0] - onset(y)])
+        seen.add(("cut", onset(y) > onset(x) and y.shape[0] == n))
+    assert ("cut", True) in seen
+
+
+def test_shift_never_cuts_a_sound_that_starts_at_the_first_sample():
+    """A word such as "up" starts at a synthesiser's first sample: moving it earlier would cut its
+    onset (and a trained model then heard a clipped "go up" as "up"), so it only moves later."""
+    x = burst(start=0)
+    y0 = burst(start=3)  # three samples of near-silence: at most those are dropped
+    assert dsp.leading_silence(x) == 0 and dsp.leading_silence(y0) == 3
+    assert dsp.leading_silence(torch.zeros(10, dtype=torch.float64)) == 0
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        y = dsp.augment_waveform(x, SR, shift_seconds=0.05, generator=g)
+        k = y.shape[0] - x.shape[0]
+        assert 0 <= k <= 400 and torch.equal(y[k:], x)  # later or not at all; every sample kept
+        z = dsp.augment_waveform(y0, SR, shift_seconds=0.05, generator=torch.Generator().manual_seed(seed))
+        assert -3 <= z.shape[0] - y0.shape[0] <= 400 and torch.equal(z[onset(z) :], y0[3:])
 
 
 def test_gain_scales_by_a_random_factor_within_the_range():
@@ -86,7 +106,8 @@ def test_processor_augments_only_while_training_and_reproducibly():
     b = p(audio)["features"]
     torch.manual_seed(6)
     c = p(audio)["features"]
-    assert a.shape == clean.shape and torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, clean)
+    assert a.shape[0] == clean.shape[0] and abs(a.shape[1] - clean.shape[1]) <= 5  # a shift of <= 0.05 s: 5 frames
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, clean)
 
 
 def test_gain_alone_shifts_the_log_mel_features_by_a_constant():

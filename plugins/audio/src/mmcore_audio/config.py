@@ -103,8 +103,9 @@ class AudioProcessorConfig(ComponentConfig):
     shift_seconds: float = Field(
         0.0,
         ge=0,
-        description="Augmentation while training: move the audio by a random offset of up to this many seconds, "
-        "earlier or later (the clip keeps its length; zeros fill); 0: off.",
+        description="Augmentation while training: move the sound by a random offset of up to this many seconds: "
+        "later (silence in front, the clip grows, cut at max_seconds) or earlier into its leading silence only "
+        "(a shift never cuts a word's onset); 0: off.",
     )
     gain_db: float = Field(
         0.0, ge=0, description="Augmentation while training: a random gain of up to +-gain_db decibels; 0: off."

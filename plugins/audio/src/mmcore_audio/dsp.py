@@ -28,6 +28,8 @@ from torch import Tensor
 
 __all__ = [
     "LOG_FLOOR",
+    "SHIFT_SILENCE",
+    "leading_silence",
     "num_frames",
     "resample",
     "resampled_length",
@@ -339,8 +341,12 @@ def augment_waveform(
       (:func:`change_speed`: tempo and pitch together; the clip becomes N / s samples long,
       cut at ``max_samples``);
 
-    * shift: the samples move by ``k ~ U{-K..K}`` with ``K = round(shift_seconds *
-      sample_rate)`` (later for k > 0); the clip keeps its length, zeros fill the gap;
+    * shift: the sound starts ``k ~ U{-L..K}`` samples later, ``K = round(shift_seconds *
+      sample_rate)``, ``L = min(K, the clip's leading silence)``: for k > 0, k zeros go in
+      front and the clip grows by k (cut at ``max_samples``); for k < 0, -k samples of its
+      leading silence (those before the first sample above ``SHIFT_SILENCE`` times the
+      peak) are dropped. A shift never cuts into the sound itself: a word that starts at
+      the clip's first sample ("up" from a speech synthesiser) keeps its onset;
     * gain: multiplied by ``10 ** (g / 20)`` with ``g ~ U(-gain_db, gain_db)``;
     * noise: plus Gaussian white noise whose power is the signal's mean power over
       ``10 ** (snr / 10)``, ``snr ~ U(noise_snr_db)`` (a silent signal stays silent).
@@ -352,14 +358,15 @@ def augment_waveform(
     if speed_perturb > 0:
         s = float(torch.empty((), dtype=torch.float64).uniform_(-speed_perturb, speed_perturb, generator=generator))
         out = change_speed(out, 1.0 + s, max_samples)
-    n = out.shape[0]
     k_max = int(round(shift_seconds * sample_rate))
-    if k_max > 0 and n:
-        k = int(torch.randint(-k_max, k_max + 1, (), generator=generator))
+    if k_max > 0 and out.shape[0]:
+        lead = leading_silence(out)
+        k = int(torch.randint(-min(k_max, lead), k_max + 1, (), generator=generator))
         if k > 0:
-            out = torch.cat([out.new_zeros(min(k, n)), out[: max(n - k, 0)]])
+            out = torch.cat([out.new_zeros(k), out])[:max_samples]
         elif k < 0:
-            out = torch.cat([out[min(-k, n) :], out.new_zeros(min(-k, n))])
+            out = out[-k:]
+    n = out.shape[0]
     if gain_db > 0:
         g = float(torch.empty((), dtype=torch.float64).uniform_(-gain_db, gain_db, generator=generator))
         out = out * 10 ** (g / 20)
@@ -372,6 +379,19 @@ def augment_waveform(
         noise = torch.randn(n, generator=generator, dtype=out.dtype)
         out = out + noise * math.sqrt(power / 10 ** (snr / 10))
     return out
+
+
+#: :func:`augment_waveform`'s time shift drops only samples below this fraction of the clip's peak (-60 dB).
+SHIFT_SILENCE = 1e-3
+
+
+def leading_silence(wave: Tensor, level: float = SHIFT_SILENCE) -> int:
+    """How many samples of (N,) ``wave`` come before the first one above ``level`` times its peak
+    (0 for a silent clip: it has no sound to find)."""
+    peak = wave.abs().max() if wave.numel() else 0
+    if not peak > 0:
+        return 0
+    return int(torch.nonzero(wave.abs() > level * peak)[0])
 
 
 def change_speed(wave: Tensor, factor: float, max_samples: int | None = None) -> Tensor:
