@@ -248,26 +248,15 @@ def onset_cut_probe(out: Path = ONSET, seconds: float = 0.1) -> dict:
     def feats(rows: list[dict], edit) -> np.ndarray:
         out = []
         for r in rows:
-            w = edit(proc._normalized(proc._resampled_value(str(DATA / r["audio"]), "")))
-            mel = dsp.mel_power(
-                w,
-                c.sample_rate,
-                n_fft=c.n_fft,
-                hop_length=c.hop_length,
-                n_mels=c.n_mels,
-                f_min=c.f_min,
-                f_max=c.f_max,
-                pad_mode=c.pad_mode,
-            )
-            f = dsp.log_mel(mel, dynamic_range=c.dynamic_range or None, whisper_scale=c.whisper_scale)
-            out.append(speech_words.statistics(f.to(torch.float32)))  # as the processor gives them
+            f = proc.log_mel(edit(proc.signal(str(DATA / r["audio"]))))  # as the processor gives them
+            out.append(speech_words.statistics(f))
         return np.stack(out)
 
     train, held = ([json.loads(x) for x in (DATA / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "eval"))
     ytr, yev = [r["target"] for r in train], np.array([r["target"] for r in held])
     lead: dict[str, list[float]] = {}
     for r in train + held:
-        wave = proc._normalized(proc._resampled_value(str(DATA / r["audio"]), ""))
+        wave = proc.signal(str(DATA / r["audio"]))
         lead.setdefault(r["target"], []).append(1000 * dsp.leading_silence(wave) / c.sample_rate)
     xev, clean = feats(held, lambda w: w), feats(train, lambda w: w)
     copies = {

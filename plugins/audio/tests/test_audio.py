@@ -164,6 +164,24 @@ def test_wav_and_flac_through_processor_collate_encoder(tmp_path):
     assert not tokens.embeds[~tokens.mask].any()  # padding rows are zero
 
 
+def test_signal_and_log_mel_are_the_processors_own_steps(tmp_path):
+    """``signal`` (decoded, resampled, normalised) then ``log_mel`` give what the processor gives
+    an unaugmented clip, so a caller (bench/ablate_speech.py) can edit the signal in between."""
+    path = tmp_path / "x.wav"
+    sf.write(path, pcm16(chirp_noise(int(0.4 * SR)) * 0.5), SR, subtype="PCM_16")
+    p = AudioProcessor()
+    wave = p.signal(str(path), where=WHERE)
+    assert wave.dtype == torch.float64 and wave.abs().max().item() == pytest.approx(1.0)  # peak-normalised
+    assert torch.equal(p.log_mel(wave), p(str(path))["features"])
+    later = p.log_mel(torch.cat([wave.new_zeros(SR // 10), wave]))  # an edit the caller makes
+    assert later.shape[1] == p(str(path))["features"].shape[1] + 10
+    # the options reach the features: Whisper's 80 dB clamp (8 in log10, 2 after (x + 4) / 4) holds
+    # the digital silence in front up; without the clamp it falls to the power floor
+    assert later.max() - later.min() == pytest.approx(2.0)
+    unclamped = AudioProcessor({"dynamic_range": 0.0}).log_mel(torch.cat([wave.new_zeros(SR // 10), wave]))
+    assert unclamped.max() - unclamped.min() > 2.5
+
+
 def test_other_value_types_match_the_file(tmp_path):
     data = pcm16(tone(440, 0.3))
     path = tmp_path / "x.wav"

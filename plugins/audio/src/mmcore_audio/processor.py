@@ -146,7 +146,7 @@ class AudioProcessor(Processor):
 
     def __call__(self, value: Any, *, where: str = "") -> dict[str, Tensor]:
         c = self.config
-        wave = self._normalized(self._resampled_value(value, where))
+        wave = self.signal(value, where=where)
         if self.training and (c.shift_seconds or c.gain_db or c.noise_snr_db is not None or c.speed_perturb):
             wave = dsp.augment_waveform(
                 wave,
@@ -157,6 +157,28 @@ class AudioProcessor(Processor):
                 speed_perturb=c.speed_perturb,
                 max_samples=math.ceil(c.max_seconds * c.sample_rate - 1e-9),
             )
+        features = self.log_mel(wave)
+        if c.spec_augment and self.training:
+            features = dsp.spec_augment(
+                features,
+                freq_masks=c.freq_masks,
+                freq_mask_width=c.freq_mask_width,
+                time_masks=c.time_masks,
+                time_mask_width=c.time_mask_width,
+                time_mask_ratio=c.time_mask_ratio,
+            )
+        return {"features": features}
+
+    def signal(self, value: Any, *, where: str = "") -> Tensor:
+        """A record's audio value decoded, checked, resampled to ``sample_rate`` and normalised:
+        (N,) float64, before any augmentation (what :meth:`__call__` starts from; cached)."""
+        return self._normalized(self._resampled_value(value, where))
+
+    def log_mel(self, wave: Tensor) -> Tensor:
+        """(N,) samples at ``sample_rate`` -> (frames, n_mels) float32 log-mel features, with this
+        processor's STFT, mel and log options and no SpecAugment (what :meth:`__call__` returns
+        for an unaugmented clip)."""
+        c = self.config
         mel = dsp.mel_power(
             wave,
             c.sample_rate,
@@ -168,17 +190,7 @@ class AudioProcessor(Processor):
             pad_mode=c.pad_mode,
         )
         features = dsp.log_mel(mel, dynamic_range=c.dynamic_range or None, whisper_scale=c.whisper_scale)
-        features = features.to(torch.float32)
-        if c.spec_augment and self.training:
-            features = dsp.spec_augment(
-                features,
-                freq_masks=c.freq_masks,
-                freq_mask_width=c.freq_mask_width,
-                time_masks=c.time_masks,
-                time_mask_width=c.time_mask_width,
-                time_mask_ratio=c.time_mask_ratio,
-            )
-        return {"features": features}
+        return features.to(torch.float32)
 
     def waveform(self, clip: Decoded) -> Tensor:
         """A decoded clip resampled to ``sample_rate`` and normalised: (N,) float64."""
