@@ -330,3 +330,36 @@ def test_conv_stem_init_sets_the_scale_a_stem_passes_on(init):
         assert all(abs(float(c.weight.detach().std()) - 0.02) < 0.005 for c in convs)
         assert out_std < 0.01, out_std
     assert all(float(c.bias.detach().abs().max()) == 0.0 for c in convs)
+
+
+def test_cnn_stem_downsamples_in_stages_and_keeps_the_token_grid():
+    """stem = "cnn": stem_layers stages of conv, ReLU, 2x2 max pool; channels double up to dim; the patch
+    embedding takes the rest of each patch (patch_size / 2 ** stem_layers), so the token grid is unchanged."""
+    cfg = PatchEncoderConfig(image_size=32, patch_size=8, dim=64, depth=1, heads=2, stem="cnn", stem_layers=3)
+    enc = PatchEncoder(cfg)
+    convs = [m for m in enc.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in enc.stem) == 3
+    assert enc.patch_embed.kernel_size == (1, 1) and enc.patch_embed.in_channels == 64
+    assert enc.num_tokens == 16 and enc({"pixels": torch.randn(2, 3, 32, 32)}).embeds.shape == (2, 16, 64)
+    # two stages of patch 8: 4x4 maps, read as 2x2 patches; stem_channels sets the first stage
+    two = PatchEncoder(PatchEncoderConfig(**{**cfg.model_dump(), "stem_layers": 2, "stem_channels": 12}))
+    assert [c.out_channels for c in two.stem if isinstance(c, torch.nn.Conv2d)] == [12, 24]
+    assert two.patch_embed.kernel_size == (2, 2) and two.num_tokens == 16
+    # every convolution starts at fan-in scale unless the spec says otherwise (std 0.02 would silence ReLUs)
+    for conv in convs:
+        want = (2 / (conv.in_channels * 9)) ** 0.5
+        assert abs(float(conv.weight.detach().std()) - want) < 0.25 * want
+    normal = PatchEncoder(PatchEncoderConfig(**{**cfg.model_dump(), "stem_init": "normal"}))
+    assert all(
+        abs(float(c.weight.detach().std()) - 0.02) < 0.005 for c in normal.stem if isinstance(c, torch.nn.Conv2d)
+    )
+    assert_every_parameter_gets_a_gradient(enc, {"pixels": torch.randn(2, 3, 32, 32)})
+
+
+def test_cnn_stem_patch_size_must_be_divisible_by_the_downsampling():
+    with pytest.raises(
+        ValidationError, match=r"patch_size \(4\) must be divisible by 8.*patch_size = 8, or stem_layers = 2"
+    ):
+        PatchEncoderConfig(image_size=32, patch_size=4, stem="cnn", stem_layers=3)
+    PatchEncoderConfig(image_size=32, patch_size=4, stem="conv", stem_layers=3)  # conv does not downsample

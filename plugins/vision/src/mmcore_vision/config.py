@@ -214,30 +214,39 @@ class PatchEncoderConfig(ImageOptions):
         "The patch grid and its position embedding follow the shape: (height / p) x (width / p) tokens.",
     )
     patch_size: int = Field(4, ge=1, description="Side of a square patch; each patch becomes one token.")
-    stem: Literal["patch", "conv"] = Field(
+    stem: Literal["patch", "conv", "cnn"] = Field(
         "conv",
-        description="How pixels become patch tokens: 'conv', a 3x3 convolution with GELU before the patches (a "
-        "small convolutional stem that sees across patch borders: +3 points of held-out caption accuracy on the "
-        "digits at the same step budget, docs/tuning.md); 'patch', one linear map per patch (plain ViT).",
+        description="How pixels become patch tokens: 'conv', 3x3 convolutions with GELU at full resolution before "
+        "the patches (a small convolutional stem that sees across patch borders: +3 points of held-out caption "
+        "accuracy on the digits at the same step budget, docs/tuning.md); 'cnn', a small convolutional network "
+        "that also downsamples: stem_layers stages of a 3x3 convolution, ReLU and 2x2 max pooling (so patch_size "
+        "must be divisible by 2 ** stem_layers), which gives the tokens a CNN's tolerance of where a shape is "
+        "and of its colours: on a from-scratch task of letters at random positions, angles and colours a patch "
+        "ViT stayed at chance where this stem learns (docs/tuning.md, 'A new image task'); 'patch', one linear "
+        "map per patch (plain ViT).",
     )
     stem_layers: int = Field(
         1,
         ge=1,
-        description="With stem = 'conv': how many 3x3 convolutions (each followed by GELU) run before the "
-        "patches. More layers see larger strokes before the image is cut into patches.",
+        description="With stem = 'conv' or 'cnn': how many 3x3 convolutions run before the patches (each followed by "
+        "GELU; with 'cnn' each a stage of convolution, ReLU and 2x2 max pooling). More layers see larger strokes "
+        "before the image is cut into patches.",
     )
     stem_channels: int | None = Field(
         None,
         ge=1,
-        description="With stem = 'conv': the channels of each stem convolution; unset, max(8, dim // 2).",
+        description="The stem's channels. 'conv': every convolution's; unset, max(8, dim // 2). 'cnn': the first "
+        "stage's, doubled at each later stage; unset, the last stage has dim and each earlier one half the next "
+        "(at least 8): dim 128 over 3 stages is 32, 64, 128.",
     )
-    stem_init: Literal["normal", "fan_in"] = Field(
-        "normal",
-        description="With stem = 'conv': how the stem convolutions start. 'normal': truncated normal of std 0.02, "
+    stem_init: Literal["normal", "fan_in"] | None = Field(
+        None,
+        description="How the stem convolutions start. 'normal': truncated normal of std 0.02, "
         "as every other layer (a 3x3 convolution of one channel then passes on about a twentieth of its input's "
         "scale, less with each layer); 'fan_in': Kaiming normal, std sqrt(2 / fan_in), which keeps the scale "
-        "through the stem's GELUs (with stem_layers = 2 on the main job's digits: caption 96.5 % against 94.4 % "
-        "at 'normal', mean of four runs and two, docs/tuning.md).",
+        "through the stem's nonlinearities (with stem = 'conv', stem_layers = 2 on the main job's digits: caption "
+        "96.5 % against 94.4 % at 'normal', mean of four runs and two, docs/tuning.md). Unset: 'fan_in' for "
+        "stem = 'cnn', 'normal' for 'conv'.",
     )
     dim: int = Field(128, ge=1, description="Token width (the encoder's out_dim); divisible by heads.")
     depth: int = Field(2, ge=0, description="Number of pre-norm transformer blocks.")
@@ -257,7 +266,22 @@ class PatchEncoderConfig(ImageOptions):
                 )
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.stem == "cnn" and self.patch_size % 2**self.stem_layers:
+            fits = max(i for i in range(self.stem_layers + 1) if self.patch_size % 2**i == 0)
+            raise ValueError(
+                f"stem = 'cnn' halves the image {self.stem_layers} times (stem_layers), so patch_size "
+                f"({self.patch_size}) must be divisible by {2**self.stem_layers}; e.g. patch_size = "
+                f"{2**self.stem_layers * max(1, self.patch_size // 2**self.stem_layers)}, or stem_layers = {fits}"
+                + (" with stem = 'conv'" if fits == 0 else "")
+            )
         return self
+
+    @property
+    def resolved_stem_init(self) -> Literal["normal", "fan_in"]:
+        """``stem_init``, or its default for the stem: 'fan_in' for 'cnn', 'normal' otherwise."""
+        if self.stem_init is not None:
+            return self.stem_init
+        return "fan_in" if self.stem == "cnn" else "normal"
 
 
 class TimmEncoderConfig(ImageOptions):

@@ -3,8 +3,11 @@
 Shapes (B = batch, C = channels, (H, W) = image_size, p = patch_size, N = (H / p) * (W / p),
 D = dim)::
 
-    pixels (B, C, H, W) --stem: Conv2d(k=p, stride=p)--> (B, D, H/p, W/p)
+    pixels (B, C, H, W) --stem--> (B, S, H/s, W/s) --Conv2d(k=p/s, stride=p/s)--> (B, D, H/p, W/p)
         --rearrange--> (B, N, D) + position embedding (1, N, D)
+
+where the stem is nothing ("patch": S = C, s = 1), stem_layers x [3x3 conv, GELU] ("conv":
+s = 1) or stem_layers x [3x3 conv, ReLU, 2x2 max pool] ("cnn": s = 2 ** stem_layers).
         --depth x [x + attn(norm(x)); x + mlp(norm(x))]--> final norm --> Tokens (B, N, D)
 """
 
@@ -82,6 +85,27 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+def _stem(config: PatchEncoderConfig) -> tuple[nn.Module | None, int, int]:
+    """The stem before the patch embedding: (module or None, its output channels, its downsampling)."""
+    if config.stem == "patch":
+        return None, config.channels, 1
+    layers: list[nn.Module] = []
+    if config.stem == "conv":  # 3x3 convolutions (each with GELU) see across patch borders first
+        hidden = config.stem_channels or max(8, config.dim // 2)
+        for i in range(config.stem_layers):
+            layers += [nn.Conv2d(config.channels if i == 0 else hidden, hidden, 3, padding=1), nn.GELU()]
+        return nn.Sequential(*layers), hidden, 1
+    # "cnn": stages of 3x3 conv, ReLU, 2x2 max pool; channels double each stage, the last one dim by default
+    n = config.stem_layers
+    first = config.stem_channels
+    widths = [first * 2**i for i in range(n)] if first else [max(8, config.dim // 2 ** (n - 1 - i)) for i in range(n)]
+    cin = config.channels
+    for c in widths:
+        layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        cin = c
+    return nn.Sequential(*layers), cin, 2**n
+
+
 class PatchEncoder(Encoder):
     """Small ViT-style encoder: image patches -> tokens of width ``dim``.
 
@@ -97,10 +121,13 @@ class PatchEncoder(Encoder):
     zero embeddings. No loop over samples; deterministic in eval mode.
 
     Attributes:
-        patch_embed: ``Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)`` (with
-            ``stem = "conv"``: ``Conv2d(stem_channels, ...)`` after ``stem``, ``stem_layers`` 3x3
-            convolutions, each followed by GELU; ``stem_channels`` defaults to ``max(8, dim // 2)``;
-            ``stem_init = "fan_in"`` starts them at Kaiming normal, otherwise std 0.02 like the rest).
+        stem: None (``stem = "patch"``), or an ``nn.Sequential`` of ``stem_layers`` 3x3 convolutions,
+            each followed by GELU (``"conv"``, full resolution, ``stem_channels`` channels, default
+            ``max(8, dim // 2)``), or by ReLU and 2x2 max pooling (``"cnn"``: each stage halves the
+            image; channels double from stage to stage up to ``dim``). ``stem_init = "fan_in"`` (the
+            default for ``"cnn"``) starts them at Kaiming normal, otherwise std 0.02 like the rest.
+        patch_embed: ``Conv2d(stem's channels, dim, kernel_size=k, stride=k)``, ``k = patch_size``
+            divided by how much the stem downsampled (``2 ** stem_layers`` for ``"cnn"``, else 1).
         grid_shape: (rows, columns) of patches.
         pos_embed: (1, N, dim) learned position embedding (normal init, std 0.02).
         blocks: ``depth`` pre-norm :class:`Block` s (attention through
@@ -129,17 +156,9 @@ class PatchEncoder(Encoder):
         self.grid = self.grid_shape[0] if self.grid_shape[0] == self.grid_shape[1] else self.grid_shape
         self.num_tokens = self.grid_shape[0] * self.grid_shape[1]
         self.out_dim = config.dim
-        self.patch_embed = nn.Conv2d(
-            config.channels, config.dim, kernel_size=config.patch_size, stride=config.patch_size
-        )
-        self.stem: nn.Module | None = None
-        if config.stem == "conv":  # 3x3 convolutions (each with GELU) see across patch borders first
-            hidden = config.stem_channels or max(8, config.dim // 2)
-            layers: list[nn.Module] = []
-            for i in range(config.stem_layers):
-                layers += [nn.Conv2d(config.channels if i == 0 else hidden, hidden, 3, padding=1), nn.GELU()]
-            self.stem = nn.Sequential(*layers)
-            self.patch_embed = nn.Conv2d(hidden, config.dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.stem, stem_out, scale = _stem(config)
+        kernel = config.patch_size // scale  # the stem has already reduced each side by `scale`
+        self.patch_embed = nn.Conv2d(stem_out, config.dim, kernel_size=kernel, stride=kernel)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, config.dim))
         self.pos_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
@@ -158,7 +177,7 @@ class PatchEncoder(Encoder):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if self.stem is not None and self.config.stem_init == "fan_in":  # keeps the scale through the GELUs
+        if self.stem is not None and self.config.resolved_stem_init == "fan_in":  # keeps the scale through it
             for m in self.stem.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
