@@ -86,6 +86,25 @@ SETTINGS: dict[str, dict[str, object]] = {
     # starts as the same learned vector for every picture; "mean" averages the image tokens themselves
     "pooling=mean": {"heads.letter.pooling": "mean"},
 }
+# the patch encoder with a stem that downsamples like a CNN (3 stages of conv, ReLU, 2x2 max pool: 32, 64, 128
+# channels at the default dim 128, as small_cnn), then 1x1 patches of its 4x4 map: 16 image tokens
+SETTINGS["stem=cnn"] = {
+    "encoders.image.stem": "cnn",
+    "encoders.image.stem_layers": 3,
+    "encoders.image.patch_size": 8,
+}
+SETTINGS["stem=cnn,backbone=96x3"] = {**SETTINGS["stem=cnn"], **SETTINGS["backbone=96x3"]}
+SETTINGS["stem=cnn,backbone=96x3,encoder_depth=0"] = {**SETTINGS["stem=cnn,backbone=96x3"], "encoders.image.depth": 0}
+# the small CNN's whole 4x4 map as ONE image token (patch 32: a 4x4 patch embedding over the stem's output, as
+# small_cnn's flatten and linear layer), and the head averaging the sequence's states instead of reading its
+# last one, the image's end boundary (which starts as the same vector for every picture)
+ONE_TOKEN = {**SETTINGS["stem=cnn"], "encoders.image.patch_size": 32, "heads.letter.pooling": "mean"}
+SETTINGS["stem=cnn,one_token,pooling=mean"] = ONE_TOKEN
+SETTINGS["stem=cnn,one_token,pooling=mean,backbone=96x3,encoder_depth=0"] = {
+    **ONE_TOKEN,
+    **SETTINGS["backbone=96x3"],
+    "encoders.image.depth": 0,
+}
 SETTINGS["timm=resnet10t,pooling=mean"] = {**SETTINGS["timm=resnet10t"], **SETTINGS["pooling=mean"]}
 
 
