@@ -105,6 +105,9 @@ SETTINGS["stem=cnn,one_token,pooling=mean,backbone=96x3,encoder_depth=0"] = {
     **SETTINGS["backbone=96x3"],
     "encoders.image.depth": 0,
 }
+SMALL = SETTINGS["stem=cnn,one_token,pooling=mean,backbone=96x3,encoder_depth=0"]
+SETTINGS["small,four_tokens"] = {**SMALL, "encoders.image.patch_size": 16}  # the 4x4 map as 2x2 patches
+SETTINGS["small,batch=64"] = {**SMALL, "training.batch_size": 64}  # small_cnn's batch
 SETTINGS["timm=resnet10t,pooling=mean"] = {**SETTINGS["timm=resnet10t"], **SETTINGS["pooling=mean"]}
 
 
