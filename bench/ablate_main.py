@@ -175,6 +175,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "backbone_dropout=0.1": {"backbone.dropout": 0.1},
     "weight_decay=0.1": {"training.weight_decay": 0.1},
     "match_weight=3": {"tasks.match.weight": 3.0},
+    "match_weight=2.5": {"tasks.match.weight": 2.5},
 }
 
 

@@ -347,7 +347,7 @@ def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
     # settings run with training.ema, one file per seed: both arms (the averages, and the raw weights of the
     # setting without them) of each fusion, quoted as "`fusion` seed 0 / seed 1"
     flat = " ".join(section.split())
-    for stem in ("image_text_fusions_ls_ema",):
+    for stem in ("image_text_fusions_ls_ema", "image_text_fusions_dropout02_ema"):
         runs = [
             run
             for name in (f"{stem}.json", f"{stem}_seed1.json")
