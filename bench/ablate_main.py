@@ -168,6 +168,14 @@ SETTINGS: dict[str, dict[str, object]] = {
     "ema=0.998": {"training.ema": 0.998},
     "match_label_smoothing=0.1": {"heads.match.label_smoothing": 0.1},
     "match_label_smoothing=0.1_ema=0.995": {"heads.match.label_smoothing": 0.1, "training.ema": 0.995},
+    # round 15 (on the committed spec): levers that cost no training time. Dropout 0.1 in the GPT and the
+    # encoders (what lifted the image + text fusions, docs/tasks.md), AdamW's weight decay (the default 0.01
+    # ten times), the match task's weight in the closing stage
+    "dropout=0.1": {"backbone.dropout": 0.1, "encoders.image.dropout": 0.1, "encoders.audio.dropout": 0.1},
+    "backbone_dropout=0.1": {"backbone.dropout": 0.1},
+    "weight_decay=0.1": {"training.weight_decay": 0.1},
+    "match_weight=3": {"tasks.match.weight": 3.0},
+    "match_weight=2.5": {"tasks.match.weight": 2.5},
 }
 
 

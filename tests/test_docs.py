@@ -344,6 +344,20 @@ def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
     assert normal["overrides"] == ['encoders.image.stem_init="normal"'], normal["overrides"]
     for run in normal["fusions"]:
         assert f"`{run['fusion']}` {pct(run['exact_match'])}" in section, run["fusion"]
+    # settings run with training.ema, one file per seed: both arms (the averages, and the raw weights of the
+    # setting without them) of each fusion, quoted as "`fusion` seed 0 / seed 1"
+    flat = " ".join(section.split())
+    for stem in ("image_text_fusions_ls_ema", "image_text_fusions_dropout02_ema"):
+        runs = [
+            run
+            for name in (f"{stem}.json", f"{stem}_seed1.json")
+            for run in json.loads((ROOT / "examples" / "recipes" / "results" / name).read_text())["fusions"]
+        ]
+        assert [run["seed"] for run in runs] == [0, 0, 0, 1, 1, 1], f"{stem}: seed 0's file, then seed 1's"
+        for key in ("exact_match", "exact_match_raw_weights"):
+            for fusion in dict.fromkeys(run["fusion"] for run in runs):
+                figures = " / ".join(pct(run[key]) for run in runs if run["fusion"] == fusion)
+                assert f"`{fusion}` {figures}" in flat, f"the section does not quote {stem}'s {fusion} {key} {figures}"
 
 
 def test_task_figures_quote_the_results_files():
