@@ -206,9 +206,14 @@ def more_pretraining_text(base: list[str], eval_texts: set[str]) -> list[str]:
 
     extra = [t for name in submodules() for t in docstrings(name)]
     extra += [t for key in sorted(pydoc_data.topics.topics) for t in paragraphs(pydoc_data.topics.topics[key])]
+    return without_eval_text([*base, *extra], eval_texts)
+
+
+def without_eval_text(texts: list[str], eval_texts: set[str]) -> list[str]:
+    """``texts`` in order, each once, without those that equal, contain or lie inside an eval text."""
     kept, seen = [], set()
-    for t in [*base, *extra]:
-        if t in seen or t[:400] in eval_texts or any(e in t or t in e for e in eval_texts):
+    for t in texts:
+        if t in seen or any(e in t or t in e for e in eval_texts):
             continue
         seen.add(t)
         kept.append(t)
