@@ -89,6 +89,8 @@ SETTINGS: dict[str, dict[str, object]] = {
     "topics_stage2+mlm": {"training.stages.1.tasks": ["topics", "pretrain"], "training.stages.1.steps": 800},
     # topics: the classify head keeps each feature's maximum over the paragraph's tokens instead of their mean
     "topics_pooling=max": {"heads.topic.pooling": "max"},
+    # topics: the first stage on 2.2x the unlabelled text (examples/recipes/stdlib_text.py writes the file)
+    "topics_pretrain=more": {"tasks.pretrain.train": "data/stdlib/corpus_topics_pretrain_more.txt"},
 }
 
 

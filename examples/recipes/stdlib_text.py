@@ -7,13 +7,15 @@ Writes, under --out (default: examples/data/stdlib):
 * ``topics_train.jsonl`` / ``topics_eval.jsonl`` -- topic classification: a docstring
   paragraph and the domain of the module it documents (text, network, concurrency,
   numbers); a seeded random 20 % of the paragraphs are held out;
-* ``corpus_topics_pretrain.txt`` -- ``corpus_train.txt`` without the topic eval paragraphs;
+* ``corpus_topics_pretrain.txt`` -- ``corpus_train.txt`` without the topic eval paragraphs:
+  the unlabelled text the topics spec pretrains on before it learns the labels;
 * ``corpus_topics_pretrain_more.txt`` -- more of the English technical prose Python ships:
   ``corpus_topics_pretrain.txt``, ``corpus_eval.txt``, the docstrings of the standard
   library's submodules (``email.mime.text``, ``xml.dom.pulldom``, ...) and the language
   reference's text (``pydoc_data.topics``), one paragraph a line, without any paragraph that
-  is, contains or lies inside a topic eval paragraph: unlabelled text for the topics spec's
-  pretraining (the lm/mlm recipes keep ``corpus_train.txt`` / ``corpus_eval.txt``);
+  is, contains or lies inside a topic eval paragraph: 2.2x the unlabelled text, measured as
+  the topics pretraining in docs/tuning.md (rounds 11-12; it did not help, so the spec keeps
+  ``corpus_topics_pretrain.txt``; the lm/mlm recipes read ``corpus_train.txt`` / ``corpus_eval.txt``);
 * ``baselines.json`` -- the unigram perplexity of the eval corpus under the training
   corpus' byte frequencies (add-one smoothing, the byte tokenizer's framing) and the
   majority-class accuracy of the topic eval set, and the classical baselines
