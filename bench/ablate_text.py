@@ -87,6 +87,10 @@ SETTINGS: dict[str, dict[str, object]] = {
     # topics: the labelled stage keeps the masked-LM task beside the labels (one task a step, drawn by the tasks'
     # weights, so 800 steps hold about 400 of each), against the labels alone memorising the training paragraphs
     "topics_stage2+mlm": {"training.stages.1.tasks": ["topics", "pretrain"], "training.stages.1.steps": 800},
+    # topics: the classify head keeps each feature's maximum over the paragraph's tokens instead of their mean
+    "topics_pooling=max": {"heads.topic.pooling": "max"},
+    # topics: the first stage on 2.2x the unlabelled text (examples/recipes/stdlib_text.py writes the file)
+    "topics_pretrain=more": {"tasks.pretrain.train": "data/stdlib/corpus_topics_pretrain_more.txt"},
 }
 
 

@@ -43,3 +43,19 @@ def test_docstrings_keep_every_documented_member():
                     assert text in got, f"{cname}.{name}'s paragraph {text[:40]!r}... is missing"
     assert expected >= 10
     assert recipe.docstrings("numbers") == recipe.docstrings("numbers")
+
+
+def test_more_pretraining_text_never_holds_topic_eval_text():
+    """corpus_topics_pretrain_more.txt's filter: a paragraph that is, contains or lies inside a topic
+    eval paragraph is left out (whatever its source), every other one kept once, in order."""
+    recipe = _recipe()
+    ev = "The socket module's connect() opens a connection to a remote address and port."
+    texts = [
+        "Unrelated prose about decimal arithmetic and rounding modes, long enough to count.",
+        ev,
+        "An introduction. " + ev + " More text after it.",  # contains the eval paragraph
+        ev[:70],  # lies inside it
+        "Unrelated prose about decimal arithmetic and rounding modes, long enough to count.",
+        "Threads share memory; a lock makes a critical section run in one thread at a time.",
+    ]
+    assert recipe.without_eval_text(texts, {ev}) == [texts[0], texts[5]]

@@ -9,6 +9,13 @@ Writes, under --out (default: examples/data/stdlib):
   numbers); a seeded random 20 % of the paragraphs are held out;
 * ``corpus_topics_pretrain.txt`` -- ``corpus_train.txt`` without the topic eval paragraphs:
   the unlabelled text the topics spec pretrains on before it learns the labels;
+* ``corpus_topics_pretrain_more.txt`` -- more of the English technical prose Python ships:
+  ``corpus_topics_pretrain.txt``, ``corpus_eval.txt``, the docstrings of the standard
+  library's submodules (``email.mime.text``, ``xml.dom.pulldom``, ...) and the language
+  reference's text (``pydoc_data.topics``), one paragraph a line, without any paragraph that
+  is, contains or lies inside a topic eval paragraph: 2.2x the unlabelled text, measured as
+  the topics pretraining in docs/tuning.md (rounds 11-12; it did not help, so the spec keeps
+  ``corpus_topics_pretrain.txt``; the lm/mlm recipes read ``corpus_train.txt`` / ``corpus_eval.txt``);
 * ``baselines.json`` -- the unigram perplexity of the eval corpus under the training
   corpus' byte frequencies (add-one smoothing, the byte tokenizer's framing) and the
   majority-class accuracy of the topic eval set, and the classical baselines
@@ -149,10 +156,7 @@ def docstrings(module_name: str) -> list[str]:
         if not doc or doc in seen:
             return
         seen.add(doc)
-        for para in doc.split("\n\n"):
-            text = " ".join(para.split())
-            if len(text) >= 60 and not text.startswith((">>>", "...")):
-                out.append(text)
+        out.extend(paragraphs(doc))
 
     add(mod)
     for _, obj in sorted(inspect.getmembers(mod), key=lambda kv: kv[0]):
@@ -165,6 +169,57 @@ def docstrings(module_name: str) -> list[str]:
                 if inspect.isfunction(meth):
                     add(meth)
     return out
+
+
+def paragraphs(text: str) -> list[str]:
+    """``text``'s blank-line separated paragraphs of >= 60 characters, whitespace joined, doctest lines dropped."""
+    out = []
+    for para in text.split("\n\n"):
+        t = " ".join(para.split())
+        if len(t) >= 60 and not t.startswith((">>>", "...")):
+            out.append(t)
+    return out
+
+
+def submodules() -> list[str]:
+    """The public submodules of the standard library's packages (not SKIP's, tests or ``__main__``), sorted."""
+    import pkgutil
+
+    names = []
+    for name in sorted(sys.stdlib_module_names):
+        if name in SKIP or name.startswith("_"):
+            continue
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                mod = importlib.import_module(name)
+        except Exception:
+            continue
+        for info in pkgutil.walk_packages(getattr(mod, "__path__", []), name + ".", onerror=lambda _: None):
+            parts = info.name.split(".")[1:]
+            if not any(p.startswith("_") or p in ("test", "tests", "idle_test") for p in parts):
+                names.append(info.name)
+    return sorted(names)
+
+
+def more_pretraining_text(base: list[str], eval_texts: set[str]) -> list[str]:
+    """``base`` and more unlabelled prose (submodules' docstrings, the language reference's topics), deduplicated
+    in order, without a paragraph that equals, contains or lies inside one of ``eval_texts`` (topic eval text)."""
+    import pydoc_data.topics
+
+    extra = [t for name in submodules() for t in docstrings(name)]
+    extra += [t for key in sorted(pydoc_data.topics.topics) for t in paragraphs(pydoc_data.topics.topics[key])]
+    return without_eval_text([*base, *extra], eval_texts)
+
+
+def without_eval_text(texts: list[str], eval_texts: set[str]) -> list[str]:
+    """``texts`` in order, each once, without those that equal, contain or lie inside an eval text."""
+    kept, seen = [], set()
+    for t in texts:
+        if t in seen or any(e in t or t in e for e in eval_texts):
+            continue
+        seen.add(t)
+        kept.append(t)
+    return kept
 
 
 def held_out(name: str, fraction: float = 0.1) -> bool:
@@ -214,6 +269,8 @@ def main() -> None:
     held = {r["text"] for r in rows_eval}
     pretrain = [t for t in train if t[:400] not in held]
     (out / "corpus_topics_pretrain.txt").write_text("\n".join(pretrain) + "\n", encoding="utf-8")
+    more = more_pretraining_text(pretrain + evals, held)
+    (out / "corpus_topics_pretrain_more.txt").write_text("\n".join(more) + "\n", encoding="utf-8")
     if args.train_tokenizer:
         from language_id import train_tokenizer
 
@@ -243,6 +300,7 @@ def main() -> None:
         "topics_eval": len(rows_eval),
         "topics_eval_counts": dict(topic_counts),
         "corpus_topics_pretrain_docs": len(pretrain),
+        "corpus_topics_pretrain_more_docs": len(more),
         "majority_accuracy": max(topic_counts.values()) / len(rows_eval),
         "chance_accuracy": 1 / len(TOPICS),
         "python": sys.version.split()[0],

@@ -251,7 +251,25 @@ def test_pooling_matches_manual():
     assert torch.equal(pool(hidden[:1], none, "last"), hidden[:1, 0])
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean", "first"])
+def test_max_pooling_is_masked_featurewise_max():
+    hidden = torch.randn(3, 4, D)
+    hidden[0, 3] = 100.0  # padding of row 0 (and row 1's) larger than any real state: it must never win
+    hidden[1, 1:] = 100.0
+    hidden[2, 0, 0], hidden[2, 3, 1] = 50.0, 60.0  # a feature's maximum at different positions
+    got = pool(hidden, CMASK, "max")
+    manual = torch.stack([hidden[0, :3].amax(0), hidden[1, 0], hidden[2].amax(0)])
+    assert torch.equal(got, manual)
+    assert got[2, 0] == 50.0 and got[2, 1] == 60.0
+    assert not torch.allclose(got, pool(hidden, CMASK, "mean"))
+    neg = -1.0 - torch.rand(1, 4, D)  # all negative: a max over padding zeros would give 0
+    assert torch.equal(pool(neg, CMASK[:1], "max"), neg[0, :3].amax(0, keepdim=True))
+    none = torch.zeros(1, 4, dtype=torch.bool)
+    assert torch.equal(pool(hidden[:1], none, "max"), torch.zeros(1, D))
+    bf = hidden.to(torch.bfloat16)  # under bf16 autocast the states arrive in bf16
+    assert torch.equal(pool(bf, CMASK, "max"), manual.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "first"])
 def test_classify_forward(pooling):
     head = classify(pooling=pooling)
     hidden = torch.randn(3, 4, D)
@@ -323,7 +341,7 @@ def test_classify_config_validation():
     with pytest.raises(ValidationError, match="all zero"):
         ClassificationHeadConfig(num_classes=2, class_weights=[0.0, 0.0])
     with pytest.raises(ValidationError):
-        ClassificationHeadConfig(num_classes=2, pooling="max")
+        ClassificationHeadConfig(num_classes=2, pooling="median")
     for model in (LMHeadConfig, ClassificationHeadConfig):
         for name, field in model.model_fields.items():
             assert field.description, (model.__name__, name)
@@ -400,6 +418,18 @@ def test_regress_head_predicts_in_target_units_and_learns_on_standardised_target
     torch.testing.assert_close(total, (z - (ys - head.target_mean) / head.target_std).pow(2).sum())
     assert float(count) == 6
     assert "target_mean" in head.state_dict() and "target_std" in head.state_dict()  # saved with the model
+
+
+def test_regress_head_offers_max_pooling():
+    from mmcore_heads.config import RegressionHeadConfig
+    from mmcore_heads.regress import RegressionHead
+
+    head = RegressionHead(RegressionHeadConfig(pooling="max"), width=D)
+    hidden = torch.randn(3, 4, D)
+    hidden[0, 3] = 100.0  # padding
+    out = head(hidden, seq(CMASK))
+    assert torch.equal(out.extra["pooled"], pool(hidden, CMASK, "max"))
+    assert out.extra["pooled"].amax() < 100.0
 
 
 def _normalised_token_linearity(**options) -> float:

@@ -19,15 +19,23 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
     * ``"last"``: the state at the last real position (for right padding, position
       ``mask.sum(1) - 1``; left padding works too);
     * ``"first"``: the state at the first real position;
-    * ``"mean"``: the mean over real positions.
+    * ``"mean"``: the mean over real positions;
+    * ``"max"``: the maximum of each feature over real positions (padding never wins,
+      whatever its values): a feature keeps its strongest evidence anywhere in the
+      sequence, which a mean over a long sequence dilutes.
 
     A row without real tokens gives the state at position 0 (``last``/``first``) or
-    zeros (``mean``).
+    zeros (``mean``, ``max``).
     """
     B, L, _ = hidden.shape
     if how == "mean":
         m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "max":
+        m = mask.unsqueeze(-1)  # (B, L, 1)
+        low = torch.finfo(hidden.dtype).min
+        out = hidden.masked_fill(~m, low).amax(1)  # (B, D)
+        return torch.where(mask.any(1, keepdim=True), out, torch.zeros_like(out))
     pos = torch.arange(L, device=hidden.device).expand(B, L)
     if how == "last":
         idx = torch.where(mask, pos, -1).amax(1).clamp(min=0)  # (B,)
@@ -35,7 +43,7 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
         idx = torch.where(mask, pos, L).amin(1)
         idx = torch.where(idx < L, idx, 0)
     else:
-        raise ValueError(f"unknown pooling {how!r}; expected 'last', 'mean' or 'first'")
+        raise ValueError(f"unknown pooling {how!r}; expected 'last', 'mean', 'max' or 'first'")
     return hidden[torch.arange(B, device=hidden.device), idx]
 
 

@@ -44,10 +44,11 @@ class ClassificationHeadConfig(ComponentConfig):
     """Options of ``head:classify``: one label per sample from the pooled hidden states."""
 
     num_classes: int = Field(..., ge=2, description="Number of classes C; labels are 0 .. C-1.")
-    pooling: Literal["last", "mean", "first"] = Field(
+    pooling: Literal["last", "mean", "max", "first"] = Field(
         "last",
         description="How the fused sequence becomes one vector: 'last' real token (it has seen the whole "
-        "sequence under causal attention), 'mean' of the real tokens, or 'first' real token.",
+        "sequence under causal attention), 'mean' of the real tokens, 'max' of each feature over the real "
+        "tokens (padding never wins: the strongest evidence anywhere in the sequence), or 'first' real token.",
     )
     hidden: int | None = Field(
         None, gt=0, description="Hidden width of a two-layer MLP classifier (GELU); default: one linear layer."
@@ -88,8 +89,8 @@ class RegressionHeadConfig(ComponentConfig):
         description="The record field (and batch target) holding the targets: a number when outputs = 1, else a "
         "list of outputs numbers.",
     )
-    pooling: Literal["last", "mean", "first"] = Field(
-        "mean", description="How the fused sequence becomes one vector (as for head:classify)."
+    pooling: Literal["last", "mean", "max", "first"] = Field(
+        "mean", description="How the fused sequence becomes one vector (as for head:classify: last, mean, max, first)."
     )
     hidden: int | None = Field(
         None, gt=0, description="Hidden width of a two-layer MLP (GELU); default: one linear layer."

@@ -35,7 +35,7 @@ def mmcore_register_components() -> list[Component]:
             name="classify",
             config=ClassificationHeadConfig,
             factory="mmcore_heads.classify:ClassificationHead",
-            description="Pool the hidden states (last, mean or first token) and classify into num_classes labels.",
+            description="Pool the hidden states (last, mean, max or first token) and classify into num_classes labels.",
             # `num_classes` is required: options for mmcore's conformance kit (mmcore.testing)
             extra={"conformance": {"options": {"num_classes": 3}}},
         ),
