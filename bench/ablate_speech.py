@@ -94,25 +94,13 @@ def build_spec(steps: int | None, overrides: dict[str, object], seed: int) -> di
 
 def run_one(name: str, overrides: dict, steps: int | None, base_extra: dict, seed: int) -> dict:
     import speech_words
-    import torch
 
     from mmcore.spec import parse_spec
 
     data = build_spec(steps, {**base_extra, **overrides}, seed)
     spec = parse_spec(data, file=str(SPEC))
     mm = speech_words.train_and_evaluate(DATA, spec, None)
-    return {
-        "setting": name,
-        "overrides": overrides,
-        "base": base_extra,
-        "seed": seed,
-        "steps": mm["steps"],
-        "batch_size": spec.training.batch_size,
-        "exact_match": round(mm["exact_match"], 4),
-        "eval_loss": round(mm["eval_loss"], 4),
-        "train_seconds": mm["train_seconds_under_load"],
-        "threads": torch.get_num_threads(),
-    }
+    return {"setting": name, "overrides": overrides, "base": base_extra, **run_fields(mm)}
 
 
 RECIPE_RESULTS = ROOT / "examples" / "results" / "speech_words.json"
@@ -120,35 +108,35 @@ RECIPE_RESULTS = ROOT / "examples" / "results" / "speech_words.json"
 
 def recipe_rows(recipe: dict) -> list[dict]:
     """One row per seed the recipe script trained (``mmcore`` and ``other_seeds`` of its results file):
-    the committed spec as it stands, so no overrides. A run with ``training.ema`` adds a row for its
-    trained weights (``raw``: the spec without ema, since the averages never feed back; the trainer
-    evaluated only the averages, so that row has no eval loss)."""
-    rows = []
-    for run in [recipe["mmcore"], *recipe.get("other_seeds", [])]:
-        row = {
-            "setting": "final (speech_words.py --train)",
-            "overrides": {},
-            "base": {},
-            "seed": run["seed"],
-            "steps": run["steps"],
-            "batch_size": run["batch_size"],
-            "exact_match": round(run["exact_match"], 4),
-            "eval_loss": round(run["eval_loss"], 4),
-            "train_seconds": run["train_seconds_under_load"],
-            "threads": run["threads"],
-        }
-        rows.append(row)
-        if "raw" in run:
-            rows.append(
-                {
-                    **row,
-                    "setting": row["setting"] + ", raw weights of the same run",
-                    "overrides": {"training.ema": None},
-                    "exact_match": round(run["raw"]["exact_match"], 4),
-                    "eval_loss": None,
-                }
-            )
-    return rows
+    the committed spec as it stands, so no overrides; with ``training.ema``, also the run's raw arm
+    (:func:`run_fields`)."""
+    return [
+        {"setting": "final (speech_words.py --train)", "overrides": {}, "base": {}, **run_fields(run)}
+        for run in [recipe["mmcore"], *recipe.get("other_seeds", [])]
+    ]
+
+
+def run_fields(run: dict) -> dict:
+    """A result row's figures from one run of ``speech_words.train_and_evaluate``. With ``training.ema``
+    the run's trained weights are scored too: ``raw`` (the spec without ema, since the averages never
+    feed back; the trainer evaluated only the averages, so it has no eval loss); ``misses`` lists the
+    held-out clips each arm got wrong, as ``target -> transcript``."""
+    out = {
+        "seed": run["seed"],
+        "steps": run["steps"],
+        "batch_size": run["batch_size"],
+        "exact_match": round(run["exact_match"], 4),
+        "eval_loss": round(run["eval_loss"], 4),
+        "train_seconds": run["train_seconds_under_load"],
+        "threads": run["threads"],
+    }
+    if "misses" in run:
+        out["misses"] = [f"{m['target']} -> {m['transcript']}" for m in run["misses"]]
+    if "raw" in run:
+        out["raw"] = {"exact_match": round(run["raw"]["exact_match"], 4)}
+        if "misses" in run["raw"]:
+            out["raw"]["misses"] = [f"{m['target']} -> {m['transcript']}" for m in run["raw"]["misses"]]
+    return out
 
 
 MISSES = ROOT / "bench" / "results_speech_misses.json"
@@ -305,14 +293,23 @@ BEGIN, END = (
 
 
 def table(results: list[dict]) -> str:
+    """The speech tables: a row per run, and for a run with ``training.ema`` a second row for its
+    trained weights (``raw``: no eval loss of their own)."""
+
+    def row(r: dict, ov: str, raw: bool = False) -> str:
+        name, match, loss = r["setting"], r["exact_match"], f"{r['eval_loss']:.3f}"
+        if raw:
+            name, match, loss = f"{name}, raw weights of the same run", r["raw"]["exact_match"], "-"
+        return (
+            f"| {name} | {ov} | {r['seed']} | {r['steps']} | {100 * match:.1f} % | {loss} | "
+            f"{r['train_seconds'] / 60:.1f} |"
+        )
+
     return tables_by_round(
         results,
         "| setting | overrides | seed | steps | exact match (360 clips) | eval loss | train minutes (under load) |\n"
         "|---|---|---:|---:|---:|---:|---:|",
-        lambda r, ov: (
-            f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} | {100 * r['exact_match']:.1f} % | "
-            f"{'-' if r['eval_loss'] is None else format(r['eval_loss'], '.3f')} | {r['train_seconds'] / 60:.1f} |"
-        ),
+        lambda r, ov: "\n".join([row(r, ov)] + ([row(r, ov, raw=True)] if "raw" in r else [])),
     )
 
 

@@ -134,16 +134,15 @@ def test_the_recipes_runs_become_rows_of_the_ablation_table():
     assert [(r["seed"], r["exact_match"]) for r in rows] == [(0, 0.9972), (1, 1.0)]
     text = mod.table([{**r, "tag": "round 3"} for r in rows])
     assert "| 0 | 4800 | 99.7 % |" in text and "| 1 | 4800 | 100.0 % |" in text
-    recipe_results["other_seeds"][0]["raw"] = {"exact_match": 0.975, "misses": []}  # a run with training.ema
+    miss = [{"voice": "v", "target": "on", "transcript": "one"}]
+    recipe_results["other_seeds"][0].update(misses=[], raw={"exact_match": 0.975, "misses": miss})  # with ema
     rows = mod.recipe_rows(recipe_results)
-    assert [(r["seed"], r["exact_match"], r["eval_loss"]) for r in rows] == [
-        (0, 0.9972, 0.01),
-        (1, 1.0, 0.01),
-        (1, 0.975, None),
-    ]
-    assert rows[2]["setting"].endswith("raw weights of the same run") and rows[2]["overrides"] == {"training.ema": None}
+    assert rows[1]["raw"] == {"exact_match": 0.975, "misses": ["on -> one"]} and rows[1]["misses"] == []
+    assert "raw" not in rows[0] and "misses" not in rows[0]
     text = mod.table([{**r, "tag": "round 5"} for r in rows])
-    assert "raw weights of the same run | `training.ema = null` | 1 | 4800 | 97.5 % | - |" in text
+    assert "| final (speech_words.py --train) | (base) | 1 | 4800 | 100.0 % | 0.010 |" in text
+    assert "| final (speech_words.py --train), raw weights of the same run | (base) | 1 | 4800 | 97.5 % | - |" in text
+    assert text.count("raw weights") == 1
 
 
 def test_the_misses_of_a_saved_model_are_written_by_utterance(tmp_path, monkeypatch):
