@@ -113,7 +113,7 @@ class AudioProcessorConfig(ComponentConfig):
         le=1,
         description="Augmentation while training: the share of clips the time shift (shift_seconds) moves; the "
         "others keep their sound where it is, as evaluation sees it (a clip whose sound starts at its first "
-        "sample can only move later, so with 1 it is almost never seen there); 1: every clip.",
+        "sample can only move later: with 1 its copies start shift_seconds / 2 later on average); 1: every clip.",
     )
     gain_db: float = Field(
         0.0, ge=0, description="Augmentation while training: a random gain of up to +-gain_db decibels; 0: off."

@@ -350,7 +350,7 @@ def augment_waveform(
       the clip's first sample ("up" from a speech synthesiser) keeps its onset. With
       ``shift_prob < 1`` only that share of the calls shift (a uniform draw decides first); the
       others leave the sound where it is, as evaluation sees it: a clip with no leading silence
-      can only move later, so every shifted copy of it starts later than at evaluation;
+      can only move later, so its shifted copies start ``shift_seconds / 2`` later on average;
     * gain: multiplied by ``10 ** (g / 20)`` with ``g ~ U(-gain_db, gain_db)``;
     * noise: plus Gaussian white noise whose power is the signal's mean power over
       ``10 ** (snr / 10)``, ``snr ~ U(noise_snr_db)`` (a silent signal stays silent).
