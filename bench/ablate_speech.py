@@ -81,6 +81,8 @@ SETTINGS: dict[str, dict[str, object]] = {
     "batch=64": {"training.batch_size": 64},
     # round 5: half the clips unshifted, where evaluation sees them (a word at the first sample only moves later)
     "shift_prob=0.5": {A + "shift_prob": 0.5},
+    # round 5's setting (now in the spec), for --step-cost
+    "ema+label_smoothing": {"training.ema": 0.999, "heads.lm.label_smoothing": 0.1},
 }
 
 
@@ -288,6 +290,54 @@ def onset_cut_probe(out: Path = ONSET, seconds: float = 0.1) -> dict:
     return result
 
 
+STEP_COST = ROOT / "bench" / "results_speech_step_cost.json"
+
+
+def step_cost(setting: str, out: Path = STEP_COST, steps: int = 15, rounds: int = 6, warmup: int = 100) -> dict:
+    """Seconds per optimizer step of the spec against the spec without ``setting`` (its overrides set to
+    off: ``training.ema`` none, label smoothing 0), alternated ``rounds`` times in one process on the
+    same thread, so that the machine's load falls on both alike; the medians' ratio is what the setting
+    adds to the training time (the budget's idle estimate of the spec without it times that ratio)."""
+    import statistics
+    import time
+
+    import torch
+
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    off = {"training.ema": None, "heads.lm.label_smoothing": 0.0}
+    trainers = {}
+    for arm, overrides in ((setting, {}), ("without", {k: off[k] for k in SETTINGS[setting]})):
+        spec = parse_spec(build_spec(None, overrides, 0), file=str(SPEC))
+        torch.manual_seed(0)
+        trainers[arm] = mmcore.Trainer(mmcore.build(spec), spec.tasks, spec.training, out_dir=None, resume=False)
+    for t in trainers.values():  # past the first pass's decoding of the clips it reads
+        for _ in range(warmup):
+            t.train_step()
+    seconds: dict[str, list[float]] = {arm: [] for arm in trainers}
+    for _ in range(rounds):
+        for arm, t in trainers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                t.train_step()
+            seconds[arm].append(round((time.perf_counter() - t0) / steps, 4))
+    med = {arm: statistics.median(v) for arm, v in seconds.items()}
+    result = {
+        "what": step_cost.__doc__.split("\n")[0],
+        "setting": setting,
+        "overrides": SETTINGS[setting],
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+        "seconds_per_step": seconds,
+        "median": med,
+        "ratio": round(med[setting] / med["without"], 4),
+    }
+    mmcore.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+    return result
+
+
 BEGIN, END = (
     "<!-- ablate_speech: begin (written by bench/ablate_speech.py --write-docs) -->",
     "<!-- ablate_speech: end -->",
@@ -334,8 +384,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f'no GPT: does a classifier trained on onset-cut clips confuse "up"? writes {ONSET.name}',
     )
+    p.add_argument(
+        "--step-cost",
+        metavar="SETTING",
+        help=f"seconds per step of the spec with and without SETTING (ema, label smoothing), alternated; {STEP_COST.name}",
+    )
     p.add_argument("--misses-out", default=str(MISSES), help="where --misses writes (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.step_cost:
+        step_cost(args.step_cost)
+        return 0
     if args.onset_probe:
         onset_cut_probe()
         return 0
