@@ -79,6 +79,10 @@ SETTINGS: dict[str, dict[str, object]] = {
         A + "time_mask_width": 15,
     },
     "batch=64": {"training.batch_size": 64},
+    # round 5: half the clips unshifted, where evaluation sees them (a word at the first sample only moves later)
+    "shift_prob=0.5": {A + "shift_prob": 0.5},
+    # round 5's setting (now in the spec), for --step-cost
+    "ema+label_smoothing": {"training.ema": 0.999, "heads.lm.label_smoothing": 0.1},
 }
 
 
@@ -94,25 +98,13 @@ def build_spec(steps: int | None, overrides: dict[str, object], seed: int) -> di
 
 def run_one(name: str, overrides: dict, steps: int | None, base_extra: dict, seed: int) -> dict:
     import speech_words
-    import torch
 
     from mmcore.spec import parse_spec
 
     data = build_spec(steps, {**base_extra, **overrides}, seed)
     spec = parse_spec(data, file=str(SPEC))
     mm = speech_words.train_and_evaluate(DATA, spec, None)
-    return {
-        "setting": name,
-        "overrides": overrides,
-        "base": base_extra,
-        "seed": seed,
-        "steps": mm["steps"],
-        "batch_size": spec.training.batch_size,
-        "exact_match": round(mm["exact_match"], 4),
-        "eval_loss": round(mm["eval_loss"], 4),
-        "train_seconds": mm["train_seconds_under_load"],
-        "threads": torch.get_num_threads(),
-    }
+    return {"setting": name, "overrides": overrides, "base": base_extra, **run_fields(mm)}
 
 
 RECIPE_RESULTS = ROOT / "examples" / "results" / "speech_words.json"
@@ -120,22 +112,35 @@ RECIPE_RESULTS = ROOT / "examples" / "results" / "speech_words.json"
 
 def recipe_rows(recipe: dict) -> list[dict]:
     """One row per seed the recipe script trained (``mmcore`` and ``other_seeds`` of its results file):
-    the committed spec as it stands, so no overrides."""
+    the committed spec as it stands, so no overrides; with ``training.ema``, also the run's raw arm
+    (:func:`run_fields`)."""
     return [
-        {
-            "setting": "final (speech_words.py --train)",
-            "overrides": {},
-            "base": {},
-            "seed": run["seed"],
-            "steps": run["steps"],
-            "batch_size": run["batch_size"],
-            "exact_match": round(run["exact_match"], 4),
-            "eval_loss": round(run["eval_loss"], 4),
-            "train_seconds": run["train_seconds_under_load"],
-            "threads": run["threads"],
-        }
+        {"setting": "final (speech_words.py --train)", "overrides": {}, "base": {}, **run_fields(run)}
         for run in [recipe["mmcore"], *recipe.get("other_seeds", [])]
     ]
+
+
+def run_fields(run: dict) -> dict:
+    """A result row's figures from one run of ``speech_words.train_and_evaluate``. With ``training.ema``
+    the run's trained weights are scored too: ``raw`` (the spec without ema, since the averages never
+    feed back; the trainer evaluated only the averages, so it has no eval loss); ``misses`` lists the
+    held-out clips each arm got wrong, as ``target -> transcript``."""
+    out = {
+        "seed": run["seed"],
+        "steps": run["steps"],
+        "batch_size": run["batch_size"],
+        "exact_match": round(run["exact_match"], 4),
+        "eval_loss": round(run["eval_loss"], 4),
+        "train_seconds": run["train_seconds_under_load"],
+        "threads": run["threads"],
+    }
+    if "misses" in run:
+        out["misses"] = [f"{m['target']} -> {m['transcript']}" for m in run["misses"]]
+    if "raw" in run:
+        out["raw"] = {"exact_match": round(run["raw"]["exact_match"], 4)}
+        if "misses" in run["raw"]:
+            out["raw"]["misses"] = [f"{m['target']} -> {m['transcript']}" for m in run["raw"]["misses"]]
+    return out
 
 
 MISSES = ROOT / "bench" / "results_speech_misses.json"
@@ -285,6 +290,54 @@ def onset_cut_probe(out: Path = ONSET, seconds: float = 0.1) -> dict:
     return result
 
 
+STEP_COST = ROOT / "bench" / "results_speech_step_cost.json"
+
+
+def step_cost(setting: str, out: Path = STEP_COST, steps: int = 15, rounds: int = 6, warmup: int = 100) -> dict:
+    """Seconds per optimizer step of the spec against the spec without ``setting`` (its overrides set to
+    off: ``training.ema`` none, label smoothing 0), alternated ``rounds`` times in one process on the
+    same thread, so that the machine's load falls on both alike; the medians' ratio is what the setting
+    adds to the training time (the budget's idle estimate of the spec without it times that ratio)."""
+    import statistics
+    import time
+
+    import torch
+
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    off = {"training.ema": None, "heads.lm.label_smoothing": 0.0}
+    trainers = {}
+    for arm, overrides in ((setting, {}), ("without", {k: off[k] for k in SETTINGS[setting]})):
+        spec = parse_spec(build_spec(None, overrides, 0), file=str(SPEC))
+        torch.manual_seed(0)
+        trainers[arm] = mmcore.Trainer(mmcore.build(spec), spec.tasks, spec.training, out_dir=None, resume=False)
+    for t in trainers.values():  # past the first pass's decoding of the clips it reads
+        for _ in range(warmup):
+            t.train_step()
+    seconds: dict[str, list[float]] = {arm: [] for arm in trainers}
+    for _ in range(rounds):
+        for arm, t in trainers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                t.train_step()
+            seconds[arm].append(round((time.perf_counter() - t0) / steps, 4))
+    med = {arm: statistics.median(v) for arm, v in seconds.items()}
+    result = {
+        "what": step_cost.__doc__.split("\n")[0],
+        "setting": setting,
+        "overrides": SETTINGS[setting],
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+        "seconds_per_step": seconds,
+        "median": med,
+        "ratio": round(med[setting] / med["without"], 4),
+    }
+    mmcore.atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+    return result
+
+
 BEGIN, END = (
     "<!-- ablate_speech: begin (written by bench/ablate_speech.py --write-docs) -->",
     "<!-- ablate_speech: end -->",
@@ -292,14 +345,23 @@ BEGIN, END = (
 
 
 def table(results: list[dict]) -> str:
+    """The speech tables: a row per run, and for a run with ``training.ema`` a second row for its
+    trained weights (``raw``: no eval loss of their own)."""
+
+    def row(r: dict, ov: str, raw: bool = False) -> str:
+        name, match, loss = r["setting"], r["exact_match"], f"{r['eval_loss']:.3f}"
+        if raw:
+            name, match, loss = f"{name}, raw weights of the same run", r["raw"]["exact_match"], "-"
+        return (
+            f"| {name} | {ov} | {r['seed']} | {r['steps']} | {100 * match:.1f} % | {loss} | "
+            f"{r['train_seconds'] / 60:.1f} |"
+        )
+
     return tables_by_round(
         results,
         "| setting | overrides | seed | steps | exact match (360 clips) | eval loss | train minutes (under load) |\n"
         "|---|---|---:|---:|---:|---:|---:|",
-        lambda r, ov: (
-            f"| {r['setting']} | {ov} | {r['seed']} | {r['steps']} | {100 * r['exact_match']:.1f} % | "
-            f"{r['eval_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
-        ),
+        lambda r, ov: "\n".join([row(r, ov)] + ([row(r, ov, raw=True)] if "raw" in r else [])),
     )
 
 
@@ -322,8 +384,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f'no GPT: does a classifier trained on onset-cut clips confuse "up"? writes {ONSET.name}',
     )
+    p.add_argument(
+        "--step-cost",
+        metavar="SETTING",
+        help=f"seconds per step of the spec with and without SETTING (ema, label smoothing), alternated; {STEP_COST.name}",
+    )
     p.add_argument("--misses-out", default=str(MISSES), help="where --misses writes (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.step_cost:
+        step_cost(args.step_cost)
+        return 0
     if args.onset_probe:
         onset_cut_probe()
         return 0

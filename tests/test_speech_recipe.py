@@ -77,7 +77,7 @@ def test_a_second_seed_is_trained_from_the_same_spec_and_reported_beside_the_fir
             return TrainResult(steps=seen[-1][1], final_loss=0.1, eval={"transcribe": {"loss": 0.02}})
 
     monkeypatch.setattr(mmcore, "Trainer", Recorder)
-    monkeypatch.setattr(recipe, "exact_match", lambda model, data: 0.5 if len(seen) == 1 else 0.75)
+    monkeypatch.setattr(recipe, "score", lambda model, data: {"exact_match": 0.5 if len(seen) == 1 else 0.75})
     spec = mmcore.load_spec(EXAMPLES / "speech_words.toml")
     first = recipe.train_and_evaluate(EXAMPLES, spec, None)
     other = recipe.train_and_evaluate(EXAMPLES, spec, None, seed=spec.training.seed + 7)
@@ -86,6 +86,40 @@ def test_a_second_seed_is_trained_from_the_same_spec_and_reported_beside_the_fir
     assert (first["seed"], other["seed"]) == (spec.training.seed, spec.training.seed + 7)
     figures = recipe.figures({"logistic regression": 0.9}, first, [other])
     assert figures == {"mmcore": "50.0 %", f"mmcore, seed {other['seed']}": "75.0 %", "logistic regression": "90.0 %"}
+
+
+def test_with_ema_the_figure_is_the_averaged_weights_and_raw_the_trained_ones(monkeypatch):
+    """training.ema: the recipe's figure is the averages' (what the trainer evaluates and saves), ``raw``
+    the same run's trained weights', and the model holds the trained weights again afterwards."""
+    import torch
+
+    import mmcore
+    from mmcore.ema import EMA
+    from mmcore.trainer import TrainResult
+
+    class Averaging:  # trains every weight to 1.0 and never updates the averages: they stay the init
+        def __init__(self, model, tasks, training, out_dir=None, resume=True):
+            self.model, self.ema = model, EMA(model, training.ema)
+
+        def fit(self):
+            with torch.no_grad():
+                for q in self.model.parameters():
+                    q.fill_(1.0)
+            return TrainResult(steps=1, final_loss=0.1, eval={"transcribe": {"loss": 0.02}})
+
+    def trained(model) -> bool:
+        return all(bool((q == 1.0).all()) for q in model.parameters())
+
+    models = []
+    monkeypatch.setattr(mmcore, "Trainer", Averaging)
+    monkeypatch.setattr(
+        recipe, "score", lambda model, data: models.append(model) or {"exact_match": 1.0 if trained(model) else 0.5}
+    )
+    spec = mmcore.load_spec(EXAMPLES / "speech_words.toml")
+    assert spec.training.ema is not None  # the spec averages (docs/tuning.md, speech round 5)
+    result = recipe.train_and_evaluate(EXAMPLES, spec, None)
+    assert result["exact_match"] == 0.5 and result["raw"] == {"exact_match": 1.0}
+    assert len(models) == 2 and trained(models[0])  # the trained weights are back after scoring the averages
 
 
 def test_the_recipes_runs_become_rows_of_the_ablation_table():
@@ -100,6 +134,15 @@ def test_the_recipes_runs_become_rows_of_the_ablation_table():
     assert [(r["seed"], r["exact_match"]) for r in rows] == [(0, 0.9972), (1, 1.0)]
     text = mod.table([{**r, "tag": "round 3"} for r in rows])
     assert "| 0 | 4800 | 99.7 % |" in text and "| 1 | 4800 | 100.0 % |" in text
+    miss = [{"voice": "v", "target": "on", "transcript": "one"}]
+    recipe_results["other_seeds"][0].update(misses=[], raw={"exact_match": 0.975, "misses": miss})  # with ema
+    rows = mod.recipe_rows(recipe_results)
+    assert rows[1]["raw"] == {"exact_match": 0.975, "misses": ["on -> one"]} and rows[1]["misses"] == []
+    assert "raw" not in rows[0] and "misses" not in rows[0]
+    text = mod.table([{**r, "tag": "round 5"} for r in rows])
+    assert "| final (speech_words.py --train) | (base) | 1 | 4800 | 100.0 % | 0.010 |" in text
+    assert "| final (speech_words.py --train), raw weights of the same run | (base) | 1 | 4800 | 97.5 % | - |" in text
+    assert text.count("raw weights") == 1
 
 
 def test_the_misses_of_a_saved_model_are_written_by_utterance(tmp_path, monkeypatch):

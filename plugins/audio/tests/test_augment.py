@@ -61,6 +61,41 @@ def test_shift_never_cuts_a_sound_that_starts_at_the_first_sample():
         assert -3 <= z.shape[0] - y0.shape[0] <= 400 and torch.equal(z[onset(z) :], y0[3:])
 
 
+def test_shift_prob_leaves_that_share_of_the_clips_where_evaluation_sees_them():
+    """A sound at the first sample only moves later: with shift_prob < 1 the rest keep it at the first
+    sample, as at evaluation; shift_prob = 1 (the default) draws exactly what it drew before the option."""
+    x = burst(start=0)
+    kept = []
+    for seed in range(200):
+        y = dsp.augment_waveform(
+            x, SR, shift_seconds=0.05, shift_prob=0.25, generator=torch.Generator().manual_seed(seed)
+        )
+        k = y.shape[0] - x.shape[0]
+        assert 0 <= k <= 400 and torch.equal(y[k:], x)
+        kept.append(k == 0)
+    assert 0.65 <= sum(kept) / len(kept) <= 0.85  # 75 % unshifted (and 1 in 401 shifted by 0)
+    for seed in range(20):
+        none = dsp.augment_waveform(
+            x, SR, shift_seconds=0.05, shift_prob=0.0, generator=torch.Generator().manual_seed(seed)
+        )
+        assert torch.equal(none, x)
+        every = dsp.augment_waveform(
+            x, SR, shift_seconds=0.05, shift_prob=1.0, generator=torch.Generator().manual_seed(seed)
+        )
+        default = dsp.augment_waveform(x, SR, shift_seconds=0.05, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(every, default)
+        before = int(torch.randint(0, 401, (), generator=torch.Generator().manual_seed(seed)))  # the shift's only draw
+        assert default.shape[0] - x.shape[0] == before  # so the runs before the option are reproduced
+    assert (
+        sum(
+            dsp.augment_waveform(x, SR, shift_seconds=0.05, generator=torch.Generator().manual_seed(s)).shape[0]
+            > x.shape[0]
+            for s in range(20)
+        )
+        >= 19
+    )
+
+
 def test_gain_scales_by_a_random_factor_within_the_range():
     x = burst()
     ratios = []
@@ -108,6 +143,11 @@ def test_processor_augments_only_while_training_and_reproducibly():
     c = p(audio)["features"]
     assert a.shape[0] == clean.shape[0] and abs(a.shape[1] - clean.shape[1]) <= 5  # a shift of <= 0.05 s: 5 frames
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, clean)
+    still = AudioProcessor(AudioProcessorConfig(**opts, shift_seconds=0.05, shift_prob=0.0))
+    still.training = True
+    assert torch.equal(still(audio)["features"], clean)  # shift_prob reaches the augmentation
+    with pytest.raises(ValidationError):
+        AudioProcessorConfig(**opts, shift_prob=1.5)
 
 
 def test_gain_alone_shifts_the_log_mel_features_by_a_constant():

@@ -107,6 +107,14 @@ class AudioProcessorConfig(ComponentConfig):
         "later (silence in front, the clip grows, cut at max_seconds) or earlier into its leading silence only "
         "(a shift never cuts a word's onset); 0: off.",
     )
+    shift_prob: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Augmentation while training: the share of clips the time shift (shift_seconds) moves; the "
+        "others keep their sound where it is, as evaluation sees it (a clip whose sound starts at its first "
+        "sample can only move later: with 1 its copies start shift_seconds / 2 later on average); 1: every clip.",
+    )
     gain_db: float = Field(
         0.0, ge=0, description="Augmentation while training: a random gain of up to +-gain_db decibels; 0: off."
     )

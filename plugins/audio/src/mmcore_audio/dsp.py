@@ -327,6 +327,7 @@ def augment_waveform(
     sample_rate: int,
     *,
     shift_seconds: float = 0.0,
+    shift_prob: float = 1.0,
     gain_db: float = 0.0,
     noise_snr_db: tuple[float, float] | None = None,
     speed_perturb: float = 0.0,
@@ -346,7 +347,10 @@ def augment_waveform(
       front and the clip grows by k (cut at ``max_samples``); for k < 0, -k samples of its
       leading silence (those before the first sample above ``SHIFT_SILENCE`` times the
       peak) are dropped. A shift never cuts into the sound itself: a word that starts at
-      the clip's first sample ("up" from a speech synthesiser) keeps its onset;
+      the clip's first sample ("up" from a speech synthesiser) keeps its onset. With
+      ``shift_prob < 1`` only that share of the calls shift (a uniform draw decides first); the
+      others leave the sound where it is, as evaluation sees it: a clip with no leading silence
+      can only move later, so its shifted copies start ``shift_seconds / 2`` later on average;
     * gain: multiplied by ``10 ** (g / 20)`` with ``g ~ U(-gain_db, gain_db)``;
     * noise: plus Gaussian white noise whose power is the signal's mean power over
       ``10 ** (snr / 10)``, ``snr ~ U(noise_snr_db)`` (a silent signal stays silent).
@@ -359,6 +363,8 @@ def augment_waveform(
         s = float(torch.empty((), dtype=torch.float64).uniform_(-speed_perturb, speed_perturb, generator=generator))
         out = change_speed(out, 1.0 + s, max_samples)
     k_max = int(round(shift_seconds * sample_rate))
+    if k_max > 0 and shift_prob < 1 and float(torch.rand((), generator=generator)) >= shift_prob:
+        k_max = 0  # this clip is not shifted (the draw is made only when shift_prob < 1: same stream as before)
     if k_max > 0 and out.shape[0]:
         lead = leading_silence(out)
         k = int(torch.randint(-min(k_max, lead), k_max + 1, (), generator=generator))

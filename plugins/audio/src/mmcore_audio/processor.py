@@ -152,6 +152,7 @@ class AudioProcessor(Processor):
                 wave,
                 c.sample_rate,
                 shift_seconds=c.shift_seconds,
+                shift_prob=c.shift_prob,
                 gain_db=c.gain_db,
                 noise_snr_db=c.noise_snr_db,
                 speed_perturb=c.speed_perturb,
