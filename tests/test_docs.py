@@ -660,3 +660,28 @@ def test_diabetes_search_table_is_its_results_file():
         assert rows.get(name) == [" / ".join(f"{r:.3f}" for r in result["r2"]), f"{result['mean_r2']:.3f}"], name
     pair = f"{linear['linear_regression']['r2']:.3f} / {linear['ridge_cv']['r2']:.3f}"
     assert rows["LinearRegression / RidgeCV on the same 274 / 68 patients"][0] == pair
+
+
+def test_vision_readme_small_picture_settings_build_the_measured_model():
+    """plugins/vision/README.md's settings for small pictures trained from scratch are the ones glyphs round 9
+    measured: they build one image token and the round's parameter count (bench/results_ablate_glyphs.json)."""
+    import json
+
+    import mmcore
+    from mmcore.spec import parse_spec
+
+    text = (ROOT / "plugins" / "vision" / "README.md").read_text()
+    block = re.search(r"```toml\n(\[encoders\.image\].*?)```", text, re.S)
+    assert block, "plugins/vision/README.md lost its small-picture TOML block"
+    data = tomllib.loads(block.group(1))
+    data.update(spec_version=1, name="small-pictures")
+    data["tasks"] = {"letter": {"objective": "classification", "train": "t.jsonl", "labels": list("AEFKMNPRSX")}}
+    model = mmcore.build(parse_spec(data, file="README.md"))
+    runs = json.loads((ROOT / "bench" / "results_ablate_glyphs.json").read_text())
+    runs = runs["runs"] if isinstance(runs, dict) else runs
+    measured = {
+        r["parameters"] for r in runs if r["setting"].startswith("stem=cnn,one_token,pooling=mean,backbone=96x3")
+    }
+    assert model.encoders["image"].num_tokens == 1
+    assert model.heads["letter"].pooling == "mean"
+    assert measured == {sum(p.numel() for p in model.parameters())}, measured
