@@ -104,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def exact_match(model, data: Path, show: int = 0) -> dict[str, float]:
-    """Generate a name for every held-out image and tone; the fraction named exactly, per task."""
+def exact_match(
+    model, data: Path, show: int = 0, predictions: dict[str, dict[str, str]] | None = None
+) -> dict[str, float]:
+    """Generate a name for every held-out image and tone; the fraction named exactly, per task.
+    ``predictions`` (a dict), if given, receives each task's generated names by input path
+    (``{"caption": {"img/0001.png": "seven", ...}, "transcribe": {...}}``)."""
     from mmcore.generation import GenerationConfig, generate_for_records
 
     out = {}
@@ -114,6 +118,8 @@ def exact_match(model, data: Path, show: int = 0) -> dict[str, float]:
         rows = [json.loads(line) for line in (data / f"{task}_eval.jsonl").read_text().splitlines()]
         preds = generate_for_records(model, [{field: r[field]} for r in rows], base=data, config=gen, batch_size=64)
         refs = [r["target"] for r in rows]
+        if predictions is not None:
+            predictions[task] = {row[field]: p.strip() for row, p in zip(rows, preds, strict=True)}
         acc = sum(p.strip() == r for p, r in zip(preds, refs, strict=True)) / len(refs)
         out[f"{task}_exact_match"] = acc
         if show:

@@ -101,6 +101,32 @@ def dtmf_clip(digit: int, rng: random.Random) -> bytes:
     return buf.getvalue()
 
 
+#: Pairs per training image drawn from the recipe's main random stream (see ``draw_pairs``).
+FIRST_PAIRS = 4
+
+
+def draw_pairs(
+    images: list[tuple[str, int]],
+    by_digit: dict[int, list[str]],
+    reps: range,
+    rng: random.Random,
+    pairs: list[dict] | None = None,
+) -> list[dict]:
+    """Match pairs ``reps`` of each image (pair ``r`` of image ``j`` matches when ``j + r`` is even,
+    else its tone is of another digit), a tone clip of the digit drawn for each; added to ``pairs``
+    (or a new list), the whole shuffled with ``rng``."""
+    pairs = list(pairs or [])
+    for j, (img, y) in enumerate(images):
+        for r in reps:
+            same = (j + r) % 2 == 0
+            other = y if same else rng.choice([d for d in range(10) if d != y])
+            pairs.append(
+                {"image": img, "audio": rng.choice(by_digit[other]), "text": "same digit?", "label": int(same)}
+            )
+    rng.shuffle(pairs)
+    return pairs
+
+
 def write_if_changed(path: Path, data: bytes) -> None:
     """Write ``data`` unless the file already holds it (a rerun leaves files that readers may be using alone)."""
     if not path.exists() or path.read_bytes() != data:
@@ -148,16 +174,13 @@ def main(argv: list[str] | None = None) -> dict:
         by_digit: dict[int, list[str]] = {}
         for n, y in clips[split]:
             by_digit.setdefault(y, []).append(n)
-        pairs = []
         reps = args.pairs_per_image if split == "train" else 1
-        for j, (img, y) in enumerate(images[split]):
-            for r in range(reps):
-                same = (j + r) % 2 == 0
-                other = y if same else rng.choice([d for d in range(10) if d != y])
-                pairs.append(
-                    {"image": img, "audio": rng.choice(by_digit[other]), "text": "same digit?", "label": int(same)}
-                )
-        rng.shuffle(pairs)
+        # The first FIRST_PAIRS pairs of each image draw from the one stream; pairs beyond them from
+        # their own, so more pairs per image leave the eval pairs (drawn after) as they are.
+        pairs = draw_pairs(images[split], by_digit, range(min(reps, FIRST_PAIRS)), rng)
+        if reps > FIRST_PAIRS:
+            more = random.Random(f"{args.seed}-more-pairs")
+            pairs = draw_pairs(images[split], by_digit, range(FIRST_PAIRS, reps), more, pairs)
         write(f"match_{split}.jsonl", pairs)
         stats[split] = {"images": len(images[split]), "clips": len(clips[split]), "pairs": len(pairs)}
     (out / "README.txt").write_text(__doc__ or "")
