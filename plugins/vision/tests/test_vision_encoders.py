@@ -363,3 +363,22 @@ def test_cnn_stem_patch_size_must_be_divisible_by_the_downsampling():
     ):
         PatchEncoderConfig(image_size=32, patch_size=4, stem="cnn", stem_layers=3)
     PatchEncoderConfig(image_size=32, patch_size=4, stem="conv", stem_layers=3)  # conv does not downsample
+
+
+@pytest.mark.parametrize(
+    ("layers", "init", "checksum"),
+    [(1, "normal", 1396.521910975), (3, "normal", 1748.752749033), (2, "fan_in", 1582.980159722)],
+)
+def test_conv_stem_seeded_build_draws_the_weights_it_always_drew(layers, init, checksum):
+    """A seeded build of a "conv" stem draws the weights the encoder drew before the "cnn" stem was
+    added (checksums from that version): the committed figures of the conv-stem recipes (the main job,
+    the digit strings, image + text, llava_digits) were measured from those draws, and a reordered
+    construction would silently give every seed other starting weights."""
+    cfg = PatchEncoderConfig(
+        image_size=8, patch_size=4, channels=1, dim=16, stem="conv", stem_layers=layers, stem_init=init
+    )
+    torch.manual_seed(0)
+    enc = PatchEncoder(cfg)
+    assert list(enc._modules)[:2] == ["patch_embed", "stem"]
+    weighted = sum((v.double() * (i + 1)).sum() for i, v in enumerate(enc.state_dict().values()))
+    assert float(weighted) == pytest.approx(checksum, rel=1e-9)

@@ -156,6 +156,14 @@ class PatchEncoder(Encoder):
         self.grid = self.grid_shape[0] if self.grid_shape[0] == self.grid_shape[1] else self.grid_shape
         self.num_tokens = self.grid_shape[0] * self.grid_shape[1]
         self.out_dim = config.dim
+        if config.stem == "conv":
+            # Registered and drawn before the stem, as before the "cnn" stem existed: the patch
+            # embedding comes first in the module order, and a seeded build of a "conv" stem draws
+            # the weights every committed figure of the conv-stem recipes was measured with (the
+            # layer is replaced below; its draws are the ones that keep the stream).
+            self.patch_embed = nn.Conv2d(
+                config.channels, config.dim, kernel_size=config.patch_size, stride=config.patch_size
+            )
         self.stem, stem_out, scale = _stem(config)
         kernel = config.patch_size // scale  # the stem has already reduced each side by `scale`
         self.patch_embed = nn.Conv2d(stem_out, config.dim, kernel_size=kernel, stride=kernel)
