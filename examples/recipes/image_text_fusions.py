@@ -12,7 +12,7 @@ Baselines on the same split: chance (1 in 10), the most frequent training captio
 classical classifiers of ``baselines.image_classifiers`` (logistic regression and an RBF SVM on
 the same 16x16 pixels).
 
-    python examples/recipes/image_text_fusions.py          # 3 fusions x 2 seeds x 1,750 steps, one core
+    python examples/recipes/image_text_fusions.py          # 3 fusions x 2 seeds x 2,500 steps, one core
     -> examples/recipes/results/image_text_fusions.json (docs/tasks.md, "Image + text")
 """
 
@@ -32,10 +32,9 @@ SPEC = EXAMPLES / "image_text.toml"
 FUSIONS = ("early", "cross_attention", "resampler")
 SEEDS = (0, 1)
 # The resampler's learned latents (its own option, so not in the spec's [fusion] table, which the other two
-# fusions read too): the fusion's default. At 32 the GPT reads 34 image tokens a caption and the resampler's
-# steps cost about twice early fusion's; at 4 (--latents 4, one per image token) about 1.3 times, measured
-# at 2,500 steps and not adopted (docs/tuning.md, "Image + text").
-RESAMPLER_LATENTS = 32
+# fusions read too): one per image token. At the fusion's default of 32 the GPT reads 34 image tokens a
+# caption and the resampler's steps cost about twice early fusion's; at 4 about 1.3 times (docs/tuning.md).
+RESAMPLER_LATENTS = 4
 
 
 def fusion_overrides(fusion: str, latents: int = RESAMPLER_LATENTS) -> list[str]:
