@@ -83,6 +83,7 @@ _LLAVA = {"backbone.weights_from": None, "encoders.text.weights_from": None}
 _LORA = {"backbone.train": "lora", "backbone.lora": {"rank": 8, "alpha": 16}}
 _DISTILL = [f"tasks.pretrain.{k}" for k in ("teacher", "distill_alpha", "distill_temperature", "distill_hidden")]
 _SCRATCH = {"backbone.train": "full", "encoders.text.train": "full"}
+_LATENTS = {"resampler": {"fusion.num_latents": 4}}  # image_text_fusions.py's RESAMPLER_LATENTS
 
 RECIPES: dict[str, Recipe] = {
     "digits_av": _one("digits_av.toml", 120, _DIGITS),
@@ -94,9 +95,10 @@ RECIPES: dict[str, Recipe] = {
     "stdlib_lm": _one("stdlib_lm.toml", 600, _STDLIB),
     # translation.py --train DIR --steps 2500: the figures docs/tasks.md quotes
     "translation": _one("translation.toml", 600, "python examples/recipes/translation.py", {"training.steps": 2500}),
+    # examples/recipes/image_text_fusions.py: one run per fusion; the resampler with the script's latents
     "image_text_fusions": Recipe(
         tuple(
-            Training("image_text.toml", {"fusion.component": f}, label=f)
+            Training("image_text.toml", {"fusion.component": f, **_LATENTS.get(f, {})}, label=f)
             for f in ("early", "cross_attention", "resampler")
         ),
         600,

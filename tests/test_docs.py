@@ -358,6 +358,43 @@ def test_image_text_fusion_figures_in_the_docs_are_the_results_file():
             for fusion in dict.fromkeys(run["fusion"] for run in runs):
                 figures = " / ".join(pct(run[key]) for run in runs if run["fusion"] == fusion)
                 assert f"`{fusion}` {figures}" in flat, f"the section does not quote {stem}'s {fusion} {key} {figures}"
+    # the two runs of the 2,500-step setting with 4 resampler latents, both seeds in one file each
+    for name in ("image_text_fusions_latents4_2500_ls_ema.json", "image_text_fusions_latents4_2500_ls_ema_rerun.json"):
+        runs = json.loads((ROOT / "examples" / "recipes" / "results" / name).read_text())["fusions"]
+        assert [run["seed"] for run in runs] == [0, 1, 0, 1, 0, 1], f"{name}: each fusion on seeds 0 and 1"
+        for fusion in dict.fromkeys(run["fusion"] for run in runs):
+            figures = " / ".join(pct(run["exact_match"]) for run in runs if run["fusion"] == fusion)
+            assert f"`{fusion}` {figures}" in flat, f"the section does not quote {name}'s {fusion} {figures}"
+
+
+def test_image_text_fusion_rounds_in_tuning_quote_their_results_files():
+    """docs/tuning.md's image + text table: each row's figures are its results files' (seed 0 / seed 1
+    per fusion, and the mean number of held-out images named over a row of six runs)."""
+    import json
+    import re
+
+    page = (ROOT / "docs" / "tuning.md").read_text()
+    section = page.split("## Image + text: the three fusions", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and ".json`" in line]
+    assert len(rows) >= 9, "the table lists every image + text results file"
+    names = set()
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        files = re.findall(r"`(image_text_fusions[\w]*\.json)`", cells[-1])
+        names |= set(files)
+        runs = [
+            run
+            for name in files
+            for run in json.loads((ROOT / "examples" / "recipes" / "results" / name).read_text())["fusions"]
+        ]
+        assert f"{runs[0]['steps']:,}" == cells[1], f"{files}: {runs[0]['steps']} steps, the row says {cells[1]}"
+        for cell, fusion in zip(cells[2:5], ("early", "cross_attention", "resampler"), strict=True):
+            want = " / ".join(f"{100 * run['exact_match']:.1f}" for run in runs if run["fusion"] == fusion)
+            assert cell == want, f"{files}: {fusion} is {want!r}, the row says {cell!r}"
+        mean = f"{sum(run['exact_match'] for run in runs) * 359 / len(runs):.1f}" if len(runs) == 6 else ""
+        assert cells[5] == mean, f"{files}: images a run {mean!r}, the row says {cells[5]!r}"
+    on_disk = {p.name for p in (ROOT / "examples" / "recipes" / "results").glob("image_text_fusions*.json")}
+    assert on_disk <= names, f"results files the table does not list: {sorted(on_disk - names)}"
 
 
 def test_task_figures_quote_the_results_files():
