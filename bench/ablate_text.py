@@ -119,6 +119,11 @@ SETTINGS: dict[str, dict[str, object]] = {
     },
     # topics: autoregressive pretraining (the lm head predicts the next token, causal attention) instead of masked LM
     "topics_pretrain=lm": {"tasks.pretrain.objective": "lm"},
+    # topics: both objectives in the first stage, one drawn a step (so 800 steps hold about 400 of each), one lm head
+    "topics_pretrain=mlm+lm": {
+        "tasks.pretrain_lm": {"objective": "lm", "head": "lm", "train": "data/stdlib/corpus_topics_pretrain.txt"},
+        "training.stages.0.tasks": ["pretrain", "pretrain_lm"],
+    },
 }
 
 

@@ -52,3 +52,18 @@ def test_baseline_rows_read_the_split_asked_for(tmp_path, monkeypatch):
     (data / "baselines.json").write_text(json.dumps({"topics_classical": {}}))
     with pytest.raises(KeyError, match="topics_classical_validation"):
         at.baseline_rows("topics", "validation")
+
+
+def test_every_topics_setting_builds_a_valid_spec():
+    """Each named topics setting, on either split, is a spec mmcore accepts (a typo in a dotted key or a
+    task the stage names but the spec lacks fails here, not an hour into an ablation)."""
+    from mmcore.spec import parse_spec
+
+    names = [n for n in at.SETTINGS if n.startswith("topics_")]
+    assert {"topics_pretrain=lm", "topics_pretrain=mlm+lm", "topics_pretrain=more,1600"} <= set(names)
+    for name in names:
+        for on in ("eval", "validation"):
+            data = at.build_spec("topics", 400, {**at.SETTINGS[name], "on": on, "label_stage_only": True}, 0)
+            spec = parse_spec(data, file=str(at.ROOT / "examples" / "stdlib_topics.toml"))
+            assert [s.name for s in spec.training.stages] == ["pretrain", "topics"], name
+            assert set(spec.training.stages[0].tasks) <= set(spec.tasks), name
