@@ -11,7 +11,10 @@ load the machine had) and ``docs/tuning.md`` quotes that file.
     python bench/ablate_text.py --write-docs      # docs/tuning.md's text tables, from the results file
 
 A setting is a name from ``SETTINGS`` or inline dotted overrides (``training.lr=0.003,backbone.depth=2``,
-JSON values). ``bpe=N`` reads the text with a byte-level BPE tokenizer of N tokens trained on
+JSON values). ``--on validation`` trains on the training split's fit part and scores on its validation
+part (``VALIDATION``; examples/recipes/stdlib_text.py writes them), so settings are chosen without the
+eval split; ``--record-baseline`` appends the classical baselines' figures on the same split as rows.
+``--lengths`` counts the texts longer than the spec's ``max_length`` in tokens (bench/results_text_lengths.json). ``bpe=N`` reads the text with a byte-level BPE tokenizer of N tokens trained on
 the recipe's training split only (``mmcore_text.train_bpe``), written under the data folder.
 The recipe's data must exist (``python examples/recipes/language_id.py`` /
 ``python examples/recipes/stdlib_text.py``).
@@ -34,6 +37,8 @@ from ablate_digits import parse_setting, run_settings, tables_by_round  # noqa: 
 from ablate_digits import write_docs as write_tables  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results_ablate_text.json"
+#: ``--lengths``: per recipe, how many texts are longer than the spec's max_length
+LENGTHS = ROOT / "bench" / "results_text_lengths.json"
 
 #: recipe -> (spec, task, metric key in the trainer's eval)
 RECIPES: dict[str, tuple[str, str, str]] = {
@@ -42,6 +47,20 @@ RECIPES: dict[str, tuple[str, str, str]] = {
     "mlm": ("stdlib_mlm.toml", "pretrain", "masked_accuracy"),
     "lm": ("stdlib_lm.toml", "pretrain", "perplexity"),
 }
+
+#: recipe -> (fit file, validation file): the training split cut in two (``--on validation``), relative to examples/
+VALIDATION: dict[str, tuple[str, str]] = {
+    "topics": ("data/stdlib/topics_train_fit.jsonl", "data/stdlib/topics_val.jsonl"),
+}
+#: the classical baselines' figures, per split, in the recipe's data folder's baselines.json (recipe -> file, keys)
+BASELINES: dict[str, tuple[str, dict[str, str]]] = {
+    "topics": (
+        "data/stdlib/baselines.json",
+        {"eval": "topics_classical", "validation": "topics_classical_validation"},
+    ),
+}
+#: options of a setting that are not spec keys
+OPTIONS = ("bpe", "pretrain_steps", "label_stage_only", "on")
 
 #: setting name -> overrides (dotted key -> value) on the base spec.
 SETTINGS: dict[str, dict[str, object]] = {
@@ -89,8 +108,22 @@ SETTINGS: dict[str, dict[str, object]] = {
     "topics_stage2+mlm": {"training.stages.1.tasks": ["topics", "pretrain"], "training.stages.1.steps": 800},
     # topics: the classify head keeps each feature's maximum over the paragraph's tokens instead of their mean
     "topics_pooling=max": {"heads.topic.pooling": "max"},
+    # topics: max pooling and dropout 0.2 on the pooled vector (the head's own dropout: the labelled stage alone)
+    "topics_pooling=max,dropout=0.2": {"heads.topic.pooling": "max", "heads.topic.dropout": 0.2},
     # topics: the first stage on 2.2x the unlabelled text (examples/recipes/stdlib_text.py writes the file)
     "topics_pretrain=more": {"tasks.pretrain.train": "data/stdlib/corpus_topics_pretrain_more.txt"},
+    # topics: the larger corpus read for twice the steps (about as many passes over it as the spec's 800 over its own)
+    "topics_pretrain=more,1600": {
+        "tasks.pretrain.train": "data/stdlib/corpus_topics_pretrain_more.txt",
+        "training.stages.0.steps": 1600,
+    },
+    # topics: autoregressive pretraining (the lm head predicts the next token, causal attention) instead of masked LM
+    "topics_pretrain=lm": {"tasks.pretrain.objective": "lm"},
+    # topics: both objectives in the first stage, one drawn a step (so 800 steps hold about 400 of each), one lm head
+    "topics_pretrain=mlm+lm": {
+        "tasks.pretrain_lm": {"objective": "lm", "head": "lm", "train": "data/stdlib/corpus_topics_pretrain.txt"},
+        "training.stages.0.tasks": ["pretrain", "pretrain_lm"],
+    },
 }
 
 
@@ -136,14 +169,66 @@ def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int)
     for k in ("checkpoint_every", "eval_every"):
         data["training"].pop(k, None)
     for k, v in copy.deepcopy(overrides).items():
-        if k not in ("bpe", "pretrain_steps", "label_stage_only"):
+        if k not in OPTIONS:
             set_dotted(data, k, v)
+    on = overrides.get("on", "eval")
+    if on == "validation":  # train on the fit part of the training split, score on its validation part
+        if recipe not in VALIDATION:
+            raise ValueError(f"recipe {recipe!r} has no validation split; --on validation takes {sorted(VALIDATION)}")
+        task = data["tasks"][RECIPES[recipe][1]]
+        task["train"], task["eval"] = VALIDATION[recipe]
+    elif on != "eval":
+        raise ValueError(f"'on' takes 'eval' or 'validation', got {on!r}")
     if "bpe" in overrides:
         enc = data["encoders"]["text"]
         enc["component"] = "text.bpe"
         train_file = ROOT / "examples" / data["tasks"][RECIPES[recipe][1]]["train"]
         enc["tokenizer"] = str(bpe_tokenizer(train_file, int(overrides["bpe"])))
     return data
+
+
+def baseline_rows(recipe: str, on: str) -> list[dict]:
+    """The classical baselines' figures on split ``on`` (eval or validation) as result rows, read from the
+    baselines.json the recipe's data script wrote (the same paragraphs the model is trained and scored on)."""
+    if recipe not in BASELINES:
+        raise ValueError(f"recipe {recipe!r} has no classical baselines file; known: {sorted(BASELINES)}")
+    file, keys = BASELINES[recipe]
+    if on not in keys:
+        raise ValueError(f"'on' takes {sorted(keys)}, got {on!r}")
+    path = ROOT / "examples" / file
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the recipe's data script (examples/recipes/stdlib_text.py)")
+    figures = json.loads(path.read_text())
+    if keys[on] not in figures:
+        raise KeyError(f"{path} has no {keys[on]!r}: rerun examples/recipes/stdlib_text.py to write it")
+    metric = RECIPES[recipe][2]
+    return [
+        {"recipe": recipe, "setting": name, "overrides": {"on": on}, "metric": metric, "value": round(v[metric], 6)}
+        for name, v in figures[keys[on]].items()
+    ]
+
+
+def token_lengths(recipe: str) -> dict:
+    """How many of the recipe's training and eval texts the spec's text encoder cuts (longer than ``max_length``
+    tokens, its framing included): whether a longer context could see more of a paragraph than it does."""
+    import mmcore
+
+    spec_file, task, _ = RECIPES[recipe]
+    spec = mmcore.load_spec(ROOT / "examples" / spec_file)
+    proc = mmcore.build(spec).processors["text"]
+    limit, framing = proc.max_length, int(proc.add_bos) + int(proc.add_eos)
+    out = {"recipe": recipe, "max_length": limit, "framing_tokens": framing}
+    for split in ("train", "eval"):
+        path = ROOT / "examples" / getattr(spec.tasks[task], split)
+        texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        n = sorted(len(proc.tokenizer.encode(t)) + framing for t in texts)
+        out[split] = {
+            "texts": len(n),
+            "longer_than_max_length": sum(x > limit for x in n),
+            "median_tokens": n[len(n) // 2],
+            "max_tokens": n[-1],
+        }
+    return out
 
 
 def pretraining_corpus(eval_file: Path) -> Path:
@@ -333,10 +418,17 @@ def table(results: list[dict]) -> str:
         results,
         f"| setting | overrides | seed | steps x batch | parameters | held-out {metric} | final train loss "
         "| train minutes (under load) |\n|---|---|---:|---:|---:|---:|---:|---:|",
-        lambda r, ov: (
-            f"| {r['setting']} | {ov} | {r['seed']} | {steps_cell(r)} | {r['parameters']:,} | "
-            f"{fmt(r['metric'], r['value'])} | {r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
-        ),
+        row_cells,
+    )
+
+
+def row_cells(r: dict, ov: str) -> str:
+    """One result's table row; a classical baseline's row (``--record-baseline``) has its figure alone."""
+    if "seed" not in r:
+        return f"| {r['setting']} | {ov} | - | - | - | {fmt(r['metric'], r['value'])} | - | - |"
+    return (
+        f"| {r['setting']} | {ov} | {r['seed']} | {steps_cell(r)} | {r['parameters']:,} | "
+        f"{fmt(r['metric'], r['value'])} | {r['final_loss']:.3f} | {r['train_seconds'] / 60:.1f} |"
     )
 
 
@@ -367,7 +459,27 @@ def main(argv: list[str] | None = None) -> int:
         help="append the committed spec's runs from its results file (the recipe script's --train) as rows "
         "named SETTING, instead of training",
     )
+    p.add_argument(
+        "--on",
+        choices=("eval", "validation"),
+        default="eval",
+        help="validation: train on the training split's fit part, score on its validation part (VALIDATION)",
+    )
+    p.add_argument(
+        "--record-baseline",
+        action="store_true",
+        help="append the classical baselines' figures on the --on split (the data script's baselines.json) as rows",
+    )
+    p.add_argument("--lengths", action="store_true", help="count the texts longer than the spec's max_length, print")
     args = p.parse_args(argv)
+    if args.lengths:
+        from mmcore.checkpoint import atomic_write_text
+
+        got = json.loads(LENGTHS.read_text()) if LENGTHS.exists() else {}
+        got[args.recipe] = token_lengths(args.recipe)
+        print(json.dumps(got[args.recipe], indent=1))
+        atomic_write_text(LENGTHS, json.dumps(got, indent=1) + "\n")
+        return 0
     if args.write_docs:
         write_docs(json.loads(Path(args.out).read_text()))
         return 0
@@ -376,12 +488,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k:24} {v}")
         return 0
     base = parse_setting(args.base, SETTINGS) if args.base else {}
+    if args.on != "eval":
+        base = {**base, "on": args.on}
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else []
     from mmcore.checkpoint import atomic_write_text
 
-    if args.record_recipe:
-        for r in recipe_rows(args.recipe, args.record_recipe):
+    if args.record_recipe or args.record_baseline:
+        rows = recipe_rows(args.recipe, args.record_recipe) if args.record_recipe else []
+        for r in rows + (baseline_rows(args.recipe, args.on) if args.record_baseline else []):
             r["tag"] = args.tag
             print(json.dumps(r), flush=True)
             results.append(r)

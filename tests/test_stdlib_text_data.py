@@ -59,3 +59,29 @@ def test_more_pretraining_text_never_holds_topic_eval_text():
         "Threads share memory; a lock makes a critical section run in one thread at a time.",
     ]
     assert recipe.without_eval_text(texts, {ev}) == [texts[0], texts[5]]
+
+
+def test_validation_split_is_deterministic_disjoint_and_apart_from_eval():
+    """topics_val.jsonl: about a fifth of the training rows, chosen by their text alone (the same rows
+    whatever the order), disjoint from the fit rows and together exactly the training rows; the hash is
+    salted apart from the eval split's, whose training rows all hash to its upper 80 % (an unsalted
+    ``held_out(text, 0.2)`` would pick none of them)."""
+    import pytest
+
+    recipe = _recipe()
+    texts = [f"paragraph {i}: the socket module opens connections and reads bytes from peers." for i in range(2000)]
+    train = [{"text": t, "label": "network"} for t in texts if not recipe.held_out(t, 0.2)]
+    ev = [t for t in texts if recipe.held_out(t, 0.2)]
+    assert 300 < len(ev) < 500 and len(train) > 1500
+    fit, val = recipe.validation_split(train)
+    fit_texts, val_texts = {r["text"] for r in fit}, {r["text"] for r in val}
+    assert not fit_texts & val_texts
+    assert sorted(fit_texts | val_texts) == sorted(r["text"] for r in train)
+    assert len(fit) + len(val) == len(train)
+    assert not val_texts & set(ev) and not fit_texts & set(ev)
+    assert 0.15 < len(val) / len(train) < 0.25, len(val)
+    again_fit, again_val = recipe.validation_split(list(reversed(train)))
+    assert {r["text"] for r in again_val} == val_texts and {r["text"] for r in again_fit} == fit_texts
+    assert [r["text"] for r in fit] == [r["text"] for r in train if r["text"] in fit_texts]  # order kept
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        recipe.validation_split(train, 1.0)

@@ -7,6 +7,11 @@ Writes, under --out (default: examples/data/stdlib):
 * ``topics_train.jsonl`` / ``topics_eval.jsonl`` -- topic classification: a docstring
   paragraph and the domain of the module it documents (text, network, concurrency,
   numbers); a seeded random 20 % of the paragraphs are held out;
+* ``topics_train_fit.jsonl`` / ``topics_val.jsonl`` -- the training paragraphs split again for
+  choosing settings without the eval split (``validation_split``: a salted hash of the text puts
+  about 20 % of them in ``topics_val.jsonl``); ``bench/ablate_text.py --on validation`` trains on
+  the first and scores on the second. The pretraining text keeps the validation paragraphs
+  (they are training paragraphs); it never holds an eval paragraph;
 * ``corpus_topics_pretrain.txt`` -- ``corpus_train.txt`` without the topic eval paragraphs:
   the unlabelled text the topics spec pretrains on before it learns the labels;
 * ``corpus_topics_pretrain_more.txt`` -- more of the English technical prose Python ships:
@@ -226,6 +231,21 @@ def held_out(name: str, fraction: float = 0.1) -> bool:
     return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 1000 < fraction * 1000
 
 
+def validation_split(rows: list[dict], fraction: float = 0.2) -> tuple[list[dict], list[dict]]:
+    """Training rows split into (fit, validation) for choosing settings without the eval split.
+
+    A hash of each row's text decides, salted apart from the eval split's ``held_out(text, 0.2)`` (under
+    which every training row already hashes to the upper 80 %), so the split is deterministic, holds
+    about ``fraction`` of the rows and depends on nothing but the text.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must lie strictly between 0 and 1, got {fraction}")
+    fit, val = [], []
+    for r in rows:
+        (val if held_out("validation:" + r["text"], fraction) else fit).append(r)
+    return fit, val
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "stdlib"))
@@ -264,6 +284,10 @@ def main() -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows_train)
     with open(out / "topics_eval.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows_eval)
+    rows_fit, rows_val = validation_split(rows_train)
+    for name, rows in (("topics_train_fit.jsonl", rows_fit), ("topics_val.jsonl", rows_val)):
+        with open(out / name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
     # The topics spec's pretraining text: the training corpus without the topic eval paragraphs
     # (the corpus is split by module, the topics by paragraph, so corpus_train.txt holds them).
     held = {r["text"] for r in rows_eval}
@@ -299,6 +323,9 @@ def main() -> None:
         "topics_train": len(rows_train),
         "topics_eval": len(rows_eval),
         "topics_eval_counts": dict(topic_counts),
+        "topics_train_fit": len(rows_fit),
+        "topics_val": len(rows_val),
+        "topics_val_counts": dict(Counter(r["label"] for r in rows_val)),
         "corpus_topics_pretrain_docs": len(pretrain),
         "corpus_topics_pretrain_more_docs": len(more),
         "majority_accuracy": max(topic_counts.values()) / len(rows_eval),
@@ -314,6 +341,14 @@ def main() -> None:
         [r["label"] for r in rows_train],
         [r["text"] for r in rows_eval],
         [r["label"] for r in rows_eval],
+    )
+    # the same classifiers trained on the fit split and scored on the validation split: what a setting
+    # chosen with bench/ablate_text.py --on validation is read against
+    baselines["topics_classical_validation"] = text_classifiers(
+        [r["text"] for r in rows_fit],
+        [r["label"] for r in rows_fit],
+        [r["text"] for r in rows_val],
+        [r["label"] for r in rows_val],
     )
     from mmcore import atomic_write_text
 
