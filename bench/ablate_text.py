@@ -119,6 +119,11 @@ SETTINGS: dict[str, dict[str, object]] = {
     },
     # topics: autoregressive pretraining (the lm head predicts the next token, causal attention) instead of masked LM
     "topics_pretrain=lm": {"tasks.pretrain.objective": "lm"},
+    # topics: token masking augmentation of the labelled paragraphs (the text encoder's augment_mask: each token
+    # of a training paragraph becomes <mask> with this probability, afresh each read; the corpus stage is not masked)
+    "topics_augment_mask=0.1": {"encoders.text.augment_mask": 0.1},
+    "topics_augment_mask=0.2": {"encoders.text.augment_mask": 0.2},
+    "topics_augment_mask=0.3": {"encoders.text.augment_mask": 0.3},
     # topics: both objectives in the first stage, one drawn a step (so 800 steps hold about 400 of each), one lm head
     "topics_pretrain=mlm+lm": {
         "tasks.pretrain_lm": {"objective": "lm", "head": "lm", "train": "data/stdlib/corpus_topics_pretrain.txt"},
@@ -263,6 +268,17 @@ def pretrain(data: dict, task: str, steps: int, seed: int, spec_file: Path):
     return model
 
 
+def pretraining_encoders(data: dict, tasks: list[str]) -> dict:
+    """``data``'s encoders as the ``tasks`` (the earlier stages') read them: when every one of them trains on a
+    packed text corpus (not a JSONL manifest), without the text encoders' ``augment_mask``, which only masks
+    JSONL training records, so a labelled stage with and without it starts from the same cached weights."""
+    encoders = copy.deepcopy(data["encoders"])
+    if all(not str(data["tasks"][t]["train"]).endswith(".jsonl") for t in tasks):
+        for enc in encoders.values():
+            enc.pop("augment_mask", None)
+    return encoders
+
+
 def staged_pretrained(data: dict, seed: int, spec_file: Path):
     """The weights after every stage but the last of a staged spec (``data``), trained once per seed and cached.
 
@@ -283,7 +299,7 @@ def staged_pretrained(data: dict, seed: int, spec_file: Path):
     early = [t for st in stages[:-1] for t in st.get("tasks", [])]
     key_src = {
         "backbone": data["backbone"],
-        "encoders": data["encoders"],
+        "encoders": pretraining_encoders(data, early),
         "heads": {h: data["heads"][h] for h in {data["tasks"][t].get("head") for t in early} if h in data["heads"]},
         "tasks": {t: data["tasks"][t] for t in early},
         # training.ema changes what is evaluated and saved, not the weights the earlier stages train

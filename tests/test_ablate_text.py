@@ -67,3 +67,16 @@ def test_every_topics_setting_builds_a_valid_spec():
             spec = parse_spec(data, file=str(at.ROOT / "examples" / "stdlib_topics.toml"))
             assert [s.name for s in spec.training.stages] == ["pretrain", "topics"], name
             assert set(spec.training.stages[0].tasks) <= set(spec.tasks), name
+
+
+def test_augment_mask_shares_the_cached_first_stage_only_when_that_stage_reads_a_corpus():
+    """The text encoder's augment_mask masks JSONL training records only, so the topics spec's first stage (a
+    text corpus) is the same with and without it, and its cached weights are shared; a first stage on a JSONL
+    manifest would be masked too, and keeps augment_mask in its key."""
+    data = at.build_spec("topics", 400, {"encoders.text.augment_mask": 0.2}, 0)
+    assert data["encoders"]["text"]["augment_mask"] == 0.2
+    early = data["training"]["stages"][0]["tasks"]
+    assert at.pretraining_encoders(data, early) == at.build_spec("topics", 400, {}, 0)["encoders"]
+    assert data["encoders"]["text"]["augment_mask"] == 0.2  # the spec itself keeps it
+    data["tasks"]["pretrain"]["train"] = "data/stdlib/topics_train.jsonl"
+    assert at.pretraining_encoders(data, early)["text"]["augment_mask"] == 0.2

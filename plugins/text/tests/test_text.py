@@ -95,6 +95,36 @@ def test_processor_properties():
     assert ids(proc(add_bos=False)("")) == [EOS]
 
 
+def test_augment_mask_masks_training_copies_only():
+    """``augment_mask``: a training copy replaces about that fraction of a plain-text sample's tokens (never
+    <bos>/<eos>) by <mask>, afresh each read; the processor itself, {prompt, target} samples and 0 leave text be."""
+    import copy
+
+    text = "the quick brown fox jumps over the lazy dog " * 20  # 880 bytes
+    p = proc(max_length=1000, augment_mask=0.3)
+    plain = ids(p(text))
+    assert plain == ids(proc(max_length=1000)(text))  # not training: the text as is
+    train = copy.copy(p)
+    train.training = True
+    torch.manual_seed(0)
+    a, b = ids(train(text)), ids(train(text))
+    for out in (a, b):
+        assert len(out) == len(plain) and out[0] == BOS and out[-1] == EOS
+        masked = [i for i, (x, y) in enumerate(zip(out, plain, strict=True)) if x != y]
+        assert all(out[i] == 259 for i in masked)  # changed tokens became <mask>, nothing else
+        assert 0.25 < len(masked) / (len(plain) - 2) < 0.35
+    assert a != b  # drawn afresh each read
+    pair = {"prompt": "ab" * 20, "target": "cd" * 20}
+    assert ids(train(pair)) == ids(p(pair))
+    off = copy.copy(proc(max_length=1000))
+    off.training = True
+    assert ids(off(text)) == plain
+    assert p.options["augment_mask"] == 0.3 and "augment_mask" not in proc().options
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValidationError):
+            ByteTextConfig(augment_mask=bad)
+
+
 # --- truncation ---------------------------------------------------------------------
 
 
@@ -236,6 +266,10 @@ def test_save_load(tmp_path):
     q = proc()
     q.load(str(tmp_path))
     assert q.options == p.options
+    masked = proc(augment_mask=0.2)
+    masked.save(str(tmp_path / "masked"))
+    q.load(str(tmp_path / "masked"))
+    assert q.augment_mask == 0.2 and q.options == masked.options
     data["special_tokens"]["<eos>"] = 1
     (tmp_path / TOKENIZER_FILE).write_text(json.dumps(data))
     with pytest.raises(ModelDirError, match="special_tokens"):

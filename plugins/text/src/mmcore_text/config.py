@@ -115,6 +115,16 @@ class TextOptions(ComponentConfig):
     )
     add_bos: bool = Field(True, description="Start every sample with <bos>.")
     add_eos: bool = Field(True, description="End every sample with <eos> (so a language model learns where text ends).")
+    augment_mask: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Token masking augmentation, only while the processor is in training mode (a task's JSONL "
+        "training records; packed text corpora, evaluation and inference read the text as is): each token of a "
+        "plain-text sample (not <bos> or <eos>) becomes <mask> with this probability, drawn afresh every time the "
+        "record is read, so a classifier cannot lean on a few memorised tokens. {prompt, target} samples are not "
+        "masked. 0 (the default): off. Needs a <mask> token.",
+    )
 
     @model_validator(mode="after")
     def _check_room(self) -> "TextOptions":

@@ -188,6 +188,7 @@ class TokenTextProcessor(Processor):
         self.truncation: str = config.truncation
         self.add_bos: bool = config.add_bos
         self.add_eos: bool = config.add_eos
+        self.augment_mask: float = config.augment_mask
 
     @property
     def tokenizer(self) -> Any:
@@ -195,13 +196,17 @@ class TokenTextProcessor(Processor):
 
     @property
     def options(self) -> dict[str, Any]:
-        """The framing and truncation options (``max_length``, ``truncation``, ``add_bos``, ``add_eos``)."""
-        return {
+        """The framing and truncation options (``max_length``, ``truncation``, ``add_bos``, ``add_eos``), and
+        ``augment_mask`` when it is on (so a processor without augmentation saves what it always did)."""
+        out: dict[str, Any] = {
             "max_length": self.max_length,
             "truncation": self.truncation,
             "add_bos": self.add_bos,
             "add_eos": self.add_eos,
         }
+        if self.augment_mask:
+            out["augment_mask"] = self.augment_mask
+        return out
 
     # --- vocabulary (delegated to the tokenizer) ---------------------------------------
 
@@ -253,6 +258,8 @@ class TokenTextProcessor(Processor):
             tail = [self.eos_id] if self.add_eos else []
             content = self._ids(value, where, "text", self.max_length - len(head) - len(tail))
             kept, _ = self._truncate(content, len(head) + len(tail), where)
+            if self.training and self.augment_mask > 0 and kept:
+                kept = self._masked(kept, where)
             return {"ids": torch.tensor(head + kept + tail, dtype=torch.long)}
         if isinstance(value, Mapping):
             return self._prompt_target(value, where)
@@ -260,6 +267,15 @@ class TokenTextProcessor(Processor):
             f"{_at(where)}{self.name} expects a str or a {{'prompt': str, 'target': str}} dict, "
             f"got {type(value).__name__}"
         )
+
+    def _masked(self, ids: list[int], where: str) -> list[int]:
+        """``ids`` with each token replaced by <mask> with probability ``augment_mask`` (torch's global
+        generator, seeded per DataLoader worker): the ``augment_mask`` option, training copies only."""
+        mask_id = self.mask_id
+        if mask_id is None:
+            raise InputError(f"{_at(where)}{self.name}: augment_mask needs a <mask> token, and the tokenizer has none")
+        t = torch.tensor(ids, dtype=torch.long)
+        return torch.where(torch.rand(t.shape) < self.augment_mask, mask_id, t).tolist()
 
     def _prompt_target(self, value: Mapping[Any, Any], where: str) -> dict[str, Tensor]:
         unknown = [k for k in value if k not in ("prompt", "target", "sep")]
