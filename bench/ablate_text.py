@@ -15,7 +15,8 @@ JSON values). ``--on validation`` trains on the training split's fit part and sc
 part (``VALIDATION``; examples/recipes/stdlib_text.py writes them), so settings are chosen without the
 eval split; ``--record-baseline`` appends the classical baselines' figures on the same split as rows.
 ``--lengths`` counts the texts longer than the spec's ``max_length`` in tokens (bench/results_text_lengths.json). ``bpe=N`` reads the text with a byte-level BPE tokenizer of N tokens trained on
-the recipe's training split only (``mmcore_text.train_bpe``), written under the data folder.
+the recipe's training split only (``mmcore_text.train_bpe``), written under the data folder; with
+``bpe_text="pretrain"`` on the first stage's corpus instead, less the paragraphs of the split scored.
 The recipe's data must exist (``python examples/recipes/language_id.py`` /
 ``python examples/recipes/stdlib_text.py``).
 """
@@ -60,7 +61,7 @@ BASELINES: dict[str, tuple[str, dict[str, str]]] = {
     ),
 }
 #: options of a setting that are not spec keys
-OPTIONS = ("bpe", "pretrain_steps", "label_stage_only", "on")
+OPTIONS = ("bpe", "bpe_text", "pretrain_steps", "label_stage_only", "on")
 
 #: setting name -> overrides (dotted key -> value) on the base spec.
 SETTINGS: dict[str, dict[str, object]] = {
@@ -124,6 +125,9 @@ SETTINGS: dict[str, dict[str, object]] = {
     "topics_augment_mask=0.1": {"encoders.text.augment_mask": 0.1},
     "topics_augment_mask=0.2": {"encoders.text.augment_mask": 0.2},
     "topics_augment_mask=0.3": {"encoders.text.augment_mask": 0.3},
+    # topics: a 4,000-token BPE tokenizer trained on the first stage's corpus (corpus_topics_pretrain.txt: 3,193
+    # paragraphs, not the 1,460 labelled ones), less the paragraphs of the split scored (validation or eval)
+    "topics_bpe=4000,pretrain": {"bpe": 4000, "bpe_text": "pretrain"},
     # topics: both objectives in the first stage, one drawn a step (so 800 steps hold about 400 of each), one lm head
     "topics_pretrain=mlm+lm": {
         "tasks.pretrain_lm": {"objective": "lm", "head": "lm", "train": "data/stdlib/corpus_topics_pretrain.txt"},
@@ -147,19 +151,30 @@ def set_dotted(d: dict, key: str, value: object) -> None:
         d[last] = value
 
 
-def bpe_tokenizer(train_file: Path, vocab: int) -> Path:
-    """A byte-level BPE tokenizer of ``vocab`` tokens trained on a task's training file only (cached beside it)."""
+def read_texts(path: Path) -> list[str]:
+    """A JSONL manifest's ``text`` fields, or a text file's lines."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".jsonl":
+        return [json.loads(line)["text"] for line in lines if line.strip()]
+    return lines
+
+
+def bpe_tokenizer(train_file: Path, vocab: int, without: Path | None = None) -> Path:
+    """A byte-level BPE tokenizer of ``vocab`` tokens trained on ``train_file`` (cached beside it): a task's
+    training file, or (``bpe_text = "pretrain"``) the first stage's corpus less every line that is, or whose first
+    400 characters are, a text of ``without`` (the split a run scores on: the corpus holds the validation
+    paragraphs, and the tokenizer must not learn from the text it is judged on)."""
     sys.path.insert(0, str(ROOT / "examples" / "recipes"))
     from language_id import train_tokenizer
 
-    out = train_file.parent / f"bpe{vocab}_{train_file.stem}"
+    name = f"bpe{vocab}_{train_file.stem}" + (f"_without_{without.stem}" if without is not None else "")
+    out = train_file.parent / name
     if (out / "tokenizer.json").exists():
         return out / "tokenizer.json"
-    if train_file.suffix == ".jsonl":
-        lines = train_file.read_text(encoding="utf-8").splitlines()
-        texts = [json.loads(line)["text"] for line in lines if line.strip()]
-    else:
-        texts = train_file.read_text(encoding="utf-8").splitlines()
+    texts = read_texts(train_file)
+    if without is not None:
+        held = set(read_texts(without))
+        texts = [t for t in texts if t not in held and t[:400] not in held]
     return train_tokenizer(texts, vocab, out)
 
 
@@ -187,8 +202,18 @@ def build_spec(recipe: str, steps: int, overrides: dict[str, object], seed: int)
     if "bpe" in overrides:
         enc = data["encoders"]["text"]
         enc["component"] = "text.bpe"
-        train_file = ROOT / "examples" / data["tasks"][RECIPES[recipe][1]]["train"]
-        enc["tokenizer"] = str(bpe_tokenizer(train_file, int(overrides["bpe"])))
+        task = data["tasks"][RECIPES[recipe][1]]
+        if overrides.get("bpe_text", "task") == "pretrain":  # the first stage's corpus, less the scored split
+            train_file, without = (
+                ROOT / "examples" / data["tasks"]["pretrain"]["train"],
+                ROOT / "examples" / task["eval"],
+            )
+        else:
+            train_file, without = ROOT / "examples" / task["train"], None
+        enc["tokenizer"] = str(bpe_tokenizer(train_file, int(overrides["bpe"]), without))
+        enc.pop("vocab_size", None)
+    elif "bpe_text" in overrides:
+        raise ValueError("bpe_text names the text a bpe=N tokenizer is trained on: set bpe too")
     return data
 
 

@@ -54,10 +54,13 @@ def test_baseline_rows_read_the_split_asked_for(tmp_path, monkeypatch):
         at.baseline_rows("topics", "validation")
 
 
-def test_every_topics_setting_builds_a_valid_spec():
+def test_every_topics_setting_builds_a_valid_spec(monkeypatch):
     """Each named topics setting, on either split, is a spec mmcore accepts (a typo in a dotted key or a
     task the stage names but the spec lacks fails here, not an hour into an ablation)."""
     from mmcore.spec import parse_spec
+
+    spec_tokenizer = str(at.ROOT / "examples" / "tokenizers" / "stdlib_topics" / "tokenizer.json")
+    monkeypatch.setattr(at, "bpe_tokenizer", lambda *a: spec_tokenizer)  # no tokenizer trained here
 
     names = [n for n in at.SETTINGS if n.startswith("topics_")]
     assert {"topics_pretrain=lm", "topics_pretrain=mlm+lm", "topics_pretrain=more,1600"} <= set(names)
@@ -80,3 +83,37 @@ def test_augment_mask_shares_the_cached_first_stage_only_when_that_stage_reads_a
     assert data["encoders"]["text"]["augment_mask"] == 0.2  # the spec itself keeps it
     data["tasks"]["pretrain"]["train"] = "data/stdlib/topics_train.jsonl"
     assert at.pretraining_encoders(data, early)["text"]["augment_mask"] == 0.2
+
+
+def test_bpe_text_pretrain_trains_on_the_corpus_less_the_scored_split(tmp_path, monkeypatch):
+    """``bpe_text = "pretrain"``: the tokenizer reads the first stage's corpus, less every line that is (or starts
+    with the 400 characters of) a paragraph of the split the run scores on; a plain ``bpe=N`` reads the task's
+    training file; ``bpe_text`` without ``bpe`` is refused."""
+    import sys
+    import types
+
+    data = tmp_path / "examples" / "data" / "stdlib"
+    data.mkdir(parents=True)
+    long_val = "v" * 450
+    lines = ["kept one", "val paragraph", long_val, "kept two"]
+    (data / "corpus_topics_pretrain.txt").write_text("\n".join(lines) + "\n")
+    rows = [{"text": "val paragraph", "label": "text"}, {"text": long_val[:400], "label": "text"}]
+    (data / "topics_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "topics_train_fit.jsonl").write_text(json.dumps({"text": "fit paragraph", "label": "text"}) + "\n")
+    seen = {}
+
+    def fake_train(texts, vocab, out):
+        seen[out.name] = (texts, vocab)
+        return out / "tokenizer.json"
+
+    monkeypatch.setitem(sys.modules, "language_id", types.SimpleNamespace(train_tokenizer=fake_train))
+    (tmp_path / "examples" / "stdlib_topics.toml").write_text((at.ROOT / "examples" / "stdlib_topics.toml").read_text())
+    monkeypatch.setattr(at, "ROOT", tmp_path)
+    spec = at.build_spec("topics", 400, {"on": "validation", **at.SETTINGS["topics_bpe=4000,pretrain"]}, 0)
+    name = "bpe4000_corpus_topics_pretrain_without_topics_val"
+    assert seen[name] == (["kept one", "kept two"], 4000)
+    assert spec["encoders"]["text"]["tokenizer"] == str(data / name / "tokenizer.json")
+    at.build_spec("topics", 400, {"on": "validation", "bpe": 3000}, 0)
+    assert seen["bpe3000_topics_train_fit"] == (["fit paragraph"], 3000)
+    with pytest.raises(ValueError, match="set bpe too"):
+        at.build_spec("topics", 400, {"bpe_text": "pretrain"}, 0)
