@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 from conftest import load_script
 
 import mmcore.evaluate
@@ -89,3 +90,119 @@ def test_exact_match_hands_back_each_generated_name_by_input(tmp_path, monkeypat
     assert names == NAMES
     assert acc == {"caption_exact_match": 2 / 3, "transcribe_exact_match": 4 / 5}
     assert demo.exact_match(None, tmp_path) == acc  # without the dict, the same figures
+
+
+# --- the validation split (bench/ablate_main.py --on validation) -----------------------------------------------
+
+
+def _rows(folder, name: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
+
+
+def _validation_split(tmp_path, monkeypatch, name: str = "val"):
+    """validation_data on the recipe's real data (10 tones per digit to keep it quick); the baselines
+    replaced by a stub that records which images, tones and pairs it was handed to train and score on."""
+    import sys
+
+    sys.path.insert(0, str(am.ROOT / "examples" / "recipes"))
+    import digits_av
+
+    real = digits_av.main
+    monkeypatch.setattr(digits_av, "main", lambda argv: real([*argv, "--clips-per-digit", "10"]))
+    seen: dict = {}
+
+    def fake_baselines(out):
+        seen.update({f: _rows(out, f) for f in ("caption_train.jsonl", "caption_eval.jsonl", "match_eval.jsonl")})
+        return {
+            "caption": {"rbf_svm_pixels": 0.5, "logistic_regression_pixels": 0.25},
+            "transcribe": {"logistic_regression_spectrum": 1.0},
+            "match": {
+                "rbf_svm_pixels_x_logistic_regression_spectrum": 0.75,
+                "logistic_regression_pixels_x_logistic_regression_spectrum": 0.125,
+            },
+        }
+
+    monkeypatch.setattr(digits_av, "baselines", fake_baselines)
+    out = tmp_path / name
+    stats = am.validation_data(out)
+    return out, stats, seen, real
+
+
+def test_validation_split_is_cut_from_training_only_and_disjoint(tmp_path, monkeypatch):
+    out, stats, seen, real = _validation_split(tmp_path, monkeypatch)
+    orig = tmp_path / "orig"
+    real(["--out", str(orig), "--clips-per-digit", "10"])  # the recipe's own split, for comparison
+    eval_files = {r["image"] for r in _rows(orig, "caption_eval.jsonl")} | {
+        r["audio"] for r in _rows(orig, "transcribe_eval.jsonl")
+    }
+    for task, field in (("caption", "image"), ("transcribe", "audio")):
+        train = [r[field] for r in _rows(orig, f"{task}_train.jsonl")]
+        fit = [r[field] for r in _rows(out, f"{task}_train.jsonl")]
+        val = [r[field] for r in _rows(out, f"{task}_eval.jsonl")]
+        assert sorted(fit + val) == sorted(train)  # the training split, cut in two
+        assert not set(fit) & set(val) and not (set(fit) | set(val)) & eval_files
+        assert 0.1 < len(val) / len(train) < 0.3
+        assert all(am.held_for_validation(f) for f in val) and not any(am.held_for_validation(f) for f in fit)
+    fit_img = {r["image"]: r["target"] for r in _rows(out, "caption_train.jsonl")}
+    val_img = {r["image"]: r["target"] for r in _rows(out, "caption_eval.jsonl")}
+    fit_wav = {r["audio"]: r["target"] for r in _rows(out, "transcribe_train.jsonl")}
+    val_wav = {r["audio"]: r["target"] for r in _rows(out, "transcribe_eval.jsonl")}
+    for file, imgs, wavs, per in (
+        ("match_train.jsonl", fit_img, fit_wav, 4),
+        ("match_eval.jsonl", val_img, val_wav, 1),
+    ):
+        pairs = _rows(out, file)
+        assert len(pairs) == per * len(imgs) and {p["image"] for p in pairs} == set(imgs)
+        assert all(p["audio"] in wavs for p in pairs)  # tones of the same part only
+        assert all(p["label"] == int(imgs[p["image"]] == wavs[p["audio"]]) for p in pairs)
+        assert abs(sum(p["label"] for p in pairs) - len(pairs) / 2) <= 1
+    assert stats["validation"] == {"images": len(val_img), "clips": len(val_wav), "pairs": len(val_img)}
+    # the baselines were handed the fit part to train on and the validation part to score on
+    assert seen["caption_train.jsonl"] == _rows(out, "caption_train.jsonl")
+    assert seen["caption_eval.jsonl"] == _rows(out, "caption_eval.jsonl")
+    assert seen["match_eval.jsonl"] == _rows(out, "match_eval.jsonl")
+
+
+def test_validation_split_is_deterministic(tmp_path, monkeypatch):
+    a, *_ = _validation_split(tmp_path, monkeypatch, "a")
+    b, *_ = _validation_split(tmp_path, monkeypatch, "b")
+    for f in ("caption", "transcribe", "match"):
+        for split in ("train", "eval"):
+            assert (a / f"{f}_{split}.jsonl").read_bytes() == (b / f"{f}_{split}.jsonl").read_bytes()
+    assert json.loads((a / "baselines.json").read_text())["caption"]["rbf_svm_pixels"] == 0.5
+
+
+def test_spec_and_baseline_rows_on_the_validation_split(tmp_path, monkeypatch):
+    on_eval = am.spec_data({}, {}, 3)
+    on_val = am.spec_data({}, {}, 3, "validation")
+    assert on_val["training"]["seed"] == 3
+    for name, task in on_val["tasks"].items():
+        for split in ("train", "eval"):
+            assert task[split] == on_eval["tasks"][name][split].replace("data/digits_av/", "data/digits_av_validation/")
+            assert task[split].startswith("data/digits_av_validation/")
+    with pytest.raises(ValueError, match="no validation split"):
+        am.spec_data(am.SETTINGS["pairs_per_image=8"], {}, 0, "validation")
+    with pytest.raises(ValueError, match="'on' takes"):
+        am.spec_data({}, {}, 0, "test")
+    monkeypatch.setattr(am, "VALIDATION_DATA", tmp_path)
+    (tmp_path / "baselines.json").write_text(
+        json.dumps(
+            {
+                "caption": {"rbf_svm_pixels": 0.9, "logistic_regression_pixels": 0.8},
+                "transcribe": {"logistic_regression_spectrum": 1.0},
+                "match": {
+                    "rbf_svm_pixels_x_logistic_regression_spectrum": 0.7,
+                    "logistic_regression_pixels_x_logistic_regression_spectrum": 0.6,
+                },
+            }
+        )
+    )
+    svm, lr = am.baseline_rows("validation", "t")
+    assert (svm["caption_exact_match"], svm["match_accuracy"], svm["on"], svm["baseline"]) == (
+        0.9,
+        0.7,
+        "validation",
+        True,
+    )
+    assert (lr["caption_exact_match"], lr["match_accuracy"], lr["tag"]) == (0.8, 0.6, "t")
+    assert "| 90.0 % | 100.0 % | 70.0 % |" in am.table([svm])
