@@ -375,26 +375,58 @@ def test_image_text_fusion_rounds_in_tuning_quote_their_results_files():
 
     page = (ROOT / "docs" / "tuning.md").read_text()
     section = page.split("## Image + text: the three fusions", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and ".json`" in line]
+    held_out = section.split(VALIDATION_TABLE, 1)[0]
+    rows = [line for line in held_out.splitlines() if line.startswith("| ") and ".json`" in line]
     assert len(rows) >= 9, "the table lists every image + text results file"
     names = set()
     for row in rows:
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
-        files = re.findall(r"`(image_text_fusions[\w]*\.json)`", cells[-1])
+        files = re.findall(r"`(image_text_fusions[\w-]*\.json)`", cells[-1])
         names |= set(files)
-        runs = [
-            run
-            for name in files
-            for run in json.loads((ROOT / "examples" / "recipes" / "results" / name).read_text())["fusions"]
-        ]
+        reports = [json.loads((ROOT / "examples" / "recipes" / "results" / name).read_text()) for name in files]
+        assert all(r.get("on", "eval") == "eval" for r in reports), f"{files}: a validation run in the held-out table"
+        runs = [run for report in reports for run in report["fusions"]]
         assert f"{runs[0]['steps']:,}" == cells[1], f"{files}: {runs[0]['steps']} steps, the row says {cells[1]}"
         for cell, fusion in zip(cells[2:5], ("early", "cross_attention", "resampler"), strict=True):
             want = " / ".join(f"{100 * run['exact_match']:.1f}" for run in runs if run["fusion"] == fusion)
             assert cell == want, f"{files}: {fusion} is {want!r}, the row says {cell!r}"
         mean = f"{sum(run['exact_match'] for run in runs) * 359 / len(runs):.1f}" if len(runs) == 6 else ""
         assert cells[5] == mean, f"{files}: images a run {mean!r}, the row says {cells[5]!r}"
+    names |= _image_text_validation_rows(section.split(VALIDATION_TABLE, 1)[1])
     on_disk = {p.name for p in (ROOT / "examples" / "recipes" / "results").glob("image_text_fusions*.json")}
     assert on_disk <= names, f"results files the table does not list: {sorted(on_disk - names)}"
+
+
+VALIDATION_TABLE = "### On the validation split"
+
+
+def _image_text_validation_rows(part: str) -> set[str]:
+    """docs/tuning.md's image + text rows on the validation split (``--on validation``): each fusion's
+    images named, seed 0 / seed 1, out of the split's images; the mean of cross_attention's and the
+    resampler's runs; the RBF SVM's count on the same split. Returns the files the rows quote."""
+    import json
+    import re
+
+    rows = [line for line in part.split("\n## ", 1)[0].splitlines() if line.startswith("| ") and ".json`" in line]
+    assert rows, "the validation table lists its results files"
+    names = set()
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        [name] = re.findall(r"`(image_text_fusions[\w-]*\.json)`", cells[-1])
+        names.add(name)
+        report = json.loads((ROOT / "examples" / "recipes" / "results" / name).read_text())
+        assert report["on"] == "validation", f"{name}: not a validation run"
+        n = int(report["data"].split(", ")[1].split()[0])
+        runs = report["fusions"]
+        assert f"{runs[0]['steps']:,}" == cells[1], f"{name}: {runs[0]['steps']} steps, the row says {cells[1]}"
+        for cell, fusion in zip(cells[2:5], ("early", "cross_attention", "resampler"), strict=True):
+            want = " / ".join(f"{round(run['exact_match'] * n)}" for run in runs if run["fusion"] == fusion)
+            assert cell == want, f"{name}: {fusion} is {want!r}, the row says {cell!r}"
+        pair = [run["exact_match"] * n for run in runs if run["fusion"] in ("cross_attention", "resampler")]
+        mean = f"{sum(pair) / len(pair):.2f}" if pair else ""
+        assert cells[5] == mean, f"{name}: the pair's mean {mean!r}, the row says {cells[5]!r}"
+        assert cells[6] == f"{round(report['baselines']['rbf_svm_on_pixels'] * n)} of {n}", f"{name}: the SVM"
+    return names
 
 
 def test_task_figures_quote_the_results_files():

@@ -5,6 +5,7 @@ and that bench/recipe_times.py times those same runs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +82,84 @@ def test_a_run_trains_the_resampler_with_the_latents_it_is_given(tmp_path):
     assert out["num_latents"] == 3 and out["steps"] == 2
     assert 0.0 <= out["exact_match"] <= 1.0 and len(out["examples"]) == 4
     assert "num_latents" not in recipe.run("early", tmp_path, rows["eval"], 1, tiny, seed=0)
+
+
+def _rows(prefix: str, n: int) -> list[dict]:
+    return [{"image": f"img/{prefix}{i:04d}.png", "target": NAMES[i % 4]} for i in range(n)]
+
+
+def test_the_validation_split_is_deterministic_disjoint_and_cut_from_the_training_rows_only():
+    """About a fifth of the training rows, chosen by the image's file name alone (the same rows whatever
+    their order), disjoint from the fit rows, together exactly the training rows, in their order."""
+    train = _rows("t", 1000)
+    fit, val = recipe.validation_split(train)
+    fit_names, val_names = {r["image"] for r in fit}, {r["image"] for r in val}
+    assert not fit_names & val_names and len(fit) + len(val) == len(train)
+    assert fit_names | val_names == {r["image"] for r in train}
+    assert 0.15 < len(val) / len(train) < 0.25, len(val)
+    again_fit, again_val = recipe.validation_split(list(reversed(train)))
+    assert {r["image"] for r in again_val} == val_names and {r["image"] for r in again_fit} == fit_names
+    assert fit == [r for r in train if r["image"] in fit_names]
+    # salted: the unsalted hash of the names would pick other rows
+    unsalted = {
+        r["image"]
+        for r in train
+        if int(recipe.hashlib.sha256(r["image"].encode()).hexdigest(), 16) % 1000 < recipe.VALIDATION_FRACTION * 1000
+    }
+    assert unsalted != val_names
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        recipe.validation_split(train, 1.0)
+
+
+def test_on_validation_the_spec_trains_on_the_fit_part_and_is_scored_on_the_validation_part(tmp_path):
+    import mmcore
+
+    train, test = _rows("t", 200), _rows("e", 50)
+    assert recipe.split_for("eval", tmp_path, train, test) == (train, test, [])
+    fit, val, sets = recipe.split_for("validation", tmp_path, train, test)
+    assert (fit, val) == recipe.validation_split(train)
+    assert recipe.rows(tmp_path / "caption_fit.jsonl") == fit
+    assert recipe.rows(tmp_path / "caption_validation.jsonl") == val
+    assert not {r["image"] for r in fit + val} & {r["image"] for r in test}
+    spec = mmcore.load_spec(recipe.SPEC, overrides=sets)
+    assert Path(spec.tasks["caption"].train) == tmp_path / "caption_fit.jsonl"
+    assert Path(spec.tasks["caption"].eval) == tmp_path / "caption_validation.jsonl"
+    with pytest.raises(ValueError, match="'test'.*eval, validation"):
+        recipe.split_for("test", tmp_path, train, test)
+
+
+def test_main_on_validation_gives_the_baselines_and_the_runs_the_same_split(tmp_path, monkeypatch):
+    """The results file's baselines are fitted on the fit part and scored on the validation part, the
+    runs caption the validation part with the spec pointed at those files (before the user's --set),
+    and the held-out rows reach neither."""
+    data = tmp_path / "data" / "digits_av"
+    data.mkdir(parents=True)
+    train, test = _rows("t", 100), _rows("e", 30)
+    for split, part in (("train", train), ("eval", test)):
+        (data / f"caption_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    seen = {}
+    monkeypatch.setattr(recipe, "EXAMPLES", tmp_path)
+    monkeypatch.setattr(recipe, "baselines", lambda d, tr, te: seen.update(baselines=(tr, te)) or {"b": 1})
+
+    def fake_run(fusion, d, scored, steps, overrides, seed, latents):
+        seen.setdefault("runs", []).append((scored, list(overrides)))
+        return {"fusion": fusion, "seed": seed}
+
+    monkeypatch.setattr(recipe, "run", fake_run)
+    out = tmp_path / "r.json"
+    report = recipe.main(
+        ["--on", "validation", "--fusions", "early", "--seeds", "0", "--set", "x=1", "--out", str(out)]
+    )
+    fit, val = recipe.validation_split(train)
+    assert seen["baselines"] == (fit, val)
+    [(scored, overrides)] = seen["runs"]
+    assert scored == val
+    assert overrides == [
+        f'tasks.caption.train="{data / "caption_fit.jsonl"}"',
+        f'tasks.caption.eval="{data / "caption_validation.jsonl"}"',
+        "x=1",
+    ]
+    assert report["on"] == "validation" and json.loads(out.read_text())["on"] == "validation"
+    assert f"{len(fit)} training, {len(val)} validation" in report["data"]
+    recipe.main(["--fusions", "early", "--seeds", "0", "--out", str(out)])
+    assert seen["baselines"] == (train, test) and seen["runs"][-1] == (test, [])
