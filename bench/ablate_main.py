@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -243,7 +242,10 @@ PAIRS_DATA = {"data/digits_av_pairs8/match_train.jsonl": 8}
 def held_for_validation(name: str, fraction: float = 0.2) -> bool:
     """Whether a training file (``img/0123.png``, ``wav/3_017.wav``) goes to the validation part: a
     salted hash of its name, so the cut is deterministic and depends on nothing but the name."""
-    return int(hashlib.sha256(f"digits_av validation:{name}".encode()).hexdigest(), 16) % 1000 < fraction * 1000
+    sys.path.insert(0, str(ROOT / "examples" / "recipes"))
+    from splits import in_fraction
+
+    return in_fraction(f"digits_av validation:{name}", fraction)
 
 
 def validation_data(out: Path = VALIDATION_DATA) -> dict:

@@ -4,6 +4,7 @@ and that bench/recipe_times.py times those same runs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def test_the_validation_split_is_deterministic_disjoint_and_cut_from_the_trainin
     unsalted = {
         r["image"]
         for r in train
-        if int(recipe.hashlib.sha256(r["image"].encode()).hexdigest(), 16) % 1000 < recipe.VALIDATION_FRACTION * 1000
+        if int(hashlib.sha256(r["image"].encode()).hexdigest(), 16) % 1000 < recipe.VALIDATION_FRACTION * 1000
     }
     assert unsalted != val_names
     with pytest.raises(ValueError, match="between 0 and 1"):

@@ -24,7 +24,6 @@ same two parts, and the held-out images are not read.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -34,6 +33,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent
+sys.path.insert(0, str(HERE))  # the sibling recipe modules
+import splits  # noqa: E402
+
 SPEC = EXAMPLES / "image_text.toml"
 FUSIONS = ("early", "cross_attention", "resampler")
 SEEDS = (0, 1)
@@ -61,13 +63,7 @@ def validation_split(train: list[dict], fraction: float = VALIDATION_FRACTION) -
     """The training rows as (fit, validation): a row is in validation when a hash of its image's file
     name, salted with ``"validation:"``, falls in the lowest ``fraction`` of the range, so the split is
     deterministic, independent of the rows' order, and draws on nothing but the training rows."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must lie strictly between 0 and 1, got {fraction}")
-    fit, val = [], []
-    for r in train:
-        h = int(hashlib.sha256(("validation:" + r["image"]).encode()).hexdigest(), 16) % 1000
-        (val if h < fraction * 1000 else fit).append(r)
-    return fit, val
+    return splits.validation_split(train, "image", fraction)
 
 
 def split_for(on: str, data: Path, train: list[dict], test: list[dict]) -> tuple[list[dict], list[dict], list[str]]:

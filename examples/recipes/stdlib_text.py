@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib
 import inspect
 import io
@@ -56,6 +55,10 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling recipe modules
+import splits  # noqa: E402
+from splits import in_fraction  # noqa: E402
 
 SKIP = {
     "antigravity",
@@ -228,7 +231,7 @@ def without_eval_text(texts: list[str], eval_texts: set[str]) -> list[str]:
 
 
 def held_out(name: str, fraction: float = 0.1) -> bool:
-    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 1000 < fraction * 1000
+    return in_fraction(name, fraction)
 
 
 def validation_split(rows: list[dict], fraction: float = 0.2) -> tuple[list[dict], list[dict]]:
@@ -238,12 +241,7 @@ def validation_split(rows: list[dict], fraction: float = 0.2) -> tuple[list[dict
     which every training row already hashes to the upper 80 %), so the split is deterministic, holds
     about ``fraction`` of the rows and depends on nothing but the text.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must lie strictly between 0 and 1, got {fraction}")
-    fit, val = [], []
-    for r in rows:
-        (val if held_out("validation:" + r["text"], fraction) else fit).append(r)
-    return fit, val
+    return splits.validation_split(rows, "text", fraction)
 
 
 def main() -> None:
