@@ -108,6 +108,12 @@ SETTINGS["stem=cnn,one_token,pooling=mean,backbone=96x3,encoder_depth=0"] = {
 SMALL = SETTINGS["stem=cnn,one_token,pooling=mean,backbone=96x3,encoder_depth=0"]
 SETTINGS["small,four_tokens"] = {**SMALL, "encoders.image.patch_size": 16}  # the 4x4 map as 2x2 patches
 SETTINGS["small,batch=64"] = {**SMALL, "training.batch_size": 64}  # small_cnn's batch
+# round 11: batch norm after each stem convolution (stem_norm, now the "cnn" stem's default; rounds 8-10 ran
+# before the option existed, without it, which "stem_norm=none" restores)
+SETTINGS["small"] = SMALL  # round 9's small spec; from round 11 on with the stem's batch norm (its default)
+SETTINGS["small,stem_norm=none"] = {**SMALL, "encoders.image.stem_norm": "none"}
+SETTINGS["small,four_tokens,stem_norm=none"] = {**SETTINGS["small,four_tokens"], "encoders.image.stem_norm": "none"}
+SETTINGS["small,sixteen_tokens"] = {**SMALL, "encoders.image.patch_size": 8}  # the 4x4 map as 1x1 patches
 SETTINGS["timm=resnet10t,pooling=mean"] = {**SETTINGS["timm=resnet10t"], **SETTINGS["pooling=mean"]}
 
 
@@ -152,20 +158,29 @@ def baselines() -> dict:
     return out
 
 
-def small_cnn(classes: int):
-    """The plain PyTorch baseline: 3 convolutions (32, 64, 128 channels) + max pooling + a linear layer."""
+def small_cnn(classes: int, batch_norm: bool = False):
+    """The plain PyTorch baseline: 3 convolutions (32, 64, 128 channels) + max pooling + a linear layer;
+    with ``batch_norm``, a BatchNorm2d after each convolution (which then has no bias), as most CNNs have."""
     from torch import nn
 
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x16
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
-        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
-        nn.Flatten(), nn.Linear(128 * 4 * 4, classes),
-    )  # fmt: skip
+    layers: list = []
+    for cin, cout in ((3, 32), (32, 64), (64, 128)):  # 32x32 -> 16x16 -> 8x8 -> 4x4
+        conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)
+        layers += (
+            [conv, nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+            if batch_norm
+            else [conv, nn.ReLU(), nn.MaxPool2d(2)]
+        )
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, classes))
 
 
-def run_cnn(seed: int, budget: float) -> dict:
-    """Train ``small_cnn`` with Adam (lr 1e-3, batch 64) for ``budget`` seconds of wall clock."""
+#: the plain PyTorch models: setting name -> small_cnn's batch_norm
+CNNS = {"cnn": False, "cnn_bn": True}
+
+
+def run_cnn(seed: int, budget: float | None, batch_norm: bool = False, steps: int | None = None) -> dict:
+    """Train ``small_cnn`` with Adam (lr 1e-3, batch 64) for ``budget`` seconds of wall clock, or ``steps``
+    steps when ``budget`` is None."""
     import torch
     import torch.nn.functional as F
 
@@ -177,33 +192,38 @@ def run_cnn(seed: int, budget: float) -> dict:
         return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - 0.5
 
     xt, yt, xe, ye = tensor(xt), torch.from_numpy(yt), tensor(xe), torch.from_numpy(ye)
-    model = small_cnn(len(LETTERS))
+    model = small_cnn(len(LETTERS), batch_norm)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
-    steps, t0, load0 = 0, time.perf_counter(), os.getloadavg()[0]
+    done, t0, load0 = 0, time.perf_counter(), os.getloadavg()[0]
+
+    def over() -> bool:
+        return done >= steps if budget is None else time.perf_counter() - t0 >= budget
+
     model.train()
-    while time.perf_counter() - t0 < budget:
+    while not over():
         for idx in torch.randperm(len(xt), generator=gen).split(64):
             loss = F.cross_entropy(model(xt[idx]), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            steps += 1
-            if time.perf_counter() - t0 >= budget:
+            done += 1
+            if over():
                 break
     train_s = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():
         acc = float((model(xe).argmax(-1) == ye).float().mean())
     return {
-        "setting": "cnn",
+        "setting": "cnn_bn" if batch_norm else "cnn",
         "overrides": {},
         "seed": seed,
-        "steps": steps,
+        "steps": done,
         "batch_size": 64,
         "accuracy": round(acc, 4),
         "final_loss": round(float(loss), 4),
         "budget_seconds": budget,
+        "budget_steps": steps,
         "train_seconds_under_load": round(train_s, 1),
         "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "threads": torch.get_num_threads(),
@@ -211,21 +231,26 @@ def run_cnn(seed: int, budget: float) -> dict:
     }
 
 
-def spec_data(overrides: dict, seed: int, budget: float, base: dict | None = None) -> dict:
+def spec_data(
+    overrides: dict, seed: int, budget: float | None, base: dict | None = None, steps: int | None = None
+) -> dict:
     data = tomllib.loads(SPEC.read_text())
-    data["training"] = {"max_time": budget, "seed": seed, "progress": False, "log_every": 10**6}
+    limit = {"steps": steps} if budget is None else {"max_time": budget}  # training.steps, or the wall budget
+    data["training"] = {**limit, "seed": seed, "progress": False, "log_every": 10**6}
     for k, v in [*(base or {}).items(), *copy.deepcopy(overrides).items()]:
         set_dotted(data, k, v)
     return data
 
 
-def run_mmcore(name: str, overrides: dict, seed: int, budget: float, base: dict | None = None) -> dict:
+def run_mmcore(
+    name: str, overrides: dict, seed: int, budget: float | None, base: dict | None = None, steps: int | None = None
+) -> dict:
     import torch
 
     import mmcore
     from mmcore.spec import parse_spec
 
-    spec = parse_spec(spec_data(overrides, seed, budget, base), file=str(SPEC))
+    spec = parse_spec(spec_data(overrides, seed, budget, base, steps), file=str(SPEC))
     torch.manual_seed(seed)
     model = mmcore.build(spec)
     load0 = os.getloadavg()[0]
@@ -243,6 +268,7 @@ def run_mmcore(name: str, overrides: dict, seed: int, budget: float, base: dict 
         "final_loss": round(result.final_loss, 4),
         "stop_reason": result.stop_reason,
         "budget_seconds": budget,
+        "budget_steps": steps,
         "fit_seconds_with_eval": round(train_s, 1),
         "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "threads": torch.get_num_threads(),
@@ -284,19 +310,28 @@ def table(results: list[dict]) -> str:
     def row(r: dict, ov: str) -> str:
         if r["setting"] == "cnn":
             ov = "plain PyTorch CNN (`small_cnn`, Adam 1e-3, batch 64)"
+        elif r["setting"] == "cnn_bn":
+            ov = "the same CNN with batch norm after each convolution (`small_cnn(batch_norm=True)`)"
         elif (r.get("base") or {}) != first_base[r.get("tag", "")]:  # a base the heading does not name
             ov = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in {**r["base"], **r["overrides"]}.items())
         load = "-".join(f"{x:.1f}" for x in r["load_average"])
+        if r["budget_seconds"] is None:  # a run of --steps: its own seconds (the CNN's without evaluation)
+            limit, seconds = (
+                f"{r['budget_steps']} steps",
+                r.get("fit_seconds_with_eval") or r["train_seconds_under_load"],
+            )
+        else:
+            limit, seconds = f"{r['budget_seconds'] / 60:g} min", r["budget_seconds"]
         return (
-            f"| {r['setting']} | {ov} | {r.get('image_tokens', '')} | {r['seed']} | {r['budget_seconds'] / 60:g} min | "
-            f"{r['steps']} x {r['batch_size']} | {r['budget_seconds'] / r['steps']:.3f} | "
+            f"| {r['setting']} | {ov} | {r.get('image_tokens', '')} | {r['seed']} | {limit} | "
+            f"{r['steps']} x {r['batch_size']} | {seconds / r['steps']:.3f} | "
             f"**{100 * r['accuracy']:.1f} %** | {load} |"
         )
 
     return head + tables_by_round(
         results,
-        "| setting | model / overrides of the docs-only spec | image tokens | seed | wall budget | steps x batch in it "
-        "| budget s / step (under load) | held-out accuracy | load average (start-end) |\n"
+        "| setting | model / overrides of the docs-only spec | image tokens | seed | budget | steps x batch in it "
+        "| s / step (under load) | held-out accuracy | load average (start-end) |\n"
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         row,
     )
@@ -305,6 +340,7 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=120.0, help="wall-clock seconds of training per run")
+    p.add_argument("--steps", type=int, help="train every run for this many steps instead of --budget seconds")
     p.add_argument("--baselines", action="store_true", help="fit the classical baseline and write its file")
     add_ablation_options(
         p,
@@ -332,11 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     base = parse_base(args.base)
+    budget = None if args.steps else args.budget
 
     def run(name: str, seed: int) -> dict:
-        if name == "cnn":
-            return run_cnn(seed, args.budget)
-        return run_mmcore(name, parse_setting(name, SETTINGS), seed, args.budget, base)
+        if name in CNNS:
+            return run_cnn(seed, budget, CNNS[name], args.steps)
+        return run_mmcore(name, parse_setting(name, SETTINGS), seed, budget, base, args.steps)
 
     for seed in args.seeds:  # alternate: every setting of seed 0, then of seed 1, ...
         run_settings(args.only or ["cnn", "base"], [seed], run, args.out, args.tag)

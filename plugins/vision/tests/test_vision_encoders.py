@@ -357,6 +357,93 @@ def test_cnn_stem_downsamples_in_stages_and_keeps_the_token_grid():
     assert_every_parameter_gets_a_gradient(enc, {"pixels": torch.randn(2, 3, 32, 32)})
 
 
+def batch_norms(enc: PatchEncoder) -> list[torch.nn.BatchNorm2d]:
+    return [m for m in enc.stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_stem_norm_batch_normalises_each_convolution_in_training():
+    """stem_norm = "batch" (the "cnn" stem's default): a BatchNorm2d after each bias-free convolution, so in
+    training the tokens do not depend on the scale of the pixels; without it they do."""
+    cnn = PatchEncoderConfig(image_size=16, patch_size=16, dim=32, depth=0, heads=2, stem="cnn", stem_layers=2)
+    torch.manual_seed(0)
+    enc = PatchEncoder(cnn)
+    convs = [m for m in enc.stem if isinstance(m, torch.nn.Conv2d)]
+    assert cnn.resolved_stem_norm == "batch" and len(batch_norms(enc)) == 2
+    assert all(c.bias is None for c in convs)
+    x = torch.randn(8, 3, 16, 16)
+    enc.train()
+    torch.testing.assert_close(enc({"pixels": 50 * x}).embeds, enc({"pixels": x}).embeds, atol=1e-4, rtol=1e-4)
+    plain = PatchEncoder(PatchEncoderConfig(**{**cnn.model_dump(), "stem_norm": "none"}))
+    assert not batch_norms(plain) and all(c.bias is not None for c in plain.stem if isinstance(c, torch.nn.Conv2d))
+    plain.train()
+    assert not torch.allclose(plain({"pixels": 50 * x}).embeds, plain({"pixels": x}).embeds, atol=1e-2)
+    # "conv" keeps no norm unless asked (its recipes were measured without); asked, it gets one per convolution
+    conv = PatchEncoderConfig(image_size=8, patch_size=4, channels=1, dim=16, depth=0, heads=2, stem_layers=2)
+    assert conv.resolved_stem_norm == "none" and not batch_norms(PatchEncoder(conv))
+    assert len(batch_norms(PatchEncoder(PatchEncoderConfig(**{**conv.model_dump(), "stem_norm": "batch"})))) == 2
+    with pytest.raises(ValidationError, match="stem = 'patch' has none"):
+        PatchEncoderConfig(stem="patch", stem_norm="batch")
+    assert_every_parameter_gets_a_gradient(enc, {"pixels": x})
+
+
+def test_stem_batch_norm_statistics_train_and_evaluate():
+    """Training batches move the running statistics; eval mode reads them (so an image's tokens no longer
+    depend on the rest of its batch), and they are in the state dict the weights are saved from."""
+    torch.manual_seed(0)
+    cfg = PatchEncoderConfig(image_size=16, patch_size=16, dim=32, depth=0, heads=2, stem="cnn", stem_layers=2)
+    enc = PatchEncoder(cfg)
+    x = torch.rand(6, 3, 16, 16) * 4 + 1
+    enc.train()
+    for _ in range(30):
+        enc({"pixels": x})
+    assert float(batch_norms(enc)[0].running_mean.abs().sum()) > 0
+    enc.eval()
+    alone = enc({"pixels": x[:1]}).embeds
+    torch.testing.assert_close(enc({"pixels": x}).embeds[:1], alone)  # independent of the batch
+    saved = enc.state_dict()
+    assert {"stem.1.running_mean", "stem.1.running_var", "stem.1.num_batches_tracked"} <= set(saved)
+    fresh = PatchEncoder(cfg)
+    fresh.load_state_dict(saved)
+    fresh.eval()
+    torch.testing.assert_close(fresh({"pixels": x[:1]}).embeds, alone)
+
+
+def test_patch_encoder_missing_images_never_touch_batch_norm(tmp_path):
+    cfg = PatchEncoderConfig(image_size=16, patch_size=16, dim=32, depth=0, heads=2, stem="cnn", stem_layers=2)
+    p = ImageProcessor(cfg)
+    a = PatchEncoder(cfg, processor=p)
+    b = copy.deepcopy(a)
+    img = p(write(tmp_path / "a.png", gradient(20, 24)))
+    other = p(write(tmp_path / "b.png", gradient(30, 18)))
+    a.train(), b.train()
+    with_missing = a(p.collate([img, None, other, None]))  # only the real images go through the stem
+    alone = b(p.collate([img, other]))
+    for bn_a, bn_b in zip(batch_norms(a), batch_norms(b), strict=True):
+        assert bn_a.running_mean.abs().sum() > 0
+        torch.testing.assert_close(bn_a.running_mean, bn_b.running_mean)
+        torch.testing.assert_close(bn_a.running_var, bn_b.running_var)
+    torch.testing.assert_close(with_missing.embeds[[0, 2]], alone.embeds)
+    assert (with_missing.embeds[[1, 3]] == 0).all() and with_missing.mask.tolist() == [[True], [False], [True], [False]]
+    before = [bn.running_mean.clone() for bn in batch_norms(a)]
+    out = a(p.collate([None, None]))  # every image missing: zeros, all-False mask, statistics untouched
+    assert out.embeds.shape == (2, 1, 32) and not out.mask.any() and (out.embeds == 0).all()
+    assert all(torch.equal(bn.running_mean, m) for bn, m in zip(batch_norms(a), before, strict=True))
+
+
+def test_frozen_patch_encoder_keeps_its_batch_norm_statistics():
+    cfg = PatchEncoderConfig(image_size=16, patch_size=16, dim=32, depth=0, heads=2, stem="cnn", stem_layers=2)
+    enc = PatchEncoder(cfg)
+    enc.requires_grad_(False)  # what train = "frozen" does
+    enc.train()
+    assert enc.training and not any(bn.training for bn in batch_norms(enc))
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    enc({"pixels": torch.rand(4, 3, 16, 16)})
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    enc.requires_grad_(True)
+    enc.train()
+    assert all(bn.training for bn in batch_norms(enc))
+
+
 def test_cnn_stem_patch_size_must_be_divisible_by_the_downsampling():
     with pytest.raises(
         ValidationError, match=r"patch_size \(4\) must be divisible by 8.*patch_size = 8, or stem_layers = 2"

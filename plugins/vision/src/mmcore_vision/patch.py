@@ -7,7 +7,9 @@ D = dim)::
         --rearrange--> (B, N, D) + position embedding (1, N, D)
 
 where the stem is nothing ("patch": S = C, s = 1), stem_layers x [3x3 conv, GELU] ("conv":
-s = 1) or stem_layers x [3x3 conv, ReLU, 2x2 max pool] ("cnn": s = 2 ** stem_layers).
+s = 1) or stem_layers x [3x3 conv, ReLU, 2x2 max pool] ("cnn": s = 2 ** stem_layers), with a
+BatchNorm2d after each convolution when ``stem_norm`` resolves to "batch" (absent images are
+left out of the stem, so they never reach its statistics).
         --depth x [x + attn(norm(x)); x + mlp(norm(x))]--> final norm --> Tokens (B, N, D)
 """
 
@@ -90,10 +92,17 @@ def _stem(config: PatchEncoderConfig) -> tuple[nn.Module | None, int, int]:
     if config.stem == "patch":
         return None, config.channels, 1
     layers: list[nn.Module] = []
+    batch_norm = config.resolved_stem_norm == "batch"
+
+    def conv(cin: int, cout: int) -> list[nn.Module]:  # a 3x3 convolution, batch-normed if asked (no bias then)
+        if batch_norm:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
+        return [nn.Conv2d(cin, cout, 3, padding=1)]
+
     if config.stem == "conv":  # 3x3 convolutions (each with GELU) see across patch borders first
         hidden = config.stem_channels or max(8, config.dim // 2)
         for i in range(config.stem_layers):
-            layers += [nn.Conv2d(config.channels if i == 0 else hidden, hidden, 3, padding=1), nn.GELU()]
+            layers += [*conv(config.channels if i == 0 else hidden, hidden), nn.GELU()]
         return nn.Sequential(*layers), hidden, 1
     # "cnn": stages of 3x3 conv, ReLU, 2x2 max pool; channels double each stage, the last one dim by default
     n = config.stem_layers
@@ -101,7 +110,7 @@ def _stem(config: PatchEncoderConfig) -> tuple[nn.Module | None, int, int]:
     widths = [first * 2**i for i in range(n)] if first else [max(8, config.dim // 2 ** (n - 1 - i)) for i in range(n)]
     cin = config.channels
     for c in widths:
-        layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [*conv(cin, c), nn.ReLU(), nn.MaxPool2d(2)]
         cin = c
     return nn.Sequential(*layers), cin, 2**n
 
@@ -126,6 +135,11 @@ class PatchEncoder(Encoder):
             ``max(8, dim // 2)``), or by ReLU and 2x2 max pooling (``"cnn"``: each stage halves the
             image; channels double from stage to stage up to ``dim``). ``stem_init = "fan_in"`` (the
             default for ``"cnn"``) starts them at Kaiming normal, otherwise std 0.02 like the rest.
+            With ``stem_norm = "batch"`` (the default for ``"cnn"``) each convolution (then without
+            bias) is followed by ``BatchNorm2d``: training batches set its statistics, only from the
+            images that are present; its running averages are buffers, saved with the weights and
+            used in eval mode; where its weight does not train (a frozen or LoRA encoder) it stays
+            in eval mode, so training never moves them.
         patch_embed: ``Conv2d(stem's channels, dim, kernel_size=k, stride=k)``, ``k = patch_size``
             divided by how much the stem downsampled (``2 ** stem_layers`` for ``"cnn"``, else 1).
         grid_shape: (rows, columns) of patches.
@@ -190,18 +204,43 @@ class PatchEncoder(Encoder):
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
+    @property
+    def batch_norms(self) -> list[nn.BatchNorm2d]:
+        """The stem's batch norms (none unless ``stem_norm`` resolves to "batch")."""
+        return [m for m in self.stem.modules() if isinstance(m, nn.BatchNorm2d)] if self.stem is not None else []
+
+    def train(self, mode: bool = True) -> "PatchEncoder":
+        """Set the training mode; batch norms whose weight does not train stay in eval mode.
+
+        ``requires_grad_(False)`` (a frozen or LoRA encoder) stops the weights, not a
+        training-mode batch norm's running statistics: those would still move.
+        """
+        super().train(mode)
+        for bn in self.batch_norms:
+            if mode and not bn.weight.requires_grad:
+                bn.eval()
+        return self
+
+    def _embed(self, pixels: Tensor) -> Tensor:  # (B, C, H, W) -> (B, D, H/p, W/p)
+        x = self.stem(pixels) if self.stem is not None else pixels
+        return self.patch_embed(x)
+
     def forward(self, inputs: dict[str, Tensor]) -> Tokens:
         pixels = check_pixels(inputs.get("pixels"), self.channels, self.size, "vision.patch")
         x = pixels.to(self.pos_embed.dtype)
-        if self.stem is not None:
-            x = self.stem(x)
-        x = self.patch_embed(x)  # (B, D, H/p, W/p), row-major below
+        mask = token_mask(inputs, x.shape[0], self.num_tokens, x.device)
+        present = mask[:, 0]  # (B,)
+        if not self.batch_norms or bool(present.all()):
+            x = self._embed(x)  # (B, D, H/p, W/p), row-major below
+        else:  # absent images (zero pixels) must not reach the batch statistics
+            idx = present.nonzero().squeeze(1)
+            out = x.new_zeros(x.shape[0], self.out_dim, *self.grid_shape)
+            x = out.index_copy(0, idx, self._embed(x.index_select(0, idx))) if idx.numel() else out
         x = rearrange(x, "b d h w -> b (h w) d") + self.pos_embed  # (B, N, D)
         x = self.pos_drop(x)
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        mask = token_mask(inputs, x.shape[0], x.shape[1], x.device)
         return Tokens(embeds=x * mask.unsqueeze(-1).to(x.dtype), mask=mask)
 
     def extra_repr(self) -> str:
