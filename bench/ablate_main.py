@@ -233,6 +233,22 @@ SETTINGS: dict[str, dict[str, object]] = {
     "stem_channels=64": {"encoders.image.stem_channels": 64},
     "caption_600": {"training.stages.0.steps": 600},
     "caption_lr=3e-3": {"training.stages.0.lr": 3e-3},
+    # round 18 (on the validation split): augmentation of the training images at the encoder's 8x8. The
+    # processor shifts and rotates after the 16->8 area downscale, so 'shift' at augment_shift 0.125 moves
+    # the scan by whole pixels of the 8x8 (up to 1 either way, edge pixels filling); augment_prob leaves
+    # that share of the images augmented and the rest clean; 'rotate' resamples the 8x8 (bilinear)
+    "shift_1px": {"encoders.image.augment": ["shift"], "encoders.image.augment_shift": 0.125},
+    "shift_1px_p0.5": {
+        "encoders.image.augment": ["shift"],
+        "encoders.image.augment_shift": 0.125,
+        "encoders.image.augment_prob": 0.5,
+    },
+    "shift_1px_rotate_10_p0.5": {
+        "encoders.image.augment": ["shift", "rotate"],
+        "encoders.image.augment_shift": 0.125,
+        "encoders.image.augment_rotate": 10.0,
+        "encoders.image.augment_prob": 0.5,
+    },
 }
 
 #: match training files of settings that name another ``digits_av.py --pairs-per-image`` (made on first use)

@@ -103,6 +103,55 @@ def test_augmentation_is_deterministic_under_a_seed():
     assert not all(torch.equal(u, v) for u, v in zip(a, c, strict=True))
 
 
+def test_augment_prob_leaves_that_share_of_the_images_clean():
+    x = digit()
+    plain = proc(image_size=16)(x)["pixels"]
+    never = proc(image_size=16, augment=["shift", "rotate"], augment_prob=0.0)
+    never.training = True
+    assert all(torch.equal(y, plain) for y in draws(never, x, 20))  # 0: every image clean
+    half = proc(image_size=16, augment=["shift", "rotate"], augment_prob=0.5)
+    half.training = True
+    torch.manual_seed(0)
+    clean = sum(torch.equal(y, plain) for y in draws(half, x, 200))
+    assert 60 <= clean <= 140  # about half (a clean draw of the augmentations themselves is rare)
+    always = proc(image_size=16, augment=["shift", "rotate"])  # default 1: no image left clean by it
+    always.training = True
+    torch.manual_seed(0)
+    assert sum(torch.equal(y, plain) for y in draws(always, x, 200)) < 20
+    with pytest.raises(ValidationError, match="augment_prob"):
+        PatchEncoderConfig(augment_prob=1.5)
+
+
+def test_augment_prob_is_saved_and_read_back(tmp_path):
+    p = proc(image_size=8, augment=["shift"], augment_prob=0.25)
+    p.save(tmp_path)
+    q = proc(image_size=8)
+    q.load(tmp_path)
+    assert q.augment_prob == 0.25 and q.options["augment_prob"] == 0.25
+
+
+def test_shift_moves_whole_pixels_of_the_downscaled_image():
+    """A 16x16 scan read at 8x8 (area filter): the shift runs after the downscale, so augment_shift
+    0.125 moves the 8x8 image by whole pixels (at most 1), never by half a pixel of it (a blur)."""
+    torch.manual_seed(0)
+    small = (torch.rand(1, 8, 8) * 16).round() / 16  # 17 grey levels, as the digits
+    big = small.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    p = proc(image_size=8, resize="squash", interpolation="area", augment=["shift"], augment_shift=0.125)
+    p.training = True
+    pad = torch.nn.functional.pad(small.unsqueeze(0), (1, 1, 1, 1), mode="replicate")[0]
+    seen = set()
+    for y in draws(p, big, 60):
+        moves = [
+            (dy, dx)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if torch.equal(y, pad[:, 1 - dy : 9 - dy, 1 - dx : 9 - dx])
+        ]
+        assert moves, "each augmented image is the 8x8 scan moved by whole pixels, edge pixels filling"
+        seen.add(moves[0])
+    assert len(seen) >= 6
+
+
 def test_area_filter_undoes_a_pixel_doubling():
     torch.manual_seed(0)
     small = torch.rand(1, 8, 8)

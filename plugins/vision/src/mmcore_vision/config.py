@@ -124,10 +124,24 @@ class ImageOptions(ComponentConfig):
         ge=0,
         lt=1,
         description="'shift': largest translation, as a fraction of the image's height (vertical) and width "
-        "(horizontal); edge pixels fill the uncovered border.",
+        "(horizontal), applied after the resize to image_size: whole pixels of the image the encoder reads "
+        "(0.125 of an 8x8 image: up to 1 pixel either way); edge pixels fill the uncovered border.",
     )
     augment_rotate: float = Field(
-        10.0, ge=0, le=180, description="'rotate': largest rotation in degrees, either way; edge pixels fill."
+        10.0,
+        ge=0,
+        le=180,
+        description="'rotate': largest rotation in degrees, either way, after the resize to image_size "
+        "(bilinear resampling at that size); edge pixels fill.",
+    )
+    augment_prob: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the training images that are augmented: each image, each time it is read, gets "
+        "all of the augmentations augment names with this probability and is left clean otherwise (the "
+        "deterministic resize, as at evaluation). 1: every image; lower keeps some of the training data as "
+        "the model will see it at evaluation (small images, where any change is large).",
     )
     augment_scale: tuple[float, float] = Field(
         (0.08, 1.0),

@@ -9,6 +9,8 @@ Pipeline of one sample::
       -> training and 'crop' augmentation: random resized crop to (H, W)
          otherwise: resize ('crop' | 'squash' | 'pad') to (H, W), deterministic
       -> training only, each if ``augment`` names it: random shift, rotation, horizontal flip
+         (at (H, W), after the resize: a shift moves whole pixels of the image the encoder reads);
+         with ``augment_prob`` < 1 an image is augmented with that probability, else left clean
       -> (x - mean) / std  ->  {"pixels": (C, H, W) float32}
 
 (H, W) is ``image_size`` (one number: a square). A batch: ``collate`` -> ``{"pixels": (B, C, H, W) float32, "present": (B,) bool}``. A
@@ -185,6 +187,7 @@ class ImageProcessor(Processor):
         self.augment: bool | list[str] = config.augment if isinstance(config.augment, bool) else list(config.augment)
         self.augment_shift: float = float(config.augment_shift)
         self.augment_rotate: float = float(config.augment_rotate)
+        self.augment_prob: float = float(config.augment_prob)
         self.augment_scale: tuple[float, float] = (float(config.augment_scale[0]), float(config.augment_scale[1]))
         self.max_pixels: int = int(config.max_pixels)
         self._check()
@@ -205,6 +208,8 @@ class ImageProcessor(Processor):
                 raise ValueError(f"{name} must be {self.channels} finite values, got {list(v)}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std values must be > 0, got {list(self.std)}")
+        if not 0.0 <= self.augment_prob <= 1.0:
+            raise ValueError(f"augment_prob must lie in [0, 1], got {self.augment_prob}")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -220,6 +225,7 @@ class ImageProcessor(Processor):
             "augment_scale": list(self.augment_scale),
             "augment_shift": self.augment_shift,
             "augment_rotate": self.augment_rotate,
+            "augment_prob": self.augment_prob,
             "max_pixels": self.max_pixels,
         }
 
@@ -463,6 +469,8 @@ class ImageProcessor(Processor):
     def _geometry(self, x: Tensor) -> Tensor:
         """(C, h, w) -> (C, H, W): a (random, in training) crop or the deterministic resize, then augmentations."""
         augs = augmentations(self.augment) if self.training else ()
+        if augs and self.augment_prob < 1.0 and not bool(torch.rand(()) < self.augment_prob):
+            augs = ()  # this time the image stays clean (no draw at augment_prob 1: the stream is unchanged)
         x = self._random_resized_crop(x) if "crop" in augs else self._fit(x)
         if "shift" in augs and self.augment_shift > 0:
             x = self._random_shift(x)
@@ -602,6 +610,7 @@ class ImageProcessor(Processor):
             self.augment_scale = (float(data["augment_scale"][0]), float(data["augment_scale"][1]))
             self.augment_shift = float(data.get("augment_shift", 0.125))  # absent in format-1 files before them
             self.augment_rotate = float(data.get("augment_rotate", 10.0))
+            self.augment_prob = float(data.get("augment_prob", 1.0))  # absent in files before it: every image
             self.max_pixels = int(data["max_pixels"])
             self._check()
         except (KeyError, TypeError, ValueError, IndexError) as exc:
