@@ -30,8 +30,9 @@ def text_model() -> mmcore.MultimodalGPT:
     ).eval()
 
 
-def image_text_model() -> mmcore.MultimodalGPT:
-    """Image + text with two heads (an LM and a classifier): what a composed model can be."""
+def image_text_model(**image: object) -> mmcore.MultimodalGPT:
+    """Image + text with two heads (an LM and a classifier): what a composed model can be; ``image`` overrides
+    the image encoder's options."""
     torch.manual_seed(0)
     return mmcore.build(
         {
@@ -39,7 +40,14 @@ def image_text_model() -> mmcore.MultimodalGPT:
             "name": "export-image-text",
             "backbone": {"width": 32, "depth": 2, "heads": 4, "context_length": 64},
             "encoders": {
-                "image": {"component": "vision.patch", "image_size": 8, "patch_size": 4, "dim": 16, "depth": 1},
+                "image": {
+                    "component": "vision.patch",
+                    "image_size": 8,
+                    "patch_size": 4,
+                    "dim": 16,
+                    "depth": 1,
+                    **image,
+                },
                 "text": {"component": "text.bytes", "max_length": 32},
             },
             "heads": {"lm": {"component": "lm"}, "cls": {"component": "classify", "num_classes": 3}},
@@ -102,8 +110,16 @@ def test_torch_export_text_model_dynamic_batch() -> None:
         fixed.run(longer)
 
 
-def test_torch_export_multimodal_model_matches_eager() -> None:
-    model = image_text_model()
+@pytest.mark.parametrize(
+    "image",
+    [
+        {},
+        {"stem": "cnn", "stem_layers": 2},
+    ],  # the second: batch norm in the stem, which skips absent images in training
+    ids=["conv-stem", "cnn-stem-batch-norm"],
+)
+def test_torch_export_multimodal_model_matches_eager(image) -> None:
+    model = image_text_model(**image)
     batch = model.preprocess(records(2), targets=())
     exported = export(model, batch)
     assert exported.input_names == ["image.pixels", "image.present", "text.ids", "text.mask", "text.prompt_len"]

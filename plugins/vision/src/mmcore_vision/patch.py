@@ -230,9 +230,9 @@ class PatchEncoder(Encoder):
         x = pixels.to(self.pos_embed.dtype)
         mask = token_mask(inputs, x.shape[0], self.num_tokens, x.device)
         present = mask[:, 0]  # (B,)
-        if not self.batch_norms or bool(present.all()):
+        if not any(bn.training for bn in self.batch_norms) or bool(present.all()):
             x = self._embed(x)  # (B, D, H/p, W/p), row-major below
-        else:  # absent images (zero pixels) must not reach the batch statistics
+        else:  # absent images (zero pixels) must not reach training batch statistics (eval reads running ones)
             idx = present.nonzero().squeeze(1)
             out = x.new_zeros(x.shape[0], self.out_dim, *self.grid_shape)
             x = out.index_copy(0, idx, self._embed(x.index_select(0, idx))) if idx.numel() else out
