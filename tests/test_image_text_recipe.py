@@ -18,10 +18,10 @@ rt = load_script("bench/recipe_times.py")
 NAMES = ["zero", "one", "two", "three"]
 
 
-def _spec(fusion: str, latents: int = recipe.RESAMPLER_LATENTS):
+def _spec(fusion: str, latents: int = recipe.RESAMPLER_LATENTS, own=recipe.FUSION_SETS):
     import mmcore
 
-    return mmcore.load_spec(recipe.SPEC, overrides=recipe.fusion_overrides(fusion, latents))
+    return mmcore.load_spec(recipe.SPEC, overrides=recipe.fusion_overrides(fusion, latents, own))
 
 
 @pytest.mark.parametrize("fusion", recipe.FUSIONS)
@@ -38,6 +38,24 @@ def test_each_fusion_is_the_spec_with_that_fusion_and_only_the_resampler_sets_la
 def test_an_unknown_fusion_is_an_error_that_names_the_recipes_fusions():
     with pytest.raises(ValueError, match="'perceiver'.*early, cross_attention, resampler"):
         recipe.fusion_overrides("perceiver")
+
+
+def test_a_fusions_own_settings_reach_that_fusion_alone():
+    """``--fusion-set FUSION:KEY=VALUE`` (and the script's FUSION_SETS) change one fusion's spec, after its
+    component and latents; the other fusions train the spec as it is."""
+    own = recipe.fusion_sets(
+        ["resampler:training.lr=1e-3", "resampler:fusion.depth=1", "cross_attention:fusion.heads=8"]
+    )
+    assert own["resampler"] == ("training.lr=1e-3", "fusion.depth=1")
+    resampler = _spec("resampler", own=own)
+    assert (resampler.training.lr, resampler.fusion.options.depth, resampler.fusion.options.num_latents) == (1e-3, 1, 4)
+    assert _spec("cross_attention", own=own).fusion.options.heads == 8
+    assert _spec("cross_attention", own=own).training.lr == _spec("early", own=own).training.lr == 2e-3
+    assert recipe.fusion_sets([]) == recipe.FUSION_SETS
+    with pytest.raises(ValueError, match="'perceiver'"):
+        recipe.fusion_sets(["perceiver:training.lr=1e-3"])
+    with pytest.raises(ValueError, match="FUSION:KEY=VALUE"):
+        recipe.fusion_sets(["training.lr=1e-3"])
 
 
 def test_the_timing_script_times_the_runs_the_recipe_makes():
@@ -79,10 +97,13 @@ def test_a_run_trains_the_resampler_with_the_latents_it_is_given(tmp_path):
         "training.warmup_steps=1",
         "training.log_every=1",
     ]
-    out = recipe.run("resampler", tmp_path, rows["eval"], 2, tiny, seed=0, latents=3)
+    own = {"resampler": ("training.lr=1e-3",)}
+    out = recipe.run("resampler", tmp_path, rows["eval"], 2, tiny, seed=0, latents=3, own=own)
     assert out["num_latents"] == 3 and out["steps"] == 2
+    assert out["lr"] == 1e-3 and out["fusion_set"] == ["training.lr=1e-3"]
     assert 0.0 <= out["exact_match"] <= 1.0 and len(out["examples"]) == 4
-    assert "num_latents" not in recipe.run("early", tmp_path, rows["eval"], 1, tiny, seed=0)
+    early = recipe.run("early", tmp_path, rows["eval"], 1, tiny, seed=0, own=own)
+    assert "num_latents" not in early and "fusion_set" not in early and early["lr"] == 2e-3
 
 
 def _rows(prefix: str, n: int) -> list[dict]:
@@ -142,8 +163,9 @@ def test_main_on_validation_gives_the_baselines_and_the_runs_the_same_split(tmp_
     monkeypatch.setattr(recipe, "EXAMPLES", tmp_path)
     monkeypatch.setattr(recipe, "baselines", lambda d, tr, te: seen.update(baselines=(tr, te)) or {"b": 1})
 
-    def fake_run(fusion, d, scored, steps, overrides, seed, latents):
+    def fake_run(fusion, d, scored, steps, overrides, seed, latents, own):
         seen.setdefault("runs", []).append((scored, list(overrides)))
+        seen["own"] = own
         return {"fusion": fusion, "seed": seed}
 
     monkeypatch.setattr(recipe, "run", fake_run)
@@ -162,5 +184,7 @@ def test_main_on_validation_gives_the_baselines_and_the_runs_the_same_split(tmp_
     ]
     assert report["on"] == "validation" and json.loads(out.read_text())["on"] == "validation"
     assert f"{len(fit)} training, {len(val)} validation" in report["data"]
-    recipe.main(["--fusions", "early", "--seeds", "0", "--out", str(out)])
+    assert seen["own"] == recipe.FUSION_SETS and report["fusion_sets"] == {}
+    report = recipe.main(["--fusions", "early", "--seeds", "0", "--out", str(out), "--fusion-set", "early:y=2"])
     assert seen["baselines"] == (train, test) and seen["runs"][-1] == (test, [])
+    assert seen["own"]["early"] == ("y=2",) and report["fusion_sets"] == {"early": ["y=2"]}

@@ -19,6 +19,10 @@ To choose settings without the held-out images, ``--on validation`` cuts the tra
 salted hash of their file names into a fit part (about 80 %) and a validation part (about 20 %),
 trains on the fit part and captions the validation part; the baselines are fitted and scored on the
 same two parts, and the held-out images are not read.
+
+``--set KEY=VALUE`` changes the spec for every fusion; ``--fusion-set FUSION:KEY=VALUE`` for one fusion
+alone (``resampler:training.lr=1e-3``), added to the script's own per-fusion settings (``FUSION_SETS``,
+at present none); each run's results record them (``fusion_set``).
 """
 
 from __future__ import annotations
@@ -43,16 +47,39 @@ SEEDS = (0, 1)
 # fusions read too): one per image token. At the fusion's default of 32 the GPT reads 34 image tokens a
 # caption and the resampler's steps cost about twice early fusion's; at 4 about 1.3 times (docs/tuning.md).
 RESAMPLER_LATENTS = 4
+# Settings of one fusion alone (``--set`` overrides by fusion; ``--fusion-set FUSION:KEY=VALUE`` adds to them):
+# none, every fusion trains the spec as it is (docs/tuning.md, "Image + text", round 6).
+FUSION_SETS: dict[str, tuple[str, ...]] = {}
 SPLITS = ("eval", "validation")
 VALIDATION_FRACTION = 0.2
 
 
-def fusion_overrides(fusion: str, latents: int = RESAMPLER_LATENTS) -> list[str]:
-    """The ``--set`` overrides that make the spec ``fusion``: the component, and for the resampler its
-    number of latents (the other fusions have no such option)."""
+def _check_fusion(fusion: str) -> None:
     if fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {fusion!r}; the recipe compares {', '.join(FUSIONS)}")
-    return [f'fusion.component="{fusion}"'] + ([f"fusion.num_latents={latents}"] if fusion == "resampler" else [])
+
+
+def fusion_overrides(
+    fusion: str, latents: int = RESAMPLER_LATENTS, own: dict[str, tuple[str, ...]] = FUSION_SETS
+) -> list[str]:
+    """The ``--set`` overrides that make the spec ``fusion``: the component, for the resampler its
+    number of latents (the other fusions have no such option), then ``own[fusion]``, the settings of
+    that fusion alone (:data:`FUSION_SETS` unless given)."""
+    _check_fusion(fusion)
+    latent = [f"fusion.num_latents={latents}"] if fusion == "resampler" else []
+    return [f'fusion.component="{fusion}"', *latent, *own.get(fusion, ())]
+
+
+def fusion_sets(items: list[str], base: dict[str, tuple[str, ...]] = FUSION_SETS) -> dict[str, tuple[str, ...]]:
+    """``base`` with each ``FUSION:KEY=VALUE`` of ``items`` (``--fusion-set``) added to its fusion's settings."""
+    out = dict(base)
+    for item in items:
+        fusion, sep, setting = item.partition(":")
+        if not sep or "=" not in setting:
+            raise ValueError(f"--fusion-set {item!r}: expected FUSION:KEY=VALUE")
+        _check_fusion(fusion)
+        out[fusion] = (*out.get(fusion, ()), setting)
+    return out
 
 
 def rows(path: Path) -> list[dict]:
@@ -116,16 +143,18 @@ def run(
     overrides: list[str] = (),
     seed: int = 0,
     latents: int = RESAMPLER_LATENTS,
+    own: dict[str, tuple[str, ...]] = FUSION_SETS,
 ) -> dict:
     """Train examples/image_text.toml with ``fusion`` (:func:`fusion_overrides`; ``latents``: the
-    resampler's) and ``overrides`` (``KEY=VALUE`` as for ``mmcore train --set``) from ``seed``
-    (``training.seed`` and the initialisation), then caption ``test`` with and without the picture."""
+    resampler's; ``own``: each fusion's own settings) and ``overrides`` (``KEY=VALUE`` as for ``mmcore
+    train --set``, for every fusion) from ``seed`` (``training.seed`` and the initialisation), then
+    caption ``test`` with and without the picture."""
     import torch
 
     import mmcore
     from mmcore.generation import GenerationConfig, generate_for_records
 
-    sets = [*fusion_overrides(fusion, latents), f"training.seed={seed}", *overrides]
+    sets = [*fusion_overrides(fusion, latents, own), f"training.seed={seed}", *overrides]
     sets += [f"training.steps={steps}"] if steps is not None else []
     spec = mmcore.load_spec(SPEC, overrides=sets)
     torch.manual_seed(seed)
@@ -143,7 +172,10 @@ def run(
         preds = generate_for_records(model, records, base=data, config=cfg, batch_size=64)
         return sum(p.strip() == r for p, r in zip(preds, refs, strict=True)) / len(refs), preds
 
-    out = {"fusion": fusion, "seed": seed, "steps": spec.training.steps, "train_seconds_under_load": round(seconds, 1)}
+    out = {"fusion": fusion, "seed": seed, "steps": spec.training.steps, "lr": spec.training.lr}
+    out["train_seconds_under_load"] = round(seconds, 1)
+    if own.get(fusion):
+        out["fusion_set"] = list(own[fusion])
     if fusion == "resampler":
         out["num_latents"] = spec.fusion.options.num_latents
     if trainer.ema is not None:  # after fit() the model holds the trained weights; the figures are the averages'
@@ -164,7 +196,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--latents", type=int, default=RESAMPLER_LATENTS, help=f"the resampler's latents (default {RESAMPLER_LATENTS})"
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a spec override (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a spec override for every fusion (repeatable)"
+    )
+    p.add_argument(
+        "--fusion-set",
+        action="append",
+        default=[],
+        metavar="FUSION:KEY=VALUE",
+        help="a spec override for one fusion, added to the script's FUSION_SETS (repeatable)",
+    )
     p.add_argument(
         "--on",
         choices=SPLITS,
@@ -174,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--out", default=str(HERE / "results" / "image_text_fusions.json"))
     args = p.parse_args(argv)
+    own = fusion_sets(args.fusion_set)
     data = EXAMPLES / "data" / "digits_av"
     if not (data / "caption_train.jsonl").is_file():
         sys.path.insert(0, str(HERE))
@@ -189,12 +231,13 @@ def main(argv: list[str] | None = None) -> dict:
         "spec": "examples/image_text.toml",
         "on": args.on,
         "overrides": args.set,
+        "fusion_sets": {f: list(v) for f, v in own.items() if v},
         "data": f"examples/recipes/digits_av.py: {len(train)} training, {len(test)} {scored} images",
         "metric": "exact match of the generated caption (greedy, 8 new tokens) on the " + scored + " images",
         "timings": "train_seconds_under_load: wall seconds of training on one thread, on a machine other jobs shared",
         "baselines": baselines(data, train, test),
         "fusions": [
-            run(f, data, test, args.steps, [*sets, *args.set], seed, args.latents)
+            run(f, data, test, args.steps, [*sets, *args.set], seed, args.latents, own)
             for f in args.fusions.split(",")
             for seed in args.seeds
         ],
