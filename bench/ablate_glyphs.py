@@ -113,6 +113,8 @@ SETTINGS["small,batch=64"] = {**SMALL, "training.batch_size": 64}  # small_cnn's
 SETTINGS["small"] = SMALL  # round 9's small spec; from round 11 on with the stem's batch norm (its default)
 SETTINGS["small,stem_norm=none"] = {**SMALL, "encoders.image.stem_norm": "none"}
 SETTINGS["small,four_tokens,stem_norm=none"] = {**SETTINGS["small,four_tokens"], "encoders.image.stem_norm": "none"}
+SETTINGS["small,lr=1e-3"] = {**SMALL, "training.lr": 1e-3}  # round 13: against the derived 0.2 / width (2.1e-3)
+SETTINGS["small,lr=3e-3"] = {**SMALL, "training.lr": 3e-3}
 SETTINGS["small,sixteen_tokens"] = {**SMALL, "encoders.image.patch_size": 8}  # the 4x4 map as 1x1 patches
 SETTINGS["timm=resnet10t,pooling=mean"] = {**SETTINGS["timm=resnet10t"], **SETTINGS["pooling=mean"]}
 
