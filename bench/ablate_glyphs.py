@@ -223,7 +223,7 @@ def run_cnn(seed: int, budget: float | None, batch_norm: bool = False, steps: in
         "steps": done,
         "batch_size": 64,
         "accuracy": round(acc, 4),
-        "final_loss": round(float(loss), 4),
+        "final_loss": round(float(loss.detach()), 4),
         "budget_seconds": budget,
         "budget_steps": steps,
         "train_seconds_under_load": round(train_s, 1),
