@@ -187,6 +187,8 @@ class PatchEncoder(Encoder):
             [Block(config.dim, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.depth)]
         )
         self.norm = nn.LayerNorm(config.dim)
+        # found once here, not on every forward (a plain tuple: the modules stay registered in the stem)
+        self._batch_norms = tuple(m for m in self.stem.modules() if isinstance(m, nn.BatchNorm2d)) if self.stem else ()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -205,9 +207,9 @@ class PatchEncoder(Encoder):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
     @property
-    def batch_norms(self) -> list[nn.BatchNorm2d]:
+    def batch_norms(self) -> tuple[nn.BatchNorm2d, ...]:
         """The stem's batch norms (none unless ``stem_norm`` resolves to "batch")."""
-        return [m for m in self.stem.modules() if isinstance(m, nn.BatchNorm2d)] if self.stem is not None else []
+        return self._batch_norms
 
     def train(self, mode: bool = True) -> "PatchEncoder":
         """Set the training mode; batch norms whose weight does not train stay in eval mode.
